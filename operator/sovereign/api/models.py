@@ -1,0 +1,1046 @@
+"""The SovereignStack resource (``sovereign.ai/v1alpha1``) as pydantic models: spec and status.
+
+One set of models drives three things: the CRD schema (``api.crd``), offline validation
+(``api.validation``, behind ``sovereign validate``) and the operator's typed view of a stack
+(handlers parse bodies with ``api.parse_stack``; services write ``SovereignStackStatus``).
+Field names are the wire names in snake_case; the alias generator makes them camelCase, and the
+few acronyms Kubernetes spells in capitals (``allowCIDRs``) carry an explicit alias.
+
+Compatibility: this is v1alpha1, but fields are only ever added, optional, with defaults that
+keep today's behaviour; each list entry and settings block is an object so it can grow.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from enum import StrEnum
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
+from pydantic.alias_generators import to_camel
+from pydantic.fields import FieldInfo
+
+from sovereign.api.types import (
+    LABEL_KEY_PATTERN,
+    VALIDATIONS,
+    Check,
+    Cidr,
+    Image,
+    Jurisdiction,
+    MISSING,
+    LabelValue,
+    Name,
+    Quantity,
+    Rule,
+    RuleFailure,
+    matches,
+)
+
+GROUP = "sovereign.ai"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "SovereignStack"
+PLURAL = "sovereignstacks"
+SINGULAR = "sovereignstack"
+SHORT_NAME = "sstack"
+CATEGORY = "sovereign"
+CRD_NAME = f"{PLURAL}.{GROUP}"
+
+#: Bounds on list sizes. They keep CEL cost estimates within the apiserver's limits; raising one
+#: later is a compatible change.
+MAX_NODE_POOLS = 16
+MAX_DATA_STORES = 16
+MAX_MODELS = 32
+MAX_APPLICATIONS = 32
+MAX_REFERENCES = 16
+MAX_REPLICAS = 128
+
+#: vLLM flags the operator derives from the model's fields; ``extraArgs`` may not set them.
+OPERATOR_OWNED_VLLM_FLAGS = (
+    "--model",
+    "--served-model-name",
+    "--tensor-parallel-size",
+    "--host",
+    "--port",
+    "--download-dir",
+)
+GPU_COUNTS_PER_REPLICA = (1, 2, 4, 8)
+DEFAULT_STARTUP_TIMEOUT_SECONDS = 1800
+DEFAULT_CACHE_SIZE = "200Gi"
+S3_ACCESS_KEY_ID_KEY = "AWS_ACCESS_KEY_ID"
+S3_SECRET_ACCESS_KEY_KEY = "AWS_SECRET_ACCESS_KEY"
+
+
+def _add_object_rules(schema: dict[str, Any], cls: type[BaseModel]) -> None:
+    rules: tuple[Rule, ...] = getattr(cls, "object_rules", ())
+    if rules:
+        schema.setdefault(VALIDATIONS, []).extend(rule.to_crd() for rule in rules)
+
+
+class ApiObject(BaseModel):
+    """Base of every spec model: camelCase on the wire, unknown fields are errors."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        validate_by_name=True,
+        validate_by_alias=True,
+        serialize_by_alias=True,
+        extra="forbid",
+        use_enum_values=False,
+        json_schema_extra=_add_object_rules,
+    )
+    #: Rules over several fields of this object; CEL in the CRD, run in Python by api.validation.
+    object_rules: ClassVar[tuple[Rule, ...]] = ()
+
+
+class StatusObject(ApiObject):
+    """Base of the status models: written by the operator, read leniently (a newer operator
+    may have written fields this one does not know)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
+def map_list(*, description: str, max_items: int) -> Any:
+    """A list of named entries: names unique (the apiserver merges and rejects duplicates by name)."""
+    return Field(
+        default_factory=list,
+        max_length=max_items,
+        description=description,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+
+
+_UNSET: Any = object()
+
+
+def set_list(
+    *, description: str, max_items: int, min_items: int = 0, default: Any = _UNSET, alias: str | None = None
+) -> Any:
+    """A list of distinct scalar values; optional (empty) unless ``min_items`` or a ``default`` says otherwise."""
+    if default is not _UNSET:
+        presence: dict[str, Any] = {"default": default}
+    elif min_items:
+        presence = {}
+    else:
+        presence = {"default_factory": list}
+    return Field(
+        **presence,
+        alias=alias,
+        min_length=min_items or None,
+        max_length=max_items,
+        description=description,
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
+
+
+def list_type(field: FieldInfo) -> str | None:
+    """The ``x-kubernetes-list-type`` of a list field ("map", "set"), or None (atomic)."""
+    extra = field.json_schema_extra
+    return extra.get("x-kubernetes-list-type") if isinstance(extra, dict) else None  # type: ignore[return-value]
+
+
+def _object_default(description: str) -> Any:
+    """A settings block that is always present, so its own defaults show in the stored object."""
+    return {"description": description, "json_schema_extra": {"default": {}}}
+
+
+# === spec: residency ===========================================================================
+
+
+class Enforcement(StrEnum):
+    """How residency rules are applied."""
+
+    ENFORCE = "Enforce"
+    AUDIT = "Audit"
+
+
+class Egress(ApiObject):
+    """Network egress allowed to the stack's pods. Everything else is denied by a NetworkPolicy,
+    except DNS and traffic inside the stack's namespace."""
+
+    allow_cidrs: list[Cidr] = set_list(
+        alias="allowCIDRs",
+        max_items=64,
+        description=(
+            "Destinations, as CIDRs, the stack's pods may reach besides DNS and their own namespace: "
+            "in-country object store endpoints, registries, identity providers. Empty (the default) "
+            "allows nothing else."
+        ),
+    )
+
+
+class Exposure(ApiObject):
+    """Ways the stack's namespace may be reached from outside the cluster."""
+
+    allow_load_balancer: bool = Field(
+        default=False,
+        description=(
+            "Allow Services of type LoadBalancer in the stack's namespace. Default false: a load "
+            "balancer may publish the service beyond the jurisdiction."
+        ),
+    )
+    allow_node_port: bool = Field(
+        default=False, description="Allow Services of type NodePort in the stack's namespace. Default false."
+    )
+
+
+class Residency(ApiObject):
+    """Where the stack's workloads and data may live, and what happens when something does not."""
+
+    jurisdiction: Jurisdiction = Field(
+        description="The country whose law governs the stack, as an ISO 3166-1 alpha-2 code in upper case (QA, DE)."
+    )
+    regions: list[LabelValue] = set_list(
+        min_items=1,
+        max_items=16,
+        description=(
+            "Allowed values of the node label topology.kubernetes.io/region. Every pod of the stack "
+            "is pinned to nodes in these regions, and every S3 store's region must be one of them. "
+            "At least one."
+        ),
+    )
+    enforcement: Enforcement = Field(
+        default=Enforcement.ENFORCE,
+        description=(
+            "Enforce (default): admission denies pods, volumes and Services that break the rules. "
+            "Audit: nothing is denied; breaches are recorded in status.violations, Events and metrics."
+        ),
+    )
+    egress: Egress = Field(default_factory=Egress, **_object_default("Network egress allowed to the stack's pods."))
+    exposure: Exposure = Field(
+        default_factory=Exposure,
+        **_object_default("Ways the stack's namespace may be reached from outside the cluster."),
+    )
+
+
+# === spec: node pools ==========================================================================
+
+
+class Provisioner(StrEnum):
+    """Where a node pool's nodes come from."""
+
+    KARPENTER = "Karpenter"
+    EXISTING = "Existing"
+
+
+class GpuSpec(ApiObject):
+    """The GPUs of each node in a pool."""
+
+    product: LabelValue = Field(
+        description=(
+            "GPU product, as the value of the node label nvidia.com/gpu.product set by GPU feature "
+            "discovery, such as NVIDIA-H100-80GB-HBM3."
+        )
+    )
+    per_node: int = Field(ge=1, le=16, description="Number of GPUs (nvidia.com/gpu) on each node, 1 to 16.")
+
+
+class NodePoolLimits(ApiObject):
+    """Caps on the size of a pool."""
+
+    gpus: int = Field(
+        ge=1,
+        le=4096,
+        description=(
+            "Most GPUs the pool may have in total; Karpenter stops provisioning there. At least gpu.perNode."
+        ),
+    )
+
+
+class NodeClassRef(ApiObject):
+    """The Karpenter node class (cloud-specific node settings) the pool's nodes use."""
+
+    group: str = Field(
+        default="karpenter.k8s.aws",
+        min_length=1,
+        max_length=253,
+        description="API group of the node class. Default karpenter.k8s.aws.",
+    )
+    kind: str = Field(
+        default="EC2NodeClass", min_length=1, max_length=63, description="Kind of the node class. Default EC2NodeClass."
+    )
+    name: str = Field(min_length=1, max_length=253, description="Name of the node class (cluster-scoped).")
+
+
+class CapacityType(StrEnum):
+    """How Karpenter buys capacity."""
+
+    ON_DEMAND = "on-demand"
+    SPOT = "spot"
+    RESERVED = "reserved"
+
+
+class ConsolidationPolicy(StrEnum):
+    """When Karpenter may remove or replace nodes of the pool."""
+
+    WHEN_EMPTY = "WhenEmpty"
+    WHEN_EMPTY_OR_UNDERUTILIZED = "WhenEmptyOrUnderutilized"
+
+
+class KarpenterSettings(ApiObject):
+    """Settings of the Karpenter NodePool the operator creates for this pool."""
+
+    node_class_ref: NodeClassRef = Field(description="The Karpenter node class of the pool's nodes.")
+    instance_types: list[LabelValue] = set_list(
+        max_items=32,
+        description=(
+            "Instance types Karpenter may launch (values of node.kubernetes.io/instance-type). "
+            "Empty (the default) lets Karpenter choose."
+        ),
+    )
+    capacity_types: list[CapacityType] = set_list(
+        min_items=1,
+        max_items=3,
+        default=[CapacityType.ON_DEMAND],
+        description="Capacity types Karpenter may buy: on-demand, spot, reserved. Default [on-demand].",
+    )
+    consolidation_policy: ConsolidationPolicy = Field(
+        default=ConsolidationPolicy.WHEN_EMPTY,
+        description=(
+            "WhenEmpty (default): remove only nodes with no stack pods, so loaded model weights are "
+            "not thrown away. WhenEmptyOrUnderutilized: also repack underused nodes."
+        ),
+    )
+    consolidate_after: Annotated[
+        str,
+        Field(max_length=32),
+        matches(
+            r"^(([0-9]+(s|m|h))+|Never)$",
+            "must be a duration of whole seconds, minutes or hours such as 30s, 10m or 1h30m, or Never",
+        ),
+    ] = Field(
+        default="10m",
+        description="How long a node must be consolidatable before Karpenter acts, such as 10m or 1h, or Never. Default 10m.",
+    )
+
+
+_LABEL_KEY = re.compile(LABEL_KEY_PATTERN)
+
+
+def _all_label_keys(selector: dict[str, str]) -> bool:
+    return all(_LABEL_KEY.fullmatch(key) for key in selector)
+
+
+class ExistingSettings(ApiObject):
+    """How the nodes of a pool of existing nodes are found."""
+
+    node_selector: Annotated[
+        dict[str, LabelValue],
+        Field(max_length=16),
+        Check(
+            message="keys must be Kubernetes label keys such as example.com/pool or pool",
+            accepts=_all_label_keys,
+            cel=f"self.all(k, k.matches('{LABEL_KEY_PATTERN}'))",
+        ),
+    ] = Field(
+        default_factory=dict,
+        description=(
+            "Labels the pool's nodes carry, in addition to the allowed region and the GPU product "
+            "labels the operator always requires."
+        ),
+    )
+
+
+class NodePool(ApiObject):
+    """A pool of GPU nodes that models run on."""
+
+    name: Name = Field(description="Name of the pool, referenced by spec.models[].nodePool. A DNS-1035 label.")
+    provisioner: Provisioner = Field(
+        description=(
+            "Karpenter: the operator creates a Karpenter NodePool limited to the allowed regions. "
+            "Existing: the pool is the nodes already in the cluster that match the GPU product, the "
+            "allowed regions and existing.nodeSelector."
+        )
+    )
+    gpu: GpuSpec = Field(description="The GPUs of each node in the pool.")
+    limits: NodePoolLimits | None = Field(default=None, description="Caps on the pool's size. Unset: no cap.")
+    karpenter: KarpenterSettings | None = Field(
+        default=None, description="Karpenter settings. Required when provisioner is Karpenter, not allowed otherwise."
+    )
+    existing: ExistingSettings | None = Field(
+        default=None, description="How the pool's nodes are found. Only allowed when provisioner is Existing."
+    )
+
+    object_rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            cel="self.provisioner == 'Karpenter' ? has(self.karpenter) : !has(self.karpenter)",
+            message_expression=(
+                "self.provisioner == 'Karpenter' ? 'karpenter is required when provisioner is Karpenter'"
+                " : 'karpenter is only allowed when provisioner is Karpenter'"
+            ),
+            field_path=".karpenter",
+            failures=lambda pool: (
+                [RuleFailure(("karpenter",), MISSING, "karpenter is required when provisioner is Karpenter")]
+                if pool.provisioner is Provisioner.KARPENTER and pool.karpenter is None
+                else [RuleFailure(("karpenter",), pool.karpenter, "karpenter is only allowed when provisioner is Karpenter")]
+                if pool.provisioner is not Provisioner.KARPENTER and pool.karpenter is not None
+                else []
+            ),
+        ),
+        Rule(
+            cel="!has(self.existing) || self.provisioner == 'Existing'",
+            message_expression="'existing is only allowed when provisioner is Existing'",
+            field_path=".existing",
+            failures=lambda pool: (
+                [RuleFailure(("existing",), pool.existing, "existing is only allowed when provisioner is Existing")]
+                if pool.existing is not None and pool.provisioner is not Provisioner.EXISTING
+                else []
+            ),
+        ),
+        Rule(
+            cel="!has(self.limits) || self.limits.gpus >= self.gpu.perNode",
+            message_expression=(
+                "'limits.gpus (' + string(self.limits.gpus) + ') must be at least gpu.perNode ('"
+                " + string(self.gpu.perNode) + '), or not one node fits'"
+            ),
+            field_path=".limits.gpus",
+            failures=lambda pool: (
+                [
+                    RuleFailure(
+                        ("limits", "gpus"),
+                        pool.limits.gpus,
+                        f"limits.gpus ({pool.limits.gpus}) must be at least gpu.perNode "
+                        f"({pool.gpu.per_node}), or not one node fits",
+                    )
+                ]
+                if pool.limits is not None and pool.limits.gpus < pool.gpu.per_node
+                else []
+            ),
+        ),
+    )
+
+
+# === spec: data stores =========================================================================
+
+DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+DnsSubdomain = Annotated[
+    str,
+    Field(min_length=1, max_length=253),
+    matches(
+        DNS_SUBDOMAIN_PATTERN,
+        "must be a DNS-1123 subdomain: lower case letters, digits, '-' and '.', such as s3-creds",
+    ),
+]
+
+
+class DeletionPolicy(StrEnum):
+    """What happens to stored data when its store leaves the stack or the stack is deleted."""
+
+    RETAIN = "Retain"
+    DELETE = "Delete"
+
+
+class SecretRef(ApiObject):
+    """A Secret in the stack's namespace."""
+
+    name: DnsSubdomain = Field(description="Name of the Secret, in the stack's namespace.")
+
+
+class S3Store(ApiObject):
+    """An S3-compatible bucket: AWS S3, MinIO, Ceph RGW or any other S3 endpoint."""
+
+    bucket: Annotated[
+        str,
+        Field(min_length=3, max_length=63),
+        matches(
+            r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$",
+            "must be an S3 bucket name: 3 to 63 lower case letters, digits, '.' or '-', "
+            "starting and ending with a letter or digit",
+        ),
+    ] = Field(description="Name of the bucket.")
+    region: LabelValue = Field(
+        description=(
+            "Region the bucket lives in, as the store reports it (its LocationConstraint). Must be one of "
+            "spec.residency.regions; the operator checks the bucket's actual location against it."
+        )
+    )
+    endpoint: Annotated[
+        str,
+        Field(max_length=2048),
+        matches(r"^https?://[^\s/?#]+(/[^\s]*)?$", "must be an http:// or https:// URL such as https://s3.gov.qa"),
+    ] | None = Field(default=None, description="URL of the S3 endpoint. Unset: the AWS S3 endpoint of the region.")
+    force_path_style: bool = Field(
+        default=False,
+        description="Address the bucket as <endpoint>/<bucket> instead of <bucket>.<endpoint> (MinIO usually needs this). Default false.",
+    )
+    credentials_secret_ref: SecretRef | None = Field(
+        default=None,
+        description=(
+            f"Secret with the keys {S3_ACCESS_KEY_ID_KEY} and {S3_SECRET_ACCESS_KEY_KEY}, used by the operator "
+            "and mounted into the pods that use the store. Unset: ambient credentials (for example IRSA)."
+        ),
+    )
+    create: bool = Field(
+        default=False,
+        description="Create the bucket in region when it does not exist. Default false: a missing bucket is an error.",
+    )
+
+
+class AccessMode(StrEnum):
+    """PersistentVolumeClaim access modes."""
+
+    READ_WRITE_ONCE = "ReadWriteOnce"
+    READ_ONLY_MANY = "ReadOnlyMany"
+    READ_WRITE_MANY = "ReadWriteMany"
+    READ_WRITE_ONCE_POD = "ReadWriteOncePod"
+
+
+class VolumeStore(ApiObject):
+    """A PersistentVolumeClaim the operator creates in the stack's namespace."""
+
+    size: Quantity = Field(description="Requested capacity, as a Kubernetes quantity such as 200Gi or 2Ti.")
+    storage_class_name: DnsSubdomain | None = Field(
+        default=None,
+        description=(
+            "StorageClass of the claim. Unset: the cluster's default class. The class must bind volumes "
+            "to the allowed regions (topology-aware provisioning) or residency checks report the volume."
+        ),
+    )
+    access_modes: list[AccessMode] = set_list(
+        min_items=1,
+        max_items=4,
+        default=[AccessMode.READ_WRITE_ONCE],
+        description="Access modes of the claim. Default [ReadWriteOnce]; use ReadWriteMany to share it between pods on several nodes.",
+    )
+
+
+class DataStore(ApiObject):
+    """A place data and model weights live, inside the jurisdiction. Exactly one of s3 or volume."""
+
+    name: Name = Field(
+        description="Name of the store, referenced by spec.models[].source.dataStore and spec.applications[].dataStores."
+    )
+    s3: S3Store | None = Field(default=None, description="An S3-compatible bucket.")
+    volume: VolumeStore | None = Field(default=None, description="A PersistentVolumeClaim.")
+    deletion_policy: DeletionPolicy = Field(
+        default=DeletionPolicy.RETAIN,
+        description=(
+            "Retain (default): the bucket or volume and its data outlive the stack. Delete: they are "
+            "deleted with the stack or when the store is removed from it."
+        ),
+    )
+
+    object_rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            cel="has(self.s3) != has(self.volume)",
+            message_expression="'exactly one of s3 or volume must be set'",
+            field_path=None,
+            failures=lambda store: (
+                [RuleFailure((), MISSING, "exactly one of s3 or volume must be set")]
+                if (store.s3 is None) == (store.volume is None)
+                else []
+            ),
+        ),
+    )
+
+
+# === spec: models ==============================================================================
+
+
+class ModelSource(ApiObject):
+    """Where a model's weights are copied from: always a declared in-country store."""
+
+    data_store: Name = Field(description="Name of the store holding the weights; must be declared in spec.dataStores.")
+    path: Annotated[
+        str,
+        Field(max_length=1024),
+        matches(
+            r"^([A-Za-z0-9_][A-Za-z0-9_.-]*(/[A-Za-z0-9_][A-Za-z0-9_.-]*)*/?)?$",
+            "must be a relative path of letters, digits, '_', '.' and '-' separated by '/', "
+            "such as models/qwen2.5-72b/ (no leading '/', no '..', no empty segments)",
+        ),
+    ] = Field(
+        default="",
+        description="Key prefix (S3) or directory (volume) of the weights inside the store. Default: the store's root.",
+    )
+
+
+class ModelCache(ApiObject):
+    """The volume each replica keeps the model's weights on, so a restart does not copy them again."""
+
+    size: Quantity = Field(
+        default=DEFAULT_CACHE_SIZE,
+        description=f"Capacity of the weights volume of each replica. Default {DEFAULT_CACHE_SIZE}; at least the size of the weights.",
+    )
+    storage_class_name: DnsSubdomain | None = Field(
+        default=None, description="StorageClass of the weights volume. Unset: the cluster's default class."
+    )
+
+
+class Autoscaling(ApiObject):
+    """Replica autoscaling on the depth of vLLM's request queue (a KEDA ScaledObject)."""
+
+    min_replicas: int = Field(
+        default=1, ge=0, le=MAX_REPLICAS, description="Fewest replicas; 0 lets an idle model release its GPUs. Default 1."
+    )
+    max_replicas: int = Field(ge=1, le=MAX_REPLICAS, description="Most replicas; at least minReplicas.")
+    target_waiting_requests: int = Field(
+        default=5,
+        ge=1,
+        le=10000,
+        description="Requests waiting in vLLM's queue, per replica, above which a replica is added. Default 5.",
+    )
+
+    object_rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            cel="self.minReplicas <= self.maxReplicas",
+            message_expression=(
+                "'minReplicas (' + string(self.minReplicas) + ') must not exceed maxReplicas (' "
+                "+ string(self.maxReplicas) + ')'"
+            ),
+            field_path=".minReplicas",
+            failures=lambda scaling: (
+                [
+                    RuleFailure(
+                        ("minReplicas",),
+                        scaling.min_replicas,
+                        f"minReplicas ({scaling.min_replicas}) must not exceed maxReplicas ({scaling.max_replicas})",
+                    )
+                ]
+                if scaling.min_replicas > scaling.max_replicas
+                else []
+            ),
+        ),
+    )
+
+
+def _sets_no_owned_flag(args: list[str]) -> bool:
+    return not any(arg == flag or arg.startswith(flag + "=") for arg in args for flag in OPERATOR_OWNED_VLLM_FLAGS)
+
+
+_OWNED_FLAGS_CEL = "[" + ", ".join(f"'{flag}'" for flag in OPERATOR_OWNED_VLLM_FLAGS) + "]"
+
+
+class ModelSpec(ApiObject):
+    """A model served by vLLM inside the jurisdiction, under a logical name applications use."""
+
+    name: Name = Field(
+        description=(
+            "Logical name applications use (spec.applications[].models) and the name of the model's "
+            "Service. Stays the same when the model behind it changes."
+        )
+    )
+    model: Annotated[
+        str,
+        Field(min_length=1, max_length=253),
+        matches(r"^[^\s]+$", "must be a model id without spaces, such as Qwen/Qwen2.5-72B-Instruct"),
+    ] = Field(
+        description="The model served, as vLLM's served model name, usually its Hugging Face id (Qwen/Qwen2.5-72B-Instruct)."
+    )
+    source: ModelSource = Field(
+        description="Where the weights come from. Hub downloads are switched off: weights come only from a declared store."
+    )
+    node_pool: Name = Field(description="Name of the node pool the replicas run on; must be declared in spec.nodePools.")
+    gpus_per_replica: Annotated[
+        int,
+        Field(ge=1, le=8),
+        Check(
+            message="must be 1, 2, 4 or 8 (the tensor-parallel sizes vLLM runs within one node)",
+            accepts=lambda count: count in GPU_COUNTS_PER_REPLICA,
+            cel="self in [1, 2, 4, 8]",
+        ),
+    ] = Field(
+        default=1,
+        description=(
+            "GPUs of each replica, all on one node (vLLM --tensor-parallel-size): 1, 2, 4 or 8, at most "
+            "the pool's gpu.perNode. Default 1."
+        ),
+    )
+    replicas: int = Field(
+        default=1,
+        ge=0,
+        le=MAX_REPLICAS,
+        description="Number of replicas. Default 1. Ignored while autoscaling is set: the autoscaler owns it.",
+    )
+    image: Image | None = Field(
+        default=None, description="vLLM container image. Unset: the image pinned by this operator release."
+    )
+    startup_timeout_seconds: int = Field(
+        default=DEFAULT_STARTUP_TIMEOUT_SECONDS,
+        ge=60,
+        le=86400,
+        description=(
+            "Seconds a replica may take to copy and load its weights before it is restarted. "
+            f"Default {DEFAULT_STARTUP_TIMEOUT_SECONDS}."
+        ),
+    )
+    cache: ModelCache = Field(
+        default_factory=ModelCache, **_object_default("The volume each replica keeps the weights on.")
+    )
+    autoscaling: Autoscaling | None = Field(
+        default=None, description="Scale replicas on queue depth. Unset: a fixed number of replicas."
+    )
+    extra_args: Annotated[
+        list[Annotated[str, Field(max_length=1024)]],
+        Field(max_length=64),
+        Check(
+            message=(
+                "must not set " + ", ".join(OPERATOR_OWNED_VLLM_FLAGS) + ": the operator derives them from the "
+                "model's fields"
+            ),
+            accepts=_sets_no_owned_flag,
+            cel=f"self.all(a, !{_OWNED_FLAGS_CEL}.exists(f, a == f || a.startsWith(f + '=')))",
+        ),
+    ] = Field(
+        default_factory=list,
+        description="Extra vLLM command line arguments, appended as given, such as --max-model-len=32768.",
+    )
+
+
+# === spec: applications ========================================================================
+
+
+class EnvVar(ApiObject):
+    """An environment variable of an application's container."""
+
+    name: Annotated[
+        str,
+        Field(min_length=1, max_length=256),
+        matches(
+            r"^[-._a-zA-Z][-._a-zA-Z0-9]*$",
+            "must be an environment variable name: letters, digits, '_', '-' or '.', not starting with a digit",
+        ),
+    ] = Field(description="Name of the variable.")
+    value: str = Field(default="", max_length=32768, description="Value of the variable. Default empty.")
+
+
+class Resources(ApiObject):
+    """Compute resources of an application's container, as in a Pod's resources."""
+
+    requests: dict[str, Quantity] = Field(
+        default_factory=dict, max_length=16, description="Resources reserved for the container, such as cpu: 500m."
+    )
+    limits: dict[str, Quantity] = Field(
+        default_factory=dict, max_length=16, description="Most resources the container may use, such as memory: 2Gi."
+    )
+
+
+class Application(ApiObject):
+    """A workload of the stack that uses its models and stores."""
+
+    name: Name = Field(description="Name of the application's Deployment (and Service, when port is set).")
+    image: Image = Field(description="Container image of the application.")
+    models: list[Name] = set_list(
+        max_items=MAX_REFERENCES,
+        description=(
+            "Names of models in spec.models the application calls. Each one's OpenAI-compatible URL is "
+            "given to the container in the environment."
+        ),
+    )
+    data_stores: list[Name] = set_list(
+        max_items=MAX_REFERENCES,
+        description=(
+            "Names of stores in spec.dataStores the application uses: volumes are mounted, S3 "
+            "stores' bucket, endpoint and credentials are given in the environment."
+        ),
+    )
+    replicas: int = Field(default=1, ge=0, le=MAX_REPLICAS, description="Number of replicas. Default 1.")
+    port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="Port the container listens on; when set, a ClusterIP Service named after the application exposes it.",
+    )
+    env: list[EnvVar] = map_list(max_items=64, description="Environment variables of the container.")
+    resources: Resources | None = Field(default=None, description="Compute resources of the container.")
+
+
+# === spec ======================================================================================
+
+
+def _reference_rule(*, entries: str, ref: str, target: str, label: str) -> Rule:
+    """A rule that each ``entries[].ref`` (a dotted wire path) names an entry of ``target``."""
+    declared = f"has(self.{target}) && self.{target}.exists(t, t.name == e.{ref})"
+    wire_path = tuple(ref.split("."))
+
+    def failures(spec: SovereignStackSpec) -> Iterator[RuleFailure]:
+        names = [item.name for item in getattr(spec, _snake(target))]
+        for index, entry in enumerate(getattr(spec, _snake(entries))):
+            value = entry
+            for part in wire_path:
+                value = getattr(value, _snake(part))
+            if value not in names:
+                yield RuleFailure(
+                    (entries, index, *wire_path),
+                    value,
+                    _undeclared(target, names),
+                )
+
+    return Rule(
+        cel=f"!has(self.{entries}) || self.{entries}.all(e, {declared})",
+        message_expression=(
+            f"self.{entries}.filter(e, !({declared})).map(e, '{label} \"' + e.name + '\": {ref} \"' "
+            f"+ e.{ref} + '\" is not declared in spec.{target}').join('; ')"
+        ),
+        field_path=f".{entries}",
+        failures=failures,
+    )
+
+
+def _reference_list_rule(*, entries: str, ref: str, target: str, label: str) -> Rule:
+    """A rule that every name in ``entries[].ref`` (a list) names an entry of ``target``."""
+    undeclared = f"!(has(self.{target}) && self.{target}.exists(t, t.name == n))"
+
+    def failures(spec: SovereignStackSpec) -> Iterator[RuleFailure]:
+        names = [item.name for item in getattr(spec, _snake(target))]
+        for index, entry in enumerate(getattr(spec, _snake(entries))):
+            for position, value in enumerate(getattr(entry, _snake(ref))):
+                if value not in names:
+                    yield RuleFailure(
+                        (entries, index, ref, position),
+                        value,
+                        _undeclared(target, names),
+                    )
+
+    return Rule(
+        cel=f"!has(self.{entries}) || self.{entries}.all(e, !has(e.{ref}) || !e.{ref}.exists(n, {undeclared}))",
+        message_expression=(
+            f"self.{entries}.filter(e, has(e.{ref}) && e.{ref}.exists(n, {undeclared})).map(e, '{label} \"' "
+            f"+ e.name + '\": {ref} ' + e.{ref}.filter(n, {undeclared}).join(', ') "
+            f"+ ' not declared in spec.{target}').join('; ')"
+        ),
+        field_path=f".{entries}",
+        failures=failures,
+    )
+
+
+def _undeclared(target: str, names: list[str]) -> str:
+    return f"is not declared in spec.{target} (declared: {', '.join(dict.fromkeys(names)) or 'none'})"
+
+
+def _snake(camel: str) -> str:
+    return "".join(f"_{c.lower()}" if c.isupper() else c for c in camel)
+
+
+def _gpus_fit_failures(spec: SovereignStackSpec) -> Iterator[RuleFailure]:
+    per_node = {pool.name: pool.gpu.per_node for pool in spec.node_pools}
+    for index, model in enumerate(spec.models):
+        if model.node_pool in per_node and model.gpus_per_replica > per_node[model.node_pool]:
+            yield RuleFailure(
+                ("models", index, "gpusPerReplica"),
+                model.gpus_per_replica,
+                f"must be at most gpu.perNode ({per_node[model.node_pool]}) of nodePool {model.node_pool!r}: "
+                "a replica's GPUs are all on one node",
+            )
+
+
+def _s3_region_failures(spec: SovereignStackSpec) -> Iterator[RuleFailure]:
+    for index, store in enumerate(spec.data_stores):
+        if store.s3 is not None and store.s3.region not in spec.residency.regions:
+            yield RuleFailure(
+                ("dataStores", index, "s3", "region"),
+                store.s3.region,
+                f"is not one of spec.residency.regions ({', '.join(spec.residency.regions)})",
+            )
+
+
+class SovereignStackSpec(ApiObject):
+    """The desired sovereign AI deployment: where it may live, its GPU node pools, data stores,
+    models and applications."""
+
+    residency: Residency = Field(description="Where the stack's workloads and data may live.")
+    node_pools: list[NodePool] = map_list(
+        max_items=MAX_NODE_POOLS, description="GPU node pools the models run on. Names are unique."
+    )
+    data_stores: list[DataStore] = map_list(
+        max_items=MAX_DATA_STORES,
+        description="In-country stores of data and model weights: S3 buckets and volumes. Names are unique.",
+    )
+    models: list[ModelSpec] = map_list(
+        max_items=MAX_MODELS, description="Models served by vLLM. Names are unique."
+    )
+    applications: list[Application] = map_list(
+        max_items=MAX_APPLICATIONS, description="Workloads that use the models and stores. Names are unique."
+    )
+
+    object_rules: ClassVar[tuple[Rule, ...]] = (
+        _reference_rule(entries="models", ref="nodePool", target="nodePools", label="model"),
+        _reference_rule(entries="models", ref="source.dataStore", target="dataStores", label="model"),
+        Rule(
+            cel=(
+                "!has(self.models) || !has(self.nodePools) || self.models.all(m, "
+                "self.nodePools.all(p, p.name != m.nodePool || m.gpusPerReplica <= p.gpu.perNode))"
+            ),
+            message_expression=(
+                "self.models.filter(m, self.nodePools.exists(p, p.name == m.nodePool && "
+                "m.gpusPerReplica > p.gpu.perNode)).map(m, 'model \"' + m.name + '\": gpusPerReplica ' "
+                "+ string(m.gpusPerReplica) + ' is more than gpu.perNode of nodePool \"' + m.nodePool "
+                "+ '\"').join('; ')"
+            ),
+            field_path=".models",
+            failures=_gpus_fit_failures,
+        ),
+        _reference_list_rule(entries="applications", ref="models", target="models", label="application"),
+        _reference_list_rule(entries="applications", ref="dataStores", target="dataStores", label="application"),
+        Rule(
+            cel="!has(self.dataStores) || self.dataStores.all(d, !has(d.s3) || d.s3.region in self.residency.regions)",
+            message_expression=(
+                "self.dataStores.filter(d, has(d.s3) && !(d.s3.region in self.residency.regions)).map(d, "
+                "'dataStore \"' + d.name + '\": s3.region \"' + d.s3.region + '\" is not one of "
+                "spec.residency.regions').join('; ')"
+            ),
+            field_path=".dataStores",
+            failures=_s3_region_failures,
+        ),
+    )
+
+
+# === status ====================================================================================
+
+
+def _rfc3339(moment: datetime) -> str:
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+Timestamp = Annotated[datetime, PlainSerializer(_rfc3339, return_type=str, when_used="json")]
+"""A point in time, written as RFC 3339 in UTC to the second, as Kubernetes does."""
+
+
+class ConditionType(StrEnum):
+    """The condition types of a stack. Ready summarises the others."""
+
+    READY = "Ready"
+    RESIDENCY_COMPLIANT = "ResidencyCompliant"
+    NODE_POOLS_READY = "NodePoolsReady"
+    DATA_STORES_READY = "DataStoresReady"
+    MODELS_READY = "ModelsReady"
+    APPLICATIONS_READY = "ApplicationsReady"
+    GPU_HEALTHY = "GPUHealthy"
+
+
+class ConditionStatus(StrEnum):
+    """Status of a condition."""
+
+    TRUE = "True"
+    FALSE = "False"
+    UNKNOWN = "Unknown"
+
+
+class Condition(StatusObject):
+    """One aspect of the stack's state, in the shape of Kubernetes' metav1.Condition."""
+
+    type: Annotated[
+        str,
+        Field(min_length=1, max_length=316),
+        matches(
+            r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])$",
+            "must be a CamelCase condition type such as Ready",
+        ),
+    ] = Field(description="Type of the condition: Ready, ResidencyCompliant, NodePoolsReady, DataStoresReady, ModelsReady, ApplicationsReady or GPUHealthy.")
+    status: ConditionStatus = Field(description="True, False or Unknown.")
+    observed_generation: int | None = Field(
+        default=None, ge=0, description="metadata.generation of the stack the condition was computed for."
+    )
+    last_transition_time: Timestamp = Field(description="When the status last changed.")
+    reason: Annotated[
+        str,
+        Field(min_length=1, max_length=1024),
+        matches(r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$", "must be a CamelCase reason such as ModelsLoading"),
+    ] = Field(description="Why the condition has its status, as a CamelCase word machines can match on.")
+    message: str = Field(default="", max_length=32768, description="What a person should know, in words.")
+
+
+class ModelStatus(StatusObject):
+    """Observed state of one model."""
+
+    name: str = Field(description="Name of the model in spec.models.")
+    model: str = Field(default="", description="The model being served.")
+    replicas: int = Field(default=0, ge=0, description="Replicas that exist.")
+    ready_replicas: int = Field(default=0, ge=0, description="Replicas serving requests.")
+    endpoint: str = Field(default="", description="OpenAI-compatible base URL inside the cluster, such as http://chat.ns.svc:8000/v1.")
+
+
+class DataStoreStatus(StatusObject):
+    """Observed state of one data store."""
+
+    name: str = Field(description="Name of the store in spec.dataStores.")
+    ready: bool = Field(default=False, description="The store exists, is reachable and is inside the jurisdiction.")
+    location: str = Field(default="", description="Where the data is: s3://<bucket> or persistentvolumeclaim/<name>.")
+    region: str = Field(default="", description="Region the store was observed in.")
+    reason: str = Field(default="", description="CamelCase reason for ready, such as BucketOutsideRegions.")
+    message: str = Field(default="", description="Details, in words.")
+
+
+class NodePoolStatus(StatusObject):
+    """Observed state of one node pool."""
+
+    name: str = Field(description="Name of the pool in spec.nodePools.")
+    nodes: int = Field(default=0, ge=0, description="Nodes in the pool.")
+    ready_nodes: int = Field(default=0, ge=0, description="Nodes in the pool that are Ready.")
+    gpus: int = Field(default=0, ge=0, description="Allocatable GPUs on the pool's nodes.")
+    unhealthy_gpus: int = Field(
+        default=0, ge=0, alias="unhealthyGPUs", description="GPUs on the pool's nodes that NVML reports unhealthy."
+    )
+
+
+class ApplicationStatus(StatusObject):
+    """Observed state of one application."""
+
+    name: str = Field(description="Name of the application in spec.applications.")
+    replicas: int = Field(default=0, ge=0, description="Replicas that exist.")
+    ready_replicas: int = Field(default=0, ge=0, description="Replicas that are ready.")
+
+
+class ResidencyViolation(StatusObject):
+    """An object of the stack found breaking a residency rule."""
+
+    kind: str = Field(description="Kind of the object, such as Pod or PersistentVolume.")
+    namespace: str = Field(default="", description="Namespace of the object; empty for cluster-scoped objects.")
+    name: str = Field(description="Name of the object.")
+    rule: str = Field(description="The rule broken, as a CamelCase reason such as PodOutsideRegions.")
+    message: str = Field(default="", description="What is wrong, in words.")
+    since: Timestamp = Field(description="When the violation was first seen.")
+
+
+class SovereignStackStatus(StatusObject):
+    """Observed state of the stack, written by the operator."""
+
+    observed_generation: int | None = Field(
+        default=None, ge=0, description="metadata.generation of the spec the status describes."
+    )
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        description="Ready summarises the others: ResidencyCompliant, NodePoolsReady, DataStoresReady, ModelsReady, ApplicationsReady, GPUHealthy.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+    models_ready: str = Field(default="", description="Models with every replica ready, out of all, such as 1/2.")
+    violation_count: int = Field(default=0, ge=0, description="Number of entries in violations.")
+    models: list[ModelStatus] = map_list(max_items=MAX_MODELS, description="Observed state of each model.")
+    data_stores: list[DataStoreStatus] = map_list(max_items=MAX_DATA_STORES, description="Observed state of each data store.")
+    node_pools: list[NodePoolStatus] = map_list(max_items=MAX_NODE_POOLS, description="Observed state of each node pool.")
+    applications: list[ApplicationStatus] = map_list(
+        max_items=MAX_APPLICATIONS, description="Observed state of each application."
+    )
+    violations: list[ResidencyViolation] = Field(
+        default_factory=list, description="Objects of the stack found breaking residency rules, oldest first."
+    )
+
+
+# === the resource ==============================================================================
+
+
+class ObjectMeta(ApiObject):
+    """The parts of metadata the operator reads; everything else is kept as it came."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str | None = Field(default=None, description="Name of the stack.")
+    generate_name: str | None = Field(default=None, description="Prefix of a generated name.")
+    namespace: str | None = Field(default=None, description="Namespace of the stack.")
+    uid: str | None = Field(default=None, description="UID of the stack.")
+    generation: int | None = Field(default=None, description="Generation of the spec.")
+    labels: dict[str, str] = Field(default_factory=dict, description="Labels.")
+    annotations: dict[str, str] = Field(default_factory=dict, description="Annotations.")
+
+
+class SovereignStack(ApiObject):
+    """A sovereign AI deployment: GPU node pools, vLLM model servers, in-country data stores and
+    the applications that use them, kept inside one jurisdiction."""
+
+    api_version: Literal["sovereign.ai/v1alpha1"] = Field(default=API_VERSION, description="sovereign.ai/v1alpha1")
+    kind: Literal["SovereignStack"] = Field(default=KIND, description="SovereignStack")
+    metadata: ObjectMeta = Field(default_factory=ObjectMeta, description="Standard object metadata.")
+    spec: SovereignStackSpec = Field(description="The desired deployment.")
+    status: SovereignStackStatus | None = Field(default=None, description="Observed state, written by the operator.")
