@@ -1,0 +1,29 @@
+"""All NVML I/O (pynvml) behind a small interface, with a scripted fake for machines without a GPU.
+
+``reader`` reads GPUs and XID events through the ``NvmlLibrary`` protocol; ``fake`` implements
+that protocol from a scenario file that can be rewritten while an agent runs; ``readings`` is
+the plain data both produce. ``open_reader`` picks real NVML or the fake for the node agent.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sovereign.nvml.reader import NvmlReader, NvmlUnavailable
+
+__all__ = ["NvmlReader", "NvmlUnavailable", "open_reader"]
+
+
+def open_reader(*, fake_scenario: str | Path | None = None) -> NvmlReader:
+    """A reader over real NVML (pynvml), or over ``FakeNvml(fake_scenario)`` when a path is given.
+
+    The reader is not opened yet: its first ``read()`` does that, so a missing driver shows up as
+    ``NvmlUnavailable`` there, where the agent reports it, rather than here.
+    """
+    if fake_scenario is not None:
+        from sovereign.nvml.fake import FakeNvml
+
+        return NvmlReader(library=FakeNvml(fake_scenario))
+    import pynvml
+
+    return NvmlReader(library=pynvml)
