@@ -1,0 +1,50 @@
+# The two commands of the README are `make dev` (the main job: a local sovereign cluster with the
+# operator and a sample stack) and `make test` (the whole test suite). Both run `setup` first, which
+# installs everything a fresh machine lacks: the Python packages (in .venv), the Debian packages,
+# and the Go builds of the control plane, KWOK and MinIO (cached outside the repo by version).
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+DEBIAN_PACKAGES := prometheus
+PYTEST_ARGS ?=
+
+.PHONY: setup python-deps system-deps go-binaries dev down test bench crds clean
+
+setup: python-deps system-deps go-binaries
+
+python-deps: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+# promtool (alert rule tests) comes from Debian's prometheus package.
+system-deps:
+	@command -v promtool >/dev/null || { \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $(DEBIAN_PACKAGES); }
+
+go-binaries: python-deps
+	$(BIN)/python -m sovereign.devcluster.build
+
+dev: setup
+	$(BIN)/sovereign dev up
+
+down: python-deps
+	$(BIN)/sovereign dev down
+
+test: setup
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: setup
+	$(BIN)/python -m bench
+
+crds: python-deps
+	$(BIN)/sovereign crds > crds/sovereign.ai_sovereignstacks.yaml
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -1,0 +1,238 @@
+"""Build the control-plane, KWOK and MinIO binaries from pinned Go modules, cached by version.
+
+Each directory under ``gomods/`` is a tiny Go module of ours whose ``tool`` directives name the
+upstream main packages and whose go.mod/go.sum pin them. ``ensure(component)`` returns the
+directory holding that component's binaries, building it first when the cache has no entry for
+its version. The cache lives outside the repository (``$SOVEREIGN_CACHE_DIR`` or
+``~/.cache/sovereign-stack``), keyed by component, upstream version and a hash of the pin files,
+so later runs, CI on the same machine and several checkouts share one build.
+
+Called by ``devcluster.cluster``, ``devcluster.minio``, the test fixtures and
+``python -m sovereign.devcluster.build`` (the set-up step of the README's commands).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+GOMODS = Path(__file__).with_name("gomods")
+
+
+class BuildError(RuntimeError):
+    """A component could not be built; the message carries the tail of the Go output."""
+
+
+@dataclass(frozen=True)
+class Component:
+    """One pinned Go module of ours and the upstream module whose version names it."""
+
+    name: str
+    upstream: str
+
+    @property
+    def moddir(self) -> Path:
+        return GOMODS / self.name
+
+    @property
+    def tools(self) -> list[str]:
+        """The main packages listed by the module's ``tool`` directives."""
+        text = (self.moddir / "go.mod").read_text()
+        block = re.search(r"^tool \(\n(.*?)^\)", text, re.S | re.M)
+        lines = block.group(1).split() if block else []
+        return lines + re.findall(r"^tool ([^\s(]\S*)$", text, re.M)
+
+    @property
+    def binaries(self) -> list[str]:
+        return [_binary_name(tool) for tool in self.tools]
+
+    @property
+    def version(self) -> str:
+        """The pinned version of the upstream module, read from go.mod (the one source of truth)."""
+        text = (self.moddir / "go.mod").read_text()
+        match = re.search(rf"^\s*(?:require\s+)?{re.escape(self.upstream)} (v\S+)", text, re.M)
+        if not match:
+            raise BuildError(f"{self.moddir / 'go.mod'} does not require {self.upstream}")
+        return match.group(1)
+
+    @property
+    def key(self) -> str:
+        digest = hashlib.sha256()
+        for name in ("go.mod", "go.sum"):
+            digest.update((self.moddir / name).read_bytes())
+        return f"{self.name}-{self.version}-{digest.hexdigest()[:10]}"
+
+    def ldflags(self) -> str:
+        flags = ["-s", "-w"]
+        if self.name == "kubernetes":
+            # Without these the binaries report v0.0.0-master, which breaks version-skew checks.
+            major, minor = self.version.lstrip("v").split(".")[:2]
+            for pkg in ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version"):
+                flags += [
+                    f"-X {pkg}.gitVersion={self.version}",
+                    f"-X {pkg}.gitMajor={major}",
+                    f"-X {pkg}.gitMinor={minor}",
+                    f"-X {pkg}.gitTreeState=clean",
+                ]
+        return " ".join(flags)
+
+
+def _go_output_name(tool: str) -> str:
+    """The file name `go build -o dir/` gives a main package (the element before a /vN suffix)."""
+    parts = tool.rstrip("/").split("/")
+    return parts[-2] if re.fullmatch(r"v\d+", parts[-1]) else parts[-1]
+
+
+def _binary_name(tool: str) -> str:
+    # etcd's main package is its server module's root, so Go would call the binary "server".
+    name = _go_output_name(tool)
+    return {"server": "etcd"}.get(name, name)
+
+
+COMPONENTS: dict[str, Component] = {
+    c.name: c
+    for c in (
+        Component("etcd", "go.etcd.io/etcd/server/v3"),
+        Component("kubernetes", "k8s.io/kubernetes"),
+        Component("kwok", "sigs.k8s.io/kwok"),
+        Component("minio", "github.com/minio/minio"),
+    )
+}
+
+
+def cache_root() -> Path:
+    root = os.environ.get("SOVEREIGN_CACHE_DIR") or Path.home() / ".cache" / "sovereign-stack"
+    return Path(root)
+
+
+def cached_dir(component: Component) -> Path:
+    return cache_root() / "bin" / component.key
+
+
+def is_cached(name: str) -> bool:
+    component = COMPONENTS[name]
+    directory = cached_dir(component)
+    return all((directory / b).is_file() for b in component.binaries)
+
+
+def ensure(name: str, *, progress: bool = True) -> Path:
+    """Return the directory with ``name``'s binaries, building them once if the cache lacks them."""
+    component = COMPONENTS[name]
+    target = cached_dir(component)
+    if is_cached(name):
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Two test sessions or a test and `dev up` may ask at once: one builds, the other waits.
+    with _locked(target.parent / f".{component.name}.lock"):
+        if is_cached(name):
+            return target
+        _build(component, target, progress=progress)
+    return target
+
+
+def ensure_all(names: list[str] | None = None, *, progress: bool = True) -> dict[str, Path]:
+    return {n: ensure(n, progress=progress) for n in (names or list(COMPONENTS))}
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _build(component: Component, target: Path, *, progress: bool) -> None:
+    go = shutil.which("go") or "/usr/local/go/bin/go"
+    if not Path(go).exists():
+        raise BuildError("the Go toolchain is not installed: install Go 1.26+ and put `go` on PATH")
+    staging = Path(tempfile.mkdtemp(prefix=f".{component.key}.", dir=target.parent))
+    command = [
+        go, "build", "-v", "-trimpath", "-ldflags", component.ldflags(),
+        "-o", str(staging) + "/", *component.tools,
+    ]
+    env = dict(os.environ)
+    started = time.monotonic()
+    label = f"{component.name} {component.version}"
+    log = staging / "build.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            command, cwd=component.moddir, env=env, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True,
+        )
+        assert proc.stdout is not None
+        _show_progress(proc.stdout, out, label=label, enabled=progress)
+        code = proc.wait()
+    if code != 0:
+        tail = "".join(log.read_text().splitlines(keepends=True)[-40:])
+        shutil.rmtree(staging, ignore_errors=True)
+        raise BuildError(f"building {label} failed (exit {code}):\n{tail}")
+    for tool in component.tools:
+        built, wanted = staging / _go_output_name(tool), staging / _binary_name(tool)
+        if built != wanted and built.is_file():
+            built.rename(wanted)
+    for binary in component.binaries:
+        if not (staging / binary).is_file():
+            raise BuildError(f"building {label} produced no {binary} in {staging}")
+    if target.exists():
+        shutil.rmtree(target)
+    staging.rename(target)
+    _say(f"built {label} in {time.monotonic() - started:.0f}s -> {target}", enabled=progress)
+
+
+def _show_progress(stream, log_file, *, label: str, enabled: bool) -> None:
+    """Copy `go build -v` output to the log while showing a live count of compiled packages."""
+    if not enabled:
+        for line in stream:
+            log_file.write(line)
+        return
+    from rich.console import Console
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    console = Console(stderr=True)
+    columns = (SpinnerColumn(), TextColumn("[bold]building {task.fields[label]}"),
+               TextColumn("{task.completed} packages"), TimeElapsedColumn(),
+               TextColumn("[dim]{task.fields[last]}"))
+    with Progress(*columns, console=console, transient=not console.is_terminal) as bar:
+        task = bar.add_task("build", total=None, label=label, last="")
+        for line in stream:
+            log_file.write(line)
+            bar.update(task, advance=1, last=line.strip()[-60:])
+            if not console.is_terminal and bar.tasks[0].completed % 500 == 0:
+                console.print(f"building {label}: {bar.tasks[0].completed} packages compiled")
+
+
+def _say(message: str, *, enabled: bool) -> None:
+    if enabled:
+        print(message, file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    names = (argv if argv is not None else sys.argv[1:]) or list(COMPONENTS)
+    unknown = [n for n in names if n not in COMPONENTS]
+    if unknown:
+        print(f"unknown component(s) {unknown}; choose from {sorted(COMPONENTS)}", file=sys.stderr)
+        return 2
+    try:
+        for name, path in ensure_all(names).items():
+            print(f"{name}: {path}")
+    except BuildError as err:
+        print(str(err), file=sys.stderr)
+        return 3
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

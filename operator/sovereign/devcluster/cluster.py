@@ -1,0 +1,429 @@
+"""Start and stop a real local Kubernetes control plane with simulated GPU nodes.
+
+``DevCluster`` runs etcd, kube-apiserver (TLS, RBAC, ServiceAccount token signing),
+kube-controller-manager, kube-scheduler and KWOK as child processes on loopback, each on a free
+port so several clusters can run side by side; it writes an admin kubeconfig, creates the fleet of
+``fleet.yaml`` and installs CRDs (the upstream ones of ``../shared/upstream-crds`` and the
+project's own). Each component logs to ``<workdir>/logs/<name>.log``; when startup fails the tails
+of those logs are part of the raised error. ``stop()`` ends every process group it started.
+
+Used by the pytest plugin (``pytest_plugin``), the benchmarks and ``sovereign dev up``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sovereign.devcluster import build, fleet as fleet_mod
+from sovereign.devcluster.pki import CertificateAuthority, KeyPair, service_account_keys
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+SERVICE_CIDR = "10.96.0.0/16"
+SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
+
+
+class ClusterError(RuntimeError):
+    """The control plane did not come up; the message includes the relevant log tails."""
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def upstream_crd_dir() -> Path | None:
+    """Where the upstream CRDs are: $SOVEREIGN_UPSTREAM_CRDS, else ``shared/`` beside the repo."""
+    configured = os.environ.get("SOVEREIGN_UPSTREAM_CRDS")
+    candidates = [Path(configured)] if configured else []
+    candidates += [REPO_ROOT.parent / "shared" / "upstream-crds", REPO_ROOT / "shared" / "upstream-crds"]
+    return next((c for c in candidates if c.is_dir()), None)
+
+
+def default_crd_paths() -> list[Path]:
+    """Upstream CRDs plus the project's generated ones, in a stable order."""
+    paths: list[Path] = []
+    upstream = upstream_crd_dir()
+    if upstream:
+        paths += sorted(upstream.glob("*.yaml"))
+    paths += sorted((REPO_ROOT / "crds").glob("*.yaml"))
+    return paths
+
+
+@dataclass
+class Component:
+    """One child process of the cluster and where its output goes."""
+
+    name: str
+    argv: list[str]
+    log: Path
+    process: subprocess.Popen | None = None
+
+    def start(self, env: dict[str, str] | None = None) -> None:
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log, "ab") as out:
+            # A session of its own, so stop() can end the component and anything it spawned.
+            self.process = subprocess.Popen(
+                self.argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True, env={**os.environ, **(env or {})})
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self, *, grace: float = 10.0) -> None:
+        if self.process is None:
+            return
+        _signal_group(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            _signal_group(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=grace)
+        # Children that outlived their leader (none expected) go with the group.
+        _signal_group(self.process.pid, signal.SIGKILL)
+
+    def tail(self, lines: int = 25) -> str:
+        if not self.log.exists():
+            return "(no log)"
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+@dataclass
+class DevCluster:
+    """A local control plane; use as a context manager or call ``start()``/``stop()``."""
+
+    workdir: Path | None = None
+    fleet: dict[str, Any] | None = None
+    crd_paths: list[Path] | None = None
+    progress: bool = True
+    components: dict[str, Component] = field(default_factory=dict)
+    ports: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._owns_workdir = self.workdir is None
+        self.workdir = Path(self.workdir or tempfile.mkdtemp(prefix="sovereign-devcluster-"))
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        if self.fleet is None:
+            self.fleet = fleet_mod.load()
+        if self.crd_paths is None:
+            self.crd_paths = default_crd_paths()
+
+    # -- public surface -------------------------------------------------------------------------
+
+    @property
+    def kubeconfig(self) -> str:
+        return str(self.workdir / "kubeconfig")
+
+    @property
+    def server(self) -> str:
+        return f"https://127.0.0.1:{self.ports['apiserver']}"
+
+    @property
+    def bin_dirs(self) -> dict[str, Path]:
+        return {name: build.ensure(name, progress=self.progress)
+                for name in ("etcd", "kubernetes", "kwok")}
+
+    @property
+    def pids(self) -> list[int]:
+        return [c.process.pid for c in self.components.values() if c.process is not None]
+
+    def api_client(self):
+        """A new kubernetes ApiClient authenticated as cluster admin."""
+        from kubernetes import client, config
+
+        configuration = client.Configuration()
+        config.load_kube_config(config_file=self.kubeconfig, client_configuration=configuration)
+        return client.ApiClient(configuration)
+
+    def kubectl(self, *args: str, input: str | None = None, check: bool = False,
+                timeout: float = 120) -> subprocess.CompletedProcess:
+        """Run the cluster's own kubectl build against this cluster."""
+        binary = self.bin_dirs["kubernetes"] / "kubectl"
+        return subprocess.run([str(binary), "--kubeconfig", self.kubeconfig, *args], input=input,
+                              capture_output=True, text=True, check=check, timeout=timeout)
+
+    def __enter__(self) -> DevCluster:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self, *, timeout: float = 180) -> None:
+        """Start every component, create the fleet and install CRDs; raise ClusterError on failure."""
+        try:
+            self._start(timeout=timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        for name in reversed(list(self.components)):
+            self.components[name].stop()
+
+    def logs(self) -> dict[str, Path]:
+        return {name: c.log for name, c in self.components.items()}
+
+    # -- start-up -------------------------------------------------------------------------------
+
+    def _start(self, *, timeout: float) -> None:
+        bins = self.bin_dirs
+        pki = self._pki()
+        self.ports = {name: free_port() for name in (
+            "etcd", "etcd-peer", "apiserver", "controller-manager", "scheduler", "kwok")}
+        deadline = time.monotonic() + timeout
+
+        etcd_url = f"http://127.0.0.1:{self.ports['etcd']}"
+        peer_url = f"http://127.0.0.1:{self.ports['etcd-peer']}"
+        self._launch("etcd", [
+            str(bins["etcd"] / "etcd"), "--name=devcluster",
+            f"--data-dir={self.workdir / 'etcd'}",
+            f"--listen-client-urls={etcd_url}", f"--advertise-client-urls={etcd_url}",
+            f"--listen-peer-urls={peer_url}", f"--initial-advertise-peer-urls={peer_url}",
+            f"--initial-cluster=devcluster={peer_url}",
+            # A throwaway cluster: skipping fsync makes it several times faster on small disks.
+            "--unsafe-no-fsync", "--quota-backend-bytes=4294967296", "--log-level=warn",
+        ])
+        self._wait("etcd", lambda: _http_ok(f"{etcd_url}/health"), deadline)
+
+        kube = bins["kubernetes"]
+        self._launch("kube-apiserver", [
+            str(kube / "kube-apiserver"),
+            "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
+            f"--secure-port={self.ports['apiserver']}",
+            f"--etcd-servers={etcd_url}",
+            f"--cert-dir={self.workdir / 'apiserver'}",
+            f"--tls-cert-file={pki['apiserver'].cert}", f"--tls-private-key-file={pki['apiserver'].key}",
+            f"--client-ca-file={pki['ca'].cert}",
+            f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
+            f"--service-account-key-file={pki['sa'].cert}",
+            f"--service-account-signing-key-file={pki['sa'].key}",
+            "--authorization-mode=Node,RBAC",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            "--allow-privileged=true",
+            "--enable-admission-plugins=NodeRestriction",
+            "--profiling=false",
+        ])
+        self._write_kubeconfig(self.workdir / "kubeconfig", pki["admin"], pki["ca"])
+        self._wait("kube-apiserver", self._apiserver_ready, deadline)
+
+        for name, user in (("controller-manager", "controller-manager"), ("scheduler", "scheduler"),
+                           ("kwok", "kwok")):
+            self._write_kubeconfig(self.workdir / f"{name}.kubeconfig", pki[user], pki["ca"])
+        common = [f"--bind-address=127.0.0.1", "--leader-elect=false"]
+        cm_kubeconfig = self.workdir / "controller-manager.kubeconfig"
+        self._launch("kube-controller-manager", [
+            str(kube / "kube-controller-manager"), *common,
+            f"--secure-port={self.ports['controller-manager']}",
+            f"--kubeconfig={cm_kubeconfig}", f"--authentication-kubeconfig={cm_kubeconfig}",
+            f"--authorization-kubeconfig={cm_kubeconfig}",
+            f"--cert-dir={self.workdir / 'controller-manager'}",
+            f"--service-account-private-key-file={pki['sa'].key}",
+            f"--root-ca-file={pki['ca'].cert}",
+            f"--cluster-signing-cert-file={pki['ca'].cert}",
+            f"--cluster-signing-key-file={pki['ca'].key}",
+            "--use-service-account-credentials=true",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            "--controllers=*",
+        ])
+        sched_kubeconfig = self.workdir / "scheduler.kubeconfig"
+        self._launch("kube-scheduler", [
+            str(kube / "kube-scheduler"), *common,
+            f"--secure-port={self.ports['scheduler']}",
+            f"--kubeconfig={sched_kubeconfig}", f"--authentication-kubeconfig={sched_kubeconfig}",
+            f"--authorization-kubeconfig={sched_kubeconfig}",
+            f"--cert-dir={self.workdir / 'scheduler'}",
+        ])
+        kwok_config = self.workdir / "kwok.yaml"
+        kwok_config.write_text(yaml.safe_dump({
+            "apiVersion": "config.kwok.x-k8s.io/v1alpha1", "kind": "KwokConfiguration",
+            "options": {}}))
+        self._launch("kwok", [
+            str(bins["kwok"] / "kwok"), f"--config={kwok_config}",
+            f"--kubeconfig={self.workdir / 'kwok.kubeconfig'}",
+            "--manage-all-nodes=false",
+            "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
+            "--node-lease-duration-seconds=40",
+            "--cidr=10.244.0.0/16", "--node-ip=10.0.0.1",
+            f"--server-address=127.0.0.1:{self.ports['kwok']}",
+        ])
+        for name in ("kube-controller-manager", "kube-scheduler"):
+            port = self.ports[name.removeprefix("kube-")]
+            self._wait(name, lambda p=port: _http_ok(f"https://127.0.0.1:{p}/healthz"), deadline)
+        self._wait("kwok", lambda: _http_ok(f"http://127.0.0.1:{self.ports['kwok']}/healthz"),
+                   deadline)
+
+        api = self.api_client()
+        try:
+            self._create_fleet(api)
+            self._install_crds(api, deadline)
+            self._wait("kwok", lambda: self._nodes_ready(api), deadline,
+                       what="all simulated nodes Ready")
+            # The ServiceAccount controller is the last piece pods need (admission requires `default`).
+            self._wait("kube-controller-manager", lambda: self._default_sa(api, "default"),
+                       deadline, what="ServiceAccount default/default")
+        finally:
+            api.close()
+
+    def _pki(self) -> dict[str, KeyPair]:
+        directory = self.workdir / "pki"
+        ca = CertificateAuthority(directory)
+        names = ("127.0.0.1", "localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc",
+                 "kubernetes.default.svc.cluster.local", "10.96.0.1")
+        return {
+            "ca": ca.pair,
+            "apiserver": ca.issue("apiserver", common_name="kube-apiserver", server_names=names,
+                                  client=False),
+            "admin": ca.issue("admin", common_name="sovereign-admin", organization="system:masters"),
+            "controller-manager": ca.issue("controller-manager",
+                                           common_name="system:kube-controller-manager"),
+            "scheduler": ca.issue("scheduler", common_name="system:kube-scheduler"),
+            # KWOK acts as every kubelet at once; there is no narrower bootstrap role for that.
+            "kwok": ca.issue("kwok", common_name="kwok-controller", organization="system:masters"),
+            "sa": service_account_keys(directory),
+        }
+
+    def _write_kubeconfig(self, path: Path, user: KeyPair, ca: KeyPair) -> None:
+        path.write_text(yaml.safe_dump({
+            "apiVersion": "v1", "kind": "Config", "current-context": "sovereign-dev",
+            "clusters": [{"name": "sovereign-dev", "cluster": {
+                "server": self.server, "certificate-authority": str(ca.cert)}}],
+            "users": [{"name": "sovereign-dev", "user": {
+                "client-certificate": str(user.cert), "client-key": str(user.key)}}],
+            "contexts": [{"name": "sovereign-dev", "context": {
+                "cluster": "sovereign-dev", "user": "sovereign-dev"}}],
+        }))
+        path.chmod(0o600)
+
+    def _launch(self, name: str, argv: list[str]) -> None:
+        component = Component(name, argv, self.workdir / "logs" / f"{name}.log")
+        self.components[name] = component
+        component.start()
+
+    def _wait(self, name: str, ready: Callable[[], bool], deadline: float, *,
+              what: str | None = None) -> None:
+        while time.monotonic() < deadline:
+            dead = [c for c in self.components.values() if not c.running()]
+            if dead:
+                raise ClusterError(self._report(f"{dead[0].name} exited with code "
+                                                f"{dead[0].process.returncode}", dead[0].name))
+            try:
+                if ready():
+                    return
+            except Exception:  # noqa: BLE001 - any failure of a probe means "not ready yet"
+                pass
+            time.sleep(0.25)
+        raise ClusterError(self._report(f"timed out waiting for {what or name}", name))
+
+    def _report(self, headline: str, focus: str) -> str:
+        parts = [f"local control plane failed to start: {headline} (logs in {self.workdir / 'logs'})"]
+        for name, component in self.components.items():
+            if name == focus or not component.running():
+                parts.append(f"--- last lines of {name} ({component.log}) ---\n{component.tail()}")
+        return "\n".join(parts)
+
+    def _apiserver_ready(self) -> bool:
+        context = ssl.create_default_context(cafile=str(self.workdir / "pki" / "ca.crt"))
+        context.load_cert_chain(self.workdir / "pki" / "admin.crt", self.workdir / "pki" / "admin.key")
+        with urllib.request.urlopen(f"{self.server}/readyz", context=context, timeout=5) as resp:
+            return resp.status == 200
+
+    def _create_fleet(self, api) -> None:
+        from kubernetes import client
+
+        core = client.CoreV1Api(api)
+        for node in fleet_mod.nodes(self.fleet):
+            core.create_node(node)
+
+    def _install_crds(self, api, deadline: float) -> None:
+        from kubernetes import client
+
+        ext = client.ApiextensionsV1Api(api)
+        names = []
+        for path in self.crd_paths:
+            for doc in _yaml_docs([path]):
+                if doc.get("kind") != "CustomResourceDefinition":
+                    continue
+                ext.create_custom_resource_definition(doc)
+                names.append(doc["metadata"]["name"])
+
+        def established() -> bool:
+            for name in names:
+                crd = ext.read_custom_resource_definition(name)
+                conditions = {c.type: c.status for c in (crd.status.conditions or [])}
+                if conditions.get("Established") != "True":
+                    return False
+            return True
+
+        self._wait("kube-apiserver", established, deadline, what=f"CRDs established: {names}")
+
+    @staticmethod
+    def _nodes_ready(api) -> bool:
+        from kubernetes import client
+
+        nodes = client.CoreV1Api(api).list_node().items
+        return bool(nodes) and all(
+            any(c.type == "Ready" and c.status == "True" for c in (n.status.conditions or []))
+            for n in nodes)
+
+    @staticmethod
+    def _default_sa(api, namespace: str) -> bool:
+        from kubernetes import client
+
+        client.CoreV1Api(api).read_namespaced_service_account("default", namespace)
+        return True
+
+
+def _http_ok(url: str) -> bool:
+    context = ssl._create_unverified_context()  # probes of loopback health endpoints only
+    try:
+        with urllib.request.urlopen(url, context=context, timeout=3) as resp:
+            return resp.status == 200
+    except urllib.error.HTTPError:
+        return False
+
+
+def _yaml_docs(paths: Iterable[Path]) -> list[dict[str, Any]]:
+    docs = []
+    for path in paths:
+        docs += [d for d in yaml.safe_load_all(path.read_text()) if d]
+    return docs
+
+
+def wait_until(predicate: Callable[[], Any], *, timeout: float = 60, interval: float = 0.25,
+               message: str = "condition") -> Any:
+    """Poll ``predicate`` until it returns something truthy; raise TimeoutError naming ``message``."""
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            result = predicate()
+            if result:
+                return result
+        except Exception as err:  # noqa: BLE001 - reported if the wait times out
+            last_error = err
+        time.sleep(interval)
+    suffix = f" (last error: {last_error})" if last_error else ""
+    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {message}{suffix}")
+

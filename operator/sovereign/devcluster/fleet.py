@@ -1,0 +1,80 @@
+"""The simulated fleet: turns ``fleet.yaml`` into KWOK Node objects.
+
+Pure: ``nodes(...)`` returns Node manifests (with capacity in their status, which KWOK keeps);
+``devcluster.cluster`` creates them. ``sovereign dev up --nodes/--regions`` reshape the fleet
+through ``scaled``.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+FLEET_FILE = Path(__file__).with_name("fleet.yaml")
+REGION_LABEL = "topology.kubernetes.io/region"
+ZONE_LABEL = "topology.kubernetes.io/zone"
+GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
+GPU_COUNT_LABEL = "nvidia.com/gpu.count"
+GPU_MEMORY_LABEL = "nvidia.com/gpu.memory"
+# KWOK only manages nodes carrying this annotation (see --manage-nodes-with-annotation-selector).
+KWOK_ANNOTATION = {"kwok.x-k8s.io/node": "fake"}
+
+
+def load(path: Path = FLEET_FILE) -> dict[str, Any]:
+    return yaml.safe_load(path.read_text())
+
+
+def scaled(fleet: dict[str, Any], *, gpu_nodes_per_region: int | None = None,
+           regions: list[str] | None = None) -> dict[str, Any]:
+    """A copy of ``fleet`` with GPU groups resized and groups limited to ``regions``."""
+    result = copy.deepcopy(fleet)
+    groups = result["groups"]
+    if regions is not None:
+        groups = [g for g in groups if g["region"] in regions]
+    if gpu_nodes_per_region is not None:
+        for group in groups:
+            if "gpu" in group:
+                group["count"] = gpu_nodes_per_region
+    result["groups"] = groups
+    return result
+
+
+def nodes(fleet: dict[str, Any]) -> list[dict[str, Any]]:
+    """The Node manifests of ``fleet``, in a stable order."""
+    gpu = fleet["gpu"]
+    result = []
+    for group in fleet["groups"]:
+        for index in range(group["count"]):
+            zone = group["zones"][index % len(group["zones"])]
+            name = f"{group['prefix']}-{index}"
+            labels = {
+                "kubernetes.io/hostname": name,
+                "kubernetes.io/os": "linux",
+                "kubernetes.io/arch": "amd64",
+                "node.kubernetes.io/instance-type": "kwok-gpu" if "gpu" in group else "kwok-cpu",
+                REGION_LABEL: group["region"],
+                ZONE_LABEL: zone,
+                "type": "kwok",
+            }
+            capacity = dict(group["capacity"])
+            taints = []
+            if "gpu" in group:
+                labels.update({
+                    GPU_PRODUCT_LABEL: group["gpu"]["product"],
+                    GPU_COUNT_LABEL: str(group["gpu"]["count"]),
+                    GPU_MEMORY_LABEL: str(group["gpu"]["memoryMiB"]),
+                    "nvidia.com/gpu.present": "true",
+                })
+                capacity[gpu["resource"]] = str(group["gpu"]["count"])
+                taints.append(dict(gpu["taint"]))
+            result.append({
+                "apiVersion": "v1",
+                "kind": "Node",
+                "metadata": {"name": name, "labels": labels, "annotations": dict(KWOK_ANNOTATION)},
+                "spec": {"taints": taints} if taints else {},
+                "status": {"capacity": capacity, "allocatable": dict(capacity)},
+            })
+    return result

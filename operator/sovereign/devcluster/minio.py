@@ -1,0 +1,246 @@
+"""Real MinIO servers on loopback, one per region: the object stores of the tests and the dev cluster.
+
+Each ``MinioServer`` is one ``minio server`` process with its own data directory, a free
+loopback port, its own root credentials and ``MINIO_REGION``/``MINIO_SITE_REGION`` set to its
+region, so GetBucketLocation answers with that region as an in-country store would. By
+default a static KMS key is configured (``MINIO_KMS_SECRET_KEY``), because without a KMS MinIO
+refuses default bucket encryption; ``kms=False`` gives a plain server for the "unsupported"
+paths. ``MinioFleet`` starts one server per region and stops them all.
+
+The binary comes from ``devcluster.build.ensure("minio")`` (built once from its pinned Go
+module). Processes run in their own session and are stopped by process group (SIGTERM, then
+SIGKILL), so none is left behind. Used by ``devcluster.minio_fixtures`` and ``sovereign dev up``.
+"""
+
+from __future__ import annotations
+
+import atexit
+import base64
+import contextlib
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+DEFAULT_REGIONS = ("me-central-1", "eu-west-1")
+_KMS_KEY_NAME = "sovereign-dev"
+_LOG_TAIL_LINES = 40
+_PORT_ATTEMPTS = 3
+
+
+class MinioStartError(RuntimeError):
+    """A MinIO server did not become ready; the message carries the tail of its log."""
+
+
+class MinioServer:
+    """One MinIO process serving one region from ``root`` (data, certs and log live there).
+
+    ``access_key``/``secret_key`` default to fresh random values. The KMS key, when enabled,
+    is kept in ``root`` so a restarted server can still read the objects it encrypted.
+    """
+
+    def __init__(
+        self,
+        *,
+        region: str,
+        root: Path,
+        access_key: str | None = None,
+        secret_key: str | None = None,
+        kms: bool = True,
+        binary_dir: Path | None = None,
+    ) -> None:
+        self.region = region
+        self.root = Path(root)
+        self.access_key = access_key or f"sov-{secrets.token_hex(6)}"
+        self.secret_key = secret_key or secrets.token_urlsafe(24)
+        self.kms = kms
+        self.port = 0
+        self._binary_dir = binary_dir
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def __repr__(self) -> str:
+        state = f"pid {self._process.pid}" if self.running else "stopped"
+        return f"MinioServer(region={self.region!r}, endpoint={self.endpoint!r}, {state})"
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.root / "minio.log"
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def client(self) -> Any:
+        """A boto3 S3 client for this server, signed for its region, path-style addressing."""
+        import boto3
+        from botocore.config import Config
+
+        return boto3.session.Session().client(
+            "s3",
+            endpoint_url=self.endpoint,
+            region_name=self.region,
+            aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key,
+            config=Config(s3={"addressing_style": "path"}, signature_version="s3v4",
+                          request_checksum_calculation="when_required",
+                          response_checksum_validation="when_required"),
+        )
+
+    def start(self, *, timeout: float = 180.0) -> None:
+        """Start the server and wait until ``/minio/health/ready`` answers 200.
+
+        Another process can take the probed port before MinIO binds it; that case is retried
+        on a new port. Any other failure stops the process and raises ``MinioStartError``.
+        """
+        if self.running:
+            return
+        binary = self._binary()
+        for attempt in range(1, _PORT_ATTEMPTS + 1):
+            self.port = _free_port()
+            self._spawn(binary)
+            try:
+                self._wait_ready(timeout=timeout)
+                return
+            except MinioStartError as err:
+                self.stop()
+                if "address already in use" not in str(err) or attempt == _PORT_ATTEMPTS:
+                    raise
+
+    def stop(self, *, grace: float = 15.0) -> None:
+        """SIGTERM the server's process group, SIGKILL it after ``grace`` seconds; idempotent."""
+        process, self._process = self._process, None
+        if process is None:
+            return
+        atexit.unregister(self.stop)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+    def __enter__(self) -> MinioServer:
+        self.start()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self.stop()
+
+    def _binary(self) -> Path:
+        if self._binary_dir is None:
+            from sovereign.devcluster import build
+
+            self._binary_dir = build.ensure("minio")
+        return self._binary_dir / "minio"
+
+    def _spawn(self, binary: Path) -> None:
+        for directory in (self.root / "data", self.root / "certs"):
+            directory.mkdir(parents=True, exist_ok=True)
+        command = [str(binary), "server", "--address", f"127.0.0.1:{self.port}",
+                   "--certs-dir", str(self.root / "certs"), str(self.root / "data")]
+        # Start from the caller's environment minus any MinIO settings it happens to carry.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MINIO_")}
+        env.update({
+            "MINIO_ROOT_USER": self.access_key,
+            "MINIO_ROOT_PASSWORD": self.secret_key,
+            "MINIO_REGION": self.region,
+            "MINIO_SITE_REGION": self.region,
+            "MINIO_BROWSER": "off",
+            "MINIO_UPDATE": "off",
+        })
+        if self.kms:
+            env["MINIO_KMS_SECRET_KEY"] = self._kms_key()
+        with open(self.log_path, "ab") as log:
+            log.write(f"--- {time.strftime('%Y-%m-%dT%H:%M:%S')} {' '.join(command)}\n".encode())
+            log.flush()
+            self._process = subprocess.Popen(
+                command, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        atexit.register(self.stop)
+
+    def _kms_key(self) -> str:
+        path = self.root / "kms-key"
+        if not path.exists():
+            path.write_text(base64.b64encode(secrets.token_bytes(32)).decode())
+            path.chmod(0o600)
+        return f"{_KMS_KEY_NAME}:{path.read_text().strip()}"
+
+    def _wait_ready(self, *, timeout: float) -> None:
+        url = f"{self.endpoint}/minio/health/ready"
+        deadline = time.monotonic() + timeout
+        while True:
+            assert self._process is not None
+            if self._process.poll() is not None:
+                raise MinioStartError(
+                    f"MinIO for {self.region} exited with code {self._process.returncode} before "
+                    f"it was ready; {self._log_tail()}")
+            try:
+                with urllib.request.urlopen(url, timeout=5) as response:
+                    if response.status == 200:
+                        return
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            if time.monotonic() > deadline:
+                raise MinioStartError(
+                    f"MinIO for {self.region} was not ready at {url} after {timeout:.0f}s; "
+                    f"{self._log_tail()}")
+            time.sleep(0.2)
+
+    def _log_tail(self) -> str:
+        lines = self.log_path.read_text(errors="replace").splitlines()[-_LOG_TAIL_LINES:]
+        return f"last lines of {self.log_path}:\n" + "\n".join(lines)
+
+
+class MinioFleet:
+    """One ``MinioServer`` per region under ``root/<region>``, started and stopped together."""
+
+    def __init__(self, *, root: Path, regions: Sequence[str] = DEFAULT_REGIONS,
+                 kms: bool = True) -> None:
+        self.servers = {
+            region: MinioServer(region=region, root=Path(root) / region, kms=kms)
+            for region in regions
+        }
+
+    def start(self, *, timeout: float = 180.0) -> dict[str, MinioServer]:
+        try:
+            for server in self.servers.values():
+                server.start(timeout=timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self.servers
+
+    def stop(self) -> None:
+        for server in self.servers.values():
+            server.stop()
+
+    def __enter__(self) -> MinioFleet:
+        self.start()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self.stop()
+
+
+def _free_port() -> int:
+    """A loopback port the kernel says is free now (bound to port 0, then released)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

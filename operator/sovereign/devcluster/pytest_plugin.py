@@ -1,0 +1,78 @@
+"""Pytest fixtures for tests that need the local control plane.
+
+Loaded for every test run through the ``pytest11`` entry point of ``pyproject.toml``:
+``cluster`` (one DevCluster per session, started on first use), ``api_client`` and ``namespace``
+(a fresh namespace per test, deleted afterwards). Tests that use them get the ``cluster`` marker,
+so ``-m "not cluster"`` runs the pure tests alone. The ``gpu`` marker skips tests unless NVML
+finds a GPU.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from sovereign.devcluster.cluster import DevCluster, wait_until
+
+_CLUSTER_FIXTURES = {"cluster", "api_client", "namespace"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    has_gpu = _nvml_has_gpu() if any("gpu" in item.keywords for item in items) else False
+    for item in items:
+        if _CLUSTER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.cluster)
+        if "gpu" in item.keywords and not has_gpu:
+            item.add_marker(pytest.mark.skip(reason="no NVIDIA GPU visible to NVML on this machine"))
+
+
+def _nvml_has_gpu() -> bool:
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            return pynvml.nvmlDeviceGetCount() > 0
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:  # noqa: BLE001 - no driver, no library or no device: all mean "no GPU"
+        return False
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevCluster]:
+    workdir = tmp_path_factory.mktemp("devcluster")
+    dev = DevCluster(workdir=workdir, progress=True)
+    dev.start()
+    try:
+        yield dev
+    finally:
+        dev.stop()
+        if not os.environ.get("SOVEREIGN_KEEP_CLUSTER"):
+            shutil.rmtree(workdir / "etcd", ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def api_client(cluster: DevCluster):
+    client = cluster.api_client()
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def namespace(api_client, request: pytest.FixtureRequest) -> Iterator[str]:
+    from kubernetes import client
+
+    core = client.CoreV1Api(api_client)
+    name = f"t-{request.node.name[:40].lower().replace('_', '-').strip('-')}-{uuid.uuid4().hex[:5]}"
+    name = "".join(ch for ch in name if ch.isalnum() or ch == "-").strip("-")
+    core.create_namespace({"metadata": {"name": name, "labels": {"sovereign.ai/test": "true"}}})
+    # Pod admission needs the namespace's default ServiceAccount, made by the controller-manager.
+    wait_until(lambda: core.read_namespaced_service_account("default", name), timeout=60,
+               message=f"ServiceAccount {name}/default")
+    yield name
+    core.delete_namespace(name, propagation_policy="Background")

@@ -1,0 +1,34 @@
+"""The fleet file yields the simulated nodes the tests and `dev up` rely on."""
+
+from sovereign.devcluster import fleet
+
+
+def test_fleet_has_gpu_nodes_in_two_regions_and_cpu_nodes():
+    nodes = fleet.nodes(fleet.load())
+    gpu = [n for n in nodes if "nvidia.com/gpu" in n["status"]["capacity"]]
+    cpu = [n for n in nodes if "nvidia.com/gpu" not in n["status"]["capacity"]]
+    assert {n["metadata"]["labels"][fleet.REGION_LABEL] for n in gpu} == {"me-central-1", "eu-west-1"}
+    assert len([n for n in gpu if n["metadata"]["labels"][fleet.REGION_LABEL] == "me-central-1"]) >= 2
+    assert cpu
+    for node in gpu:
+        labels = node["metadata"]["labels"]
+        assert node["status"]["capacity"]["nvidia.com/gpu"] == "8"
+        assert labels["nvidia.com/gpu.product"] == "NVIDIA-H100-80GB-HBM3"
+        assert labels["nvidia.com/gpu.count"] == "8"
+        assert labels[fleet.ZONE_LABEL].startswith(labels[fleet.REGION_LABEL])
+        assert node["spec"]["taints"] == [{"key": "nvidia.com/gpu", "value": "present",
+                                           "effect": "NoSchedule"}]
+        assert node["metadata"]["annotations"] == fleet.KWOK_ANNOTATION
+
+
+def test_scaled_fleet_resizes_gpu_groups_and_drops_regions():
+    shaped = fleet.scaled(fleet.load(), gpu_nodes_per_region=1, regions=["me-central-1"])
+    nodes = fleet.nodes(shaped)
+    assert {n["metadata"]["labels"][fleet.REGION_LABEL] for n in nodes} == {"me-central-1"}
+    assert len([n for n in nodes if "nvidia.com/gpu" in n["status"]["capacity"]]) == 1
+
+
+def test_node_names_are_unique_and_stable():
+    first = [n["metadata"]["name"] for n in fleet.nodes(fleet.load())]
+    assert len(first) == len(set(first))
+    assert first == [n["metadata"]["name"] for n in fleet.nodes(fleet.load())]
