@@ -1,0 +1,76 @@
+"""Real NVML on a machine with NVIDIA GPUs: every GPU reads, and the readings are sane.
+
+Marked ``gpu``: the pytest plugin skips these where ``pynvml.nvmlInit`` fails or finds no GPU.
+Written against data-centre GPUs (A100/H100 class): ECC on, row remapper present.
+"""
+
+from __future__ import annotations
+
+import pynvml
+import pytest
+
+from sovereign.nvml import open_reader
+
+pytestmark = pytest.mark.gpu
+
+
+@pytest.fixture(scope="module")
+def readings():
+    reader = open_reader()
+    try:
+        yield reader.read()
+    finally:
+        reader.close()
+
+
+def test_every_gpu_has_an_identity(readings):
+    assert readings, "NVML lists no GPUs"
+    for reading in readings:
+        identity = reading.identity
+        assert identity.uuid.startswith(("GPU-", "MIG-")), identity
+        assert identity.name.startswith("NVIDIA"), identity
+        assert identity.pci_bus_id.count(":") == 2, identity
+        assert not reading.lost, f"GPU {identity.index} is lost"
+
+
+def test_thermal_and_power_readings_are_in_physical_ranges(readings):
+    for reading in readings:
+        assert 0 < reading.temperature_c < 110
+        assert reading.temperature_c < reading.slowdown_temp_c < reading.shutdown_temp_c < 130
+        assert 0 < reading.power_usage_w <= reading.power_limit_w * 1.5
+        assert 50 <= reading.power_limit_w <= 1500
+
+
+def test_memory_and_utilization_readings_add_up(readings):
+    for reading in readings:
+        assert reading.fb_total_mib > 1024
+        # NVML's used + free leaves out memory the driver reserves, so it may fall short of total.
+        assert reading.fb_used_mib + reading.fb_free_mib <= reading.fb_total_mib
+        assert 0 <= reading.gpu_util_pct <= 100 and 0 <= reading.mem_copy_util_pct <= 100
+
+
+def test_error_counters_are_counts(readings):
+    for reading in readings:
+        for count in (reading.ecc_corrected_volatile, reading.ecc_uncorrected_volatile,
+                      reading.ecc_corrected_aggregate, reading.ecc_uncorrected_aggregate,
+                      reading.pcie_replay_count):
+            assert count is None or count >= 0
+        rows = reading.remapped_rows
+        assert rows is not None, "Ampere and newer data-centre GPUs have a row remapper"
+        assert rows.correctable >= 0 and rows.uncorrectable >= 0
+        assert isinstance(reading.clock_event_reasons, int)
+        assert reading.clock_event_reasons & ~pynvml.nvmlClocksEventReasonAll == 0
+        assert reading.mig_enabled in (True, False)
+        if reading.nvlink is not None:
+            assert 0 < reading.nvlink.active_links <= pynvml.NVML_NVLINK_MAX_LINKS
+
+
+def test_waiting_for_xid_events_returns_within_the_timeout():
+    reader = open_reader()
+    try:
+        reader.open()
+        events = reader.wait_for_xids(timeout_s=0.5)
+    finally:
+        reader.close()
+
+    assert all(e.gpu_index is None or e.gpu_index >= 0 for e in events)

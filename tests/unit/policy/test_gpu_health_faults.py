@@ -1,0 +1,73 @@
+"""Every scripted fault of the fake NVML, read through the real reader, meets its health rule."""
+
+from __future__ import annotations
+
+import pytest
+
+from sovereign.nvml import open_reader
+from sovereign.nvml.fake import clear_faults, healthy_node, inject_xid, set_fault, write_scenario
+from sovereign.policy.gpu_health import GpuHealthSettings, assess_gpu, summarize_node
+
+SETTINGS = GpuHealthSettings(xid_quiet_window_s=30, recovery_clean_polls=2)
+
+
+@pytest.fixture
+def scenario(tmp_path):
+    path = tmp_path / "nvml.json"
+    write_scenario(path, healthy_node(gpus=8, seed="gpu-node"))
+    return path
+
+
+@pytest.fixture
+def reader(scenario):
+    reader = open_reader(fake_scenario=scenario)
+    reader.open()
+    yield reader
+    reader.close()
+
+
+def node_after_poll(reader, memories, *, now):
+    """One agent poll, as the service does it: drain XIDs, read, assess every GPU, summarise."""
+    xids = reader.wait_for_xids(timeout_s=0.1)
+    verdicts = []
+    for reading in reader.read():
+        index = reading.identity.index
+        verdict, memories[index] = assess_gpu(
+            reading, xids=[e.xid for e in xids if e.gpu_index in (index, None)],
+            memory=memories.get(index), now=now, settings=SETTINGS)
+        verdicts.append(verdict)
+    return summarize_node(verdicts)
+
+
+@pytest.mark.parametrize("fault, reason, status", [
+    ("ecc-dbe", "UncorrectableECCOnGPU5", "False"),
+    ("remap-pending", "RowRemapPendingOnGPU5", "False"),
+    ("remap-failure", "RowRemapFailureOnGPU5", "False"),
+    ("thermal-slowdown", "ThermalSlowdownOnGPU5", "True"),
+    ("gpu-lost", "GPULostOnGPU5", "False"),
+])
+def test_each_scripted_fault_shows_on_the_node_and_clears(scenario, reader, fault, reason,
+                                                          status):
+    memories = {}
+    set_fault(scenario, gpu=5, fault=fault)
+
+    faulty = node_after_poll(reader, memories, now=0)
+    clear_faults(scenario)
+    recovered = [node_after_poll(reader, memories, now=t).reason for t in (1, 2)]
+
+    assert (faulty.reason, faulty.condition_status) == (reason, status)
+    assert recovered == [reason, "AllGPUsHealthy"]
+
+
+def test_an_xid_79_storm_marks_one_gpu_until_the_quiet_window_passes(scenario, reader):
+    memories = {}
+    inject_xid(scenario, gpu=2, xid=79, count=50)
+
+    faulty = node_after_poll(reader, memories, now=0)
+    during = node_after_poll(reader, memories, now=29)
+    after = [node_after_poll(reader, memories, now=t).reason for t in (31, 32)]
+
+    assert (faulty.reason, faulty.taint_reason, faulty.fatal) == ("Xid79OnGPU2", "Xid79", True)
+    assert faulty.healthy_gpus == 7
+    assert during.reason == "Xid79OnGPU2"
+    assert after == ["Xid79OnGPU2", "AllGPUsHealthy"]
