@@ -183,7 +183,7 @@ def _is_positive_quantity(text: str) -> bool:
 QUANTITY_RULE = "must be a positive Kubernetes quantity such as 200Gi, 1.5Ti, 500M or 250m"
 Quantity = Annotated[
     str,
-    Field(min_length=1, max_length=64),
+    Field(max_length=64),
     Check(
         message=QUANTITY_RULE,
         accepts=_is_positive_quantity,
