@@ -332,7 +332,8 @@ class ExistingSettings(ApiObject):
         Check(
             message="keys must be Kubernetes label keys such as example.com/pool or pool",
             accepts=_all_label_keys,
-            cel=f"self.all(k, k.matches('{LABEL_KEY_PATTERN}'))",
+            # CEL string literals treat a backslash as an escape, so the regex's backslashes are doubled.
+            cel="self.all(k, k.matches('" + LABEL_KEY_PATTERN.replace("\\", "\\\\") + "'))",
         ),
     ] = Field(
         default_factory=dict,

@@ -13,7 +13,7 @@ Called by ``sovereign validate`` (CI, pre-commit) and by the operator's handlers
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from types import UnionType
 from typing import Annotated, Any, Union, get_args, get_origin
@@ -56,13 +56,22 @@ def parse_stack(document: Any) -> SovereignStack:
         raise InvalidStackError(errors)
     try:
         # JSON mode in strict mode: "2" is not an integer, exactly as for the apiserver.
-        stack = SovereignStack.model_validate_json(json.dumps(document), strict=True)
+        stack = SovereignStack.model_validate_json(json.dumps(document, default=_plain), strict=True)
     except ValidationError as error:
         raise InvalidStackError([_from_pydantic(detail) for detail in error.errors()]) from None
     errors = list(_object_errors(stack.spec, ("spec",)))
     if errors:
         raise InvalidStackError(errors)
     return stack
+
+
+def _plain(value: Any) -> Any:
+    """Mappings and sequences that are not dicts and lists (a Kopf body) as JSON sees them."""
+    if isinstance(value, Mapping):
+        return dict(value)
+    if isinstance(value, Iterable) and not isinstance(value, (str, bytes)):
+        return list(value)
+    raise TypeError(f"cannot represent {type(value).__name__} in JSON")
 
 
 def validate_document(document: Any) -> list[FieldError]:

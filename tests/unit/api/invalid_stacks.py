@@ -38,7 +38,7 @@ class Case:
         return document
 
 
-def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
+def set_value(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
     """A change setting ``path`` (dotted, numbers index lists) below spec to ``value``."""
 
     def change(spec: dict[str, Any]) -> None:
@@ -51,7 +51,7 @@ def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
     return change
 
 
-def _delete(path: str) -> Callable[[dict[str, Any]], None]:
+def delete_value(path: str) -> Callable[[dict[str, Any]], None]:
     def change(spec: dict[str, Any]) -> None:
         *parents, last = [int(part) if part.isdigit() else part for part in path.split(".")]
         node: Any = spec
@@ -70,55 +70,55 @@ def _duplicate(list_name: str) -> Callable[[dict[str, Any]], None]:
 
 
 CASES = [
-    Case("missing-residency", _delete("residency"), ("spec.residency",)),
-    Case("missing-jurisdiction", _delete("residency.jurisdiction"), ("spec.residency.jurisdiction",)),
-    Case("lowercase-jurisdiction", _set("residency.jurisdiction", "qa"), ("spec.residency.jurisdiction",)),
-    Case("empty-regions", _set("residency.regions", []), ("spec.residency.regions",)),
-    Case("duplicate-region", _set("residency.regions", ["me-central-1", "me-central-1"]),
+    Case("missing-residency", delete_value("residency"), ("spec.residency",)),
+    Case("missing-jurisdiction", delete_value("residency.jurisdiction"), ("spec.residency.jurisdiction",)),
+    Case("lowercase-jurisdiction", set_value("residency.jurisdiction", "qa"), ("spec.residency.jurisdiction",)),
+    Case("empty-regions", set_value("residency.regions", []), ("spec.residency.regions",)),
+    Case("duplicate-region", set_value("residency.regions", ["me-central-1", "me-central-1"]),
          ("spec.residency.regions[1]",)),
-    Case("unknown-enforcement", _set("residency.enforcement", "Block"), ("spec.residency.enforcement",)),
-    Case("bad-egress-cidr", _set("residency.egress.allowCIDRs", ["10.0.0.0/33"]),
+    Case("unknown-enforcement", set_value("residency.enforcement", "Block"), ("spec.residency.enforcement",)),
+    Case("bad-egress-cidr", set_value("residency.egress.allowCIDRs", ["10.0.0.0/33"]),
          ("spec.residency.egress.allowCIDRs[0]",)),
-    Case("model-undeclared-node-pool", _set("models.0.nodePool", "h200"), ("spec.models", "nodePool", "h200")),
-    Case("model-undeclared-store", _set("models.0.source.dataStore", "elsewhere"),
+    Case("model-undeclared-node-pool", set_value("models.0.nodePool", "h200"), ("spec.models", "nodePool", "h200")),
+    Case("model-undeclared-store", set_value("models.0.source.dataStore", "elsewhere"),
          ("spec.models", "source.dataStore", "elsewhere")),
-    Case("application-undeclared-model", _set("applications.0.models", ["chat", "translate"]),
+    Case("application-undeclared-model", set_value("applications.0.models", ["chat", "translate"]),
          ("spec.applications", "models", "translate")),
-    Case("application-undeclared-store", _set("applications.1.dataStores", ["archive"]),
+    Case("application-undeclared-store", set_value("applications.1.dataStores", ["archive"]),
          ("spec.applications", "dataStores", "archive")),
     Case("duplicate-model-names", _duplicate("models"), ("spec.models[1]",)),
     Case("duplicate-node-pool-names", _duplicate("nodePools"), ("spec.nodePools[1]",)),
     Case("duplicate-store-names", _duplicate("dataStores"), ("spec.dataStores[1]",)),
-    Case("duplicate-env-names", _set("applications.0.env.1.name", "LOG_LEVEL"), ("spec.applications[0].env[1]",)),
-    Case("negative-replicas", _set("models.0.replicas", -1), ("spec.models[0].replicas",)),
-    Case("replicas-as-string", _set("applications.0.replicas", "2"), ("spec.applications[0].replicas",)),
-    Case("gpus-per-replica-not-power-of-two", _set("models.0.gpusPerReplica", 3), ("spec.models[0].gpusPerReplica",)),
-    Case("gpus-per-replica-above-eight", _set("models.0.gpusPerReplica", 16), ("spec.models[0].gpusPerReplica",)),
-    Case("gpus-per-replica-above-pool", _set("nodePools.0.gpu.perNode", 2), ("spec.models", "gpusPerReplica")),
-    Case("zero-gpus-per-node", _set("nodePools.0.gpu.perNode", 0), ("spec.nodePools[0].gpu.perNode",)),
-    Case("volume-size-not-a-quantity", _set("dataStores.1.volume.size", "200GB"), ("spec.dataStores[1].volume.size",)),
-    Case("volume-size-negative", _set("dataStores.1.volume.size", "-5Gi"), ("spec.dataStores[1].volume.size",)),
-    Case("cache-size-words", _set("models.0.cache.size", "plenty"), ("spec.models[0].cache.size",)),
-    Case("resource-request-not-a-quantity", _set("applications.0.resources.requests.cpu", "half"),
+    Case("duplicate-env-names", set_value("applications.0.env.1.name", "LOG_LEVEL"), ("spec.applications[0].env[1]",)),
+    Case("negative-replicas", set_value("models.0.replicas", -1), ("spec.models[0].replicas",)),
+    Case("replicas-as-string", set_value("applications.0.replicas", "2"), ("spec.applications[0].replicas",)),
+    Case("gpus-per-replica-not-power-of-two", set_value("models.0.gpusPerReplica", 3), ("spec.models[0].gpusPerReplica",)),
+    Case("gpus-per-replica-above-eight", set_value("models.0.gpusPerReplica", 16), ("spec.models[0].gpusPerReplica",)),
+    Case("gpus-per-replica-above-pool", set_value("nodePools.0.gpu.perNode", 2), ("spec.models", "gpusPerReplica")),
+    Case("zero-gpus-per-node", set_value("nodePools.0.gpu.perNode", 0), ("spec.nodePools[0].gpu.perNode",)),
+    Case("volume-size-not-a-quantity", set_value("dataStores.1.volume.size", "200GB"), ("spec.dataStores[1].volume.size",)),
+    Case("volume-size-negative", set_value("dataStores.1.volume.size", "-5Gi"), ("spec.dataStores[1].volume.size",)),
+    Case("cache-size-words", set_value("models.0.cache.size", "plenty"), ("spec.models[0].cache.size",)),
+    Case("resource-request-not-a-quantity", set_value("applications.0.resources.requests.cpu", "half"),
          ("spec.applications[0].resources.requests",)),
-    Case("store-with-s3-and-volume", _set("dataStores.0.volume", {"size": "1Gi"}), ("spec.dataStores[0]", "s3 or volume")),
-    Case("store-with-neither", _delete("dataStores.1.volume"), ("spec.dataStores[1]", "s3 or volume")),
-    Case("karpenter-pool-without-settings", _delete("nodePools.0.karpenter"), ("spec.nodePools[0].karpenter",)),
-    Case("existing-pool-with-karpenter-settings", _set("nodePools.1.karpenter", {"nodeClassRef": {"name": "x"}}),
+    Case("store-with-s3-and-volume", set_value("dataStores.0.volume", {"size": "1Gi"}), ("spec.dataStores[0]", "s3 or volume")),
+    Case("store-with-neither", delete_value("dataStores.1.volume"), ("spec.dataStores[1]", "s3 or volume")),
+    Case("karpenter-pool-without-settings", delete_value("nodePools.0.karpenter"), ("spec.nodePools[0].karpenter",)),
+    Case("existing-pool-with-karpenter-settings", set_value("nodePools.1.karpenter", {"nodeClassRef": {"name": "x"}}),
          ("spec.nodePools[1].karpenter",)),
-    Case("limits-below-one-node", _set("nodePools.0.limits.gpus", 4), ("spec.nodePools[0].limits.gpus",)),
-    Case("s3-region-outside-residency", _set("dataStores.0.s3.region", "eu-west-1"),
+    Case("limits-below-one-node", set_value("nodePools.0.limits.gpus", 4), ("spec.nodePools[0].limits.gpus",)),
+    Case("s3-region-outside-residency", set_value("dataStores.0.s3.region", "eu-west-1"),
          ("spec.dataStores", "s3.region", "eu-west-1")),
-    Case("bad-bucket-name", _set("dataStores.0.s3.bucket", "QA_Corpus"), ("spec.dataStores[0].s3.bucket",)),
-    Case("bad-model-name", _set("models.1.name", "Embed_1"), ("spec.models[1].name",)),
-    Case("source-path-escapes", _set("models.0.source.path", "../../etc"), ("spec.models[0].source.path",)),
-    Case("autoscaling-min-above-max", _set("models.0.autoscaling.minReplicas", 6),
+    Case("bad-bucket-name", set_value("dataStores.0.s3.bucket", "QA_Corpus"), ("spec.dataStores[0].s3.bucket",)),
+    Case("bad-model-name", set_value("models.1.name", "Embed_1"), ("spec.models[1].name",)),
+    Case("source-path-escapes", set_value("models.0.source.path", "../../etc"), ("spec.models[0].source.path",)),
+    Case("autoscaling-min-above-max", set_value("models.0.autoscaling.minReplicas", 6),
          ("spec.models[0].autoscaling.minReplicas",)),
-    Case("extra-args-owned-flag", _set("models.0.extraArgs", ["--tensor-parallel-size=2"]),
+    Case("extra-args-owned-flag", set_value("models.0.extraArgs", ["--tensor-parallel-size=2"]),
          ("spec.models[0].extraArgs",)),
-    Case("unknown-provisioner", _set("nodePools.1.provisioner", "Manual"), ("spec.nodePools[1].provisioner",)),
-    Case("unknown-field", _set("models.0.gpus", 4), ("spec.models[0].gpus",)),
-    Case("unknown-capacity-type", _set("nodePools.0.karpenter.capacityTypes", ["preemptible"]),
+    Case("unknown-provisioner", set_value("nodePools.1.provisioner", "Manual"), ("spec.nodePools[1].provisioner",)),
+    Case("unknown-field", set_value("models.0.gpus", 4), ("spec.models[0].gpus",)),
+    Case("unknown-capacity-type", set_value("nodePools.0.karpenter.capacityTypes", ["preemptible"]),
          ("spec.nodePools[0].karpenter.capacityTypes[0]",)),
-    Case("port-out-of-range", _set("applications.0.port", 70000), ("spec.applications[0].port",)),
+    Case("port-out-of-range", set_value("applications.0.port", 70000), ("spec.applications[0].port",)),
 ]

@@ -7,6 +7,7 @@ from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 
+import kopf
 import pytest
 
 from sovereign.api import (
@@ -116,6 +117,13 @@ def test_stack_read_from_the_apiserver_keeps_metadata() -> None:
     assert (stack.metadata.namespace, stack.metadata.generation) == ("gov-qa", 4)
     assert stack.model_dump(mode="json", exclude_unset=True)["metadata"]["resourceVersion"] == "77"
     assert isinstance(stack, SovereignStack)
+
+
+def test_a_kopf_body_parses_like_a_dict() -> None:
+    """Handlers hand parse_stack the body Kopf gives them, a read-only Mapping, not a dict."""
+    (document,) = load_documents((SAMPLES[0].parent / "full.yaml").read_text())
+
+    assert parse_stack(kopf.Body(document)) == parse_stack(document)
 
 
 @pytest.mark.parametrize(
