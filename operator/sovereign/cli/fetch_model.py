@@ -1,0 +1,242 @@
+"""``sovereign fetch-model``: copy model weights from an in-country bucket into the model volume.
+
+Runs as the Job / init container before vLLM starts. Inputs come from flags or, as the
+rendered pod sets them, from the environment; credentials only from the environment a Secret
+injects (``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``; neither set: ambient credentials such
+as IRSA), never from flags, which other users of the node can read. The work is done by
+``services.fetch_model``; this module parses input, shows progress (a rich bar on a terminal,
+plain log lines otherwise) and maps errors to exit codes. Auto-registered by ``sovereign.cli``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+from sovereign.services.fetch_model import Action, FetchError, FileResult, fetch_model, human_bytes
+from sovereign.stores.credentials import Credentials
+from sovereign.stores.errors import BucketNotFound, StoreError
+from sovereign.stores.s3 import S3Store
+
+log = logging.getLogger("sovereign.fetch_model")
+
+# Environment variables the rendered loader pod sets (one per flag).
+ENV_ENDPOINT = "SOVEREIGN_S3_ENDPOINT"
+ENV_REGION = "SOVEREIGN_S3_REGION"
+ENV_BUCKET = "SOVEREIGN_MODEL_BUCKET"
+ENV_PATH = "SOVEREIGN_MODEL_PATH"
+ENV_DEST = "SOVEREIGN_MODEL_DIR"
+ENV_ALLOWED_REGIONS = "SOVEREIGN_ALLOWED_REGIONS"
+ENV_PATH_STYLE = "SOVEREIGN_S3_PATH_STYLE"
+ENV_CONCURRENCY = "SOVEREIGN_FETCH_CONCURRENCY"
+
+_PLAIN_PROGRESS_EVERY_S = 15.0
+
+
+@click.command("fetch-model")
+@click.option("--endpoint", envvar=[ENV_ENDPOINT, "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"],
+              help=f"S3 endpoint URL; unset: AWS S3 of the region. Env: {ENV_ENDPOINT}.")
+@click.option("--region", envvar=[ENV_REGION, "AWS_REGION", "AWS_DEFAULT_REGION"], required=True,
+              help=f"Region the bucket is in (signs requests). Env: {ENV_REGION} or AWS_REGION.")
+@click.option("--bucket", envvar=ENV_BUCKET, required=True, help=f"Bucket. Env: {ENV_BUCKET}.")
+@click.option("--path", "path", envvar=ENV_PATH, default="", show_default=False,
+              help=f"Key prefix of the model inside the bucket; empty: the whole bucket. Env: {ENV_PATH}.")
+@click.option("--dest", envvar=ENV_DEST, required=True,
+              type=click.Path(file_okay=False, path_type=Path),
+              help=f"Local directory to fill (the model volume). Env: {ENV_DEST}.")
+@click.option("--allowed-regions", envvar=ENV_ALLOWED_REGIONS, default="",
+              help=f"Comma-separated regions the bucket must be in; refuses any other. Env: {ENV_ALLOWED_REGIONS}.")
+@click.option("--path-style/--virtual-hosted-style", envvar=ENV_PATH_STYLE, default=False,
+              help="Address the bucket as <endpoint>/<bucket> (MinIO usually needs this). "
+                   f"Default virtual-hosted. Env: {ENV_PATH_STYLE}=true.")
+@click.option("--concurrency", envvar=ENV_CONCURRENCY, type=click.IntRange(1, 64), default=4,
+              show_default=True, help=f"Files downloaded at once. Env: {ENV_CONCURRENCY}.")
+@click.option("--verify-existing", is_flag=True,
+              help="Re-hash files an earlier run already verified, instead of trusting its manifest.")
+@click.option("--progress", "progress_mode", type=click.Choice(["auto", "bar", "plain"]),
+              default="auto", show_default=True,
+              help="auto: a progress bar on a terminal, log lines otherwise.")
+def command(endpoint: str | None, region: str, bucket: str, path: str, dest: Path,
+            allowed_regions: str, path_style: bool, concurrency: int, verify_existing: bool,
+            progress_mode: str) -> None:
+    """Copy s3://BUCKET/PATH/ into DEST, verified and resumable.
+
+    Files an earlier run verified are skipped, partial files are resumed, every download is
+    checked against the object's ETag before it is renamed into place.
+
+    Exit codes: 0 done; 1 the source or its content is not acceptable (missing bucket, empty
+    path, region not allowed, corrupt object); 3 an environment problem (endpoint unreachable,
+    credentials missing or rejected, no permission, destination not writable).
+
+    \b
+    Examples:
+      sovereign fetch-model --endpoint https://s3.gov.qa --region me-central-1 \\
+          --bucket qa-corpus --path models/qwen2.5-72b/ --dest /models/chat \\
+          --allowed-regions me-central-1 --path-style
+    """
+    bar = progress_mode == "bar" or (progress_mode == "auto" and sys.stderr.isatty())
+    regions = [r.strip() for r in allowed_regions.split(",") if r.strip()]
+    with _logging_to_stderr(bar=bar) as console:
+        try:
+            credentials = Credentials.from_mapping(os.environ, source="the environment",
+                                                   required=False)
+            if credentials is None:
+                log.info("AWS_ACCESS_KEY_ID is not set: using ambient credentials (IRSA, "
+                         "instance profile)")
+            store = S3Store(endpoint=endpoint, region=region, credentials=credentials,
+                            path_style=path_style, max_connections=concurrency + 2)
+            with _BarProgress(console) if console else _LogProgress() as progress:
+                report = fetch_model(store=store, bucket=bucket, path=path, dest=dest,
+                                     allowed_regions=regions, concurrency=concurrency,
+                                     verify_existing=verify_existing, progress=progress)
+        except (FetchError, BucketNotFound) as err:
+            log.error("%s", err)
+            sys.exit(1)
+        except StoreError as err:
+            log.error("%s", err)
+            sys.exit(3)
+        except OSError as err:
+            log.error("cannot write the model to %s: %s: check the volume is mounted writable "
+                      "and has room", dest, err)
+            sys.exit(3)
+        log.info("%s", report.summary())
+
+
+@contextlib.contextmanager
+def _logging_to_stderr(*, bar: bool) -> Iterator[Console | None]:
+    """Show the ``sovereign`` loggers' INFO lines on stderr for the command's duration; with a
+    bar, through rich's console (yielded) so log lines and the bar do not garble each other."""
+    handler: logging.Handler
+    console = None
+    if bar:
+        from rich.logging import RichHandler
+
+        console = Console(stderr=True)
+        handler = RichHandler(console=console, show_path=False, show_time=False)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    handler.setLevel(logging.INFO)
+    logger = logging.getLogger("sovereign")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield console
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+class _LogProgress:
+    """Plain lines for logs: the plan, each file as it finishes, and totals every few seconds."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._done_bytes = 0
+        self._total = 0
+        self._counted: dict[str, int] = {}
+        self._last = time.monotonic()
+
+    def __enter__(self) -> _LogProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def begin(self, *, source: str, files: int, total_bytes: int) -> None:
+        self._total = total_bytes
+        log.info("fetching %s: %d files, %s", source, files, human_bytes(total_bytes))
+
+    def file_started(self, *, path: str, size: int, offset: int) -> None:
+        with self._lock:
+            self._done_bytes += offset - self._counted.get(path, 0)
+            self._counted[path] = offset
+        how = f"resuming at {human_bytes(offset)}" if offset else "downloading"
+        log.info("%s %s (%s)", how, path, human_bytes(size))
+
+    def advance(self, *, path: str, nbytes: int) -> None:
+        with self._lock:
+            self._done_bytes += nbytes
+            self._counted[path] = self._counted.get(path, 0) + nbytes
+            now = time.monotonic()
+            if now - self._last < _PLAIN_PROGRESS_EVERY_S:
+                return
+            self._last = now
+            done, total = self._done_bytes, self._total
+        log.info("progress: %s of %s (%.0f%%)", human_bytes(done), human_bytes(total),
+                 100 * done / total if total else 100)
+
+    def file_done(self, result: FileResult) -> None:
+        with self._lock:
+            self._done_bytes += result.size - self._counted.pop(result.path, 0)
+        if result.action is Action.SKIPPED:
+            log.info("present %s (%s, verified by %s)", result.path, human_bytes(result.size),
+                     result.verified_by)
+        else:
+            log.info("%s %s (%s, %s transferred, verified by %s)", result.action, result.path,
+                     human_bytes(result.size), human_bytes(result.bytes_downloaded), result.verified_by)
+
+
+class _BarProgress:
+    """A rich progress display: one bar for all bytes, one per file being downloaded."""
+
+    def __init__(self, console: Console) -> None:
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+
+        self._bar = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                             TransferSpeedColumn(), TimeRemainingColumn(), console=console)
+        self._lock = threading.Lock()
+        self._overall = None
+        self._tasks: dict[str, object] = {}
+        self._counted: dict[str, int] = {}
+
+    def __enter__(self) -> _BarProgress:
+        self._bar.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._bar.stop()
+
+    def begin(self, *, source: str, files: int, total_bytes: int) -> None:
+        self._overall = self._bar.add_task(f"{source} ({files} files)", total=total_bytes)
+
+    def file_started(self, *, path: str, size: int, offset: int) -> None:
+        with self._lock:
+            self._bar.advance(self._overall, offset - self._counted.get(path, 0))
+            self._counted[path] = offset
+            if path not in self._tasks:
+                self._tasks[path] = self._bar.add_task(path, total=size)
+            self._bar.update(self._tasks[path], completed=offset)
+
+    def advance(self, *, path: str, nbytes: int) -> None:
+        with self._lock:
+            self._counted[path] = self._counted.get(path, 0) + nbytes
+            self._bar.advance(self._overall, nbytes)
+            self._bar.advance(self._tasks[path], nbytes)
+
+    def file_done(self, result: FileResult) -> None:
+        with self._lock:
+            self._bar.advance(self._overall, result.size - self._counted.pop(result.path, 0))
+            task = self._tasks.pop(result.path, None)
+            if task is not None:
+                self._bar.remove_task(task)
+        if result.action is not Action.SKIPPED:
+            log.info("%s %s (%s)", result.action, result.path, human_bytes(result.size))
