@@ -88,7 +88,6 @@ class ApiObject(BaseModel):
         validate_by_alias=True,
         serialize_by_alias=True,
         extra="forbid",
-        use_enum_values=False,
         json_schema_extra=_add_object_rules,
     )
     #: Rules over several fields of this object; CEL in the CRD, run in Python by api.validation.
@@ -102,13 +101,14 @@ class StatusObject(ApiObject):
     model_config = ConfigDict(extra="ignore")
 
 
-def map_list(*, description: str, max_items: int) -> Any:
-    """A list of named entries: names unique (the apiserver merges and rejects duplicates by name)."""
+def map_list(*, description: str, max_items: int, key: str = "name") -> Any:
+    """A list of entries identified by ``key``: keys unique (the apiserver merges and rejects
+    duplicates by key, and server-side apply merges entry by entry)."""
     return Field(
         default_factory=list,
         max_length=max_items,
         description=description,
-        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": [key]},
     )
 
 
@@ -312,7 +312,10 @@ class KarpenterSettings(ApiObject):
         ),
     ] = Field(
         default="10m",
-        description="How long a node must be consolidatable before Karpenter acts, such as 10m or 1h, or Never. Default 10m.",
+        description=(
+            "How long a node must be consolidatable before Karpenter acts, such as "
+            "10m or 1h, or Never. Default 10m."
+        ),
     )
 
 
@@ -344,6 +347,14 @@ class ExistingSettings(ApiObject):
     )
 
 
+def _karpenter_settings_failures(pool: NodePool) -> list[RuleFailure]:
+    if pool.provisioner is Provisioner.KARPENTER and pool.karpenter is None:
+        return [RuleFailure(("karpenter",), MISSING, "karpenter is required when provisioner is Karpenter")]
+    if pool.provisioner is not Provisioner.KARPENTER and pool.karpenter is not None:
+        return [RuleFailure(("karpenter",), pool.karpenter, "karpenter is only allowed when provisioner is Karpenter")]
+    return []
+
+
 class NodePool(ApiObject):
     """A pool of GPU nodes that models run on."""
 
@@ -372,13 +383,7 @@ class NodePool(ApiObject):
                 " : 'karpenter is only allowed when provisioner is Karpenter'"
             ),
             field_path=".karpenter",
-            failures=lambda pool: (
-                [RuleFailure(("karpenter",), MISSING, "karpenter is required when provisioner is Karpenter")]
-                if pool.provisioner is Provisioner.KARPENTER and pool.karpenter is None
-                else [RuleFailure(("karpenter",), pool.karpenter, "karpenter is only allowed when provisioner is Karpenter")]
-                if pool.provisioner is not Provisioner.KARPENTER and pool.karpenter is not None
-                else []
-            ),
+            failures=lambda pool: _karpenter_settings_failures(pool),
         ),
         Rule(
             cel="!has(self.existing) || self.provisioner == 'Existing'",
@@ -464,7 +469,10 @@ class S3Store(ApiObject):
     ] | None = Field(default=None, description="URL of the S3 endpoint. Unset: the AWS S3 endpoint of the region.")
     force_path_style: bool = Field(
         default=False,
-        description="Address the bucket as <endpoint>/<bucket> instead of <bucket>.<endpoint> (MinIO usually needs this). Default false.",
+        description=(
+            "Address the bucket as <endpoint>/<bucket> instead of <bucket>.<endpoint> "
+            "(MinIO usually needs this). Default false."
+        ),
     )
     credentials_secret_ref: SecretRef | None = Field(
         default=None,
@@ -503,7 +511,10 @@ class VolumeStore(ApiObject):
         min_items=1,
         max_items=4,
         default=[AccessMode.READ_WRITE_ONCE],
-        description="Access modes of the claim. Default [ReadWriteOnce]; use ReadWriteMany to share it between pods on several nodes.",
+        description=(
+            "Access modes of the claim. Default [ReadWriteOnce]; use ReadWriteMany to "
+            "share it between pods on several nodes."
+        ),
     )
 
 
@@ -511,7 +522,10 @@ class DataStore(ApiObject):
     """A place data and model weights live, inside the jurisdiction. Exactly one of s3 or volume."""
 
     name: Name = Field(
-        description="Name of the store, referenced by spec.models[].source.dataStore and spec.applications[].dataStores."
+        description=(
+            "Name of the store, referenced by spec.models[].source.dataStore and "
+            "spec.applications[].dataStores."
+        )
     )
     s3: S3Store | None = Field(default=None, description="An S3-compatible bucket.")
     volume: VolumeStore | None = Field(default=None, description="A PersistentVolumeClaim.")
@@ -563,7 +577,10 @@ class ModelCache(ApiObject):
 
     size: Quantity = Field(
         default=DEFAULT_CACHE_SIZE,
-        description=f"Capacity of the weights volume of each replica. Default {DEFAULT_CACHE_SIZE}; at least the size of the weights.",
+        description=(
+            f"Capacity of the weights volume of each replica. Default "
+            f"{DEFAULT_CACHE_SIZE}; at least the size of the weights."
+        ),
     )
     storage_class_name: DnsSubdomain | None = Field(
         default=None, description="StorageClass of the weights volume. Unset: the cluster's default class."
@@ -574,7 +591,10 @@ class Autoscaling(ApiObject):
     """Replica autoscaling on the depth of vLLM's request queue (a KEDA ScaledObject)."""
 
     min_replicas: int = Field(
-        default=1, ge=0, le=MAX_REPLICAS, description="Fewest replicas; 0 lets an idle model release its GPUs. Default 1."
+        default=1, ge=0, le=MAX_REPLICAS, description=(
+            "Fewest replicas; 0 lets an idle model release its "
+            "GPUs. Default 1."
+        )
     )
     max_replicas: int = Field(ge=1, le=MAX_REPLICAS, description="Most replicas; at least minReplicas.")
     target_waiting_requests: int = Field(
@@ -628,12 +648,21 @@ class ModelSpec(ApiObject):
         Field(min_length=1, max_length=253),
         matches(r"^[^\s]+$", "must be a model id without spaces, such as Qwen/Qwen2.5-72B-Instruct"),
     ] = Field(
-        description="The model served, as vLLM's served model name, usually its Hugging Face id (Qwen/Qwen2.5-72B-Instruct)."
+        description=(
+            "The model served, as vLLM's served model name, usually its Hugging "
+            "Face id (Qwen/Qwen2.5-72B-Instruct)."
+        )
     )
     source: ModelSource = Field(
-        description="Where the weights come from. Hub downloads are switched off: weights come only from a declared store."
+        description=(
+            "Where the weights come from. Hub downloads are switched off: weights "
+            "come only from a declared store."
+        )
     )
-    node_pool: Name = Field(description="Name of the node pool the replicas run on; must be declared in spec.nodePools.")
+    node_pool: Name = Field(description=(
+        "Name of the node pool the replicas run on; must be "
+        "declared in spec.nodePools."
+    ))
     gpus_per_replica: Annotated[
         int,
         Field(ge=1, le=8),
@@ -742,7 +771,10 @@ class Application(ApiObject):
         default=None,
         ge=1,
         le=65535,
-        description="Port the container listens on; when set, a ClusterIP Service named after the application exposes it.",
+        description=(
+            "Port the container listens on; when set, a ClusterIP Service named "
+            "after the application exposes it."
+        ),
     )
     env: list[EnvVar] = map_list(max_items=64, description="Environment variables of the container.")
     resources: Resources | None = Field(default=None, description="Compute resources of the container.")
@@ -926,10 +958,14 @@ class Condition(StatusObject):
         str,
         Field(min_length=1, max_length=316),
         matches(
-            r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])$",
+            r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+            r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])$",
             "must be a CamelCase condition type such as Ready",
         ),
-    ] = Field(description="Type of the condition: Ready, ResidencyCompliant, NodePoolsReady, DataStoresReady, ModelsReady, ApplicationsReady or GPUHealthy.")
+    ] = Field(description=(
+        "Type of the condition: Ready, ResidencyCompliant, NodePoolsReady, DataStoresReady, "
+        "ModelsReady, ApplicationsReady or GPUHealthy."
+    ))
     status: ConditionStatus = Field(description="True, False or Unknown.")
     observed_generation: int | None = Field(
         default=None, ge=0, description="metadata.generation of the stack the condition was computed for."
@@ -950,7 +986,10 @@ class ModelStatus(StatusObject):
     model: str = Field(default="", description="The model being served.")
     replicas: int = Field(default=0, ge=0, description="Replicas that exist.")
     ready_replicas: int = Field(default=0, ge=0, description="Replicas serving requests.")
-    endpoint: str = Field(default="", description="OpenAI-compatible base URL inside the cluster, such as http://chat.ns.svc:8000/v1.")
+    endpoint: str = Field(default="", description=(
+        "OpenAI-compatible base URL inside the cluster, such as "
+        "http://chat.ns.svc:8000/v1."
+    ))
 
 
 class DataStoreStatus(StatusObject):
@@ -1001,16 +1040,23 @@ class SovereignStackStatus(StatusObject):
     observed_generation: int | None = Field(
         default=None, ge=0, description="metadata.generation of the spec the status describes."
     )
-    conditions: list[Condition] = Field(
-        default_factory=list,
-        description="Ready summarises the others: ResidencyCompliant, NodePoolsReady, DataStoresReady, ModelsReady, ApplicationsReady, GPUHealthy.",
-        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    conditions: list[Condition] = map_list(
+        key="type",
+        max_items=32,
+        description=(
+            "Ready summarises the others: ResidencyCompliant, NodePoolsReady, DataStoresReady, ModelsReady, "
+            "ApplicationsReady, GPUHealthy."
+        ),
     )
     models_ready: str = Field(default="", description="Models with every replica ready, out of all, such as 1/2.")
     violation_count: int = Field(default=0, ge=0, description="Number of entries in violations.")
     models: list[ModelStatus] = map_list(max_items=MAX_MODELS, description="Observed state of each model.")
-    data_stores: list[DataStoreStatus] = map_list(max_items=MAX_DATA_STORES, description="Observed state of each data store.")
-    node_pools: list[NodePoolStatus] = map_list(max_items=MAX_NODE_POOLS, description="Observed state of each node pool.")
+    data_stores: list[DataStoreStatus] = map_list(
+        max_items=MAX_DATA_STORES, description="Observed state of each data store."
+    )
+    node_pools: list[NodePoolStatus] = map_list(
+        max_items=MAX_NODE_POOLS, description="Observed state of each node pool."
+    )
     applications: list[ApplicationStatus] = map_list(
         max_items=MAX_APPLICATIONS, description="Observed state of each application."
     )
