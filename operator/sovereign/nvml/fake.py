@@ -431,6 +431,7 @@ def write_scenario(path: str | Path, scenario: FakeScenario) -> None:
     with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.",
                                      delete=False) as handle:
         handle.write(text)
+    os.chmod(handle.name, 0o644)  # a temp file is private; the scenario is read by other processes
     os.replace(handle.name, path)
 
 

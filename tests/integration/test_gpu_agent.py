@@ -1,0 +1,414 @@
+"""The GPU node agent against the real local apiserver, with the fake NVML on a KWOK GPU node.
+
+Each test gets a fresh simulated GPU node shaped like the fleet's (so no other test's node is
+tainted) and runs ``sovereign agent`` as a process, the way simulated nodes of the dev cluster
+run it, scripting faults through the agent's fake NVML scenario file.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import urllib.request
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+from kubernetes import client
+from prometheus_client.parser import text_string_to_metric_families
+
+from sovereign.devcluster import fleet
+from sovereign.devcluster.cluster import free_port, wait_until
+from sovereign.kube.nodes import (
+    GPU_HEALTH_LABEL,
+    GPU_HEALTHY_CONDITION,
+    GPU_UNHEALTHY_TAINT_KEY,
+    Condition,
+    GpuHealthRecord,
+    GpuNodeMarks,
+    NodeForbidden,
+    Taint,
+    agent_access_manifests,
+    emit_node_event,
+    publish_gpu_health,
+)
+from sovereign.nvml.fake import clear_faults, healthy_node, inject_xid, write_scenario
+
+WAIT = 90  # seconds; generous, the machine is shared
+
+
+# -- fixtures -------------------------------------------------------------------------------------
+
+@pytest.fixture
+def make_gpu_node(api_client):
+    """Create fresh KWOK GPU nodes shaped like the fleet's first GPU group; delete them after."""
+    core = client.CoreV1Api(api_client)
+    created: list[str] = []
+
+    def make() -> str:
+        config = fleet.load()
+        group = next(g for g in config["groups"] if "gpu" in g)
+        prefix = f"gpu-agent-{uuid.uuid4().hex[:6]}"
+        (node,) = fleet.nodes({**config, "groups": [{**group, "prefix": prefix, "count": 1}]})
+        core.create_node(node)
+        name = node["metadata"]["name"]
+        created.append(name)
+        wait_until(lambda: condition_of(api_client, name, "Ready").get("status") == "True",
+                   timeout=WAIT, message=f"KWOK to make node {name} Ready")
+        return name
+
+    yield make
+    for name in created:
+        core.delete_node(name)
+
+
+@pytest.fixture
+def gpu_node(make_gpu_node) -> str:
+    return make_gpu_node()
+
+
+@pytest.fixture
+def scenario(tmp_path, gpu_node) -> Path:
+    path = tmp_path / "nvml.json"
+    write_scenario(path, healthy_node(seed=gpu_node))
+    return path
+
+
+@dataclass
+class Agent:
+    """One ``sovereign agent`` process of a test."""
+
+    process: subprocess.Popen
+    port: int
+    log: Path
+
+    def metrics(self) -> dict[tuple[str, frozenset], float]:
+        """Scrape /metrics: {(sample name, frozenset of label items): value}."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+        return {(s.name, frozenset(s.labels.items())): s.value
+                for family in text_string_to_metric_families(text) for s in family.samples}
+
+    def value(self, name: str, **labels: str) -> float | None:
+        wanted = set(labels.items())
+        return next((v for (n, items), v in self.metrics().items()
+                     if n == name and wanted <= items), None)
+
+    def polls(self) -> float:
+        return self.value("sovereign_gpu_agent_polls_total") or 0
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=30)
+
+
+@pytest.fixture
+def start_agent(cluster, gpu_node, scenario, tmp_path):
+    """Start ``sovereign agent`` for ``gpu_node`` with short timings; stop it after the test."""
+    config = tmp_path / "agent.yaml"
+    config.write_text(yaml.safe_dump({
+        "poll_interval_s": 0.5, "xid_settle_s": 0.2,
+        "health": {"xid_quiet_window_s": 4, "recovery_clean_polls": 2}}))
+    agents: list[Agent] = []
+
+    def start() -> Agent:
+        port = free_port()
+        log = tmp_path / f"agent-{len(agents)}.log"
+        with open(log, "wb") as out:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "sovereign", "agent", "--node", gpu_node,
+                 "--kubeconfig", cluster.kubeconfig, "--config", str(config),
+                 "--fake-nvml", str(scenario), "--metrics-address", "127.0.0.1",
+                 "--metrics-port", str(port)],
+                stdout=out, stderr=subprocess.STDOUT)
+        agent = Agent(process=process, port=port, log=log)
+        agents.append(agent)
+        # Up once it has finished a poll: metrics served, node read, NVML read.
+        wait_until(lambda: _alive(agent) and agent.polls() >= 1, timeout=WAIT,
+                   message=f"the agent to finish its first poll (log: {log})")
+        return agent
+
+    yield start
+    for agent in agents:
+        agent.stop()
+
+
+def _alive(agent: Agent) -> bool:
+    if agent.process.poll() is not None:
+        raise AssertionError(f"agent exited with {agent.process.returncode}:\n"
+                             f"{agent.log.read_text()}")
+    return True
+
+
+# -- helpers --------------------------------------------------------------------------------------
+
+def node_of(api_client, name: str) -> dict:
+    return api_client.sanitize_for_serialization(client.CoreV1Api(api_client).read_node(name))
+
+
+def condition_of(api_client, name: str, kind: str = GPU_HEALTHY_CONDITION) -> dict:
+    conditions = node_of(api_client, name).get("status", {}).get("conditions") or []
+    return next((c for c in conditions if c["type"] == kind), {})
+
+
+def our_taints(api_client, name: str) -> list[dict]:
+    taints = node_of(api_client, name).get("spec", {}).get("taints") or []
+    return [{k: t[k] for k in ("key", "value", "effect")} for t in taints
+            if t["key"] == GPU_UNHEALTHY_TAINT_KEY]
+
+
+def events_about(api_client, name: str, reason: str) -> list[dict]:
+    events = client.CoreV1Api(api_client).list_namespaced_event(
+        "default", field_selector=f"involvedObject.name={name},reason={reason}")
+    return [api_client.sanitize_for_serialization(e) for e in events.items]
+
+
+def wait_for_lease_renewals(api_client, node: str, *, count: int) -> None:
+    """Wait until KWOK has renewed the node's Lease ``count`` times (its heartbeat in lease mode)."""
+    leases = client.CoordinationV1Api(api_client)
+    seen = set()
+
+    def renewed() -> bool:
+        seen.add(leases.read_namespaced_lease(node, "kube-node-lease").spec.renew_time)
+        return len(seen) > count
+
+    wait_until(renewed, timeout=WAIT, interval=1, message=f"{count} lease renewals of {node}")
+
+
+def uuid_of(node: str, gpu: int) -> str:
+    return healthy_node(seed=node).gpus[gpu].uuid
+
+
+def wait_healthy(api_client, node: str) -> None:
+    wait_until(lambda: condition_of(api_client, node).get("reason") == "AllGPUsHealthy"
+               and not our_taints(api_client, node), timeout=WAIT,
+               message=f"GPUHealthy=True/AllGPUsHealthy and no taint on {node}")
+
+
+# -- tests ----------------------------------------------------------------------------------------
+
+def test_xid_79_marks_the_node_until_the_fault_clears(api_client, gpu_node, scenario,
+                                                      start_agent):
+    agent = start_agent()
+    wait_healthy(api_client, gpu_node)
+    settled = agent.polls()
+    wait_until(lambda: agent.polls() > settled, timeout=WAIT, message="one more poll")
+    writes_before = {part: agent.value("sovereign_gpu_agent_node_writes_total", part=part)
+                     for part in ("metadata", "status")}
+
+    inject_xid(scenario, gpu=3, xid=79)
+
+    wait_until(lambda: condition_of(api_client, gpu_node).get("status") == "False",
+               timeout=WAIT, message="GPUHealthy=False after XID 79")
+    condition = condition_of(api_client, gpu_node)
+    assert condition["reason"] == "Xid79OnGPU3"
+    assert uuid_of(gpu_node, 3) in condition["message"]
+    assert "XID 79 (GPU has fallen off the bus)" in condition["message"]
+    assert condition["message"].startswith("7 of 8 GPUs healthy")
+    assert our_taints(api_client, gpu_node) == [
+        {"key": GPU_UNHEALTHY_TAINT_KEY, "value": "Xid79", "effect": "NoSchedule"}]
+    node = node_of(api_client, gpu_node)
+    assert {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"} in [
+        {k: t[k] for k in ("key", "value", "effect")} for t in node["spec"]["taints"]]
+    assert node["metadata"]["labels"][GPU_HEALTH_LABEL] == "Unhealthy"
+    record = GpuHealthRecord.from_node(node)
+    assert (record.state, record.healthy, record.total) == ("Unhealthy", 7, 8)
+    assert (record.gpus[3].uuid, record.gpus[3].reason, record.gpus[3].fatal) == (
+        uuid_of(gpu_node, 3), "Xid79", True)
+    unhealthy_events = wait_until(lambda: events_about(api_client, gpu_node, "GPUUnhealthy"),
+                                  timeout=WAIT, message="a GPUUnhealthy event")
+    assert unhealthy_events[0]["type"] == "Warning"
+    assert uuid_of(gpu_node, 3) in unhealthy_events[0]["message"]
+
+    clear_faults(scenario)
+
+    wait_healthy(api_client, gpu_node)
+    assert node_of(api_client, gpu_node)["metadata"]["labels"][GPU_HEALTH_LABEL] == "Healthy"
+    recovered = wait_until(lambda: events_about(api_client, gpu_node, "GPURecovered"),
+                           timeout=WAIT, message="a GPURecovered event")
+    assert "healthy again after Xid79" in recovered[0]["message"]
+    # One write of each part per change (down, then up), not one per poll.
+    assert {part: agent.value("sovereign_gpu_agent_node_writes_total", part=part)
+            for part in ("metadata", "status")} == {
+        part: count + 2 for part, count in writes_before.items()}
+
+
+def test_a_steady_node_costs_no_writes(api_client, gpu_node, start_agent):
+    agent = start_agent()
+    wait_healthy(api_client, gpu_node)
+    before = agent.metrics()
+    polls = agent.polls()
+
+    wait_until(lambda: agent.polls() >= polls + 6, timeout=WAIT, message="six more polls")
+
+    after = agent.metrics()
+    for part in ("metadata", "status"):
+        key = ("sovereign_gpu_agent_node_writes_total", frozenset({("part", part)}))
+        assert after[key] == before[key], f"{part} written while nothing changed"
+
+
+def test_gpu_condition_survives_kwok_status_updates_and_agent_restarts(
+        api_client, gpu_node, scenario, start_agent):
+    agent = start_agent()
+    inject_xid(scenario, gpu=0, xid=48)
+    wait_until(lambda: condition_of(api_client, gpu_node).get("reason") == "Xid48OnGPU0",
+               timeout=WAIT, message="GPUHealthy=False/Xid48OnGPU0")
+    marked = condition_of(api_client, gpu_node)
+    agent.stop()  # from here on only KWOK (and the control plane) write the node
+
+    # KWOK (lease mode, as the harness runs it) patches node status through its node-initialize
+    # stage, a strategic merge of its own conditions, whenever Ready is not True. Provoke that.
+    core = client.CoreV1Api(api_client)
+    for _ in range(3):
+        core.patch_node_status(gpu_node, {"status": {"conditions": [
+            {"type": "Ready", "status": "False", "reason": "TestFlip",
+             "message": "flipped by the GPU agent test"}]}},
+            _content_type="application/strategic-merge-patch+json")
+        wait_until(lambda: condition_of(api_client, gpu_node, "Ready").get("status") == "True",
+                   timeout=WAIT, message="KWOK to patch the node Ready again")
+        assert condition_of(api_client, gpu_node) == marked
+    # And through lease heartbeats: two renewals of the node's Lease.
+    wait_for_lease_renewals(api_client, gpu_node, count=2)
+    assert condition_of(api_client, gpu_node) == marked
+    assert our_taints(api_client, gpu_node) == [
+        {"key": GPU_UNHEALTHY_TAINT_KEY, "value": "Xid48", "effect": "NoSchedule"}]
+
+    # A restarted agent remembers the XID from the node instead of declaring the GPU healthy.
+    restarted = start_agent()
+    assert restarted.value("sovereign_gpu_health", gpu="0", state="Unhealthy") == 1
+    assert condition_of(api_client, gpu_node)["reason"] == "Xid48OnGPU0"
+    # ... and lets it recover once the quiet window has passed.
+    wait_healthy(api_client, gpu_node)
+
+
+def test_metrics_have_dcgm_exporter_names_and_labels(gpu_node, scenario, start_agent):
+    agent = start_agent()
+    inject_xid(scenario, gpu=1, xid=13)  # an application error: counted, GPU stays healthy
+    wait_until(lambda: agent.value("sovereign_gpu_xid_total", gpu="1", xid="13") == 1,
+               timeout=WAIT, message="XID 13 counted")
+
+    metrics = agent.metrics()
+    gpu1 = {"gpu": "1", "UUID": uuid_of(gpu_node, 1), "pci_bus_id": "00000000:28:00.0",
+            "device": "nvidia1", "modelName": "NVIDIA H100 80GB HBM3", "Hostname": gpu_node}
+    expected = {
+        "DCGM_FI_DEV_GPU_TEMP": 34, "DCGM_FI_DEV_POWER_USAGE": 72, "DCGM_FI_DEV_GPU_UTIL": 0,
+        "DCGM_FI_DEV_FB_USED": 0, "DCGM_FI_DEV_FB_FREE": 81559, "DCGM_FI_DEV_FB_TOTAL": 81559,
+        "DCGM_FI_DEV_XID_ERRORS": 13, "DCGM_FI_DEV_ECC_DBE_VOL_TOTAL": 0,
+        "DCGM_FI_DEV_ECC_SBE_VOL_TOTAL": 0, "DCGM_FI_DEV_ECC_DBE_AGG_TOTAL": 0,
+        "DCGM_FI_DEV_SLOWDOWN_TEMP": 89, "DCGM_FI_DEV_SHUTDOWN_TEMP": 92,
+        "DCGM_FI_DEV_ENFORCED_POWER_LIMIT": 700, "DCGM_FI_DEV_ROW_REMAP_PENDING": 0,
+        "DCGM_FI_DEV_ROW_REMAP_FAILURE": 0, "DCGM_FI_DEV_UNCORRECTABLE_REMAPPED_ROWS": 0,
+        "DCGM_FI_DEV_PCIE_REPLAY_COUNTER": 0, "DCGM_FI_DEV_CLOCKS_EVENT_REASONS": 0,
+        "DCGM_FI_DEV_NVLINK_CRC_FLIT_ERROR_COUNT_TOTAL": 0, "DCGM_FI_DEV_MIG_MODE": 0,
+    }
+    for name, value in expected.items():
+        assert metrics.get((name, frozenset(gpu1.items()))) == value, name
+    temperatures = [labels for name, labels in metrics if name == "DCGM_FI_DEV_GPU_TEMP"]
+    assert sorted(dict(labels)["gpu"] for labels in temperatures) == [str(i) for i in range(8)]
+    # H100s retire no pages (NotSupported): no sample, as dcgm-exporter does.
+    assert not [name for name, _ in metrics if name == "DCGM_FI_DEV_RETIRED_SBE"]
+    health = {state: agent.value("sovereign_gpu_health", gpu="1", UUID=uuid_of(gpu_node, 1),
+                                 state=state) for state in ("Healthy", "Degraded", "Unhealthy")}
+    assert health == {"Healthy": 1, "Degraded": 0, "Unhealthy": 0}
+    assert agent.value("sovereign_gpu_xid_total", gpu="1", UUID=uuid_of(gpu_node, 1),
+                       xid="13") == 1
+    assert agent.value("sovereign_gpu_agent_nvml_up") == 1
+
+
+def test_rbac_lets_the_agent_mark_only_its_own_node(api_client, cluster, namespace,
+                                                    make_gpu_node):
+    own, other = make_gpu_node(), make_gpu_node()
+    core = client.CoreV1Api(api_client)
+    core.create_namespaced_service_account(namespace, {"metadata": {"name": "gpu-agent"}})
+    manifests = agent_access_manifests(name=f"gpu-agent-{namespace}",
+                                       service_account="gpu-agent", namespace=namespace)
+    applied = _apply(api_client, manifests)
+    try:
+        agent_api = _pod_bound_client(api_client, cluster, namespace=namespace, node=own)
+        marks = GpuNodeMarks(
+            condition=Condition(status="False", reason="Xid79OnGPU0", message="test"),
+            label="Unhealthy", record=GpuHealthRecord(state="Unhealthy", healthy=7, total=8),
+            taint=Taint(value="Xid79", effect="NoSchedule"))
+
+        wait_until(lambda: publish_gpu_health(agent_api, node_name=own, marks=marks),
+                   timeout=WAIT, message="the agent's ServiceAccount to mark its own node")
+        emit_node_event(agent_api, node_name=own, reason="GPUUnhealthy", message="test",
+                        warning=True)
+
+        assert condition_of(api_client, own)["reason"] == "Xid79OnGPU0"
+        assert our_taints(api_client, own)[0]["value"] == "Xid79"
+        # A dry run goes through admission without writing: wait for the policy to be in force.
+        wait_until(lambda: _dry_run_status(agent_api, other) == 403, timeout=WAIT,
+                   message="the admission policy to refuse another node")
+        with pytest.raises(NodeForbidden, match="may only change the node its own pod runs on"):
+            publish_gpu_health(agent_api, node_name=other, marks=marks)
+        assert not our_taints(api_client, other)
+        with pytest.raises(client.ApiException) as refused:
+            client.CoreV1Api(agent_api).patch_node(
+                own, {"spec": {"taints": []}}, _content_type="application/merge-patch+json")
+        assert refused.value.status == 403
+        assert f"may only change the {GPU_UNHEALTHY_TAINT_KEY} taint" in str(refused.value.body)
+    finally:
+        _delete(api_client, applied)
+
+
+def _dry_run_status(agent_api, node: str) -> int:
+    try:
+        client.CoreV1Api(agent_api).patch_node(
+            node, {"metadata": {"labels": {GPU_HEALTH_LABEL: "Unknown"}}}, dry_run="All",
+            _content_type="application/merge-patch+json")
+    except client.ApiException as err:
+        return err.status
+    return 200
+
+
+def _pod_bound_client(api_client, cluster, *, namespace: str, node: str) -> client.ApiClient:
+    """A client with a token bound to a pod on ``node``, as a DaemonSet pod of the agent has."""
+    core = client.CoreV1Api(api_client)
+    pod = core.create_namespaced_pod(namespace, {
+        "metadata": {"name": "gpu-agent"},
+        "spec": {"nodeName": node, "serviceAccountName": "gpu-agent",
+                 "tolerations": [{"operator": "Exists"}],
+                 "containers": [{"name": "agent", "image": "sovereign:test"}]}})
+    token = core.create_namespaced_service_account_token("gpu-agent", namespace, {
+        "spec": {"expirationSeconds": 3600, "boundObjectRef": {
+            "apiVersion": "v1", "kind": "Pod", "name": pod.metadata.name,
+            "uid": pod.metadata.uid}}}).status.token
+    configuration = client.Configuration()
+    configuration.host = cluster.server
+    configuration.ssl_ca_cert = api_client.configuration.ssl_ca_cert
+    configuration.api_key = {"authorization": f"Bearer {token}"}
+    return client.ApiClient(configuration)
+
+
+def _apply(api_client, manifests: list[dict]) -> list[dict]:
+    for manifest in manifests:
+        _api_for(api_client, manifest)("create", manifest)
+    return manifests
+
+
+def _delete(api_client, manifests: list[dict]) -> None:
+    for manifest in manifests:
+        _api_for(api_client, manifest)("delete", manifest)
+
+
+def _api_for(api_client, manifest: dict):
+    """create/delete for the kinds of agent_access_manifests, cluster-scoped or namespaced."""
+    kind = manifest["kind"]
+    api = (client.AdmissionregistrationV1Api(api_client) if "Admission" in kind
+           else client.RbacAuthorizationV1Api(api_client))
+    snake = "".join(f"_{c.lower()}" if c.isupper() else c for c in kind).lstrip("_")
+    namespace = manifest["metadata"].get("namespace")
+
+    def call(verb: str, body: dict):
+        if namespace:
+            method = getattr(api, f"{verb}_namespaced_{snake}")
+            return (method(namespace, body) if verb == "create"
+                    else method(body["metadata"]["name"], namespace))
+        method = getattr(api, f"{verb}_{snake}")
+        return method(body) if verb == "create" else method(body["metadata"]["name"])
+
+    return call
