@@ -201,7 +201,8 @@ class _BarProgress:
             TransferSpeedColumn,
         )
 
-        self._bar = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+        self._bar = Progress(TextColumn("{task.description}"), BarColumn(),
+                             DownloadColumn(binary_units=True),
                              TransferSpeedColumn(), TimeRemainingColumn(), console=console)
         self._lock = threading.Lock()
         self._overall = None

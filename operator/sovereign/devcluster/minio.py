@@ -17,6 +17,8 @@ from __future__ import annotations
 import atexit
 import base64
 import contextlib
+import hashlib
+import json
 import os
 import secrets
 import signal
@@ -79,6 +81,11 @@ class MinioServer:
         return self.root / "minio.log"
 
     @property
+    def pid(self) -> int | None:
+        """The server's process id (also its process group), None when not started."""
+        return self._process.pid if self._process is not None else None
+
+    @property
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
@@ -97,6 +104,40 @@ class MinioServer:
                           request_checksum_calculation="when_required",
                           response_checksum_validation="when_required"),
         )
+
+    def add_replication_target(self, *, bucket: str, target: MinioServer, target_bucket: str) -> str:
+        """Register ``target``'s bucket as a replication target of ``bucket``; returns its ARN.
+
+        MinIO only accepts replication rules whose destination ARN it issued itself through its
+        admin API (what ``mc admin bucket remote add`` calls), so a test that wants a real
+        replication rule to another region's server needs this. Both buckets must have
+        versioning enabled. The ARN names the target's region:
+        ``arn:minio:replication:<region>:<id>:<bucket>``.
+        """
+        body = json.dumps({
+            "endpoint": f"127.0.0.1:{target.port}", "secure": False, "type": "replication",
+            "targetbucket": target_bucket, "region": target.region, "api": "s3v4",
+            "credentials": {"accessKey": target.access_key, "secretKey": target.secret_key},
+        }).encode()
+        url = f"{self.endpoint}/minio/admin/v3/set-remote-target?bucket={bucket}"
+        response = self._admin_request("PUT", url, _madmin_encrypt(self.secret_key, body))
+        return json.loads(response)
+
+    def _admin_request(self, method: str, url: str, body: bytes) -> bytes:
+        from botocore.auth import S3SigV4Auth
+        from botocore.awsrequest import AWSRequest
+        from botocore.credentials import Credentials
+
+        request = AWSRequest(method=method, url=url, data=body)
+        S3SigV4Auth(Credentials(self.access_key, self.secret_key), "s3", self.region).add_auth(request)
+        prepared = urllib.request.Request(url, data=body, method=method,
+                                          headers=dict(request.headers.items()))
+        try:
+            with urllib.request.urlopen(prepared, timeout=30) as response:
+                return response.read()
+        except urllib.error.HTTPError as err:
+            raise RuntimeError(f"MinIO admin {method} {url} failed: {err.code} "
+                               f"{err.read().decode(errors='replace')}") from None
 
     def start(self, *, timeout: float = 180.0) -> None:
         """Start the server and wait until ``/minio/health/ready`` answers 200.
@@ -237,6 +278,25 @@ class MinioFleet:
     def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
                  traceback: TracebackType | None) -> None:
         self.stop()
+
+
+def _madmin_encrypt(password: str, data: bytes) -> bytes:
+    """Encrypt an admin API request body the way MinIO's madmin.EncryptData does (PBKDF2 flavour).
+
+    Layout: salt(32) | algorithm id (2 = PBKDF2-SHA256 + AES-256-GCM) | nonce(8) | a DARE/sio
+    stream. A body under sio's 16 KiB fragment size is one final fragment, sealed with nonce
+    ``nonce || seq 1`` and associated data ``0x80 || tag``, where tag authenticates the empty
+    message under ``nonce || seq 0`` (secure-io/sio-go's EncryptWriter).
+    """
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    if len(data) >= 16 * 1024:
+        raise ValueError("admin request bodies over 16 KiB need the multi-fragment sio format")
+    salt, nonce = secrets.token_bytes(32), secrets.token_bytes(8)
+    aead = AESGCM(hashlib.pbkdf2_hmac("sha256", password.encode(), salt, 8192, 32))
+    header_tag = aead.encrypt(nonce + (0).to_bytes(4, "little"), b"", None)
+    sealed = aead.encrypt(nonce + (1).to_bytes(4, "little"), data, b"\x80" + header_tag)
+    return salt + bytes([0x02]) + nonce + sealed
 
 
 def _free_port() -> int:

@@ -13,6 +13,7 @@ starts). For every object under the prefix:
 - bytes are written to ``.<name>.<etag>.partial`` beside the target, verified, fsynced, and
   renamed into place, so vLLM never sees a half-written file.
 
+Loaders of several replicas sharing one volume take turns (a lock file in the destination).
 Objects whose ETag is not an MD5 (SSE-KMS, SSE-C) can only be checked by size; that is logged.
 With ``allowed_regions`` the bucket's location is checked first and a store outside them is
 refused. Progress goes to a ``Progress`` sink the caller chooses (rich bar or log lines).
@@ -20,15 +21,17 @@ refused. Progress goes to a ``Progress`` sink the caller chooses (rich bar or lo
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from enum import StrEnum
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Protocol
 
 from sovereign.policy.residency_store import check_location
@@ -40,6 +43,7 @@ from sovereign.stores.s3 import S3Store
 log = logging.getLogger(__name__)
 
 MANIFEST_NAME = ".sovereign-fetch.json"
+LOCK_NAME = ".sovereign-fetch.lock"
 _PARTIAL_SUFFIX = ".partial"
 _MANIFEST_VERSION = 1
 
@@ -159,10 +163,10 @@ def fetch_model(
     prefix = normalize_prefix(path)
     source = f"s3://{bucket}/{prefix}"
     progress = progress or NoProgress()
-    if allowed_regions:
-        store = _in_allowed_region(store=store, bucket=bucket, source=source,
-                                   allowed_regions=allowed_regions)
     try:
+        if allowed_regions:
+            store = _in_allowed_region(store=store, bucket=bucket, source=source,
+                                       allowed_regions=allowed_regions)
         objects = store.list_objects(bucket=bucket, prefix=prefix)
     except BucketNotFound as err:
         raise FetchError(f"cannot fetch {source}: {err}") from None
@@ -173,11 +177,12 @@ def fetch_model(
     if dest.exists() and not dest.is_dir():
         raise FetchError(f"the destination {dest} is not a directory: point --dest at the model volume")
     dest.mkdir(parents=True, exist_ok=True)
-    job = _Job(store=store, bucket=bucket, dest=dest, manifest=_Manifest(dest / MANIFEST_NAME),
-               verify_existing=verify_existing, attempts=attempts, progress=progress)
-    progress.begin(source=source, files=len(wanted), total_bytes=sum(o.size for _, o in wanted))
-    report = FetchReport(source=source, dest=dest)
-    report.files = job.run_all(wanted, concurrency=concurrency)
+    with _exclusive(dest / LOCK_NAME):
+        job = _Job(store=store, bucket=bucket, dest=dest, manifest=_Manifest(dest / MANIFEST_NAME),
+                   verify_existing=verify_existing, attempts=attempts, progress=progress)
+        progress.begin(source=source, files=len(wanted), total_bytes=sum(o.size for _, o in wanted))
+        report = FetchReport(source=source, dest=dest)
+        report.files = job.run_all(wanted, concurrency=concurrency)
     report.extraneous = _extraneous(dest, {rel for rel, _ in wanted})
     if report.extraneous:
         log.warning("%d file(s) in %s are not in %s and were left in place: %s",
@@ -192,19 +197,37 @@ def normalize_prefix(path: str) -> str:
 
 
 def human_bytes(size: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    raise AssertionError("unreachable")
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024:
+            return f"{value:.0f} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"
+
+
+@contextlib.contextmanager
+def _exclusive(lock_path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the destination for the whole run.
+
+    Loader pods of several replicas can share one ReadWriteMany model volume; the second
+    waits, then finds every file verified and downloads nothing.
+    """
+    with open(lock_path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("another loader is filling %s; waiting for it to finish", lock_path.parent)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _in_allowed_region(*, store: S3Store, bucket: str, source: str,
                        allowed_regions: Sequence[str]) -> S3Store:
-    try:
-        location = store.bucket_location(bucket=bucket)
-    except BucketNotFound as err:
-        raise FetchError(f"cannot fetch {source}: {err}") from None
+    """The store, signing for the bucket's region, once that region is known to be allowed."""
+    location = store.bucket_location(bucket=bucket)
     decision = check_location(bucket=bucket, location=location, allowed_regions=allowed_regions)
     if not decision.ok:
         raise RegionNotAllowed(
@@ -227,11 +250,11 @@ def plan_paths(*, objects: Sequence[ObjectInfo], prefix: str,
         if not relative or relative.endswith("/"):
             continue  # a "folder" marker object, as consoles create; nothing to write
         parts = relative.split("/")
-        if any(part in ("", ".", "..") for part in parts) or parts[-1] == MANIFEST_NAME:
+        if any(part in ("", ".", "..") for part in parts) or relative in (MANIFEST_NAME, LOCK_NAME):
             raise FetchError(
                 f"object {obj.key!r} under {source} cannot be written safely as {relative!r} "
                 "(empty, '.' or '..' path segment, or a reserved name): rename it in the store")
-        planned.append((str(PurePosixPath(*parts)), obj))
+        planned.append((relative, obj))
     return planned
 
 
@@ -250,7 +273,7 @@ def _extraneous(dest: Path, wanted: set[str]) -> list[str]:
     for root, _, names in os.walk(dest):
         for name in names:
             relative = Path(root, name).relative_to(dest).as_posix()
-            if relative == MANIFEST_NAME or _is_partial(name):
+            if relative in (MANIFEST_NAME, LOCK_NAME) or _is_partial(name):
                 continue
             if relative not in wanted:
                 found.append(relative)
@@ -461,13 +484,15 @@ class _Job:
                         self.progress.advance(path=relative, nbytes=len(chunk))
                     if offset < obj.size:
                         raise TransferInterrupted(
-                            f"s3://{self.bucket}/{obj.key} ended at byte {offset} of {obj.size}")
+                            f"s3://{self.bucket}/{obj.key} ended at byte {offset} of {obj.size}: "
+                            "run again to resume", server_message="the response ended early")
                 except TransferInterrupted as err:
                     tries += 1
                     if tries >= self.attempts:
                         raise
-                    log.warning("%s; resuming at byte %d (attempt %d of %d)", err, offset,
-                                tries + 1, self.attempts)
+                    log.warning("download of s3://%s/%s broke (%s); resuming at byte %d "
+                                "(attempt %d of %d)", self.bucket, obj.key,
+                                err.server_message or err, offset, tries + 1, self.attempts)
             out.flush()
             os.fsync(out.fileno())
         return transferred

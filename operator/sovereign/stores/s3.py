@@ -407,14 +407,16 @@ class S3Store:
                 "credentialsSecretRef) or give the pod an identity (IRSA)") from None
         except BotoCoreError as err:
             target = f"s3://{bucket}/{key}" if key else f"bucket {bucket!r}"
-            said = f"{operation} on {target} at {self.where}: {type(err).__name__}: {err}"
+            reason = f"{type(err).__name__}: {str(err).rstrip('.')}"
+            said = f"{operation} on {target} at {self.where}: {reason}"
             if streaming and isinstance(err, (HTTPClientError, IncompleteReadError)):
-                raise errors.TransferInterrupted(f"{said}. Run again to resume") from None
+                raise errors.TransferInterrupted(f"{said}. Run again to resume",
+                                                 server_message=reason) from None
             if isinstance(err, (HTTPClientError, BotoConnectionError)):
                 raise errors.StoreUnreachable(
                     f"{said}. Check the endpoint URL and that the store is up and reachable "
-                    "from here") from None
-            raise errors.StoreError(said) from None
+                    "from here", server_message=reason) from None
+            raise errors.StoreError(said, server_message=reason) from None
 
     def _client_error(self, err: ClientError, operation: str, *, bucket: str,
                       key: str | None) -> errors.StoreError:
