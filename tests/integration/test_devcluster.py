@@ -5,6 +5,7 @@ These are the foundation's acceptance tests; every later integration test stands
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -120,8 +121,9 @@ def test_karpenter_nodepool_schema_is_the_upstream_one(api_client):
         with pytest.raises(ApiException) as err:
             custom.create_cluster_custom_object("karpenter.sh", "v1", "nodepools", bad)
         assert err.value.status == 422
-        assert "spec.template.spec.requirements[0].operator" in err.value.body
-        assert "Unsupported value: \"Sometimes\"" in err.value.body
+        message = json.loads(err.value.body)["message"]
+        assert "spec.template.spec.requirements[0].operator" in message
+        assert 'Unsupported value: "Sometimes"' in message
     finally:
         custom.delete_cluster_custom_object("karpenter.sh", "v1", "nodepools", "valid-pool")
 

@@ -39,6 +39,9 @@ class Component:
 
     name: str
     upstream: str
+    # Files of the upstream module copied next to the binaries (module-relative paths), because
+    # the binary needs them at run time and the module cache may be gone by then.
+    assets: tuple[str, ...] = ()
 
     @property
     def moddir(self) -> Path:
@@ -104,7 +107,14 @@ COMPONENTS: dict[str, Component] = {
     for c in (
         Component("etcd", "go.etcd.io/etcd/server/v3"),
         Component("kubernetes", "k8s.io/kubernetes"),
-        Component("kwok", "sigs.k8s.io/kwok"),
+        # kwok ships no stages in its binary; these are the "fast" set kwokctl uses by default.
+        Component("kwok", "sigs.k8s.io/kwok", assets=(
+            "kustomize/stage/node/fast/node-initialize.yaml",
+            "kustomize/stage/node/heartbeat-with-lease/node-heartbeat-with-lease.yaml",
+            "kustomize/stage/pod/fast/pod-ready.yaml",
+            "kustomize/stage/pod/fast/pod-complete.yaml",
+            "kustomize/stage/pod/fast/pod-delete.yaml",
+        )),
         Component("minio", "github.com/minio/minio"),
     )
 }
@@ -122,7 +132,8 @@ def cached_dir(component: Component) -> Path:
 def is_cached(name: str) -> bool:
     component = COMPONENTS[name]
     directory = cached_dir(component)
-    return all((directory / b).is_file() for b in component.binaries)
+    wanted = component.binaries + [f"assets/{Path(a).name}" for a in component.assets]
+    return all((directory / w).is_file() for w in wanted)
 
 
 def ensure(name: str, *, progress: bool = True) -> Path:
@@ -186,10 +197,21 @@ def _build(component: Component, target: Path, *, progress: bool) -> None:
     for binary in component.binaries:
         if not (staging / binary).is_file():
             raise BuildError(f"building {label} produced no {binary} in {staging}")
+    if component.assets:
+        _copy_assets(component, staging / "assets", go=go, env=env)
     if target.exists():
         shutil.rmtree(target)
     staging.rename(target)
     _say(f"built {label} in {time.monotonic() - started:.0f}s -> {target}", enabled=progress)
+
+
+def _copy_assets(component: Component, destination: Path, *, go: str, env: dict) -> None:
+    moddir = subprocess.run([go, "list", "-m", "-f", "{{.Dir}}", component.upstream],
+                            cwd=component.moddir, env=env, capture_output=True, text=True,
+                            check=True).stdout.strip()
+    destination.mkdir()
+    for asset in component.assets:
+        shutil.copyfile(Path(moddir) / asset, destination / Path(asset).name)
 
 
 def _show_progress(stream, log_file, *, label: str, enabled: bool) -> None:

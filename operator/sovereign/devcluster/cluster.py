@@ -12,6 +12,7 @@ Used by the pytest plugin (``pytest_plugin``), the benchmarks and ``sovereign de
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -148,6 +149,22 @@ class DevCluster:
     def pids(self) -> list[int]:
         return [c.process.pid for c in self.components.values() if c.process is not None]
 
+    @property
+    def audit_log(self) -> Path:
+        """JSON lines, one per mutating request (user, userAgent, verb, objectRef, code)."""
+        return self.workdir / "logs" / "audit.log"
+
+    def audit_events(self) -> list[dict[str, Any]]:
+        if not self.audit_log.exists():
+            return []
+        return [json.loads(line) for line in self.audit_log.read_text().splitlines() if line]
+
+    def metrics(self) -> str:
+        """The apiserver's own Prometheus exposition (e.g. ``apiserver_request_total``)."""
+        with urllib.request.urlopen(f"{self.server}/metrics", context=self._admin_tls(),
+                                    timeout=10) as resp:
+            return resp.read().decode()
+
     def api_client(self):
         """A new kubernetes ApiClient authenticated as cluster admin."""
         from kubernetes import client, config
@@ -224,6 +241,8 @@ class DevCluster:
             "--allow-privileged=true",
             "--enable-admission-plugins=NodeRestriction",
             "--profiling=false",
+            f"--audit-policy-file={self._audit_policy()}",
+            f"--audit-log-path={self.audit_log}", "--audit-log-format=json",
         ])
         self._write_kubeconfig(self.workdir / "kubeconfig", pki["admin"], pki["ca"])
         self._wait("kube-apiserver", self._apiserver_ready, deadline)
@@ -258,9 +277,13 @@ class DevCluster:
         kwok_config = self.workdir / "kwok.yaml"
         kwok_config.write_text(yaml.safe_dump({
             "apiVersion": "config.kwok.x-k8s.io/v1alpha1", "kind": "KwokConfiguration",
-            "options": {}}))
+            # The plain binary defaults these to 0 (kwokctl fills them in); 0 disables the loops.
+            "options": {"nodeLeaseParallelism": 4, "nodePlayStageParallelism": 4,
+                        "podPlayStageParallelism": 8, "podsOnNodeSyncParallelism": 4}}))
+        stages = sorted((bins["kwok"] / "assets").glob("*.yaml"))
         self._launch("kwok", [
             str(bins["kwok"] / "kwok"), f"--config={kwok_config}",
+            *(f"--config={stage}" for stage in stages),
             f"--kubeconfig={self.workdir / 'kwok.kubeconfig'}",
             "--manage-all-nodes=false",
             "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
@@ -343,11 +366,32 @@ class DevCluster:
                 parts.append(f"--- last lines of {name} ({component.log}) ---\n{component.tail()}")
         return "\n".join(parts)
 
-    def _apiserver_ready(self) -> bool:
+    def _admin_tls(self) -> ssl.SSLContext:
         context = ssl.create_default_context(cafile=str(self.workdir / "pki" / "ca.crt"))
         context.load_cert_chain(self.workdir / "pki" / "admin.crt", self.workdir / "pki" / "admin.key")
-        with urllib.request.urlopen(f"{self.server}/readyz", context=context, timeout=5) as resp:
+        return context
+
+    def _apiserver_ready(self) -> bool:
+        with urllib.request.urlopen(f"{self.server}/readyz", context=self._admin_tls(),
+                                    timeout=5) as resp:
             return resp.status == 200
+
+    def _audit_policy(self) -> Path:
+        # Writes only, at Metadata level: who (user, userAgent) changed what. Reads, node leases
+        # and KWOK's pod/node status heartbeats would drown the few writes tests care about.
+        path = self.workdir / "audit-policy.yaml"
+        path.write_text(yaml.safe_dump({
+            "apiVersion": "audit.k8s.io/v1", "kind": "Policy",
+            "omitStages": ["RequestReceived"],
+            "rules": [
+                {"level": "None", "verbs": ["get", "list", "watch"]},
+                {"level": "None", "resources": [{"group": "coordination.k8s.io",
+                                                 "resources": ["leases"]}]},
+                {"level": "None", "users": ["kwok-controller"]},
+                {"level": "Metadata"},
+            ],
+        }))
+        return path
 
     def _create_fleet(self, api) -> None:
         from kubernetes import client
@@ -358,6 +402,7 @@ class DevCluster:
 
     def _install_crds(self, api, deadline: float) -> None:
         from kubernetes import client
+        from kubernetes.client.rest import ApiException
 
         ext = client.ApiextensionsV1Api(api)
         names = []
@@ -365,7 +410,11 @@ class DevCluster:
             for doc in _yaml_docs([path]):
                 if doc.get("kind") != "CustomResourceDefinition":
                     continue
-                ext.create_custom_resource_definition(doc)
+                try:
+                    ext.create_custom_resource_definition(doc)
+                except ApiException as err:
+                    message = json.loads(err.body).get("message", err.body) if err.body else err
+                    raise ClusterError(f"the apiserver rejected the CRD in {path}: {message}") from None
                 names.append(doc["metadata"]["name"])
 
         def established() -> bool:
