@@ -129,7 +129,8 @@ def open_api_schema() -> dict[str, Any]:
             },
             "kind": {"description": "Kind is a string value representing the REST resource this object represents.",
                      "type": "string"},
-            "metadata": {"description": "Standard object metadata.", "type": "object"},
+            # The apiserver allows nothing but the type here (metadata is its own schema).
+            "metadata": {"type": "object"},
             "spec": {key: spec[key] for key in sorted(spec, key=_key_rank)},
             "status": {key: status[key] for key in sorted(status, key=_key_rank)},
         },

@@ -35,6 +35,7 @@ from sovereign.api.types import (
     Quantity,
     Rule,
     RuleFailure,
+    cel_format,
     matches,
 )
 
@@ -378,6 +379,7 @@ class NodePool(ApiObject):
     object_rules: ClassVar[tuple[Rule, ...]] = (
         Rule(
             cel="self.provisioner == 'Karpenter' ? has(self.karpenter) : !has(self.karpenter)",
+            message="karpenter is required when provisioner is Karpenter, and only allowed then",
             message_expression=(
                 "self.provisioner == 'Karpenter' ? 'karpenter is required when provisioner is Karpenter'"
                 " : 'karpenter is only allowed when provisioner is Karpenter'"
@@ -387,7 +389,7 @@ class NodePool(ApiObject):
         ),
         Rule(
             cel="!has(self.existing) || self.provisioner == 'Existing'",
-            message_expression="'existing is only allowed when provisioner is Existing'",
+            message="existing is only allowed when provisioner is Existing",
             field_path=".existing",
             failures=lambda pool: (
                 [RuleFailure(("existing",), pool.existing, "existing is only allowed when provisioner is Existing")]
@@ -397,9 +399,11 @@ class NodePool(ApiObject):
         ),
         Rule(
             cel="!has(self.limits) || self.limits.gpus >= self.gpu.perNode",
-            message_expression=(
-                "'limits.gpus (' + string(self.limits.gpus) + ') must be at least gpu.perNode ('"
-                " + string(self.gpu.perNode) + '), or not one node fits'"
+            message="limits.gpus must be at least gpu.perNode, or not one node fits in the pool",
+            message_expression=cel_format(
+                "limits.gpus (%d) must be at least gpu.perNode (%d), or not one node fits in the pool",
+                "self.limits.gpus",
+                "self.gpu.perNode",
             ),
             field_path=".limits.gpus",
             failures=lambda pool: (
@@ -407,8 +411,8 @@ class NodePool(ApiObject):
                     RuleFailure(
                         ("limits", "gpus"),
                         pool.limits.gpus,
-                        f"limits.gpus ({pool.limits.gpus}) must be at least gpu.perNode "
-                        f"({pool.gpu.per_node}), or not one node fits",
+                        f"limits.gpus ({pool.limits.gpus}) must be at least gpu.perNode ({pool.gpu.per_node}), "
+                        "or not one node fits in the pool",
                     )
                 ]
                 if pool.limits is not None and pool.limits.gpus < pool.gpu.per_node
@@ -540,7 +544,7 @@ class DataStore(ApiObject):
     object_rules: ClassVar[tuple[Rule, ...]] = (
         Rule(
             cel="has(self.s3) != has(self.volume)",
-            message_expression="'exactly one of s3 or volume must be set'",
+            message="exactly one of s3 or volume must be set",
             field_path=None,
             failures=lambda store: (
                 [RuleFailure((), MISSING, "exactly one of s3 or volume must be set")]
@@ -607,9 +611,9 @@ class Autoscaling(ApiObject):
     object_rules: ClassVar[tuple[Rule, ...]] = (
         Rule(
             cel="self.minReplicas <= self.maxReplicas",
-            message_expression=(
-                "'minReplicas (' + string(self.minReplicas) + ') must not exceed maxReplicas (' "
-                "+ string(self.maxReplicas) + ')'"
+            message="minReplicas must not exceed maxReplicas",
+            message_expression=cel_format(
+                "minReplicas (%d) must not exceed maxReplicas (%d)", "self.minReplicas", "self.maxReplicas"
             ),
             field_path=".minReplicas",
             failures=lambda scaling: (
@@ -801,11 +805,12 @@ def _reference_rule(*, entries: str, ref: str, target: str, label: str) -> Rule:
                     _undeclared(target, names),
                 )
 
+    first_bad = f"self.{entries}.filter(e, !({declared}))[0]"
     return Rule(
         cel=f"!has(self.{entries}) || self.{entries}.all(e, {declared})",
-        message_expression=(
-            f"self.{entries}.filter(e, !({declared})).map(e, '{label} \"' + e.name + '\": {ref} \"' "
-            f"+ e.{ref} + '\" is not declared in spec.{target}').join('; ')"
+        message=f"every {ref} in spec.{entries} must name an entry of spec.{target}",
+        message_expression=cel_format(
+            f'{label} "%s": {ref} "%s" is not declared in spec.{target}', f"{first_bad}.name", f"{first_bad}.{ref}"
         ),
         field_path=f".{entries}",
         failures=failures,
@@ -827,12 +832,14 @@ def _reference_list_rule(*, entries: str, ref: str, target: str, label: str) -> 
                         _undeclared(target, names),
                     )
 
+    first_bad = f"self.{entries}.filter(e, has(e.{ref}) && e.{ref}.exists(n, {undeclared}))[0]"
     return Rule(
         cel=f"!has(self.{entries}) || self.{entries}.all(e, !has(e.{ref}) || !e.{ref}.exists(n, {undeclared}))",
-        message_expression=(
-            f"self.{entries}.filter(e, has(e.{ref}) && e.{ref}.exists(n, {undeclared})).map(e, '{label} \"' "
-            f"+ e.name + '\": {ref} ' + e.{ref}.filter(n, {undeclared}).join(', ') "
-            f"+ ' not declared in spec.{target}').join('; ')"
+        message=f"every name in spec.{entries}[].{ref} must name an entry of spec.{target}",
+        message_expression=cel_format(
+            f'{label} "%s": {ref} names "%s", which is not declared in spec.{target}',
+            f"{first_bad}.name",
+            f"{first_bad}.{ref}.filter(n, {undeclared})[0]",
         ),
         field_path=f".{entries}",
         failures=failures,
@@ -869,6 +876,13 @@ def _s3_region_failures(spec: SovereignStackSpec) -> Iterator[RuleFailure]:
             )
 
 
+# The first model too wide for its pool, and the first S3 store outside the regions, for messages.
+_TOO_WIDE = (
+    "self.models.filter(m, self.nodePools.exists(p, p.name == m.nodePool && m.gpusPerReplica > p.gpu.perNode))[0]"
+)
+_OUTSIDE = "self.dataStores.filter(d, has(d.s3) && !(d.s3.region in self.residency.regions))[0]"
+
+
 class SovereignStackSpec(ApiObject):
     """The desired sovereign AI deployment: where it may live, its GPU node pools, data stores,
     models and applications."""
@@ -896,11 +910,13 @@ class SovereignStackSpec(ApiObject):
                 "!has(self.models) || !has(self.nodePools) || self.models.all(m, "
                 "self.nodePools.all(p, p.name != m.nodePool || m.gpusPerReplica <= p.gpu.perNode))"
             ),
-            message_expression=(
-                "self.models.filter(m, self.nodePools.exists(p, p.name == m.nodePool && "
-                "m.gpusPerReplica > p.gpu.perNode)).map(m, 'model \"' + m.name + '\": gpusPerReplica ' "
-                "+ string(m.gpusPerReplica) + ' is more than gpu.perNode of nodePool \"' + m.nodePool "
-                "+ '\"').join('; ')"
+            message="gpusPerReplica of each model must be at most gpu.perNode of its nodePool",
+            message_expression=cel_format(
+                'model "%s": gpusPerReplica %d is more than gpu.perNode of nodePool "%s"; '
+                "a replica's GPUs are all on one node",
+                f"{_TOO_WIDE}.name",
+                f"{_TOO_WIDE}.gpusPerReplica",
+                f"{_TOO_WIDE}.nodePool",
             ),
             field_path=".models",
             failures=_gpus_fit_failures,
@@ -909,10 +925,11 @@ class SovereignStackSpec(ApiObject):
         _reference_list_rule(entries="applications", ref="dataStores", target="dataStores", label="application"),
         Rule(
             cel="!has(self.dataStores) || self.dataStores.all(d, !has(d.s3) || d.s3.region in self.residency.regions)",
-            message_expression=(
-                "self.dataStores.filter(d, has(d.s3) && !(d.s3.region in self.residency.regions)).map(d, "
-                "'dataStore \"' + d.name + '\": s3.region \"' + d.s3.region + '\" is not one of "
-                "spec.residency.regions').join('; ')"
+            message="the s3.region of each data store must be one of spec.residency.regions",
+            message_expression=cel_format(
+                'dataStore "%s": s3.region "%s" is not one of spec.residency.regions',
+                f"{_OUTSIDE}.name",
+                f"{_OUTSIDE}.s3.region",
             ),
             field_path=".dataStores",
             failures=_s3_region_failures,

@@ -84,21 +84,36 @@ class RuleFailure:
 class Rule:
     """A rule over several fields of one object (a CEL rule on that object in the CRD).
 
+    ``message`` is what the apiserver says; ``message_expression`` (CEL, built with
+    ``cel_format``) can name the offending entry instead.
     ``failures`` is the Python twin: given the parsed object it yields what is wrong, each with
     the exact path below the object, so offline errors point at ``spec.models[1].nodePool`` where
     the apiserver can only point at ``field_path`` (CEL has no list index).
     """
 
     cel: str
-    message_expression: str
+    message: str
     field_path: str | None
     failures: Callable[[Any], Iterable[RuleFailure]]
+    message_expression: str | None = None
 
     def to_crd(self) -> dict[str, str]:
-        rule = {"rule": self.cel, "messageExpression": self.message_expression}
+        rule = {"rule": self.cel, "message": self.message}
+        if self.message_expression:
+            rule["messageExpression"] = self.message_expression
         if self.field_path:
             rule |= {"fieldPath": self.field_path, "reason": "FieldValueInvalid"}
         return rule
+
+
+def cel_format(template: str, *arguments: str) -> str:
+    """A CEL message expression filling ``%s``/``%d`` in ``template`` with CEL ``arguments``.
+
+    ``format`` rather than ``+``: the apiserver's cost estimate of concatenating a string taken
+    from a filtered list is unbounded, and it refuses such a CRD; ``format`` is priced sanely.
+    """
+    literal = template.replace("\\", "\\\\").replace("'", "\\'")
+    return f"'{literal}'.format([{', '.join(arguments)}])"
 
 
 # --- names and strings -------------------------------------------------------------------------

@@ -63,7 +63,7 @@ def test_every_field_has_a_description() -> None:
         f"{path}.{name}"
         for path, node in _nodes(_schema())
         for name, child in node.get("properties", {}).items()
-        if not child.get("description")
+        if not child.get("description") and f"{path}.{name}" != ".metadata"  # the apiserver forbids one there
     ]
 
     assert undocumented == []
