@@ -17,7 +17,7 @@ from boto3.s3.transfer import TransferConfig
 from click.testing import CliRunner
 
 from sovereign.cli import main as cli
-from sovereign.devcluster.minio import MinioServer
+from sovereign.devcluster.minio import KMS_KEY_NAME, MinioServer
 from sovereign.services.fetch_model import (
     LOCK_NAME,
     MANIFEST_NAME,
@@ -188,6 +188,20 @@ def test_a_resumed_file_that_fails_verification_is_downloaded_whole(me, minio_bu
     assert (result.action, result.integrity_failures) == (Action.DOWNLOADED, 1)
     assert result.bytes_downloaded == len(model[BIG]) - MiB + len(model[BIG])
     assert_same_files(tmp_path, model)
+
+
+def test_sse_kms_objects_whose_etag_is_no_md5_are_checked_by_size_and_said_so(
+        me, minio_bucket_name, model, tmp_path, caplog):
+    body = b"weights encrypted under a KMS key"
+    me.client().put_object(Bucket=minio_bucket_name, Key=f"{PREFIX}/kms.bin", Body=body,
+                           ServerSideEncryption="aws:kms", SSEKMSKeyId=KMS_KEY_NAME)
+
+    report = fetch(me, minio_bucket_name, tmp_path)
+
+    result = {f.path: f for f in report.files}["kms.bin"]
+    assert (result.action, result.verified_by) == (Action.DOWNLOADED, Verification.SIZE)
+    assert (tmp_path / "kms.bin").read_bytes() == body
+    assert "is not the MD5 of its content" in caplog.text and "encryption aws:kms" in caplog.text
 
 
 def test_two_loaders_sharing_a_volume_download_each_file_once(me, minio_bucket_name, model,

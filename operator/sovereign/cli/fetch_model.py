@@ -22,7 +22,13 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from sovereign.services.fetch_model import Action, FetchError, FileResult, fetch_model, human_bytes
+from sovereign.services.fetch_model import (
+    Action,
+    FetchError,
+    FileResult,
+    fetch_model,
+    human_bytes,
+)
 from sovereign.stores.credentials import Credentials
 from sovereign.stores.errors import BucketNotFound, StoreError
 from sovereign.stores.s3 import S3Store
@@ -48,8 +54,8 @@ _PLAIN_PROGRESS_EVERY_S = 15.0
 @click.option("--region", envvar=[ENV_REGION, "AWS_REGION", "AWS_DEFAULT_REGION"], required=True,
               help=f"Region the bucket is in (signs requests). Env: {ENV_REGION} or AWS_REGION.")
 @click.option("--bucket", envvar=ENV_BUCKET, required=True, help=f"Bucket. Env: {ENV_BUCKET}.")
-@click.option("--path", "path", envvar=ENV_PATH, default="", show_default=False,
-              help=f"Key prefix of the model inside the bucket; empty: the whole bucket. Env: {ENV_PATH}.")
+@click.option("--path", envvar=ENV_PATH, default="",
+              help=f"Key prefix of the model in the bucket; empty: the whole bucket. Env: {ENV_PATH}.")
 @click.option("--dest", envvar=ENV_DEST, required=True,
               type=click.Path(file_okay=False, path_type=Path),
               help=f"Local directory to fill (the model volume). Env: {ENV_DEST}.")

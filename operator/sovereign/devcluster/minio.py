@@ -33,7 +33,7 @@ from types import TracebackType
 from typing import Any
 
 DEFAULT_REGIONS = ("me-central-1", "eu-west-1")
-_KMS_KEY_NAME = "sovereign-dev"
+KMS_KEY_NAME = "sovereign-dev"  # the static key's name, for SSE-KMS requests (SSEKMSKeyId)
 _LOG_TAIL_LINES = 40
 _PORT_ATTEMPTS = 3
 
@@ -69,7 +69,7 @@ class MinioServer:
         self._process: subprocess.Popen[bytes] | None = None
 
     def __repr__(self) -> str:
-        state = f"pid {self._process.pid}" if self.running else "stopped"
+        state = f"pid {self.pid}" if self.running else "stopped"
         return f"MinioServer(region={self.region!r}, endpoint={self.endpoint!r}, {state})"
 
     @property
@@ -220,7 +220,7 @@ class MinioServer:
         if not path.exists():
             path.write_text(base64.b64encode(secrets.token_bytes(32)).decode())
             path.chmod(0o600)
-        return f"{_KMS_KEY_NAME}:{path.read_text().strip()}"
+        return f"{KMS_KEY_NAME}:{path.read_text().strip()}"
 
     def _wait_ready(self, *, timeout: float) -> None:
         url = f"{self.endpoint}/minio/health/ready"

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Protocol
 
 from sovereign.policy.residency_store import check_location
-from sovereign.stores.errors import BucketNotFound, StoreError, TransferInterrupted
+from sovereign.stores.errors import BucketNotFound, TransferInterrupted
 from sovereign.stores.etag import ETagHasher, feed_file
 from sovereign.stores.readings import ObjectHead, ObjectInfo
 from sovereign.stores.s3 import S3Store
@@ -359,16 +359,15 @@ class _Job:
                                 thread_name_prefix="fetch") as pool:
             futures = [pool.submit(self.sync, rel, obj) for rel, obj in wanted]
             done, _ = wait(futures, return_when=FIRST_EXCEPTION)
-            failed = [f for f in done if f.exception() is not None]
-            if failed:
+            if any(f.exception() is not None for f in done):
+                # Stop the other workers between chunks and report the failure that stopped them.
                 self.stop.set()
                 for future in futures:
                     future.cancel()
                 wait(futures)
-                errors = [f.exception() for f in futures if f.done() and not f.cancelled()
-                          and f.exception() is not None
-                          and not isinstance(f.exception(), _Aborted)]
-                raise errors[0]  # type: ignore[misc]
+                raise next(error for f in futures if not f.cancelled()
+                           for error in [f.exception()]
+                           if error is not None and not isinstance(error, _Aborted))
         return [f.result() for f in futures]
 
     def sync(self, relative: str, obj: ObjectInfo) -> FileResult:
@@ -458,9 +457,10 @@ class _Job:
         _fsync_dir(target.parent)
         verified_by = Verification.ETAG if head.by_etag else Verification.SIZE
         if not head.by_etag:
-            log.warning("s3://%s/%s is encrypted with %s, so its ETag is not an MD5: checked its "
-                        "size only", self.bucket, obj.key,
-                        head.head.server_side_encryption or "a customer key")
+            log.warning("the ETag of s3://%s/%s is not the MD5 of its content (ETag %s, "
+                        "encryption %s): checked its size only", self.bucket, obj.key, obj.etag,
+                        "SSE-C" if head.head.customer_key
+                        else head.head.server_side_encryption or "none")
         self.manifest.record(relative, obj, target, verified_by)
         return FileResult(relative, obj.size, action, verified_by, transferred, failures)
 

@@ -18,7 +18,6 @@ from typing import Any
 import boto3
 from botocore import xform_name
 from botocore.config import Config
-from botocore.exceptions import ConnectionError as BotoConnectionError
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
@@ -27,6 +26,7 @@ from botocore.exceptions import (
     NoCredentialsError,
     PartialCredentialsError,
 )
+from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from sovereign.stores import errors
 from sovereign.stores.credentials import Credentials

@@ -117,7 +117,8 @@ def test_an_anonymous_policy_grant_makes_a_bucket_public():
 def test_a_public_acl_grant_makes_a_bucket_public():
     access = PublicAccess(block=OPEN, policy_grants=(), acl_grants=("AllUsers:READ",))
     decision = rs.check_public_access(bucket="b", access=access)
-    assert decision.reason == rs.PUBLIC_ACCESS_ALLOWED and "bucket ACL allows AllUsers:READ" in decision.message
+    assert decision.reason == rs.PUBLIC_ACCESS_ALLOWED
+    assert "bucket ACL allows AllUsers:READ" in decision.message
 
 
 def test_a_full_block_wins_over_any_grant_or_unreadable_part():
