@@ -60,7 +60,8 @@ _PLAIN_PROGRESS_EVERY_S = 15.0
               type=click.Path(file_okay=False, path_type=Path),
               help=f"Local directory to fill (the model volume). Env: {ENV_DEST}.")
 @click.option("--allowed-regions", envvar=ENV_ALLOWED_REGIONS, default="",
-              help=f"Comma-separated regions the bucket must be in; refuses any other. Env: {ENV_ALLOWED_REGIONS}.")
+              help="Comma-separated regions the bucket must be in; any other is refused. "
+                   f"Env: {ENV_ALLOWED_REGIONS}.")
 @click.option("--path-style/--virtual-hosted-style", envvar=ENV_PATH_STYLE, default=False,
               help="Address the bucket as <endpoint>/<bucket> (MinIO usually needs this). "
                    f"Default virtual-hosted. Env: {ENV_PATH_STYLE}=true.")
