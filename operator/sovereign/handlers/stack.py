@@ -1,0 +1,170 @@
+"""Kopf handlers of SovereignStack: thin entry points into ``services.reconcile``.
+
+``install(registry, kube=..., config=...)`` registers, on one Kopf registry:
+
+- the operator's Kopf settings (startup): progress and the last handled spec kept in
+  ``sovereign.ai/`` annotations, finalizer ``sovereign.ai/finalizer``, only warnings posted as
+  Events (the reconciler posts its own on condition transitions), and a login whose HTTP
+  session identifies as ``sovereign-operator/<version>``;
+- an index of all nodes (``cluster_nodes``), so a pass reads its facts from memory;
+- create/update/resume: one reconcile pass; delete: ``finalize`` (cluster-scoped effects);
+- a timer every ``resync_seconds``: a reconcile pass (repairs deleted children; reads only when
+  nothing changed);
+- events of the stack's Deployments, claims and NodePools: a reconcile pass of their stack, so
+  status follows readiness without waiting for the timer.
+
+Kopf adds the finalizer in a cycle of its own before any handler runs, and every pass starts
+only once the stack carries it, so no side effect happens without it. Passes of one stack never
+overlap (a lock per stack: handlers run in Kopf's thread pool). Transient API trouble becomes
+``kopf.TemporaryError`` with a delay; a 409 Conflict is a quick requeue. A spec that can never
+work is not an error here: the service reports it on ``Ready``. Called by ``cli.run``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import kopf
+
+from sovereign.api import GROUP, PLURAL, VERSION
+from sovereign.kube import errors
+from sovereign.kube.client import USER_AGENT, Kube
+from sovereign.kube.resources import STACK
+from sovereign.render.facts import DEFAULT_OPERATOR_IMAGE, DEFAULT_PROMETHEUS_URL, ClusterFacts, NodeFacts
+from sovereign.render.names import FINALIZER, OWNER_ANNOTATION, STACK_LABEL
+from sovereign.services.facts import node_facts
+from sovereign.services.reconcile import finalize, reconcile
+
+log = logging.getLogger(__name__)
+
+ANNOTATION_PREFIX = "sovereign.ai"
+CONFLICT_DELAY = 1.0
+RETRY_DELAY = 10.0
+_STACKS = (GROUP, VERSION, PLURAL)
+_CHILDREN = {STACK_LABEL: kopf.PRESENT}
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    """How the operator runs (from ``sovereign run`` options)."""
+
+    operator_image: str = DEFAULT_OPERATOR_IMAGE
+    prometheus_url: str = DEFAULT_PROMETHEUS_URL
+    resync_seconds: float = 60.0
+
+
+class _StackLocks:
+    """One lock per stack, so two passes over the same stack never interleave."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._locks: dict[tuple[str, str], threading.Lock] = {}
+
+    @contextmanager
+    def hold(self, namespace: str, name: str) -> Iterator[None]:
+        with self._guard:
+            lock = self._locks.setdefault((namespace, name), threading.Lock())
+        with lock:
+            yield
+
+
+def install(registry: kopf.OperatorRegistry, *, kube: Kube, config: OperatorConfig) -> None:
+    """Register every handler of the operator on ``registry``."""
+    locks = _StackLocks()
+
+    def facts(cluster_nodes: kopf.Index[None, NodeFacts]) -> ClusterFacts:
+        nodes = sorted(cluster_nodes.get(None, []), key=lambda node: node.name)
+        return ClusterFacts(nodes=tuple(nodes), operator_image=config.operator_image,
+                            prometheus_url=config.prometheus_url)
+
+    def run_pass(body: Mapping[str, Any], cluster_nodes: kopf.Index[None, NodeFacts]) -> None:
+        meta = body["metadata"]
+        if FINALIZER not in (meta.get("finalizers") or []):
+            return  # Kopf adds it first and calls again; nothing may happen before.
+        with locks.hold(meta["namespace"], meta["name"]), _retry_on_trouble():
+            outcome = reconcile(kube=kube, body=dict(body), facts=facts(cluster_nodes))
+        # The module's logger, not Kopf's per-object one: Kopf would post these lines as Events on
+        # every pass, and the reconciler already posts one when a condition changes.
+        where = f"{meta['namespace']}/{meta['name']}"
+        if outcome.rejected:
+            log.warning("stack %s: rejected by the apiserver: %s", where, "; ".join(outcome.rejected))
+        if outcome.applied or outcome.pruned:
+            log.info("stack %s: applied %d object(s), pruned %d; Ready=%s", where, len(outcome.applied),
+                     len(outcome.pruned), outcome.ready)
+
+    @kopf.on.startup(registry=registry)
+    def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+        settings.persistence.finalizer = FINALIZER
+        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=ANNOTATION_PREFIX)
+        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+            prefix=ANNOTATION_PREFIX, key="last-handled-configuration")
+        # Kopf's own "handler succeeded" Events would be writes on every resume; problems only.
+        settings.posting.enabled = True
+        settings.posting.level = logging.WARNING
+
+    @kopf.on.login(registry=registry)
+    async def login(**kwargs: Any) -> kopf.AiohttpSession | None:
+        info = kopf.login_via_client(**kwargs)
+        if info is None:
+            return None
+        session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, ssl=info.as_ssl_context()),
+            headers={**info.as_http_headers(), "User-Agent": USER_AGENT},
+        )
+        return kopf.AiohttpSession(server=info.server, default_namespace=info.default_namespace,
+                                   expiration=info.expiration, aiohttp_session=session)
+
+    @kopf.index("", "v1", "nodes", registry=registry)
+    def cluster_nodes(body: kopf.Body, **_: Any) -> dict[None, NodeFacts]:
+        return {None: node_facts(body)}
+
+    @kopf.on.create(*_STACKS, registry=registry)
+    @kopf.on.update(*_STACKS, registry=registry)
+    @kopf.on.resume(*_STACKS, registry=registry)
+    def reconcile_stack(body: kopf.Body, cluster_nodes: kopf.Index[None, NodeFacts], **_: Any) -> None:
+        run_pass(body, cluster_nodes)
+
+    @kopf.timer(*_STACKS, interval=config.resync_seconds, initial_delay=config.resync_seconds, registry=registry)
+    def resync_stack(body: kopf.Body, cluster_nodes: kopf.Index[None, NodeFacts], **_: Any) -> None:
+        run_pass(body, cluster_nodes)
+
+    @kopf.on.delete(*_STACKS, registry=registry)
+    def finalize_stack(body: kopf.Body, **_: Any) -> None:
+        meta = body["metadata"]
+        with locks.hold(meta["namespace"], meta["name"]), _retry_on_trouble():
+            removed = finalize(kube=kube, body=dict(body))
+        if removed:
+            log.info("stack %s/%s deleted: removed %s", meta["namespace"], meta["name"], ", ".join(map(str, removed)))
+
+    @kopf.on.event("apps", "v1", "deployments", labels=_CHILDREN, registry=registry)
+    @kopf.on.event("", "v1", "persistentvolumeclaims", labels=_CHILDREN, registry=registry)
+    @kopf.on.event("karpenter.sh", "v1", "nodepools", labels=_CHILDREN, registry=registry)
+    def child_changed(type: str | None, body: kopf.Body, cluster_nodes: kopf.Index[None, NodeFacts],
+                      **_: Any) -> None:
+        if type is None:
+            return  # the initial listing: resuming the stacks covers startup
+        meta = body["metadata"]
+        owner = (meta.get("annotations") or {}).get(OWNER_ANNOTATION, "")
+        namespace = meta.get("namespace") or owner.partition("/")[0]
+        if not namespace:
+            return
+        stack = kube.get(STACK, name=meta["labels"][STACK_LABEL], namespace=namespace)
+        if stack is not None and not stack["metadata"].get("deletionTimestamp"):
+            run_pass(stack, cluster_nodes)
+
+
+@contextmanager
+def _retry_on_trouble() -> Iterator[None]:
+    """Map passing API trouble to Kopf retries: a conflict soon, an outage or RBAC gap later."""
+    try:
+        yield
+    except errors.Conflict as err:
+        raise kopf.TemporaryError(f"{err}; trying again", delay=CONFLICT_DELAY) from err
+    except (errors.Unavailable, errors.Forbidden) as err:
+        raise kopf.TemporaryError(str(err), delay=RETRY_DELAY) from err

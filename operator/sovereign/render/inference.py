@@ -1,0 +1,240 @@
+"""Inference: per model, a vLLM Deployment and Service, a PodDisruptionBudget when it has several
+replicas, and a KEDA ScaledObject when it autoscales.
+
+The vLLM pod serves the weights from a local path under two names, the logical name first
+(``--served-model-name chat Qwen/Qwen2.5-72B-Instruct``): applications call the logical name,
+so the model behind it can be swapped without touching them, and vLLM labels its metrics with
+the first name, which the autoscaler queries. The pod runs with hub access and usage reporting
+off, on GPU nodes of the allowed regions and of the model's pool only.
+
+Weights come only from a declared data store. From an S3 store, an init container running the
+operator's own image (``sovereign fetch-model``) copies ``source.path`` into a per-replica
+volume (a generic ephemeral volume sized by ``cache``: it outlives container restarts, and a
+rolled pod starts on a fresh one, so two replicas never write the same files). From a volume
+store, the store's claim is mounted read-only at the same path instead: nothing to copy.
+
+With ``autoscaling`` the Deployment leaves ``replicas`` out, so server-side apply never claims
+the field the autoscaler writes. Pure; called by ``render.stack``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from sovereign.api import DataStore, ModelSpec, SovereignStack
+from sovereign.render import names, pod, storage
+from sovereign.render.facts import ClusterFacts
+from sovereign.render.names import Component
+from sovereign.render.nodepool import placement
+
+#: The vLLM image pinned by this operator release; ``spec.models[].image`` overrides it.
+DEFAULT_VLLM_IMAGE = "docker.io/vllm/vllm-openai:v0.10.1.1"
+MODELS_ROOT = "/models"
+#: Shared memory for NCCL between tensor-parallel workers and for vLLM's input processing.
+SHM_PER_GPU_GIB = 4
+STARTUP_PERIOD_SECONDS = 10
+#: Extra time a rollout may take beyond the startup window, for the weights to be copied first.
+COPY_ALLOWANCE_SECONDS = 600
+WAITING_REQUESTS_METRIC = "vllm:num_requests_waiting"
+
+# The environment ``sovereign fetch-model`` reads (cli/fetch_model.py). Builders may not import
+# the CLI; tests/unit/render/test_render_inference.py parses the rendered container with the
+# real command to hold the two sides together.
+LOADER_ENDPOINT = "SOVEREIGN_S3_ENDPOINT"
+LOADER_REGION = "SOVEREIGN_S3_REGION"
+LOADER_BUCKET = "SOVEREIGN_MODEL_BUCKET"
+LOADER_PATH = "SOVEREIGN_MODEL_PATH"
+LOADER_DEST = "SOVEREIGN_MODEL_DIR"
+LOADER_ALLOWED_REGIONS = "SOVEREIGN_ALLOWED_REGIONS"
+LOADER_PATH_STYLE = "SOVEREIGN_S3_PATH_STYLE"
+
+#: Hub downloads and usage reporting off: weights come only from the declared store, and
+#: nothing about the deployment leaves the jurisdiction.
+OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
+
+
+def render_model(*, stack: SovereignStack, model: ModelSpec, facts: ClusterFacts) -> list[dict[str, Any]]:
+    """The objects serving one model, in a stable order."""
+    objects = [_deployment(stack, model, facts), _service(stack, model)]
+    most = model.autoscaling.max_replicas if model.autoscaling else model.replicas
+    if most > 1:
+        objects.append(_disruption_budget(stack, model))
+    if model.autoscaling is not None:
+        objects.append(_scaled_object(stack, model, facts))
+    return objects
+
+
+def weights_path(model: ModelSpec) -> str:
+    return f"{MODELS_ROOT}/{model.name}"
+
+
+def _store(stack: SovereignStack, name: str) -> DataStore:
+    return next(store for store in stack.spec.data_stores if store.name == name)
+
+
+def _deployment(stack: SovereignStack, model: ModelSpec, facts: ClusterFacts) -> dict[str, Any]:
+    pool = next(p for p in stack.spec.node_pools if p.name == model.node_pool)
+    store = _store(stack, model.source.data_store)
+    selector = names.selector_labels(stack, component=Component.INFERENCE, name=model.name)
+    template_labels = {**names.labels(stack, component=Component.INFERENCE, name=model.name), names.POOL_LABEL: pool.name}
+    volume, mount = _weights_volume(stack, model, store)
+    shm = {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": f"{SHM_PER_GPU_GIB * model.gpus_per_replica}Gi"}}
+    pod_spec: dict[str, Any] = {
+        "affinity": pod.node_affinity(regions=stack.spec.residency.regions, also=placement(stack, pool)),
+        "tolerations": [{"key": names.GPU_TAINT["key"], "operator": "Exists", "effect": names.GPU_TAINT["effect"]}],
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+    }
+    if store.s3 is not None:
+        pod_spec["initContainers"] = [_loader(stack, model, store, facts)]
+    pod_spec["containers"] = [_vllm(model, mount)]
+    pod_spec["volumes"] = [volume, shm]
+    spec: dict[str, Any] = {}
+    if model.autoscaling is None:
+        spec["replicas"] = model.replicas
+    spec |= {
+        "selector": {"matchLabels": selector},
+        "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+        "progressDeadlineSeconds": model.startup_timeout_seconds + COPY_ALLOWANCE_SECONDS,
+        "template": {"metadata": {"labels": template_labels}, "spec": pod_spec},
+    }
+    return names.stamped({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": names.metadata(
+            stack,
+            name=model.name,
+            component=Component.INFERENCE,
+            entry=model.name,
+            annotations={names.MODEL_ID_ANNOTATION: model.model},
+        ),
+        "spec": spec,
+    })
+
+
+def _weights_volume(stack: SovereignStack, model: ModelSpec, store: DataStore) -> tuple[dict[str, Any], dict[str, Any]]:
+    if store.volume is not None:
+        return storage.volume_mount(
+            store, read_only=True, sub_path=model.source.path.rstrip("/"), mount_path=weights_path(model)
+        )
+    claim: dict[str, Any] = {"accessModes": ["ReadWriteOnce"]}
+    if model.cache.storage_class_name is not None:
+        claim["storageClassName"] = model.cache.storage_class_name
+    claim["resources"] = {"requests": {"storage": model.cache.size}}
+    volume = {
+        "name": "weights",
+        "ephemeral": {
+            "volumeClaimTemplate": {
+                "metadata": {"labels": names.labels(stack, component=Component.INFERENCE, name=model.name)},
+                "spec": claim,
+            }
+        },
+    }
+    return volume, {"name": "weights", "mountPath": MODELS_ROOT}
+
+
+def _loader(stack: SovereignStack, model: ModelSpec, store: DataStore, facts: ClusterFacts) -> dict[str, Any]:
+    s3 = store.s3
+    assert s3 is not None, "the loader only runs for S3 sources"
+    env = [
+        pod.value(LOADER_REGION, s3.region),
+        pod.value(LOADER_BUCKET, s3.bucket),
+        pod.value(LOADER_PATH, model.source.path),
+        pod.value(LOADER_DEST, weights_path(model)),
+        pod.value(LOADER_ALLOWED_REGIONS, ",".join(sorted(stack.spec.residency.regions))),
+        pod.value(LOADER_PATH_STYLE, "true" if s3.force_path_style else "false"),
+        *storage.credentials_env(store),
+    ]
+    if s3.endpoint:
+        env.append(pod.value(LOADER_ENDPOINT, s3.endpoint))
+    return {
+        "name": "fetch-model",
+        "image": facts.operator_image,
+        "command": ["sovereign", "fetch-model"],
+        "args": ["--progress=plain"],
+        "env": pod.sorted_env(env),
+        "volumeMounts": [{"name": "weights", "mountPath": MODELS_ROOT}],
+    }
+
+
+def _vllm(model: ModelSpec, weights_mount: dict[str, Any]) -> dict[str, Any]:
+    gpus = str(model.gpus_per_replica)
+    health = {"path": "/health", "port": "http"}
+    return {
+        "name": "vllm",
+        "image": model.image or DEFAULT_VLLM_IMAGE,
+        "command": ["vllm", "serve"],
+        "args": [
+            weights_path(model),
+            "--served-model-name", model.name, model.model,
+            "--tensor-parallel-size", gpus,
+            "--host", "0.0.0.0",
+            "--port", str(names.VLLM_PORT),
+            *model.extra_args,
+        ],
+        "env": pod.sorted_env(pod.value(key, text) for key, text in OFFLINE_ENV.items()),
+        "ports": [{"name": "http", "containerPort": names.VLLM_PORT, "protocol": "TCP"}],
+        "resources": {"requests": {names.GPU_RESOURCE: gpus}, "limits": {names.GPU_RESOURCE: gpus}},
+        "startupProbe": {
+            "httpGet": health,
+            "periodSeconds": STARTUP_PERIOD_SECONDS,
+            "failureThreshold": math.ceil(model.startup_timeout_seconds / STARTUP_PERIOD_SECONDS),
+        },
+        "readinessProbe": {"httpGet": health, "periodSeconds": 5, "failureThreshold": 3},
+        "livenessProbe": {"httpGet": health, "periodSeconds": 10, "failureThreshold": 6},
+        "volumeMounts": [weights_mount, {"name": "dshm", "mountPath": "/dev/shm"}],
+    }
+
+
+def _service(stack: SovereignStack, model: ModelSpec) -> dict[str, Any]:
+    return names.stamped({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": names.metadata(stack, name=model.name, component=Component.INFERENCE, entry=model.name),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": names.selector_labels(stack, component=Component.INFERENCE, name=model.name),
+            "ports": [{"name": "http", "port": names.VLLM_PORT, "targetPort": "http", "protocol": "TCP"}],
+        },
+    })
+
+
+def _disruption_budget(stack: SovereignStack, model: ModelSpec) -> dict[str, Any]:
+    return names.stamped({
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": names.metadata(stack, name=model.name, component=Component.INFERENCE, entry=model.name),
+        "spec": {
+            "maxUnavailable": 1,
+            "selector": {"matchLabels": names.selector_labels(stack, component=Component.INFERENCE, name=model.name)},
+        },
+    })
+
+
+def _scaled_object(stack: SovereignStack, model: ModelSpec, facts: ClusterFacts) -> dict[str, Any]:
+    scaling = model.autoscaling
+    assert scaling is not None, "only autoscaled models have a ScaledObject"
+    query = (
+        f'sum({WAITING_REQUESTS_METRIC}{{namespace="{names.stack_namespace(stack)}",model_name="{model.name}"}})'
+    )
+    return names.stamped({
+        "apiVersion": "keda.sh/v1alpha1",
+        "kind": "ScaledObject",
+        "metadata": names.metadata(stack, name=model.name, component=Component.INFERENCE, entry=model.name),
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": model.name},
+            "minReplicaCount": scaling.min_replicas,
+            "maxReplicaCount": scaling.max_replicas,
+            "triggers": [
+                {
+                    "type": "prometheus",
+                    "metadata": {
+                        "serverAddress": facts.prometheus_url,
+                        "query": query,
+                        "threshold": str(scaling.target_waiting_requests),
+                    },
+                }
+            ],
+        },
+    })

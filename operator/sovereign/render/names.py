@@ -1,0 +1,216 @@
+"""Names, labels and annotations of everything the operator creates, in one place.
+
+Builders name and label children through these helpers; the reconcile service lists, compares
+and prunes children through the same ones, and the CLI and tests find them the same way. A
+child is "of a stack" when it carries ``sovereign.ai/stack=<stack>``; cluster-scoped children
+(Karpenter NodePools) and claimed nodes also carry the ``sovereign.ai/owner`` annotation
+(``<namespace>/<stack>``), since a stack name alone is only unique within its namespace.
+
+Pure: no I/O. Called by every ``render`` module, ``services.reconcile`` and ``cli.render``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from enum import StrEnum
+from typing import Any, NamedTuple
+
+from sovereign.api import API_VERSION, KIND, SovereignStack
+
+#: Blocks a stack's deletion until its cluster-scoped effects (NodePools, node labels) are gone.
+FINALIZER = "sovereign.ai/finalizer"
+MANAGED_BY = "sovereign-operator"
+
+STACK_LABEL = "sovereign.ai/stack"
+POOL_LABEL = "sovereign.ai/pool"
+SPEC_HASH_ANNOTATION = "sovereign.ai/spec-hash"
+OWNER_ANNOTATION = "sovereign.ai/owner"
+DELETION_POLICY_ANNOTATION = "sovereign.ai/deletion-policy"
+MODEL_ID_ANNOTATION = "sovereign.ai/model"
+
+NAME_LABEL = "app.kubernetes.io/name"
+INSTANCE_LABEL = "app.kubernetes.io/instance"
+COMPONENT_LABEL = "app.kubernetes.io/component"
+PART_OF_LABEL = "app.kubernetes.io/part-of"
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+PART_OF = "sovereign-stack"
+
+REGION_LABEL = "topology.kubernetes.io/region"
+GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
+GPU_RESOURCE = "nvidia.com/gpu"
+GPU_TAINT = {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}
+KARPENTER_NODEPOOL_LABEL = "karpenter.sh/nodepool"
+
+VLLM_PORT = 8000
+MAX_LABEL_VALUE = 63
+
+
+class Component(StrEnum):
+    """What part of the stack an object belongs to (``app.kubernetes.io/component``)."""
+
+    INFERENCE = "inference"
+    APPLICATION = "application"
+    STORAGE = "storage"
+    NODE_POOL = "node-pool"
+    NETWORK = "network"
+
+
+def stack_name(stack: SovereignStack) -> str:
+    name = stack.metadata.name
+    if not name:
+        raise ValueError("the stack has no metadata.name")
+    return name
+
+
+def stack_namespace(stack: SovereignStack) -> str:
+    namespace = stack.metadata.namespace
+    if not namespace:
+        raise ValueError(f"stack {stack.metadata.name!r} has no metadata.namespace")
+    return namespace
+
+
+def owner_id(stack: SovereignStack) -> str:
+    """``<namespace>/<stack>``: the value of the owner annotation, unique in the cluster."""
+    return f"{stack_namespace(stack)}/{stack_name(stack)}"
+
+
+def stack_selector(name: str) -> str:
+    """The label selector of every child of the stack called ``name``."""
+    return f"{STACK_LABEL}={name}"
+
+
+def nodepool_name(stack: SovereignStack, pool: str) -> str:
+    """Name of the Karpenter NodePool of ``pool``: cluster-scoped, so namespace and stack are in
+    it; at most 63 characters because Karpenter copies it into the ``karpenter.sh/nodepool``
+    label of every node it launches."""
+    full = f"{stack_namespace(stack)}-{stack_name(stack)}-{pool}"
+    if len(full) <= MAX_LABEL_VALUE:
+        return full
+    digest = hashlib.sha256(full.encode()).hexdigest()[:8]
+    return f"{full[: MAX_LABEL_VALUE - 9].rstrip('-')}-{digest}"
+
+
+def network_policy_name(stack: SovereignStack) -> str:
+    return f"{stack_name(stack)}-egress"
+
+
+def model_endpoint(*, namespace: str, model: str) -> str:
+    """The OpenAI-compatible base URL of a model's Service inside the cluster."""
+    return f"http://{model}.{namespace}.svc:{VLLM_PORT}/v1"
+
+
+def env_key(name: str) -> str:
+    """An entry name as it appears inside an environment variable name (``my-chat`` -> ``MY_CHAT``)."""
+    return name.upper().replace("-", "_")
+
+
+def labels(stack: SovereignStack, *, component: Component, name: str) -> dict[str, str]:
+    """The labels of an object the operator creates for the entry ``name`` of the stack."""
+    return {
+        NAME_LABEL: name,
+        INSTANCE_LABEL: stack_name(stack),
+        COMPONENT_LABEL: component.value,
+        PART_OF_LABEL: PART_OF,
+        MANAGED_BY_LABEL: MANAGED_BY,
+        STACK_LABEL: stack_name(stack),
+    }
+
+
+def selector_labels(stack: SovereignStack, *, component: Component, name: str) -> dict[str, str]:
+    """The pod selector of a workload: a stable subset of ``labels`` (Deployment selectors are
+    immutable, so nothing that may change later belongs here)."""
+    return {
+        NAME_LABEL: name,
+        COMPONENT_LABEL: component.value,
+        STACK_LABEL: stack_name(stack),
+    }
+
+
+def owner_reference(stack: SovereignStack) -> dict[str, Any]:
+    """The controller ownerReference to the stack; its uid is only known once the stack exists."""
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "name": stack_name(stack),
+        "uid": stack.metadata.uid or "",
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def metadata(
+    stack: SovereignStack,
+    *,
+    name: str,
+    component: Component,
+    entry: str,
+    namespaced: bool = True,
+    owned: bool = True,
+    annotations: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """Metadata of a child: name, namespace, labels, annotations and the ownerReference.
+
+    Cluster-scoped children cannot be owned by a namespaced stack; they carry the owner
+    annotation instead and are removed by the stack's finalizer. ``owned=False`` leaves the
+    ownerReference out for children that must outlive the stack (retained data). Without a
+    stack uid (rendering a file offline) there is nothing to reference, so none is written.
+    """
+    meta: dict[str, Any] = {"name": name}
+    if namespaced:
+        meta["namespace"] = stack_namespace(stack)
+    meta["labels"] = labels(stack, component=component, name=entry)
+    notes = dict(annotations or {})
+    if not namespaced:
+        notes[OWNER_ANNOTATION] = owner_id(stack)
+    if notes:
+        meta["annotations"] = notes
+    if namespaced and owned and stack.metadata.uid:
+        meta["ownerReferences"] = [owner_reference(stack)]
+    return meta
+
+
+def spec_hash(obj: Mapping[str, Any]) -> str:
+    """A digest of everything in ``obj`` except its own spec-hash annotation."""
+    annotations = dict((obj.get("metadata") or {}).get("annotations") or {})
+    annotations.pop(SPEC_HASH_ANNOTATION, None)
+    body = {**obj, "metadata": {**obj.get("metadata", {}), "annotations": annotations}}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:20]
+
+
+def stamped(obj: dict[str, Any]) -> dict[str, Any]:
+    """``obj`` with the spec-hash annotation set: the live object carries the digest of what was
+    applied, so comparing two annotations tells whether an apply is needed."""
+    digest = spec_hash(obj)
+    meta = obj["metadata"]
+    annotations = {**meta.get("annotations", {}), SPEC_HASH_ANNOTATION: digest}
+    # Rebuilt rather than updated, so annotations keep their place before ownerReferences.
+    order = ("name", "namespace", "labels", "annotations")
+    obj["metadata"] = {
+        **{key: meta[key] for key in order if key in meta},
+        "annotations": annotations,
+        **{key: value for key, value in meta.items() if key not in order},
+    }
+    return obj
+
+
+class ObjectKey(NamedTuple):
+    """The identity of an object: API group, kind, namespace ("" if cluster-scoped) and name."""
+
+    group: str
+    kind: str
+    namespace: str
+    name: str
+
+    def __str__(self) -> str:
+        where = f"{self.namespace}/" if self.namespace else ""
+        return f"{self.kind} {where}{self.name}"
+
+
+def object_key(obj: Mapping[str, Any]) -> ObjectKey:
+    api_version = obj["apiVersion"]
+    group = api_version.rsplit("/", 1)[0] if "/" in api_version else ""
+    meta = obj["metadata"]
+    return ObjectKey(group, obj["kind"], meta.get("namespace") or "", meta["name"])

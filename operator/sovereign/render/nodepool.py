@@ -1,0 +1,163 @@
+"""Node pools: a Karpenter NodePool per Karpenter pool; labels on the chosen nodes of an Existing pool.
+
+``Karpenter``: a cluster-scoped ``karpenter.sh/v1`` NodePool whose requirements pin nodes to the
+allowed regions and the GPU product, tainted so only GPU workloads land there, with the pool's
+GPU limit and disruption settings. Karpenter copies the NodePool's name into the
+``karpenter.sh/nodepool`` label of each node it launches; model pods require that label.
+
+``Existing``: the nodes that carry every label of ``existing.nodeSelector`` and the GPU product
+label are the pool, minus any outside the allowed regions or claimed by another stack (those
+are refused and reported, never labelled). Each chosen node gets ``sovereign.ai/pool=<pool>``
+and ``sovereign.ai/stack=<stack>`` labels and the owner annotation, rendered as a partial Node
+that server-side apply merges into the live node; model pods require those labels.
+
+Both kinds of objects are cluster-scoped, so the stack's finalizer removes them. Pure; called
+by ``render.stack`` and (``pool_nodes``) by the status computation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sovereign.api import NodePool, Provisioner, SovereignStack
+from sovereign.render import names
+from sovereign.render.facts import ClusterFacts, NodeFacts
+from sovereign.render.names import Component
+
+KARPENTER_API_VERSION = "karpenter.sh/v1"
+CAPACITY_TYPE_LABEL = "karpenter.sh/capacity-type"
+INSTANCE_TYPE_LABEL = "node.kubernetes.io/instance-type"
+
+
+@dataclass(frozen=True)
+class RefusedNode:
+    """A node that matches a pool's selector but may not serve it, and why."""
+
+    node: NodeFacts
+    reason: str
+
+
+@dataclass(frozen=True)
+class PoolNodes:
+    """The nodes of one pool as the facts show them."""
+
+    selected: tuple[NodeFacts, ...]
+    refused: tuple[RefusedNode, ...] = ()
+
+
+def placement(stack: SovereignStack, pool: NodePool) -> dict[str, str]:
+    """Node labels (besides the region) a pod of ``pool`` requires, in a stable order."""
+    if pool.provisioner is Provisioner.KARPENTER:
+        where = {names.KARPENTER_NODEPOOL_LABEL: names.nodepool_name(stack, pool.name)}
+    else:
+        where = {names.POOL_LABEL: pool.name, names.STACK_LABEL: names.stack_name(stack)}
+    return {**where, names.GPU_PRODUCT_LABEL: pool.gpu.product}
+
+
+def pool_nodes(*, stack: SovereignStack, pool: NodePool, facts: ClusterFacts) -> PoolNodes:
+    """The nodes that serve ``pool`` and, for Existing pools, the matching nodes refused.
+
+    A node matching two Existing pools of the stack serves the first in spec order.
+    """
+    if pool.provisioner is Provisioner.KARPENTER:
+        wanted = names.nodepool_name(stack, pool.name)
+        return PoolNodes(selected=tuple(n for n in facts.nodes if n.label(names.KARPENTER_NODEPOOL_LABEL) == wanted))
+    earlier = [
+        other for other in stack.spec.node_pools[: stack.spec.node_pools.index(pool)]
+        if other.provisioner is Provisioner.EXISTING
+    ]
+    regions = stack.spec.residency.regions
+    me = names.owner_id(stack)
+    selected: list[NodeFacts] = []
+    refused: list[RefusedNode] = []
+    for node in sorted(facts.nodes, key=lambda n: n.name):
+        if not _matches(pool, node):
+            continue
+        region = node.label(names.REGION_LABEL)
+        first = next((other.name for other in earlier if _matches(other, node)), None)
+        if region not in regions:
+            where = f"in region {region}" if region else f"without a {names.REGION_LABEL} label"
+            refused.append(RefusedNode(node, f"{where}, outside the allowed regions ({', '.join(regions)})"))
+        elif node.owner and node.owner != me:
+            refused.append(RefusedNode(node, f"already in a pool of stack {node.owner}"))
+        elif first is not None:
+            refused.append(RefusedNode(node, f"already in pool {first} of this stack"))
+        else:
+            selected.append(node)
+    return PoolNodes(selected=tuple(selected), refused=tuple(refused))
+
+
+def _matches(pool: NodePool, node: NodeFacts) -> bool:
+    """Whether an Existing pool's selector (its labels and the GPU product) picks ``node``."""
+    selector = {**(pool.existing.node_selector if pool.existing else {}), names.GPU_PRODUCT_LABEL: pool.gpu.product}
+    return all(node.label(key) == value for key, value in selector.items())
+
+
+def render_node_pool(*, stack: SovereignStack, pool: NodePool, facts: ClusterFacts) -> list[dict[str, Any]]:
+    """The objects of one pool: a NodePool (Karpenter) or one partial Node per chosen node (Existing)."""
+    if pool.provisioner is Provisioner.KARPENTER:
+        return [_karpenter_nodepool(stack, pool)]
+    return [
+        _node_claim(stack, pool, node) for node in pool_nodes(stack=stack, pool=pool, facts=facts).selected
+    ]
+
+
+def _karpenter_nodepool(stack: SovereignStack, pool: NodePool) -> dict[str, Any]:
+    settings = pool.karpenter
+    assert settings is not None, "api validation requires karpenter settings for Karpenter pools"
+    requirements = [
+        {"key": names.REGION_LABEL, "operator": "In", "values": sorted(stack.spec.residency.regions)},
+        {"key": names.GPU_PRODUCT_LABEL, "operator": "In", "values": [pool.gpu.product]},
+        {"key": CAPACITY_TYPE_LABEL, "operator": "In", "values": sorted(t.value for t in settings.capacity_types)},
+    ]
+    if settings.instance_types:
+        requirements.append({"key": INSTANCE_TYPE_LABEL, "operator": "In", "values": sorted(settings.instance_types)})
+    spec: dict[str, Any] = {
+        "template": {
+            "metadata": {"labels": {names.POOL_LABEL: pool.name, names.STACK_LABEL: names.stack_name(stack)}},
+            "spec": {
+                "nodeClassRef": {
+                    "group": settings.node_class_ref.group,
+                    "kind": settings.node_class_ref.kind,
+                    "name": settings.node_class_ref.name,
+                },
+                "requirements": requirements,
+                "taints": [dict(names.GPU_TAINT)],
+            },
+        },
+        "disruption": {
+            "consolidationPolicy": settings.consolidation_policy.value,
+            "consolidateAfter": settings.consolidate_after,
+        },
+    }
+    if pool.limits is not None:
+        spec["limits"] = {names.GPU_RESOURCE: str(pool.limits.gpus)}
+    return names.stamped({
+        "apiVersion": KARPENTER_API_VERSION,
+        "kind": "NodePool",
+        "metadata": names.metadata(
+            stack,
+            name=names.nodepool_name(stack, pool.name),
+            component=Component.NODE_POOL,
+            entry=pool.name,
+            namespaced=False,
+        ),
+        "spec": spec,
+    })
+
+
+def _node_claim(stack: SovereignStack, pool: NodePool, node: NodeFacts) -> dict[str, Any]:
+    """The labels and annotation the stack puts on a node of an Existing pool, as a partial Node.
+
+    No spec hash: the node is not the stack's object, and what is compared is just these keys.
+    """
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": node.name,
+            "labels": {names.POOL_LABEL: pool.name, names.STACK_LABEL: names.stack_name(stack)},
+            "annotations": {names.OWNER_ANNOTATION: names.owner_id(stack)},
+        },
+    }

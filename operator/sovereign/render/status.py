@@ -1,0 +1,420 @@
+"""The stack's status, computed from what is observed in the cluster, never from what was sent.
+
+One function per condition turns observations into a ``Decision`` (status, CamelCase reason,
+message) and the per-entry status lists; ``compute_status`` assembles them into a
+``SovereignStackStatus``: the conditions of the design (``Ready`` summarising the others),
+``observedGeneration``, the printer-column fields and per-model endpoints. A condition's
+``lastTransitionTime`` moves only when its status changes, so an unchanged cluster computes a
+status equal to the stored one and the reconciler writes nothing.
+
+``Ready`` is True when every condition is True, except that ``GPUHealthy`` only blocks it when
+False (no node agent reporting is Unknown, not a failure) and ``ResidencyCompliant`` only when
+residency is enforced (Audit records breaches without failing the stack).
+
+Pure; called by ``services.reconcile``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, NamedTuple
+
+from sovereign.api import (
+    ApplicationStatus,
+    Condition,
+    ConditionStatus,
+    ConditionType,
+    DataStoreStatus,
+    Enforcement,
+    ModelStatus,
+    NodePoolStatus,
+    Provisioner,
+    ResidencyViolation,
+    SovereignStack,
+    SovereignStackStatus,
+)
+from sovereign.api.models import S3_ACCESS_KEY_ID_KEY, S3_SECRET_ACCESS_KEY_KEY
+from sovereign.render import names
+from sovereign.render.facts import ClusterFacts
+from sovereign.render.names import ObjectKey
+from sovereign.render.nodepool import pool_nodes
+
+Manifest = Mapping[str, Any]
+
+# Reasons, as conditions, Events and metrics show them.
+STACK_READY = "StackReady"
+INVALID_SPEC = "InvalidSpec"
+CHILD_REJECTED = "ChildRejected"
+ALL_IN_REGIONS = "AllInRegions"
+PODS_OUTSIDE_REGIONS = "PodsOutsideRegions"
+POD_OUTSIDE_REGIONS = "PodOutsideRegions"
+NODE_POOLS_READY = "NodePoolsReady"
+NODE_POOL_MISSING = "NodePoolMissing"
+NODE_POOL_NOT_READY = "NodePoolNotReady"
+NO_MATCHING_NODES = "NoMatchingNodes"
+NO_NODE_POOLS = "NoNodePools"
+DATA_STORES_READY = "DataStoresReady"
+CLAIM_MISSING = "ClaimMissing"
+CLAIM_PENDING = "ClaimPending"
+CLAIM_BOUND = "ClaimBound"
+CREDENTIALS_FOUND = "CredentialsFound"
+AMBIENT_CREDENTIALS = "AmbientCredentials"
+CREDENTIALS_SECRET_MISSING = "CredentialsSecretMissing"
+CREDENTIALS_INCOMPLETE = "CredentialsIncomplete"
+NO_DATA_STORES = "NoDataStores"
+MODELS_AVAILABLE = "ModelsAvailable"
+MODELS_NOT_READY = "ModelsNotReady"
+NO_MODELS = "NoModels"
+APPLICATIONS_AVAILABLE = "ApplicationsAvailable"
+APPLICATIONS_NOT_READY = "ApplicationsNotReady"
+NO_APPLICATIONS = "NoApplications"
+GPUS_HEALTHY = "GPUsHealthy"
+GPUS_UNHEALTHY = "GPUsUnhealthy"
+NO_HEALTH_REPORTS = "NoHealthReports"
+
+#: What Ready summarises, in the order its message lists them.
+_PARTS = (
+    ConditionType.RESIDENCY_COMPLIANT,
+    ConditionType.NODE_POOLS_READY,
+    ConditionType.DATA_STORES_READY,
+    ConditionType.MODELS_READY,
+    ConditionType.APPLICATIONS_READY,
+    ConditionType.GPU_HEALTHY,
+)
+
+
+class Decision(NamedTuple):
+    """One condition's verdict."""
+
+    status: ConditionStatus
+    reason: str
+    message: str
+
+
+def _true(reason: str, message: str) -> Decision:
+    return Decision(ConditionStatus.TRUE, reason, message)
+
+
+def _false(reason: str, message: str) -> Decision:
+    return Decision(ConditionStatus.FALSE, reason, message)
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What the reconciler saw (and wrote) in this pass."""
+
+    #: The stack's children as they are now, by key (the results of this pass's applies included).
+    children: Mapping[ObjectKey, Manifest]
+    #: The stack's pods.
+    pods: Sequence[Manifest] = ()
+    #: Credentials Secrets named by S3 stores, by name; None for one that does not exist.
+    secrets: Mapping[str, Manifest | None] = field(default_factory=dict)
+    #: Children the apiserver refused in this pass, as messages.
+    rejected: Sequence[str] = ()
+
+    def child(self, group: str, kind: str, name: str, namespace: str = "") -> Manifest | None:
+        return self.children.get(ObjectKey(group, kind, namespace, name))
+
+
+def compute_status(
+    *,
+    stack: SovereignStack,
+    facts: ClusterFacts,
+    observation: Observation,
+    previous: SovereignStackStatus | None,
+    now: datetime,
+) -> SovereignStackStatus:
+    """The status the stack has, given what was observed."""
+    namespace = names.stack_namespace(stack)
+    residency, violations = _residency(stack, facts, observation, previous, now)
+    pools, pool_statuses = _node_pools(stack, facts, observation)
+    stores, store_statuses = _data_stores(stack, observation, namespace)
+    models, model_statuses, rolled_out = _models(stack, observation, namespace)
+    apps, app_statuses = _applications(stack, observation, namespace)
+    decisions = {
+        ConditionType.RESIDENCY_COMPLIANT: residency,
+        ConditionType.NODE_POOLS_READY: pools,
+        ConditionType.DATA_STORES_READY: stores,
+        ConditionType.MODELS_READY: models,
+        ConditionType.APPLICATIONS_READY: apps,
+        ConditionType.GPU_HEALTHY: _gpu_health(stack, facts),
+    }
+    decisions = {ConditionType.READY: _ready(stack, decisions, observation.rejected), **decisions}
+    generation = stack.metadata.generation
+    return SovereignStackStatus(
+        observed_generation=generation,
+        conditions=[_condition(kind, decision, previous, generation, now) for kind, decision in decisions.items()],
+        models_ready=f"{rolled_out}/{len(model_statuses)}",
+        violation_count=len(violations),
+        models=model_statuses,
+        data_stores=store_statuses,
+        node_pools=pool_statuses,
+        applications=app_statuses,
+        violations=violations,
+    )
+
+
+def invalid_status(
+    *, generation: int | None, previous: SovereignStackStatus | None, message: str, now: datetime
+) -> SovereignStackStatus:
+    """The status of a stack whose spec cannot be reconciled: Ready=False, the rest as it was."""
+    base = previous or SovereignStackStatus()
+    ready = _condition(ConditionType.READY, _false(INVALID_SPEC, message), previous, generation, now)
+    others = [c for c in base.conditions if c.type != ConditionType.READY.value]
+    return base.model_copy(update={"observed_generation": generation, "conditions": [ready, *others]})
+
+
+# --- conditions ------------------------------------------------------------------------------------
+
+
+def _condition(
+    kind: ConditionType, decision: Decision, previous: SovereignStackStatus | None, generation: int | None,
+    now: datetime,
+) -> Condition:
+    before = next((c for c in (previous.conditions if previous else []) if c.type == kind.value), None)
+    since = before.last_transition_time if before is not None and before.status == decision.status else now
+    return Condition(
+        type=kind.value,
+        status=decision.status,
+        observed_generation=generation,
+        last_transition_time=since,
+        reason=decision.reason,
+        message=decision.message,
+    )
+
+
+def _ready(stack: SovereignStack, decisions: Mapping[ConditionType, Decision], rejected: Sequence[str]) -> Decision:
+    if rejected:
+        return _false(CHILD_REJECTED, "; ".join(rejected))
+    enforced = stack.spec.residency.enforcement is Enforcement.ENFORCE
+    failing = [
+        (kind, decision)
+        for kind, decision in decisions.items()
+        if (decision.status is ConditionStatus.FALSE if kind is ConditionType.GPU_HEALTHY
+            else decision.status is not ConditionStatus.TRUE)
+        and (enforced or kind is not ConditionType.RESIDENCY_COMPLIANT)
+    ]
+    if failing:
+        reason = failing[0][1].reason
+        return _false(reason, "; ".join(f"{kind.value}: {decision.message}" for kind, decision in failing))
+    spec = stack.spec
+    return _true(
+        STACK_READY,
+        f"{len(spec.models)} model(s) and {len(spec.applications)} application(s) available in "
+        f"{', '.join(spec.residency.regions)}",
+    )
+
+
+def _residency(
+    stack: SovereignStack, facts: ClusterFacts, observation: Observation, previous: SovereignStackStatus | None,
+    now: datetime,
+) -> tuple[Decision, list[ResidencyViolation]]:
+    regions = stack.spec.residency.regions
+    earlier = {(v.kind, v.namespace, v.name, v.rule): v.since for v in (previous.violations if previous else [])}
+    violations: list[ResidencyViolation] = []
+    placed = 0
+    for pod in sorted(observation.pods, key=lambda p: p["metadata"]["name"]):
+        node = facts.node((pod.get("spec") or {}).get("nodeName") or "")
+        if node is None:
+            continue
+        placed += 1
+        region = node.label(names.REGION_LABEL)
+        if region in regions:
+            continue
+        meta = pod["metadata"]
+        key = ("Pod", meta.get("namespace", ""), meta["name"], POD_OUTSIDE_REGIONS)
+        violations.append(ResidencyViolation(
+            kind="Pod", namespace=key[1], name=key[2], rule=POD_OUTSIDE_REGIONS,
+            message=f"runs on node {node.name} in region {region or '(none)'}, outside {', '.join(regions)}",
+            since=earlier.get(key, now),
+        ))
+    if violations:
+        listed = ", ".join(f"{v.kind} {v.name}" for v in violations)
+        return _false(PODS_OUTSIDE_REGIONS, f"outside the allowed regions: {listed}"), violations
+    return _true(ALL_IN_REGIONS, f"{placed} scheduled pod(s), all on nodes in {', '.join(regions)}"), violations
+
+
+def _node_pools(
+    stack: SovereignStack, facts: ClusterFacts, observation: Observation
+) -> tuple[Decision, list[NodePoolStatus]]:
+    problems: list[tuple[str, str]] = []
+    statuses: list[NodePoolStatus] = []
+    for pool in stack.spec.node_pools:
+        nodes = pool_nodes(stack=stack, pool=pool, facts=facts)
+        statuses.append(NodePoolStatus(
+            name=pool.name,
+            nodes=len(nodes.selected),
+            ready_nodes=sum(1 for n in nodes.selected if n.ready),
+            gpus=sum(n.gpus for n in nodes.selected),
+            unhealthy_gpus=sum(n.unhealthy_gpus for n in nodes.selected),
+        ))
+        refused = "; ".join(f"node {r.node.name} not used: {r.reason}" for r in nodes.refused)
+        if pool.provisioner is Provisioner.KARPENTER:
+            name = names.nodepool_name(stack, pool.name)
+            nodepool = observation.child("karpenter.sh", "NodePool", name)
+            if nodepool is None:
+                problems.append((NODE_POOL_MISSING, f"{pool.name}: NodePool {name} does not exist"))
+                continue
+            ready = _status_condition(nodepool, "Ready")
+            if ready.get("status") != "True":
+                said = ready.get("message") or "Karpenter has not reported it Ready (is Karpenter running?)"
+                problems.append((NODE_POOL_NOT_READY, f"{pool.name}: NodePool {name}: {said}"))
+        elif not any(n.ready for n in nodes.selected):
+            what = f"{pool.name}: no Ready node carries {_selector_text(pool)} in {', '.join(stack.spec.residency.regions)}"
+            problems.append((NO_MATCHING_NODES, f"{what}; {refused}" if refused else what))
+    if problems:
+        return _false(problems[0][0], "; ".join(message for _, message in problems)), statuses
+    if not statuses:
+        return _true(NO_NODE_POOLS, "the stack declares no node pools"), statuses
+    summary = ", ".join(f"{s.name}: {s.ready_nodes} node(s), {s.gpus} GPU(s)" for s in statuses)
+    return _true(NODE_POOLS_READY, summary), statuses
+
+
+def _selector_text(pool: Any) -> str:
+    labels = {**(pool.existing.node_selector if pool.existing else {}), names.GPU_PRODUCT_LABEL: pool.gpu.product}
+    return ", ".join(f"{key}={value}" for key, value in labels.items())
+
+
+def _data_stores(
+    stack: SovereignStack, observation: Observation, namespace: str
+) -> tuple[Decision, list[DataStoreStatus]]:
+    statuses: list[DataStoreStatus] = []
+    for store in stack.spec.data_stores:
+        if store.volume is not None:
+            claim = observation.child("", "PersistentVolumeClaim", store.name, namespace)
+            phase = ((claim or {}).get("status") or {}).get("phase")
+            where = f"persistentvolumeclaim/{store.name}"
+            if claim is None:
+                statuses.append(DataStoreStatus(name=store.name, ready=False, location=where, reason=CLAIM_MISSING,
+                                                message=f"PersistentVolumeClaim {store.name} does not exist"))
+            elif phase == "Bound":
+                volume = (claim.get("spec") or {}).get("volumeName", "")
+                statuses.append(DataStoreStatus(name=store.name, ready=True, location=where, reason=CLAIM_BOUND,
+                                                message=f"bound to PersistentVolume {volume}"))
+            else:
+                statuses.append(DataStoreStatus(name=store.name, ready=False, location=where, reason=CLAIM_PENDING,
+                                                message=f"PersistentVolumeClaim {store.name} is {phase or 'Pending'}"))
+            continue
+        s3 = store.s3
+        assert s3 is not None, "api validation requires exactly one of s3 or volume"
+        where = f"s3://{s3.bucket}"
+        # The bucket's actual location is checked by the residency audit, not here.
+        unverified = "bucket location not verified by the reconciler"
+        if s3.credentials_secret_ref is None:
+            statuses.append(DataStoreStatus(name=store.name, ready=True, location=where, reason=AMBIENT_CREDENTIALS,
+                                            message=f"ambient credentials (no credentialsSecretRef); {unverified}"))
+            continue
+        secret_name = s3.credentials_secret_ref.name
+        secret = observation.secrets.get(secret_name)
+        missing = [key for key in (S3_ACCESS_KEY_ID_KEY, S3_SECRET_ACCESS_KEY_KEY)
+                   if key not in ((secret or {}).get("data") or {})]
+        if secret is None:
+            statuses.append(DataStoreStatus(name=store.name, ready=False, location=where,
+                                            reason=CREDENTIALS_SECRET_MISSING,
+                                            message=f"Secret {secret_name} does not exist in {namespace}"))
+        elif missing:
+            statuses.append(DataStoreStatus(name=store.name, ready=False, location=where, reason=CREDENTIALS_INCOMPLETE,
+                                            message=f"Secret {secret_name} lacks {', '.join(missing)}"))
+        else:
+            statuses.append(DataStoreStatus(name=store.name, ready=True, location=where, reason=CREDENTIALS_FOUND,
+                                            message=f"credentials from Secret {secret_name}; {unverified}"))
+    failing = [s for s in statuses if not s.ready]
+    if failing:
+        return _false(failing[0].reason, "; ".join(f"{s.name}: {s.message}" for s in failing)), statuses
+    if not statuses:
+        return _true(NO_DATA_STORES, "the stack declares no data stores"), statuses
+    return _true(DATA_STORES_READY, f"{len(statuses)} store(s) ready"), statuses
+
+
+class _Rollout(NamedTuple):
+    desired: int
+    total: int
+    ready: int
+    done: bool
+    note: str
+
+
+def _rollout(deployment: Manifest | None) -> _Rollout:
+    """How far a Deployment is: done when every replica runs the current template and is available."""
+    if deployment is None:
+        return _Rollout(0, 0, 0, False, "Deployment does not exist")
+    spec = deployment.get("spec") or {}
+    status = deployment.get("status") or {}
+    desired = spec.get("replicas", 1)
+    total = status.get("replicas", 0)
+    ready = status.get("readyReplicas", 0)
+    current = status.get("observedGeneration", 0) >= deployment["metadata"].get("generation", 0)
+    done = (current and status.get("updatedReplicas", 0) == desired and total == desired
+            and status.get("availableReplicas", 0) == desired)
+    progressing = _status_condition(deployment, "Progressing")
+    note = f"{ready}/{desired} replica(s) ready"
+    if not done and progressing.get("reason") == "ProgressDeadlineExceeded":
+        note += f" ({progressing.get('message', 'rollout stalled')})"
+    elif not done and total > desired:
+        note += " (rolling out)"
+    return _Rollout(desired, total, ready, done, note)
+
+
+def _models(
+    stack: SovereignStack, observation: Observation, namespace: str
+) -> tuple[Decision, list[ModelStatus], int]:
+    """The ModelsReady decision, each model's status, and how many models are fully rolled out."""
+    statuses: list[ModelStatus] = []
+    waiting: list[str] = []
+    for model in stack.spec.models:
+        deployment = observation.child("apps", "Deployment", model.name, namespace)
+        service = observation.child("", "Service", model.name, namespace)
+        rollout = _rollout(deployment)
+        served = ((deployment or {}).get("metadata", {}).get("annotations") or {}).get(names.MODEL_ID_ANNOTATION, "")
+        statuses.append(ModelStatus(
+            name=model.name,
+            model=served,
+            replicas=rollout.total,
+            ready_replicas=rollout.ready,
+            endpoint=names.model_endpoint(namespace=namespace, model=model.name) if service is not None else "",
+        ))
+        if not rollout.done:
+            waiting.append(f"{model.name}: {rollout.note}")
+    done = len(statuses) - len(waiting)
+    if waiting:
+        return _false(MODELS_NOT_READY, "; ".join(waiting)), statuses, done
+    if not statuses:
+        return _true(NO_MODELS, "the stack declares no models"), statuses, done
+    summary = ", ".join(f"{s.name}: {s.ready_replicas} ready" for s in statuses)
+    return _true(MODELS_AVAILABLE, summary), statuses, done
+
+
+def _applications(
+    stack: SovereignStack, observation: Observation, namespace: str
+) -> tuple[Decision, list[ApplicationStatus]]:
+    statuses: list[ApplicationStatus] = []
+    waiting: list[str] = []
+    for app in stack.spec.applications:
+        rollout = _rollout(observation.child("apps", "Deployment", app.name, namespace))
+        statuses.append(ApplicationStatus(name=app.name, replicas=rollout.total, ready_replicas=rollout.ready))
+        if not rollout.done:
+            waiting.append(f"{app.name}: {rollout.note}")
+    if waiting:
+        return _false(APPLICATIONS_NOT_READY, "; ".join(waiting)), statuses
+    if not statuses:
+        return _true(NO_APPLICATIONS, "the stack declares no applications"), statuses
+    return _true(APPLICATIONS_AVAILABLE, ", ".join(f"{s.name}: {s.ready_replicas} ready" for s in statuses)), statuses
+
+
+def _gpu_health(stack: SovereignStack, facts: ClusterFacts) -> Decision:
+    nodes = {n.name: n for pool in stack.spec.node_pools for n in pool_nodes(stack=stack, pool=pool, facts=facts).selected}
+    unhealthy = [n for n in nodes.values() if n.gpu_healthy == ConditionStatus.FALSE.value]
+    reporting = [n for n in nodes.values() if n.gpu_healthy is not None]
+    if unhealthy:
+        listed = ", ".join(f"{n.name} ({n.gpu_health_reason or 'unhealthy'})" for n in sorted(unhealthy, key=lambda n: n.name))
+        return _false(GPUS_UNHEALTHY, f"unhealthy GPUs on {listed}")
+    if not reporting:
+        return Decision(ConditionStatus.UNKNOWN, NO_HEALTH_REPORTS,
+                        f"none of the {len(nodes)} pool node(s) reports GPU health (is the node agent running?)")
+    return _true(GPUS_HEALTHY, f"{len(reporting)} of {len(nodes)} pool node(s) report healthy GPUs")
+
+
+def _status_condition(obj: Manifest, kind: str) -> Mapping[str, Any]:
+    return next((c for c in (obj.get("status") or {}).get("conditions") or [] if c.get("type") == kind), {})

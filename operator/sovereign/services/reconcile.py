@@ -1,0 +1,365 @@
+"""Reconcile one SovereignStack: render, apply what differs, prune what is gone, write status once.
+
+One pass, the same whether Kopf calls it for a create, an update, a resume after a restart, a
+periodic resync or a child that changed:
+
+1. Parse the stack (``api.parse_stack``). A spec the schema let through but the rules reject,
+   or one that cannot be rendered, ends as ``Ready=False``/``InvalidSpec``, not as an exception:
+   retrying cannot fix it, a new spec will.
+2. Render the desired objects (``desired_objects``: the same function ``sovereign render``
+   prints) and observe the stack's children (lists by the stack label, kept only when owned by
+   this incarnation of the stack; nodes come from the facts).
+3. ``plan_changes``: apply each desired object the live one does not match, compared by labels
+   and annotations (which include the spec hash); prune each observed child no longer desired,
+   except retained data. An unchanged stack plans nothing.
+4. Execute: server-side apply, delete (or release nodes). Objects the apiserver refuses are
+   collected and reported on ``Ready``; the rest still go through.
+5. Compute the status from the observed children (``render.status``) and apply it only when it
+   differs from the stored one, with an Event per condition whose status changed.
+
+So an unchanged stack costs reads only. ``finalize`` is the finalizer's work on deletion:
+NodePools and node labels are cluster-scoped, beyond the reach of ownerReferences.
+
+Transient trouble (``kube.errors.Unavailable``, ``Conflict``) propagates for the caller to retry.
+Called by ``handlers.stack`` and (``desired_objects``) by ``cli.render``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from sovereign.api import (
+    API_VERSION,
+    KIND,
+    ConditionStatus,
+    ConditionType,
+    InvalidStackError,
+    SovereignStack,
+    SovereignStackStatus,
+    parse_stack,
+)
+from sovereign.kube import errors
+from sovereign.kube.client import Kube
+from sovereign.kube.resources import (
+    DEPLOYMENT,
+    NETWORK_POLICY,
+    NODE,
+    NODE_POOL,
+    PERSISTENT_VOLUME_CLAIM,
+    POD,
+    POD_DISRUPTION_BUDGET,
+    SCALED_OBJECT,
+    SECRET,
+    SERVICE,
+    resource_type,
+)
+from sovereign.render import names
+from sovereign.render.facts import ClusterFacts, NodeFacts
+from sovereign.render.names import ObjectKey, object_key
+from sovereign.render.stack import RenderError, render_stack
+from sovereign.render.status import Observation, compute_status, invalid_status
+
+log = logging.getLogger(__name__)
+
+Manifest = dict[str, Any]
+
+#: Namespaced kinds the stack may have children of, listed by label on every pass.
+CHILD_KINDS = (NETWORK_POLICY, PERSISTENT_VOLUME_CLAIM, DEPLOYMENT, SERVICE, POD_DISRUPTION_BUDGET, SCALED_OBJECT)
+#: The keys a stack puts on a node of an Existing pool, and removes again.
+_NODE_LABELS = (names.POOL_LABEL, names.STACK_LABEL)
+_NODE_ANNOTATIONS = (names.OWNER_ANNOTATION,)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one pass writes: objects to apply and observed objects to prune."""
+
+    apply: tuple[Manifest, ...] = ()
+    prune: tuple[Manifest, ...] = ()
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one pass did."""
+
+    applied: tuple[ObjectKey, ...]
+    pruned: tuple[ObjectKey, ...]
+    rejected: tuple[str, ...]
+    status: SovereignStackStatus | None
+    status_written: bool
+
+    @property
+    def ready(self) -> bool:
+        conditions = self.status.conditions if self.status else []
+        return any(c.type == ConditionType.READY.value and c.status == ConditionStatus.TRUE for c in conditions)
+
+
+def desired_objects(stack: SovereignStack, facts: ClusterFacts) -> list[Manifest]:
+    """Every object the stack should have, in a stable order (``render.stack.render_stack``)."""
+    return render_stack(stack, facts)
+
+
+def plan_changes(*, desired: Sequence[Manifest], observed: Mapping[ObjectKey, Manifest]) -> Plan:
+    """Apply what the live objects do not carry; prune observed objects no longer desired."""
+    wanted = {object_key(obj) for obj in desired}
+    return Plan(
+        apply=tuple(obj for obj in desired if not _carries(observed.get(object_key(obj)), obj)),
+        prune=tuple(
+            obj for key, obj in sorted(observed.items()) if key not in wanted and not _retained(obj)
+        ),
+    )
+
+
+def reconcile(*, kube: Kube, body: Mapping[str, Any], facts: ClusterFacts, now: datetime | None = None) -> Outcome:
+    """One reconcile pass over the stack ``body`` (as the apiserver returned it)."""
+    now = now or datetime.now(UTC)
+    meta = body["metadata"]
+    previous = _stored_status(body)
+    if meta.get("deletionTimestamp"):
+        return Outcome((), (), (), previous, False)
+    try:
+        stack = parse_stack({key: body[key] for key in ("apiVersion", "kind", "metadata", "spec") if key in body})
+        desired = desired_objects(stack, facts)
+    except InvalidStackError as err:
+        return _invalid(kube, body, previous, "; ".join(str(e) for e in err.errors), now)
+    except RenderError as err:
+        return _invalid(kube, body, previous, str(err), now)
+    observed = _observe(kube, stack, facts)
+    plan = plan_changes(desired=desired, observed=observed)
+    children, applied, pruned, rejected = _execute(kube, stack, plan, observed)
+    observation = Observation(
+        children=children,
+        pods=kube.list(POD, namespace=meta["namespace"], selector=names.stack_selector(meta["name"])),
+        secrets=_credentials_secrets(kube, stack),
+        rejected=rejected,
+    )
+    status = compute_status(stack=stack, facts=facts, observation=observation, previous=previous, now=now)
+    written = _write_status(kube, body, previous, status)
+    return Outcome(tuple(applied), tuple(pruned), tuple(rejected), status, written)
+
+
+def finalize(*, kube: Kube, body: Mapping[str, Any]) -> list[ObjectKey]:
+    """Remove the stack's cluster-scoped effects (NodePools, node labels); what was removed.
+
+    Namespaced children go with the stack through their ownerReferences; retained volume claims
+    have none, so they stay.
+    """
+    meta = body["metadata"]
+    owner = f"{meta['namespace']}/{meta['name']}"
+    selector = names.stack_selector(meta["name"])
+    removed: list[ObjectKey] = []
+    for nodepool in _list_if_served(kube, NODE_POOL, selector=selector):
+        if _annotation(nodepool, names.OWNER_ANNOTATION) == owner:
+            kube.delete(NODE_POOL, name=nodepool["metadata"]["name"], uid=nodepool["metadata"].get("uid"))
+            removed.append(object_key(nodepool))
+    for node in kube.list(NODE, selector=selector):
+        if _annotation(node, names.OWNER_ANNOTATION) == owner:
+            _release_node(kube, node["metadata"]["name"])
+            removed.append(object_key(node))
+    return removed
+
+
+# --- observe -----------------------------------------------------------------------------------
+
+
+def _observe(kube: Kube, stack: SovereignStack, facts: ClusterFacts) -> dict[ObjectKey, Manifest]:
+    """The stack's children as they are: namespaced ones it controls, NodePools and nodes it owns."""
+    namespace = names.stack_namespace(stack)
+    selector = names.stack_selector(names.stack_name(stack))
+    uid = stack.metadata.uid
+    owner = names.owner_id(stack)
+    children: dict[ObjectKey, Manifest] = {}
+    for kind in CHILD_KINDS:
+        for item in _list_if_served(kube, kind, namespace=namespace, selector=selector):
+            if _controlled_by(item, uid):
+                children[object_key(item)] = item
+    for nodepool in _list_if_served(kube, NODE_POOL, selector=selector):
+        if _annotation(nodepool, names.OWNER_ANNOTATION) == owner:
+            children[object_key(nodepool)] = nodepool
+    for node in facts.nodes:
+        if node.owner == owner:
+            children[ObjectKey("", "Node", "", node.name)] = _node_manifest(node)
+    return children
+
+
+def _list_if_served(kube: Kube, kind: Any, *, namespace: str | None = None, selector: str) -> list[Manifest]:
+    """A list, empty when the kind's CRD is not installed (nothing of it can exist then)."""
+    try:
+        return kube.list(kind, namespace=namespace, selector=selector)
+    except errors.NotServed:
+        return []
+
+
+def _controlled_by(obj: Mapping[str, Any], uid: str | None) -> bool:
+    """Whether ``obj`` is this stack's: controlled by it, or (retained data, which has no owner)
+    uncontrolled and stamped by the operator. Objects controlled by something else, such as a
+    pod's ephemeral weights claim, carry the stack label but are not the stack's to prune."""
+    controllers = [ref for ref in obj["metadata"].get("ownerReferences") or [] if ref.get("controller")]
+    if controllers:
+        return any(ref.get("uid") == uid for ref in controllers)
+    return names.SPEC_HASH_ANNOTATION in (obj["metadata"].get("annotations") or {})
+
+
+def _node_manifest(node: NodeFacts) -> Manifest:
+    """A node as far as the stack is concerned: its labels and owner annotation."""
+    annotations = {names.OWNER_ANNOTATION: node.owner} if node.owner else {}
+    return {"apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": node.name, "labels": dict(node.labels), "annotations": annotations}}
+
+
+def _credentials_secrets(kube: Kube, stack: SovereignStack) -> dict[str, Manifest | None]:
+    secret_names = sorted({s.s3.credentials_secret_ref.name for s in stack.spec.data_stores
+                           if s.s3 is not None and s.s3.credentials_secret_ref is not None})
+    return {name: kube.get(SECRET, name=name, namespace=names.stack_namespace(stack)) for name in secret_names}
+
+
+# --- plan and execute --------------------------------------------------------------------------
+
+
+def _carries(live: Mapping[str, Any] | None, desired: Mapping[str, Any]) -> bool:
+    """Whether the live object has every label and annotation of the desired one. Owned objects
+    carry the spec hash among their annotations, so this is the hash comparison; for a node it
+    compares exactly the keys the stack puts there."""
+    if live is None:
+        return False
+    for part in ("labels", "annotations"):
+        have = live["metadata"].get(part) or {}
+        if any(have.get(key) != value for key, value in (desired["metadata"].get(part) or {}).items()):
+            return False
+    return True
+
+
+def _retained(obj: Mapping[str, Any]) -> bool:
+    return _annotation(obj, names.DELETION_POLICY_ANNOTATION) == "Retain"
+
+
+def _execute(
+    kube: Kube, stack: SovereignStack, plan: Plan, observed: Mapping[ObjectKey, Manifest]
+) -> tuple[dict[ObjectKey, Manifest], list[ObjectKey], list[ObjectKey], list[str]]:
+    children = dict(observed)
+    applied: list[ObjectKey] = []
+    pruned: list[ObjectKey] = []
+    rejected: list[str] = []
+    for obj in plan.apply:
+        key = object_key(obj)
+        try:
+            if key.kind == "Node":
+                try:
+                    children[key] = kube.merge_patch(NODE, name=key.name, patch={"metadata": obj["metadata"]})
+                except errors.NotFound:
+                    continue  # the node left the cluster since the facts were taken
+            else:
+                if key not in observed:
+                    taken = _taken_by(kube.get(resource_type(obj), name=key.name, namespace=key.namespace or None), stack)
+                    if taken:
+                        rejected.append(f"{key} already exists and belongs to {taken}; rename the entry or remove it")
+                        continue
+                children[key] = kube.apply(obj)
+            applied.append(key)
+        except (errors.Invalid, errors.Forbidden, errors.NotServed) as err:
+            # Sending the same object again cannot succeed; Ready says so until the spec changes.
+            rejected.append(str(err))
+    for obj in plan.prune:
+        key = object_key(obj)
+        if key.kind == "Node":
+            _release_node(kube, key.name)
+        else:
+            kube.delete(resource_type(obj), name=key.name, namespace=key.namespace or None,
+                        uid=obj["metadata"].get("uid"))
+        children.pop(key, None)
+        pruned.append(key)
+    if applied or pruned:
+        log.info("stack %s: applied %s; pruned %s", names.owner_id(stack),
+                 ", ".join(map(str, applied)) or "nothing", ", ".join(map(str, pruned)) or "nothing")
+    return children, applied, pruned, rejected
+
+
+def _taken_by(live: Mapping[str, Any] | None, stack: SovereignStack) -> str | None:
+    """Who else an existing namesake belongs to; None when the stack may adopt it."""
+    if live is None:
+        return None
+    meta = live["metadata"]
+    for ref in meta.get("ownerReferences") or []:
+        if ref.get("controller") and ref.get("uid") != stack.metadata.uid:
+            return f"{ref.get('kind')} {ref.get('name')}"
+    label = (meta.get("labels") or {}).get(names.STACK_LABEL)
+    if label is not None and label != names.stack_name(stack):
+        return f"stack {label}"
+    owner = _annotation(live, names.OWNER_ANNOTATION)
+    if owner is not None and owner != names.owner_id(stack):
+        return f"stack {owner}"
+    return None
+
+
+def _release_node(kube: Kube, name: str) -> None:
+    """Take the stack's labels and annotation off a node (a node already gone needs nothing)."""
+    patch = {"metadata": {"labels": dict.fromkeys(_NODE_LABELS), "annotations": dict.fromkeys(_NODE_ANNOTATIONS)}}
+    try:
+        kube.merge_patch(NODE, name=name, patch=patch)
+    except errors.NotFound:
+        pass
+
+
+def _annotation(obj: Mapping[str, Any], key: str) -> str | None:
+    return (obj["metadata"].get("annotations") or {}).get(key)
+
+
+# --- status ------------------------------------------------------------------------------------
+
+
+def _stored_status(body: Mapping[str, Any]) -> SovereignStackStatus | None:
+    stored = body.get("status")
+    if not stored:
+        return None
+    try:
+        return SovereignStackStatus.model_validate(stored)
+    except ValidationError:
+        # Written by something else, or by a future version: computed afresh.
+        return None
+
+
+def _invalid(kube: Kube, body: Mapping[str, Any], previous: SovereignStackStatus | None, message: str,
+             now: datetime) -> Outcome:
+    status = invalid_status(generation=body["metadata"].get("generation"), previous=previous, message=message, now=now)
+    written = _write_status(kube, body, previous, status)
+    return Outcome((), (), (), status, written)
+
+
+def _dump(status: SovereignStackStatus | None) -> dict[str, Any] | None:
+    return status.model_dump(mode="json", exclude_none=True, by_alias=True) if status is not None else None
+
+
+def _write_status(kube: Kube, body: Mapping[str, Any], previous: SovereignStackStatus | None,
+                  status: SovereignStackStatus) -> bool:
+    """Apply the status when it differs from the stored one; an Event per changed condition."""
+    new = _dump(status)
+    if new == _dump(previous):
+        return False
+    meta = body["metadata"]
+    try:
+        kube.apply_status({"apiVersion": API_VERSION, "kind": KIND,
+                           "metadata": {"name": meta["name"], "namespace": meta["namespace"]}, "status": new})
+    except errors.NotFound:
+        return False  # deleted meanwhile: nobody to tell
+    before = {c.type: c.status for c in (previous.conditions if previous else [])}
+    stack_ref = {"apiVersion": API_VERSION, "kind": KIND, "metadata": meta}
+    for condition in status.conditions:
+        if before.get(condition.type) == condition.status:
+            continue
+        try:
+            kube.record_event(
+                regarding=stack_ref,
+                type="Warning" if condition.status == ConditionStatus.FALSE else "Normal",
+                reason=condition.reason,
+                message=f"{condition.type} is {condition.status.value}: {condition.message}",
+            )
+        except (errors.Forbidden, errors.Invalid) as err:
+            # The status is written; a missing Event is worth a log line, not a retry.
+            log.warning("stack %s/%s: %s", meta["namespace"], meta["name"], err)
+    return True
