@@ -2,7 +2,8 @@
 
 Loaded for every test run through the ``pytest11`` entry point of ``pyproject.toml``:
 ``cluster`` (one DevCluster per session, started on first use), ``api_client`` and ``namespace``
-(a fresh namespace per test, deleted afterwards). Tests that use them get the ``cluster`` marker,
+(a fresh namespace per test, deleted afterwards), and the MinIO fixtures of
+``minio_fixtures`` (``minio_servers``: one real MinIO per region). Tests that use them get the ``cluster`` marker,
 so ``-m "not cluster"`` runs the pure tests alone. The ``gpu`` marker skips tests unless NVML
 finds a GPU.
 """
@@ -17,11 +18,14 @@ from collections.abc import Iterator
 import pytest
 
 from sovereign.devcluster.cluster import DevCluster, wait_until
+from sovereign.devcluster.minio_fixtures import *  # noqa: F403 - minio_servers and friends
+from sovereign.devcluster.minio_fixtures import mark_minio_items
 
 _CLUSTER_FIXTURES = {"cluster", "api_client", "namespace"}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    mark_minio_items(items)
     has_gpu = _nvml_has_gpu() if any("gpu" in item.keywords for item in items) else False
     for item in items:
         if _CLUSTER_FIXTURES & set(getattr(item, "fixturenames", ())):
