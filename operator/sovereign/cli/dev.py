@@ -95,6 +95,8 @@ def up(workdir: Path, no_sample: bool, nodes: int | None, regions: str | None,
         + f"\nlogs: {workdir / 'logs'} and {workdir / 'cluster' / 'logs'}\n"
         "Ctrl-C or `sovereign dev down` stops everything.",
         title="sovereign dev", title_align="left")
+    # Plain and unwrapped, so scripts (and people copying it) get the path whole.
+    console.print(f"kubeconfig: {kubeconfig}", soft_wrap=True, highlight=False)
     try:
         if no_view:
             console.print(header)
