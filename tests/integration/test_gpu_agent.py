@@ -34,7 +34,14 @@ from sovereign.kube.nodes import (
     emit_node_event,
     publish_gpu_health,
 )
-from sovereign.nvml.fake import clear_faults, healthy_node, inject_xid, write_scenario
+from sovereign.nvml.fake import (
+    clear_faults,
+    healthy_node,
+    inject_xid,
+    set_driver,
+    set_fault,
+    write_scenario,
+)
 
 WAIT = 90  # seconds; generous, the machine is shared
 
@@ -108,13 +115,13 @@ class Agent:
 @pytest.fixture
 def start_agent(cluster, gpu_node, scenario, tmp_path):
     """Start ``sovereign agent`` for ``gpu_node`` with short timings; stop it after the test."""
-    config = tmp_path / "agent.yaml"
-    config.write_text(yaml.safe_dump({
-        "poll_interval_s": 0.5, "xid_settle_s": 0.2,
-        "health": {"xid_quiet_window_s": 4, "recovery_clean_polls": 2}}))
     agents: list[Agent] = []
 
-    def start() -> Agent:
+    def start(*, xid_quiet_window_s: float = 8) -> Agent:
+        config = tmp_path / f"agent-{len(agents)}.yaml"
+        config.write_text(yaml.safe_dump({
+            "poll_interval_s": 0.5, "xid_settle_s": 0.2, "resync_interval_s": 2,
+            "health": {"xid_quiet_window_s": xid_quiet_window_s, "recovery_clean_polls": 2}}))
         port = free_port()
         log = tmp_path / f"agent-{len(agents)}.log"
         with open(log, "wb") as out:
@@ -149,9 +156,20 @@ def node_of(api_client, name: str) -> dict:
     return api_client.sanitize_for_serialization(client.CoreV1Api(api_client).read_node(name))
 
 
-def condition_of(api_client, name: str, kind: str = GPU_HEALTHY_CONDITION) -> dict:
-    conditions = node_of(api_client, name).get("status", {}).get("conditions") or []
+def condition_in(node: dict, kind: str = GPU_HEALTHY_CONDITION) -> dict:
+    conditions = node.get("status", {}).get("conditions") or []
     return next((c for c in conditions if c["type"] == kind), {})
+
+
+def condition_of(api_client, name: str, kind: str = GPU_HEALTHY_CONDITION) -> dict:
+    return condition_in(node_of(api_client, name), kind)
+
+
+def node_with_condition(api_client, name: str, **wanted: str) -> dict | None:
+    """The node, if its GPUHealthy condition has the ``wanted`` fields; else None."""
+    node = node_of(api_client, name)
+    condition = condition_in(node)
+    return node if all(condition.get(k) == v for k, v in wanted.items()) else None
 
 
 def our_taints(api_client, name: str) -> list[dict]:
@@ -201,18 +219,18 @@ def test_xid_79_marks_the_node_until_the_fault_clears(api_client, gpu_node, scen
 
     inject_xid(scenario, gpu=3, xid=79)
 
-    wait_until(lambda: condition_of(api_client, gpu_node).get("status") == "False",
-               timeout=WAIT, message="GPUHealthy=False after XID 79")
-    condition = condition_of(api_client, gpu_node)
+    # One snapshot of the node, taken when the condition turns False (the agent writes the taint
+    # and label just before the condition), so a slow machine cannot race the quiet window.
+    node = wait_until(lambda: node_with_condition(api_client, gpu_node, status="False"),
+                      timeout=WAIT, message="GPUHealthy=False after XID 79")
+    condition = condition_in(node)
     assert condition["reason"] == "Xid79OnGPU3"
     assert uuid_of(gpu_node, 3) in condition["message"]
     assert "XID 79 (GPU has fallen off the bus)" in condition["message"]
     assert condition["message"].startswith("7 of 8 GPUs healthy")
-    assert our_taints(api_client, gpu_node) == [
-        {"key": GPU_UNHEALTHY_TAINT_KEY, "value": "Xid79", "effect": "NoSchedule"}]
-    node = node_of(api_client, gpu_node)
-    assert {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"} in [
-        {k: t[k] for k in ("key", "value", "effect")} for t in node["spec"]["taints"]]
+    taints = [{k: t[k] for k in ("key", "value", "effect")} for t in node["spec"]["taints"]]
+    assert {"key": GPU_UNHEALTHY_TAINT_KEY, "value": "Xid79", "effect": "NoSchedule"} in taints
+    assert {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"} in taints
     assert node["metadata"]["labels"][GPU_HEALTH_LABEL] == "Unhealthy"
     record = GpuHealthRecord.from_node(node)
     assert (record.state, record.healthy, record.total) == ("Unhealthy", 7, 8)
@@ -250,13 +268,63 @@ def test_a_steady_node_costs_no_writes(api_client, gpu_node, start_agent):
         assert after[key] == before[key], f"{part} written while nothing changed"
 
 
+def test_a_removed_taint_comes_back_at_the_next_resync(api_client, gpu_node, scenario,
+                                                       start_agent):
+    start_agent()
+    set_fault(scenario, gpu=2, fault="remap-pending")
+    pending = [{"key": GPU_UNHEALTHY_TAINT_KEY, "value": "RowRemapPending",
+                "effect": "NoSchedule"}]
+    wait_until(lambda: our_taints(api_client, gpu_node) == pending, timeout=WAIT,
+               message="the RowRemapPending taint")
+    assert condition_of(api_client, gpu_node)["reason"] == "RowRemapPendingOnGPU2"
+
+    node = node_of(api_client, gpu_node)
+    client.CoreV1Api(api_client).patch_node(gpu_node, {
+        "metadata": {"resourceVersion": node["metadata"]["resourceVersion"]},
+        "spec": {"taints": [t for t in node["spec"]["taints"]
+                            if t["key"] != GPU_UNHEALTHY_TAINT_KEY]}},
+        _content_type="application/merge-patch+json")
+    assert our_taints(api_client, gpu_node) == []
+
+    wait_until(lambda: our_taints(api_client, gpu_node) == pending, timeout=WAIT,
+               message="the agent to put its taint back")
+
+
+def test_without_nvml_the_condition_is_unknown_and_the_taint_stays(api_client, gpu_node,
+                                                                   scenario, start_agent):
+    agent = start_agent()
+    set_fault(scenario, gpu=1, fault="remap-pending")
+    wait_until(lambda: condition_of(api_client, gpu_node).get("reason")
+               == "RowRemapPendingOnGPU1", timeout=WAIT, message="RowRemapPendingOnGPU1")
+
+    set_driver(scenario, loaded=False)
+
+    wait_until(lambda: condition_of(api_client, gpu_node).get("status") == "Unknown",
+               timeout=WAIT, message="GPUHealthy=Unknown without NVML")
+    condition = condition_of(api_client, gpu_node)
+    assert condition["reason"] == "NVMLUnavailable"
+    assert "Driver Not Loaded" in condition["message"]
+    assert node_of(api_client, gpu_node)["metadata"]["labels"][GPU_HEALTH_LABEL] == "Unknown"
+    # Nothing new is known about the GPUs, so the last known fault keeps its taint.
+    assert our_taints(api_client, gpu_node)[0]["value"] == "RowRemapPending"
+    assert agent.value("sovereign_gpu_agent_nvml_up") == 0
+    assert wait_until(lambda: events_about(api_client, gpu_node, "NVMLUnavailable"),
+                      timeout=WAIT, message="an NVMLUnavailable event")
+
+    set_driver(scenario, loaded=True)
+
+    wait_until(lambda: condition_of(api_client, gpu_node).get("reason")
+               == "RowRemapPendingOnGPU1", timeout=WAIT, message="the fault back once NVML is")
+
+
 def test_gpu_condition_survives_kwok_status_updates_and_agent_restarts(
         api_client, gpu_node, scenario, start_agent):
-    agent = start_agent()
+    # A quiet window longer than the test: only KWOK could take the mark away.
+    agent = start_agent(xid_quiet_window_s=3600)
     inject_xid(scenario, gpu=0, xid=48)
-    wait_until(lambda: condition_of(api_client, gpu_node).get("reason") == "Xid48OnGPU0",
-               timeout=WAIT, message="GPUHealthy=False/Xid48OnGPU0")
-    marked = condition_of(api_client, gpu_node)
+    node = wait_until(lambda: node_with_condition(api_client, gpu_node, reason="Xid48OnGPU0"),
+                      timeout=WAIT, message="GPUHealthy=False/Xid48OnGPU0")
+    marked = condition_in(node)
     agent.stop()  # from here on only KWOK (and the control plane) write the node
 
     # KWOK (lease mode, as the harness runs it) patches node status through its node-initialize
@@ -277,7 +345,7 @@ def test_gpu_condition_survives_kwok_status_updates_and_agent_restarts(
         {"key": GPU_UNHEALTHY_TAINT_KEY, "value": "Xid48", "effect": "NoSchedule"}]
 
     # A restarted agent remembers the XID from the node instead of declaring the GPU healthy.
-    restarted = start_agent()
+    restarted = start_agent(xid_quiet_window_s=4)
     assert restarted.value("sovereign_gpu_health", gpu="0", state="Unhealthy") == 1
     assert condition_of(api_client, gpu_node)["reason"] == "Xid48OnGPU0"
     # ... and lets it recover once the quiet window has passed.

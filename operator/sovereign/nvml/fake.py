@@ -10,6 +10,7 @@ anything (a test, ``sovereign dev fault``) rewrites it with the functions at the
     inject_xid(path, gpu=0, xid=13, count=500)              # an XID storm
     set_fault(path, gpu=1, fault="ecc-dbe")                 # a preset from FAULTS
     update_gpu(path, gpu=2, temperature_c=88)               # any reading, by field name
+    set_driver(path, loaded=False)                          # NVML fails as a whole
     clear_faults(path)                                      # every GPU healthy again, XIDs gone
 
 Writes are atomic (temp file + rename), so the agent never reads half a file; an invalid file
@@ -17,7 +18,7 @@ written while the agent runs is logged and the last good scenario stays in force
 
 Fidelity to NVML: a reading set to null raises ``NVMLError_NotSupported``; ``lost: true`` makes
 every call on that GPU raise ``NVMLError_GpuIsLost``; ``driver_loaded: false`` makes ``nvmlInit``
-fail; XID events listed in the file before the agent registered for events are not delivered
+and every later call fail with ``NVMLError_DriverNotLoaded``; XID events listed in the file before the agent registered for events are not delivered
 (NVML reports only events that happen after registration), later ones once each, in order.
 """
 
@@ -370,6 +371,8 @@ class FakeNvml:
     def _gpus(self) -> list[FakeGpu]:
         self._check_initialized()
         self._refresh()
+        if not self._scenario.driver_loaded:
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_DRIVER_NOT_LOADED)
         return self._scenario.gpus
 
     def _gpu(self, handle: _Handle) -> FakeGpu:
@@ -467,6 +470,12 @@ def inject_xid(path: str | Path, *, gpu: int, xid: int, count: int = 1) -> None:
     _edit(path, gpu, lambda current: current.model_copy(update={"xid_events": [
         *current.xid_events,
         *(FakeXid(id=f"{stamp}-{n}", xid=xid) for n in range(count))]}))
+
+
+def set_driver(path: str | Path, *, loaded: bool) -> None:
+    """Unload (every NVML call fails with DriverNotLoaded) or reload the fake driver."""
+    scenario = load_scenario(path)
+    write_scenario(path, scenario.model_copy(update={"driver_loaded": loaded}))
 
 
 def clear_faults(path: str | Path, *, gpu: int | None = None) -> None:

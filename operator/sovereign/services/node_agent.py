@@ -3,11 +3,14 @@
 One loop (``NodeAgent.run``): wait for XID events until the next poll is due (an XID brings the
 poll forward, after a short settle so a storm is one poll), read every GPU, assess each with
 ``policy.gpu_health`` (which keeps the hysteresis), refresh the Prometheus collector, emit an
-Event for every GPU whose verdict changed, and make the node carry the result through
-``kube.nodes.publish_gpu_health``, which writes only what differs from the live node.
+Event for every GPU whose verdict changed, and, when the result changed, make the node carry it
+through ``kube.nodes.publish_gpu_health``, which writes only what differs from the live node.
 
 On start the agent reads its node's ``sovereign.ai/gpu-health`` annotation, so a restarted agent
 keeps a GPU that was down for an XID down for a full quiet window instead of forgetting it.
+
+Between changes the agent makes no API call at all, except a resync every
+``resync_interval_s`` that compares the live node with the health and repairs what differs.
 
 Called by ``cli/agent.py`` (``sovereign agent``) and the integration tests.
 """
@@ -75,6 +78,11 @@ class AgentSettings(BaseModel):
         default=1, ge=0,
         description="After an XID event, wait this long for more before polling, so a storm of "
                     "XIDs is one poll and at most one node write.")
+    resync_interval_s: float = Field(
+        default=300, gt=0,
+        description="How often the agent compares the live node with its health even when the "
+                    "health has not changed, to repair marks someone else removed. Between "
+                    "resyncs an unchanged health costs no API call at all.")
     fatal_taint_effect: Literal["NoSchedule", "NoExecute"] = Field(
         default="NoSchedule",
         description="Taint effect for fatal faults; NoExecute also evicts running pods. Other "
@@ -110,6 +118,8 @@ class NodeAgent:
         self._memories: dict[int, GpuMemory] = {}
         self._to_restore: dict[str, GpuRecord] = {}
         self._nvml_down = False
+        self._published: GpuNodeMarks | None = None
+        self._synced_at = float("-inf")
 
     def start(self) -> None:
         """Check the node is there and readable, and pick up the verdicts it already carries.
@@ -185,13 +195,11 @@ class NodeAgent:
             return
         if before is not None and (before.state, before.reason) == (after.state, after.reason):
             return
-        log.info("GPU %d (%s): %s (%s): %s", identity.index, identity.uuid, after.state,
-                 after.reason, after.message)
         detail = f"{after.state} ({after.reason}): {after.message}" if not after.ok else (
             f"healthy again after {before.reason}" if before else "healthy")
-        self._event(EVENT_REASONS[after.state],
-                    f"GPU {identity.index} ({identity.uuid}, {identity.name}) {detail}",
-                    warning=not after.ok)
+        message = f"GPU {identity.index} ({identity.uuid}, {identity.name}) {detail}"
+        log.info("%s", message)
+        self._event(EVENT_REASONS[after.state], message, warning=not after.ok)
 
     def _nvml_unavailable(self, why: str) -> NodeGpuHealth:
         log.warning("%s", why)
@@ -218,12 +226,19 @@ class NodeAgent:
             label=health.state, record=record if known else None, taint=taint, known=known)
 
     def _publish(self, marks: GpuNodeMarks) -> None:
+        now = self._clock()
+        if marks == self._published and now - self._synced_at < self._settings.resync_interval_s:
+            self._metrics.count_poll(PublishResult(metadata_written=False, status_written=False))
+            return
         try:
             result = publish_gpu_health(self._api, node_name=self._node, marks=marks)
         except NodeError as err:
-            # Every poll compares with the live node again, so the next one retries.
+            # Nothing is remembered as published, so the next poll tries again.
             log.warning("%s", err)
-            result = None
+            self._published = None
+            self._metrics.count_poll(None)
+            return
+        self._published, self._synced_at = marks, now
         self._metrics.count_poll(result)
 
     def _event(self, reason: str, message: str, *, warning: bool) -> None:

@@ -9,6 +9,7 @@ from sovereign.nvml.fake import (
     FakeNvml,
     healthy_node,
     inject_xid,
+    set_driver,
     set_fault,
     update_gpu,
     write_scenario,
@@ -102,6 +103,18 @@ def test_nvml_without_a_driver_is_unavailable_until_the_driver_returns(scenario)
 
     write_scenario(scenario, healthy_node(gpus=1))
     assert len(reader.read()) == 1
+
+
+def test_nvml_failing_while_open_is_unavailable_and_reopens_when_it_returns(scenario, reader):
+    set_driver(scenario, loaded=False)
+
+    with pytest.raises(NvmlUnavailable, match="NVML stopped answering: Driver Not Loaded"):
+        reader.read()
+    with pytest.raises(NvmlUnavailable, match="NVML could not start"):
+        reader.read()
+
+    set_driver(scenario, loaded=True)
+    assert [r.lost for r in reader.read()] == [False] * 4
 
 
 def test_xid_events_arrive_once_with_their_gpu(scenario, reader):
