@@ -145,13 +145,16 @@ def test_apiserver_and_validate_agree(api_client, namespace, path: str, value: A
 
 
 def _table(api_client: client.ApiClient, namespace: str) -> dict[str, Any]:
-    response = api_client.call_api(
-        f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}",
+    """What ``kubectl get`` receives: the list rendered as a Table by the apiserver."""
+    method, url, headers, body, _ = api_client.param_serialize(
         "GET",
+        f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}",
         header_params={"Accept": "application/json;as=Table;v=v1;g=meta.k8s.io"},
         auth_settings=["BearerToken"],
-        _preload_content=False,
-    )[0]
+    )
+    response = api_client.call_api(method, url, header_params=headers, body=body)
+    response.read()
+    assert response.status == 200, response.data
     return json.loads(response.data)
 
 
