@@ -1,7 +1,8 @@
 """Real NVML on a machine with NVIDIA GPUs: every GPU reads, and the readings are sane.
 
 Marked ``gpu``: the pytest plugin skips these where ``pynvml.nvmlInit`` fails or finds no GPU.
-Written against data-centre GPUs (A100/H100 class): ECC on, row remapper present.
+Data-centre GPUs with MIG (A100/H100/H200/B200 class) must also report a row remapper and a MIG
+mode; other GPUs may answer NotSupported for those.
 """
 
 from __future__ import annotations
@@ -49,18 +50,22 @@ def test_memory_and_utilization_readings_add_up(readings):
         assert 0 <= reading.gpu_util_pct <= 100 and 0 <= reading.mem_copy_util_pct <= 100
 
 
+MIG_CAPABLE = ("A100", "A30", "H100", "H200", "H800", "B200", "GB200")
+
+
 def test_error_counters_are_counts(readings):
     for reading in readings:
         for count in (reading.ecc_corrected_volatile, reading.ecc_uncorrected_volatile,
                       reading.ecc_corrected_aggregate, reading.ecc_uncorrected_aggregate,
                       reading.pcie_replay_count):
             assert count is None or count >= 0
+        assert reading.clock_event_reasons >= 0
         rows = reading.remapped_rows
-        assert rows is not None, "Ampere and newer data-centre GPUs have a row remapper"
-        assert rows.correctable >= 0 and rows.uncorrectable >= 0
-        assert isinstance(reading.clock_event_reasons, int)
-        assert reading.clock_event_reasons & ~pynvml.nvmlClocksEventReasonAll == 0
-        assert reading.mig_enabled in (True, False)
+        if any(model in reading.identity.name for model in MIG_CAPABLE):
+            assert rows is not None, "Ampere and newer data-centre GPUs have a row remapper"
+            assert reading.mig_enabled in (True, False)
+        if rows is not None:
+            assert rows.correctable >= 0 and rows.uncorrectable >= 0
         if reading.nvlink is not None:
             assert 0 < reading.nvlink.active_links <= pynvml.NVML_NVLINK_MAX_LINKS
 
