@@ -385,7 +385,7 @@ class NodePool(ApiObject):
                 " : 'karpenter is only allowed when provisioner is Karpenter'"
             ),
             field_path=".karpenter",
-            failures=lambda pool: _karpenter_settings_failures(pool),
+            failures=_karpenter_settings_failures,
         ),
         Rule(
             cel="!has(self.existing) || self.provisioner == 'Existing'",
