@@ -116,6 +116,7 @@ COMPONENTS: dict[str, Component] = {
             "kustomize/stage/pod/fast/pod-delete.yaml",
         )),
         Component("minio", "github.com/minio/minio"),
+        Component("helm", "helm.sh/helm/v4"),
     )
 }
 
