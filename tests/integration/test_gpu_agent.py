@@ -302,14 +302,17 @@ def test_without_nvml_the_condition_is_unknown_and_the_taint_stays(api_client, g
     wait_until(lambda: condition_of(api_client, gpu_node).get("status") == "Unknown",
                timeout=WAIT, message="GPUHealthy=Unknown without NVML")
     condition = condition_of(api_client, gpu_node)
-    assert condition["reason"] == "NVMLUnavailable"
-    assert "Driver Not Loaded" in condition["message"]
+    assert (condition["reason"], condition["message"]) == ("NVMLUnavailable",
+                                                           "NVML is unavailable: Driver Not Loaded")
     assert node_of(api_client, gpu_node)["metadata"]["labels"][GPU_HEALTH_LABEL] == "Unknown"
     # Nothing new is known about the GPUs, so the last known fault keeps its taint.
     assert our_taints(api_client, gpu_node)[0]["value"] == "RowRemapPending"
     assert agent.value("sovereign_gpu_agent_nvml_up") == 0
     assert wait_until(lambda: events_about(api_client, gpu_node, "NVMLUnavailable"),
                       timeout=WAIT, message="an NVMLUnavailable event")
+    polls = agent.polls()
+    wait_until(lambda: agent.polls() >= polls + 4, timeout=WAIT, message="four more polls")
+    assert condition_of(api_client, gpu_node) == condition  # the outage is written once
 
     set_driver(scenario, loaded=True)
 

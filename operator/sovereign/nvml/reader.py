@@ -85,7 +85,15 @@ class NvmlLibrary(Protocol):
 
 
 class NvmlUnavailable(RuntimeError):
-    """NVML cannot be used at all (no driver, no library, not initialised); the message says why."""
+    """NVML cannot be used at all (no driver, no library, not initialised); the message says why.
+
+    ``nvml_error`` is NVML's own words (e.g. "Driver Not Loaded"), the same on every failed poll,
+    so the node condition built from it does not change while the outage lasts.
+    """
+
+    def __init__(self, message: str, *, nvml_error: pynvml.NVMLError) -> None:
+        super().__init__(f"{message}: {nvml_error}")
+        self.nvml_error = str(nvml_error)
 
 
 class _GpuLost(Exception):
@@ -117,7 +125,7 @@ class NvmlReader:
         try:
             self._lib.nvmlInit()
         except pynvml.NVMLError as err:
-            raise NvmlUnavailable(f"NVML could not start: {err}") from err
+            raise NvmlUnavailable("NVML could not start", nvml_error=err) from err
         self._open = True
         try:
             count = self._lib.nvmlDeviceGetCount()
@@ -126,7 +134,7 @@ class NvmlReader:
                                 for index, handle in enumerate(self._handles)]
         except pynvml.NVMLError as err:
             self.close()
-            raise NvmlUnavailable(f"NVML could not list the GPUs: {err}") from err
+            raise NvmlUnavailable("NVML could not list the GPUs", nvml_error=err) from err
         self._index_by_handle = {_handle_key(h): i for i, h in enumerate(self._handles)
                                  if h is not None}
         self._event_set = self._register_xid_events()
@@ -149,7 +157,7 @@ class NvmlReader:
                     for identity, handle in zip(self._identities, self._handles, strict=True)]
         except _NVML_GONE as err:
             self.close()
-            raise NvmlUnavailable(f"NVML stopped answering: {err}") from err
+            raise NvmlUnavailable("NVML stopped answering", nvml_error=err) from err
 
     def wait_for_xids(self, *, timeout_s: float) -> list[XidEvent]:
         """Block up to ``timeout_s`` for XID events; return the first one and any already queued."""

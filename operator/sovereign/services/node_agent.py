@@ -141,7 +141,7 @@ class NodeAgent:
         try:
             readings = self._reader.read()
         except NvmlUnavailable as err:
-            return self._nvml_unavailable(str(err))
+            return self._nvml_unavailable(err)
         if self._nvml_down:
             self._nvml_down = False
             self._event(EVENT_NVML_BACK, "NVML answers again", warning=False)
@@ -201,13 +201,14 @@ class NodeAgent:
         log.info("%s", message)
         self._event(EVENT_REASONS[after.state], message, warning=not after.ok)
 
-    def _nvml_unavailable(self, why: str) -> NodeGpuHealth:
-        log.warning("%s", why)
+    def _nvml_unavailable(self, err: NvmlUnavailable) -> NodeGpuHealth:
+        log.warning("%s", err)
         self._metrics.nvml_down()
         if not self._nvml_down:
             self._nvml_down = True
-            self._event(EVENT_NVML_UNAVAILABLE, why, warning=True)
-        health = unknown_node(reason=REASON_NVML_UNAVAILABLE, message=why)
+            self._event(EVENT_NVML_UNAVAILABLE, str(err), warning=True)
+        health = unknown_node(reason=REASON_NVML_UNAVAILABLE,
+                              message=f"NVML is unavailable: {err.nvml_error}")
         self._publish(self._marks(health, known=False))
         return health
 
