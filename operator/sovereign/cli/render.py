@@ -26,10 +26,18 @@ from sovereign.services.facts import facts_from_nodes
 from sovereign.services.reconcile import desired_objects
 
 
+class _PlainDumper(yaml.SafeDumper):
+    """YAML without anchors and aliases: a shared value is written out in each place it occurs."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
 def dump_manifests(objects: list[dict[str, Any]]) -> str:
     """Multi-document YAML, keys in the builders' order, so equal objects give equal text."""
     return "".join(
-        "---\n" + yaml.safe_dump(obj, sort_keys=False, default_flow_style=False, allow_unicode=True, width=1000)
+        "---\n" + yaml.dump(obj, Dumper=_PlainDumper, sort_keys=False, default_flow_style=False,
+                             allow_unicode=True, width=1000)
         for obj in objects
     )
 

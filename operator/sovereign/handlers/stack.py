@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -83,22 +83,23 @@ def install(registry: kopf.OperatorRegistry, *, kube: Kube, config: OperatorConf
         return ClusterFacts(nodes=tuple(nodes), operator_image=config.operator_image,
                             prometheus_url=config.prometheus_url)
 
-    def run_pass(body: Mapping[str, Any], cluster_nodes: kopf.Index[None, NodeFacts]) -> None:
-        meta = body["metadata"]
-        if FINALIZER not in (meta.get("finalizers") or []):
-            return  # Kopf adds it first and calls again; nothing may happen before.
-        with locks.hold(meta["namespace"], meta["name"]), _retry_on_trouble():
-            outcome = reconcile(kube=kube, body=dict(body), facts=facts(cluster_nodes))
+    def run_pass(namespace: str, name: str, cluster_nodes: kopf.Index[None, NodeFacts]) -> None:
+        with locks.hold(namespace, name), _retry_on_trouble():
+            # Read afresh under the lock: the body Kopf or an event handed over may predate the
+            # status the previous pass wrote, and comparing with it would write again.
+            body = kube.get(STACK, name=name, namespace=namespace)
+            if body is None or FINALIZER not in (body["metadata"].get("finalizers") or []):
+                return  # gone, or Kopf has yet to add the finalizer: nothing may happen before it
+            outcome = reconcile(kube=kube, body=body, facts=facts(cluster_nodes))
         # The module's logger, not Kopf's per-object one: Kopf would post these lines as Events on
         # every pass, and the reconciler already posts one when a condition changes.
-        where = f"{meta['namespace']}/{meta['name']}"
         if outcome.rejected:
-            log.warning("stack %s: rejected by the apiserver: %s", where, "; ".join(outcome.rejected))
+            log.warning("stack %s/%s: rejected by the apiserver: %s", namespace, name, "; ".join(outcome.rejected))
         if outcome.applied or outcome.pruned:
-            log.info("stack %s: applied %d object(s), pruned %d; Ready=%s", where, len(outcome.applied),
-                     len(outcome.pruned), outcome.ready)
+            log.info("stack %s/%s: applied %d object(s), pruned %d; Ready=%s", namespace, name,
+                     len(outcome.applied), len(outcome.pruned), outcome.ready)
 
-    @kopf.on.startup(registry=registry)
+    @kopf.on.startup(id="configure", registry=registry)
     def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         settings.persistence.finalizer = FINALIZER
         settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=ANNOTATION_PREFIX)
@@ -108,7 +109,7 @@ def install(registry: kopf.OperatorRegistry, *, kube: Kube, config: OperatorConf
         settings.posting.enabled = True
         settings.posting.level = logging.WARNING
 
-    @kopf.on.login(registry=registry)
+    @kopf.on.login(id="login", registry=registry)
     async def login(**kwargs: Any) -> kopf.AiohttpSession | None:
         info = kopf.login_via_client(**kwargs)
         if info is None:
@@ -120,21 +121,22 @@ def install(registry: kopf.OperatorRegistry, *, kube: Kube, config: OperatorConf
         return kopf.AiohttpSession(server=info.server, default_namespace=info.default_namespace,
                                    expiration=info.expiration, aiohttp_session=session)
 
-    @kopf.index("", "v1", "nodes", registry=registry)
+    @kopf.index("", "v1", "nodes", id="cluster_nodes", registry=registry)
     def cluster_nodes(body: kopf.Body, **_: Any) -> dict[None, NodeFacts]:
         return {None: node_facts(body)}
 
-    @kopf.on.create(*_STACKS, registry=registry)
-    @kopf.on.update(*_STACKS, registry=registry)
-    @kopf.on.resume(*_STACKS, registry=registry)
-    def reconcile_stack(body: kopf.Body, cluster_nodes: kopf.Index[None, NodeFacts], **_: Any) -> None:
-        run_pass(body, cluster_nodes)
+    @kopf.on.create(*_STACKS, id="reconcile", registry=registry)
+    @kopf.on.update(*_STACKS, id="reconcile", registry=registry)
+    @kopf.on.resume(*_STACKS, id="reconcile", registry=registry)
+    def reconcile_stack(namespace: str, name: str, cluster_nodes: kopf.Index[None, NodeFacts], **_: Any) -> None:
+        run_pass(namespace, name, cluster_nodes)
 
-    @kopf.timer(*_STACKS, interval=config.resync_seconds, initial_delay=config.resync_seconds, registry=registry)
-    def resync_stack(body: kopf.Body, cluster_nodes: kopf.Index[None, NodeFacts], **_: Any) -> None:
-        run_pass(body, cluster_nodes)
+    @kopf.timer(*_STACKS, id="resync", interval=config.resync_seconds, initial_delay=config.resync_seconds,
+                registry=registry)
+    def resync_stack(namespace: str, name: str, cluster_nodes: kopf.Index[None, NodeFacts], **_: Any) -> None:
+        run_pass(namespace, name, cluster_nodes)
 
-    @kopf.on.delete(*_STACKS, registry=registry)
+    @kopf.on.delete(*_STACKS, id="finalize", registry=registry)
     def finalize_stack(body: kopf.Body, **_: Any) -> None:
         meta = body["metadata"]
         with locks.hold(meta["namespace"], meta["name"]), _retry_on_trouble():
@@ -142,9 +144,9 @@ def install(registry: kopf.OperatorRegistry, *, kube: Kube, config: OperatorConf
         if removed:
             log.info("stack %s/%s deleted: removed %s", meta["namespace"], meta["name"], ", ".join(map(str, removed)))
 
-    @kopf.on.event("apps", "v1", "deployments", labels=_CHILDREN, registry=registry)
-    @kopf.on.event("", "v1", "persistentvolumeclaims", labels=_CHILDREN, registry=registry)
-    @kopf.on.event("karpenter.sh", "v1", "nodepools", labels=_CHILDREN, registry=registry)
+    @kopf.on.event("apps", "v1", "deployments", id="deployment", labels=_CHILDREN, registry=registry)
+    @kopf.on.event("", "v1", "persistentvolumeclaims", id="claim", labels=_CHILDREN, registry=registry)
+    @kopf.on.event("karpenter.sh", "v1", "nodepools", id="nodepool", labels=_CHILDREN, registry=registry)
     def child_changed(type: str | None, body: kopf.Body, cluster_nodes: kopf.Index[None, NodeFacts],
                       **_: Any) -> None:
         if type is None:
@@ -152,11 +154,8 @@ def install(registry: kopf.OperatorRegistry, *, kube: Kube, config: OperatorConf
         meta = body["metadata"]
         owner = (meta.get("annotations") or {}).get(OWNER_ANNOTATION, "")
         namespace = meta.get("namespace") or owner.partition("/")[0]
-        if not namespace:
-            return
-        stack = kube.get(STACK, name=meta["labels"][STACK_LABEL], namespace=namespace)
-        if stack is not None and not stack["metadata"].get("deletionTimestamp"):
-            run_pass(stack, cluster_nodes)
+        if namespace:
+            run_pass(namespace, meta["labels"][STACK_LABEL], cluster_nodes)
 
 
 @contextmanager

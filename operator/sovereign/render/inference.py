@@ -160,7 +160,6 @@ def _loader(stack: SovereignStack, model: ModelSpec, store: DataStore, facts: Cl
 
 def _vllm(model: ModelSpec, weights_mount: dict[str, Any]) -> dict[str, Any]:
     gpus = str(model.gpus_per_replica)
-    health = {"path": "/health", "port": "http"}
     return {
         "name": "vllm",
         "image": model.image or DEFAULT_VLLM_IMAGE,
@@ -176,15 +175,20 @@ def _vllm(model: ModelSpec, weights_mount: dict[str, Any]) -> dict[str, Any]:
         "env": pod.sorted_env(pod.value(key, text) for key, text in OFFLINE_ENV.items()),
         "ports": [{"name": "http", "containerPort": names.VLLM_PORT, "protocol": "TCP"}],
         "resources": {"requests": {names.GPU_RESOURCE: gpus}, "limits": {names.GPU_RESOURCE: gpus}},
-        "startupProbe": {
-            "httpGet": health,
-            "periodSeconds": STARTUP_PERIOD_SECONDS,
-            "failureThreshold": math.ceil(model.startup_timeout_seconds / STARTUP_PERIOD_SECONDS),
-        },
-        "readinessProbe": {"httpGet": health, "periodSeconds": 5, "failureThreshold": 3},
-        "livenessProbe": {"httpGet": health, "periodSeconds": 10, "failureThreshold": 6},
+        # Startup: long enough to load large weights; after that, restart only a server that stays
+        # unhealthy for a minute, and stop sending it requests after 15 seconds.
+        "startupProbe": _health_probe(
+            period=STARTUP_PERIOD_SECONDS,
+            failures=math.ceil(model.startup_timeout_seconds / STARTUP_PERIOD_SECONDS),
+        ),
+        "readinessProbe": _health_probe(period=5, failures=3),
+        "livenessProbe": _health_probe(period=10, failures=6),
         "volumeMounts": [weights_mount, {"name": "dshm", "mountPath": "/dev/shm"}],
     }
+
+
+def _health_probe(*, period: int, failures: int) -> dict[str, Any]:
+    return {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": period, "failureThreshold": failures}
 
 
 def _service(stack: SovereignStack, model: ModelSpec) -> dict[str, Any]:

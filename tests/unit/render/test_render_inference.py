@@ -1,0 +1,170 @@
+"""The vLLM objects of a model: how it is served, where it may run, where its weights come from."""
+
+from __future__ import annotations
+
+import click
+import pytest
+from render_inputs import sample_document, stack_from  # next to this file
+
+from sovereign.api.models import DEFAULT_STARTUP_TIMEOUT_SECONDS
+from sovereign.cli.fetch_model import command as fetch_model
+from sovereign.render.inference import DEFAULT_VLLM_IMAGE, render_model
+
+
+def _objects(stack, facts, name):
+    model = next(m for m in stack.spec.models if m.name == name)
+    return {obj["kind"]: obj for obj in render_model(stack=stack, model=model, facts=facts)}
+
+
+def _pod(objects):
+    return objects["Deployment"]["spec"]["template"]["spec"]
+
+
+def _vllm(objects):
+    return next(c for c in _pod(objects)["containers"] if c["name"] == "vllm")
+
+
+def test_vllm_serves_local_weights_under_the_logical_name_first(full_stack, facts) -> None:
+    args = _vllm(_objects(full_stack, facts, "chat"))["args"]
+
+    assert args[0] == "/models/chat"
+    names = args[args.index("--served-model-name") + 1: args.index("--served-model-name") + 3]
+    assert names == ["chat", "Qwen/Qwen2.5-72B-Instruct"]
+    assert args[args.index("--tensor-parallel-size") + 1] == "4"
+    assert args[args.index("--port") + 1] == "8000"
+    assert args[-2:] == ["--max-model-len=32768", "--enable-prefix-caching"]
+
+
+def test_vllm_runs_with_hub_and_usage_reporting_off(full_stack, facts) -> None:
+    env = {v["name"]: v["value"] for v in _vllm(_objects(full_stack, facts, "chat"))["env"]}
+
+    assert env == {"DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1"}
+
+
+def test_gpus_shared_memory_and_toleration_follow_gpus_per_replica(full_stack, facts) -> None:
+    objects = _objects(full_stack, facts, "chat")
+    vllm = _vllm(objects)
+
+    assert vllm["resources"] == {"requests": {"nvidia.com/gpu": "4"}, "limits": {"nvidia.com/gpu": "4"}}
+    shm = next(v for v in _pod(objects)["volumes"] if v["name"] == "dshm")
+    assert shm["emptyDir"] == {"medium": "Memory", "sizeLimit": "16Gi"}
+    assert {"name": "dshm", "mountPath": "/dev/shm"} in vllm["volumeMounts"]
+    assert _pod(objects)["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+
+
+def test_pods_require_the_allowed_regions_the_pool_and_the_gpu_product(full_stack, facts) -> None:
+    for name, pool_key, pool_value in (
+        ("chat", "karpenter.sh/nodepool", "gov-qa-citizen-services-h100"),
+        ("embed", "sovereign.ai/pool", "onprem"),
+    ):
+        terms = _pod(_objects(full_stack, facts, name))["affinity"]["nodeAffinity"][
+            "requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+        required = {e["key"]: e["values"] for e in terms[0]["matchExpressions"]}
+        assert required["topology.kubernetes.io/region"] == ["me-central-1"]
+        assert required[pool_key] == [pool_value]
+        assert required["nvidia.com/gpu.product"] == ["NVIDIA-H100-80GB-HBM3"]
+
+
+def test_startup_window_defaults_to_thirty_minutes_and_follows_the_spec(full_stack, facts) -> None:
+    def window(name):
+        probe = _vllm(_objects(full_stack, facts, name))["startupProbe"]
+        assert probe["httpGet"] == {"path": "/health", "port": "http"}
+        return probe["periodSeconds"] * probe["failureThreshold"]
+
+    assert window("embed") == DEFAULT_STARTUP_TIMEOUT_SECONDS >= 1800
+    assert window("chat") == 3600
+
+
+def test_image_is_pinned_unless_the_model_names_one(full_stack, facts) -> None:
+    assert _vllm(_objects(full_stack, facts, "chat"))["image"] == DEFAULT_VLLM_IMAGE
+    assert ":" in DEFAULT_VLLM_IMAGE and not DEFAULT_VLLM_IMAGE.endswith(":latest")
+    assert _vllm(_objects(full_stack, facts, "embed"))["image"] == "registry.gov.qa/vllm/vllm-openai:v0.8.5"
+
+
+def test_autoscaled_model_leaves_replicas_to_keda(full_stack, facts) -> None:
+    objects = _objects(full_stack, facts, "chat")
+
+    assert "replicas" not in objects["Deployment"]["spec"]
+    scaled = objects["ScaledObject"]["spec"]
+    assert scaled["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "chat"}
+    assert (scaled["minReplicaCount"], scaled["maxReplicaCount"]) == (1, 4)
+    (trigger,) = scaled["triggers"]
+    assert trigger["type"] == "prometheus"
+    assert trigger["metadata"]["query"] == 'sum(vllm:num_requests_waiting{namespace="gov-qa",model_name="chat"})'
+    assert trigger["metadata"]["threshold"] == "8"
+
+
+def test_disruption_budget_only_with_several_replicas(full_stack, facts) -> None:
+    assert "PodDisruptionBudget" in _objects(full_stack, facts, "chat")  # up to 4 replicas
+    embed = _objects(full_stack, facts, "embed")
+    assert "PodDisruptionBudget" not in embed
+    assert embed["Deployment"]["spec"]["replicas"] == 1
+    assert set(embed) == {"Deployment", "Service"}
+
+
+def test_service_exposes_port_8000_of_the_model_pods(full_stack, facts) -> None:
+    objects = _objects(full_stack, facts, "embed")
+    service = objects["Service"]["spec"]
+
+    assert service["ports"] == [{"name": "http", "port": 8000, "targetPort": "http", "protocol": "TCP"}]
+    assert service["selector"] == objects["Deployment"]["spec"]["selector"]["matchLabels"]
+
+
+def test_loader_fetches_from_the_declared_store_with_credentials_from_its_secret(full_stack, facts) -> None:
+    pod = _pod(_objects(full_stack, facts, "chat"))
+    (loader,) = pod["initContainers"]
+
+    assert loader["image"] == facts.operator_image
+    assert loader["command"] == ["sovereign", "fetch-model"]
+    secret_refs = {v["name"]: v["valueFrom"]["secretKeyRef"] for v in loader["env"] if "valueFrom" in v}
+    assert secret_refs == {
+        "AWS_ACCESS_KEY_ID": {"name": "s3-creds", "key": "AWS_ACCESS_KEY_ID"},
+        "AWS_SECRET_ACCESS_KEY": {"name": "s3-creds", "key": "AWS_SECRET_ACCESS_KEY"},
+    }
+    assert [v["name"] for v in loader["env"]] == sorted(v["name"] for v in loader["env"])
+    assert {"name": "weights", "mountPath": "/models"} in loader["volumeMounts"]
+
+
+def test_loader_environment_is_what_fetch_model_reads(full_stack, facts, monkeypatch, tmp_path) -> None:
+    """The contract between this builder and ``sovereign fetch-model``: its own option parser,
+    fed the rendered container's command line and environment, gets the store and paths."""
+    (loader,) = _pod(_objects(full_stack, facts, "chat"))["initContainers"]
+    for variable in loader["env"]:
+        if "value" in variable:
+            monkeypatch.setenv(variable["name"], variable["value"])
+    context = fetch_model.make_context("fetch-model", list(loader["args"]))
+
+    assert context.params["endpoint"] == "https://s3.gov.qa"
+    assert context.params["region"] == "me-central-1"
+    assert context.params["bucket"] == "qa-corpus"
+    assert context.params["path"] == "models/qwen2.5-72b-instruct/"
+    assert str(context.params["dest"]) == "/models/chat"
+    assert context.params["allowed_regions"] == "me-central-1"
+    assert context.params["path_style"] is True
+    assert context.params["progress_mode"] == "plain"
+
+
+def test_weights_volume_is_per_replica_and_sized_by_the_cache(full_stack, facts) -> None:
+    volume = next(v for v in _pod(_objects(full_stack, facts, "chat"))["volumes"] if v["name"] == "weights")
+    claim = volume["ephemeral"]["volumeClaimTemplate"]["spec"]
+
+    assert claim == {"accessModes": ["ReadWriteOnce"], "storageClassName": "regional-ssd",
+                     "resources": {"requests": {"storage": "300Gi"}}}
+
+
+def test_weights_on_a_volume_store_are_mounted_read_only_without_a_loader(facts) -> None:
+    document = sample_document("full")
+    document["spec"]["models"][1]["source"] = {"dataStore": "scratch", "path": "models/bge-m3/"}
+    stack = stack_from(document)
+    pod = _pod(_objects(stack, facts, "embed"))
+
+    assert "initContainers" not in pod
+    mount = next(m for m in _vllm(_objects(stack, facts, "embed"))["volumeMounts"] if m["mountPath"] == "/models/embed")
+    assert mount["subPath"] == "models/bge-m3" and mount["readOnly"] is True
+    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    assert volume["persistentVolumeClaim"] == {"claimName": "scratch", "readOnly": True}
+
+
+@pytest.mark.parametrize("flag", ["--endpoint", "--bucket", "--dest"])
+def test_fetch_model_still_has_the_options_the_loader_relies_on(flag) -> None:
+    assert any(flag in param.opts for param in fetch_model.params if isinstance(param, click.Option))

@@ -1,0 +1,85 @@
+"""Node pools: the Karpenter NodePool's constraints, and which existing nodes a pool claims."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from render_inputs import sample_document, stack_from  # next to this file
+
+from sovereign.render.facts import ClusterFacts
+from sovereign.render.names import nodepool_name
+from sovereign.render.nodepool import pool_nodes, render_node_pool
+
+
+def _pool(stack, name):
+    return next(p for p in stack.spec.node_pools if p.name == name)
+
+
+def test_karpenter_nodepool_is_pinned_to_regions_and_gpu_product(full_stack, facts) -> None:
+    (nodepool,) = render_node_pool(stack=full_stack, pool=_pool(full_stack, "h100"), facts=facts)
+    template = nodepool["spec"]["template"]["spec"]
+    requirements = {r["key"]: r["values"] for r in template["requirements"]}
+
+    assert nodepool["apiVersion"] == "karpenter.sh/v1"
+    assert requirements["topology.kubernetes.io/region"] == ["me-central-1"]
+    assert requirements["nvidia.com/gpu.product"] == ["NVIDIA-H100-80GB-HBM3"]
+    assert requirements["karpenter.sh/capacity-type"] == ["on-demand", "reserved"]
+    assert requirements["node.kubernetes.io/instance-type"] == ["p5.48xlarge"]
+    assert template["taints"] == [{"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}]
+    assert template["nodeClassRef"] == {"group": "karpenter.k8s.aws", "kind": "EC2NodeClass", "name": "gpu-me-central-1"}
+    assert nodepool["spec"]["limits"] == {"nvidia.com/gpu": "32"}
+    assert nodepool["spec"]["disruption"] == {"consolidationPolicy": "WhenEmpty", "consolidateAfter": "30m"}
+
+
+def test_nodepool_is_cluster_scoped_and_owned_by_annotation(full_stack, facts) -> None:
+    (nodepool,) = render_node_pool(stack=full_stack, pool=_pool(full_stack, "h100"), facts=facts)
+    meta = nodepool["metadata"]
+
+    assert "namespace" not in meta and "ownerReferences" not in meta
+    assert meta["annotations"]["sovereign.ai/owner"] == "gov-qa/citizen-services"
+    assert meta["labels"]["sovereign.ai/stack"] == "citizen-services"
+
+
+def test_nodepool_name_fits_the_label_karpenter_copies_it_into() -> None:
+    document = sample_document("full")
+    document["metadata"] |= {"name": "a" * 63, "namespace": "b" * 63}
+    stack = stack_from(document)
+
+    name = nodepool_name(stack, "h100")
+    assert len(name) <= 63
+    assert name == nodepool_name(stack, "h100")
+    assert name != nodepool_name(stack, "h200")
+
+
+def test_existing_pool_claims_matching_nodes_in_the_allowed_regions_only(full_stack, facts) -> None:
+    pool = _pool(full_stack, "onprem")
+    nodes = pool_nodes(stack=full_stack, pool=pool, facts=facts)
+
+    assert [n.name for n in nodes.selected] == ["gpu-mec1-2", "gpu-mec1-3"]
+    (refused,) = nodes.refused
+    assert refused.node.name == "gpu-euw1-0"
+    assert "eu-west-1, outside the allowed regions (me-central-1)" in refused.reason
+    claims = render_node_pool(stack=full_stack, pool=pool, facts=facts)
+    assert [c["metadata"]["name"] for c in claims] == ["gpu-mec1-2", "gpu-mec1-3"]
+    assert claims[0]["metadata"]["labels"] == {"sovereign.ai/pool": "onprem", "sovereign.ai/stack": "citizen-services"}
+    assert claims[0]["metadata"]["annotations"] == {"sovereign.ai/owner": "gov-qa/citizen-services"}
+
+
+def test_existing_pool_leaves_nodes_another_stack_claimed(full_stack, facts) -> None:
+    taken = tuple(replace(n, owner="other-ns/other") if n.name == "gpu-mec1-2" else n for n in facts.nodes)
+    nodes = pool_nodes(stack=full_stack, pool=_pool(full_stack, "onprem"), facts=ClusterFacts(nodes=taken))
+
+    assert [n.name for n in nodes.selected] == ["gpu-mec1-3"]
+    assert any(r.node.name == "gpu-mec1-2" and "other-ns/other" in r.reason for r in nodes.refused)
+
+
+def test_a_node_matching_two_existing_pools_serves_the_first(facts) -> None:
+    document = sample_document("full")
+    second = {"name": "rack", "provisioner": "Existing", "gpu": {"product": "NVIDIA-H100-80GB-HBM3", "perNode": 8},
+              "existing": {"nodeSelector": {"sovereign.ai/rack": "doha-1"}}}
+    document["spec"]["nodePools"].append(second)
+    stack = stack_from(document)
+
+    later = pool_nodes(stack=stack, pool=_pool(stack, "rack"), facts=facts)
+    assert later.selected == ()
+    assert {r.node.name for r in later.refused if "pool onprem" in r.reason} == {"gpu-mec1-2", "gpu-mec1-3"}

@@ -1,0 +1,84 @@
+"""The whole desired set: deterministic, complete, labelled, and every pod inside the jurisdiction."""
+
+from __future__ import annotations
+
+import pytest
+from render_inputs import sample_document, stack_from  # next to this file
+
+from sovereign.cli.render import dump_manifests
+from sovereign.render.names import SPEC_HASH_ANNOTATION, STACK_LABEL, spec_hash
+from sovereign.render.stack import RenderError, render_stack
+
+
+def test_rendering_twice_gives_byte_identical_manifests(full_document, facts) -> None:
+    first = dump_manifests(render_stack(stack_from(full_document), facts))
+    second = dump_manifests(render_stack(stack_from(full_document), facts))
+
+    assert first == second
+
+
+def test_full_sample_has_every_kind_of_child_in_a_stable_order(full_stack, facts) -> None:
+    keys = [(o["kind"], o["metadata"]["name"]) for o in render_stack(full_stack, facts)]
+
+    assert keys == [
+        ("NetworkPolicy", "citizen-services-egress"),
+        ("PersistentVolumeClaim", "scratch"),
+        ("NodePool", "gov-qa-citizen-services-h100"),
+        ("Node", "gpu-mec1-2"),
+        ("Node", "gpu-mec1-3"),
+        ("Deployment", "chat"), ("Service", "chat"), ("PodDisruptionBudget", "chat"), ("ScaledObject", "chat"),
+        ("Deployment", "embed"), ("Service", "embed"),
+        ("Deployment", "assistant"), ("Service", "assistant"),
+        ("Deployment", "indexer"),
+    ]
+
+
+def test_every_pod_template_requires_the_allowed_regions(full_stack, facts) -> None:
+    for obj in render_stack(full_stack, facts):
+        if obj["kind"] != "Deployment":
+            continue
+        terms = obj["spec"]["template"]["spec"]["affinity"]["nodeAffinity"][
+            "requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+        assert terms, obj["metadata"]["name"]
+        for term in terms:
+            assert {"key": "topology.kubernetes.io/region", "operator": "In", "values": ["me-central-1"]} in term[
+                "matchExpressions"], obj["metadata"]["name"]
+
+
+def test_every_owned_object_is_labelled_hashed_and_owned(full_stack, facts) -> None:
+    for obj in render_stack(full_stack, facts):
+        meta = obj["metadata"]
+        if obj["kind"] == "Node":
+            continue  # a claim on a node, not an object of the stack
+        assert meta["labels"][STACK_LABEL] == "citizen-services"
+        assert meta["labels"]["app.kubernetes.io/managed-by"] == "sovereign-operator"
+        assert meta["annotations"][SPEC_HASH_ANNOTATION] == spec_hash(obj)
+        retained = meta.get("annotations", {}).get("sovereign.ai/deletion-policy") == "Retain"
+        if "namespace" in meta and not retained:
+            assert meta["ownerReferences"][0]["uid"] == full_stack.metadata.uid
+
+
+def test_retained_volume_has_no_owner_so_it_outlives_the_stack(facts) -> None:
+    document = sample_document("full")
+    document["spec"]["dataStores"][1]["deletionPolicy"] = "Retain"
+    claim = next(o for o in render_stack(stack_from(document), facts) if o["kind"] == "PersistentVolumeClaim")
+
+    assert "ownerReferences" not in claim["metadata"]
+    assert claim["metadata"]["annotations"]["sovereign.ai/deletion-policy"] == "Retain"
+
+
+def test_changing_a_model_changes_only_that_models_hashes(full_document, facts) -> None:
+    before = {(o["kind"], o["metadata"]["name"]): o for o in render_stack(stack_from(full_document), facts)}
+    full_document["spec"]["models"][0]["model"] = "meta-llama/Llama-3.3-70B-Instruct"
+    after = {(o["kind"], o["metadata"]["name"]): o for o in render_stack(stack_from(full_document), facts)}
+
+    changed = {key for key in before if before[key] != after[key]}
+    assert changed == {("Deployment", "chat")}
+
+
+def test_a_model_and_an_application_of_one_name_are_a_render_error(facts) -> None:
+    document = sample_document("full")
+    document["spec"]["applications"][0]["name"] = "chat"
+
+    with pytest.raises(RenderError, match=r"spec.models\[0\] \(chat\).*both need Deployment gov-qa/chat"):
+        render_stack(stack_from(document), facts)

@@ -1,0 +1,204 @@
+"""Status from observed children: conditions, reasons, Ready, per-model endpoints, transition times."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from render_inputs import stack_from  # next to this file
+
+from sovereign.api import ConditionStatus
+from sovereign.render.facts import ClusterFacts
+from sovereign.render.names import ObjectKey
+from sovereign.render.stack import render_stack
+from sovereign.render.status import Observation, compute_status, invalid_status
+
+NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+CREDENTIALS = {"s3-creds": {"data": {"AWS_ACCESS_KEY_ID": "YQ==", "AWS_SECRET_ACCESS_KEY": "Yg=="}}}
+
+
+def _available(obj: dict) -> dict:
+    """``obj`` as the cluster shows it once it has settled: Deployments available, claims bound,
+    NodePools Ready."""
+    live = {**obj, "metadata": {**obj["metadata"], "generation": 1}}
+    if obj["kind"] == "Deployment":
+        want = obj["spec"].get("replicas", 1)
+        live["status"] = {"observedGeneration": 1, "replicas": want, "updatedReplicas": want,
+                          "readyReplicas": want, "availableReplicas": want}
+    elif obj["kind"] == "PersistentVolumeClaim":
+        live["status"] = {"phase": "Bound"}
+        live["spec"] = {**obj["spec"], "volumeName": "pv-1"}
+    elif obj["kind"] == "NodePool":
+        live["status"] = {"conditions": [{"type": "Ready", "status": "True"}]}
+    return live
+
+
+def _children(stack, facts, change=None) -> dict[ObjectKey, dict]:
+    children = {}
+    for obj in render_stack(stack, facts):
+        live = _available(obj)
+        if change:
+            live = change(live)
+        if live is not None:
+            key = ObjectKey(obj["apiVersion"].rpartition("/")[0], obj["kind"], obj["metadata"].get("namespace", ""),
+                            obj["metadata"]["name"])
+            children[key] = live
+    return children
+
+
+def _status(stack, facts, children, previous=None, now=NOW, secrets=CREDENTIALS, pods=(), rejected=()):
+    observation = Observation(children=children, pods=pods, secrets=secrets, rejected=rejected)
+    return compute_status(stack=stack, facts=facts, observation=observation, previous=previous, now=now)
+
+
+def _conditions(status) -> dict[str, tuple[str, str]]:
+    return {c.type: (c.status.value, c.reason) for c in status.conditions}
+
+
+def test_settled_stack_is_ready_with_endpoints_and_summary(full_stack, facts) -> None:
+    status = _status(full_stack, facts, _children(full_stack, facts))
+
+    assert _conditions(status) == {
+        "Ready": ("True", "StackReady"),
+        "ResidencyCompliant": ("True", "AllInRegions"),
+        "NodePoolsReady": ("True", "NodePoolsReady"),
+        "DataStoresReady": ("True", "DataStoresReady"),
+        "ModelsReady": ("True", "ModelsAvailable"),
+        "ApplicationsReady": ("True", "ApplicationsAvailable"),
+        "GPUHealthy": ("Unknown", "NoHealthReports"),
+    }
+    assert status.observed_generation == 1
+    assert status.models_ready == "2/2"
+    chat = next(m for m in status.models if m.name == "chat")
+    assert (chat.endpoint, chat.model, chat.ready_replicas) == ("http://chat.gov-qa.svc:8000/v1",
+                                                                "Qwen/Qwen2.5-72B-Instruct", 1)
+    onprem = next(p for p in status.node_pools if p.name == "onprem")
+    assert (onprem.nodes, onprem.gpus) == (2, 16)
+
+
+def test_models_ready_follows_deployment_availability(full_stack, facts) -> None:
+    def loading(live):
+        if live["kind"] == "Deployment" and live["metadata"]["name"] == "chat":
+            live["status"] = {**live["status"], "readyReplicas": 0, "availableReplicas": 0}
+        return live
+
+    status = _status(full_stack, facts, _children(full_stack, facts, loading))
+    conditions = {c.type: c for c in status.conditions}
+
+    assert conditions["ModelsReady"].status is ConditionStatus.FALSE
+    assert conditions["ModelsReady"].reason == "ModelsNotReady"
+    assert "chat: 0/1 replica(s) ready" in conditions["ModelsReady"].message
+    assert (conditions["Ready"].status, conditions["Ready"].reason) == (ConditionStatus.FALSE, "ModelsNotReady")
+    assert status.models_ready == "1/2"
+
+
+def test_a_deployment_still_on_an_old_generation_is_not_ready(full_stack, facts) -> None:
+    def stale(live):
+        if live["kind"] == "Deployment" and live["metadata"]["name"] == "assistant":
+            live["metadata"]["generation"] = 2
+        return live
+
+    status = _status(full_stack, facts, _children(full_stack, facts, stale))
+    assert _conditions(status)["ApplicationsReady"] == ("False", "ApplicationsNotReady")
+
+
+def test_missing_credentials_secret_blocks_ready_with_its_reason(full_stack, facts) -> None:
+    status = _status(full_stack, facts, _children(full_stack, facts), secrets={"s3-creds": None})
+    ready = next(c for c in status.conditions if c.type == "Ready")
+
+    assert _conditions(status)["DataStoresReady"] == ("False", "CredentialsSecretMissing")
+    assert ready.reason == "CredentialsSecretMissing"
+    assert "Secret s3-creds does not exist in gov-qa" in ready.message
+
+
+def test_pending_claim_and_missing_nodepool_are_reported(full_stack, facts) -> None:
+    def unsettled(live):
+        if live["kind"] == "NodePool":
+            return None
+        if live["kind"] == "PersistentVolumeClaim":
+            live["status"] = {"phase": "Pending"}
+        return live
+
+    status = _status(full_stack, facts, _children(full_stack, facts, unsettled))
+
+    assert _conditions(status)["NodePoolsReady"] == ("False", "NodePoolMissing")
+    assert _conditions(status)["DataStoresReady"] == ("False", "ClaimPending")
+
+
+def test_pod_outside_the_regions_is_a_violation_and_keeps_its_first_seen_time(full_stack, facts) -> None:
+    pod = {"metadata": {"name": "chat-abc", "namespace": "gov-qa"}, "spec": {"nodeName": "gpu-euw1-0"}}
+    first = _status(full_stack, facts, _children(full_stack, facts), pods=[pod])
+    later = _status(full_stack, facts, _children(full_stack, facts), pods=[pod], previous=first,
+                    now=NOW + timedelta(minutes=5))
+
+    (violation,) = later.violations
+    assert (violation.kind, violation.name, violation.rule) == ("Pod", "chat-abc", "PodOutsideRegions")
+    assert violation.since == NOW
+    assert later.violation_count == 1
+    assert _conditions(later)["ResidencyCompliant"] == ("False", "PodsOutsideRegions")
+    assert _conditions(later)["Ready"] == ("False", "PodsOutsideRegions")
+
+
+def test_transition_time_moves_only_when_the_status_changes(full_stack, facts) -> None:
+    settled = _children(full_stack, facts)
+    first = _status(full_stack, facts, settled)
+    same = _status(full_stack, facts, settled, previous=first, now=NOW + timedelta(hours=1))
+
+    assert same == first  # nothing changed: nothing to write
+
+    def loading(live):
+        if live["kind"] == "Deployment" and live["metadata"]["name"] == "embed":
+            live["status"] = {**live["status"], "availableReplicas": 0}
+        return live
+
+    changed = _status(full_stack, facts, _children(full_stack, facts, loading), previous=first,
+                      now=NOW + timedelta(hours=2))
+    times = {c.type: c.last_transition_time for c in changed.conditions}
+    assert times["ModelsReady"] == times["Ready"] == NOW + timedelta(hours=2)
+    assert times["ApplicationsReady"] == NOW
+
+
+def test_rejected_children_make_ready_false(full_stack, facts) -> None:
+    status = _status(full_stack, facts, _children(full_stack, facts),
+                     rejected=["could not apply NodePool x: HTTP 422: spec.limits: Invalid value"])
+
+    ready = next(c for c in status.conditions if c.type == "Ready")
+    assert (ready.status, ready.reason) == (ConditionStatus.FALSE, "ChildRejected")
+    assert "HTTP 422" in ready.message
+
+
+@pytest.mark.parametrize("enforcement, ready", [("Enforce", "False"), ("Audit", "True")])
+def test_residency_breach_blocks_ready_only_when_enforced(full_document, facts, enforcement, ready) -> None:
+    full_document["spec"]["residency"]["enforcement"] = enforcement
+    stack = stack_from(full_document)
+    pod = {"metadata": {"name": "p", "namespace": "gov-qa"}, "spec": {"nodeName": "gpu-euw1-0"}}
+
+    status = _status(stack, facts, _children(stack, facts), pods=[pod])
+    assert _conditions(status)["Ready"][0] == ready
+
+
+def test_invalid_spec_sets_ready_false_and_keeps_the_rest(full_stack, facts) -> None:
+    settled = _status(full_stack, facts, _children(full_stack, facts))
+    status = invalid_status(generation=2, previous=settled, message="spec.models[0].nodePool: is not declared",
+                            now=NOW + timedelta(minutes=1))
+    conditions = {c.type: c for c in status.conditions}
+
+    assert (conditions["Ready"].status, conditions["Ready"].reason) == (ConditionStatus.FALSE, "InvalidSpec")
+    assert conditions["Ready"].message == "spec.models[0].nodePool: is not declared"
+    assert conditions["ModelsReady"].status is ConditionStatus.TRUE
+    assert status.observed_generation == 2
+
+
+def test_an_unhealthy_gpu_on_a_pool_node_fails_gpu_healthy_and_ready(full_stack, facts) -> None:
+    sick = ClusterFacts(nodes=tuple(
+        replace(n, gpu_healthy="False", gpu_health_reason="Xid79OnGPU3", unhealthy_gpus=1) if n.name == "gpu-mec1-3"
+        else replace(n, gpu_healthy="True") for n in facts.nodes))
+
+    status = _status(full_stack, sick, _children(full_stack, sick))
+
+    gpu = next(c for c in status.conditions if c.type == "GPUHealthy")
+    assert (gpu.status, gpu.reason) == (ConditionStatus.FALSE, "GPUsUnhealthy")
+    assert "gpu-mec1-3 (Xid79OnGPU3)" in gpu.message
+    assert _conditions(status)["Ready"] == ("False", "GPUsUnhealthy")
+    assert next(p for p in status.node_pools if p.name == "onprem").unhealthy_gpus == 1
