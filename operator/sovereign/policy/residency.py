@@ -33,6 +33,7 @@ Manifest = Mapping[str, Any]
 HOSTNAME_LABEL = "kubernetes.io/hostname"
 ZONE_LABEL = "topology.kubernetes.io/zone"
 WAIT_FOR_FIRST_CONSUMER = "WaitForFirstConsumer"
+DEFAULT_CLASS_ANNOTATION = "storageclass.kubernetes.io/is-default-class"
 
 # Reasons: the rule each check applies, as conditions, violations, Events and metrics show it.
 IN_REGIONS = "InRegions"
@@ -240,7 +241,7 @@ def _regions_text(regions: Iterable[str]) -> str:
     return ", ".join(regions)
 
 
-def _failure(*, kind: str, obj: Manifest, rule: str, detail: str, scope: Scope) -> Decision:
+def failure(*, kind: str, obj: Manifest, rule: str, detail: str, scope: Scope) -> Decision:
     """A failed rule, worded the same for a denial, a violation and the report."""
     meta = obj.get("metadata") or {}
     name = meta.get("name") or meta.get("generateName", "") + "*"
@@ -252,9 +253,30 @@ def _failure(*, kind: str, obj: Manifest, rule: str, detail: str, scope: Scope) 
 def _no_common_region(kind: str, obj: Manifest, scope: Scope) -> Decision | None:
     if scope.regions:
         return None
-    return _failure(kind=kind, obj=obj, rule=NO_COMMON_REGION, scope=scope,
+    return failure(kind=kind, obj=obj, rule=NO_COMMON_REGION, scope=scope,
                     detail="the stacks of the namespace allow no region in common, so nothing can be placed; "
                            "label the object sovereign.ai/stack=<name> or align the stacks' regions")
+
+
+@dataclass(frozen=True)
+class Governance:
+    """What residency decisions read about the cluster: the stacks' residency by namespace, the
+    topology of the nodes and the StorageClasses (by name). Built from the operator's indexes."""
+
+    stacks: Mapping[str, Mapping[str, Residency]] = field(default_factory=dict)
+    topology: Topology = field(default_factory=Topology)
+    storage_classes: Mapping[str, Manifest] = field(default_factory=dict)
+
+    def scope(self, *, namespace: str, labels: Mapping[str, str] | None) -> Scope | None:
+        return scope_for(namespace=namespace, stacks=self.stacks.get(namespace) or {}, labels=labels)
+
+    def storage_class(self, name: str | None) -> Manifest | None:
+        """The named class, or the cluster's default one for a claim that names none."""
+        if name is not None:
+            return self.storage_classes.get(name)
+        defaults = [sc for _, sc in sorted(self.storage_classes.items())
+                    if ((sc.get("metadata") or {}).get("annotations") or {}).get(DEFAULT_CLASS_ANNOTATION) == "true"]
+        return defaults[0] if defaults else None
 
 
 # --- pods --------------------------------------------------------------------------------------
@@ -289,9 +311,9 @@ def check_pod(*, pod: Manifest, scope: Scope, topology: Topology) -> Decision:
     outside = [(what, region) for what, region in place.named if region not in scope.regions]
     if outside:
         detail = "; ".join(f"{what} places it in {region}" for what, region in outside)
-        return _failure(kind="Pod", obj=pod, rule=POD_OUTSIDE_REGIONS, detail=detail, scope=scope)
+        return failure(kind="Pod", obj=pod, rule=POD_OUTSIDE_REGIONS, detail=detail, scope=scope)
     if place.regions is None or place.outside(scope.regions):
-        return _failure(kind="Pod", obj=pod, rule=POD_NOT_PINNED, scope=scope,
+        return failure(kind="Pod", obj=pod, rule=POD_NOT_PINNED, scope=scope,
                         detail="it may be scheduled outside them: give it a required node affinity "
                                f"{REGION_LABEL} In the allowed regions")
     return Decision(True, IN_REGIONS, f"Pod can only run in {_regions_text(sorted(place.regions))}")
@@ -307,7 +329,7 @@ def check_pod_placement(*, pod: Manifest, scope: Scope, topology: Topology) -> D
     region = topology.region(key=HOSTNAME_LABEL, value=node, allowed=scope.regions) or ""
     if region in scope.regions:
         return Decision(True, IN_REGIONS, f"Pod runs on node {node} in {region}")
-    return _failure(kind="Pod", obj=pod, rule=POD_OUTSIDE_REGIONS, scope=scope,
+    return failure(kind="Pod", obj=pod, rule=POD_OUTSIDE_REGIONS, scope=scope,
                     detail=f"it runs on node {node} in {region or 'no region (the node has no region label)'}")
 
 
@@ -366,13 +388,13 @@ def check_storage_class(*, storage_class: Manifest, scope: Scope, topology: Topo
         outside = place.outside(scope.regions)
         if place.regions is None or outside:
             where = _regions_text(outside) if outside else "any region"
-            return _failure(kind=kind, obj=obj, rule=STORAGE_CLASS_OUTSIDE_REGIONS, scope=scope,
+            return failure(kind=kind, obj=obj, rule=STORAGE_CLASS_OUTSIDE_REGIONS, scope=scope,
                             detail=f"StorageClass {name} allows volumes in {where} (allowedTopologies)")
         return Decision(True, IN_REGIONS, f"StorageClass {name} provisions only in "
                                           f"{_regions_text(sorted(place.regions))}")
     mode = storage_class.get("volumeBindingMode") or "Immediate"
     if mode != WAIT_FOR_FIRST_CONSUMER:
-        return _failure(kind=kind, obj=obj, rule=STORAGE_CLASS_NOT_PINNED, scope=scope,
+        return failure(kind=kind, obj=obj, rule=STORAGE_CLASS_NOT_PINNED, scope=scope,
                         detail=f"StorageClass {name} provisions volumes at once ({mode}) in any zone: give it "
                                f"allowedTopologies in the allowed regions or volumeBindingMode {WAIT_FOR_FIRST_CONSUMER}")
     return Decision(True, IN_REGIONS, f"StorageClass {name} provisions where the first pod runs "
@@ -390,12 +412,12 @@ def check_volume(*, volume: Manifest, scope: Scope, topology: Topology, subject:
     labels = {k: v for k, v in ((volume.get("metadata") or {}).get("labels") or {}).items() if _topology_kind(k)}
     regions = _intersect(place.regions, _labels_place(labels, topology, scope.regions, "label").regions)
     if regions is None:
-        return _failure(kind=kind, obj=obj, rule=VOLUME_TOPOLOGY_UNKNOWN, scope=scope,
+        return failure(kind=kind, obj=obj, rule=VOLUME_TOPOLOGY_UNKNOWN, scope=scope,
                         detail=f"PersistentVolume {name} has no node affinity or topology labels, so where its "
                                "data lives cannot be verified: provision it through a topology-aware StorageClass")
     outside = sorted(regions - set(scope.regions))
     if outside:
-        return _failure(kind=kind, obj=obj, rule=VOLUME_OUTSIDE_REGIONS, scope=scope,
+        return failure(kind=kind, obj=obj, rule=VOLUME_OUTSIDE_REGIONS, scope=scope,
                         detail=f"PersistentVolume {name} is in {_regions_text(outside)}")
     return Decision(True, IN_REGIONS, f"PersistentVolume {name} is in {_regions_text(sorted(regions))}")
 
@@ -442,7 +464,7 @@ def check_service(*, service: Manifest, scope: Scope) -> Decision:
                                                     "spec.residency.egress.allowCIDRs instead"))
     if not failures:
         return Decision(True, IN_REGIONS, f"Service of type {kind} stays inside the cluster's declared routes")
-    return _failure(kind="Service", obj=service, rule=failures[0][0], scope=scope,
+    return failure(kind="Service", obj=service, rule=failures[0][0], scope=scope,
                     detail="; ".join(f"{detail} ({rule})" if index else detail
                                      for index, (rule, detail) in enumerate(failures)))
 
@@ -467,7 +489,7 @@ def check_stack(*, stack: SovereignStack, body: Manifest, storage_classes: Mappi
         place = _labels_place(selector, topology, regions, f"nodePools {pool.name} existing.nodeSelector")
         outside = [(what, region) for what, region in place.named if region not in regions]
         if outside:
-            problems.append(_failure(kind="SovereignStack", obj=body, rule=NODE_POOL_OUTSIDE_REGIONS, scope=scope,
+            problems.append(failure(kind="SovereignStack", obj=body, rule=NODE_POOL_OUTSIDE_REGIONS, scope=scope,
                                      detail="; ".join(f"{what} selects nodes in {region}" for what, region in outside)))
     classes = [(f"dataStores {s.name}", s.volume.storage_class_name) for s in stack.spec.data_stores if s.volume]
     classes += [(f"models {m.name}: cache", m.cache.storage_class_name) for m in stack.spec.models]

@@ -1,0 +1,337 @@
+"""Residency enforcement against the real local control plane: the admission webhooks and the audit.
+
+The operator's residency handlers run in this process (Kopf in a thread), serving HTTPS on
+127.0.0.1 with a self-signed certificate, so the local kube-apiserver calls them for every pod,
+claim, Service and stack it admits, and the audit metric can be read directly. Pods land on the
+simulated KWOK nodes: CPU and GPU nodes in me-central-1 and eu-west-1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import uuid
+from collections.abc import Iterator
+
+import kopf
+import pytest
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+from sovereign.api import GROUP, PLURAL, VERSION
+from sovereign.devcluster.cluster import free_port, wait_until
+from sovereign.handlers import admission, residency
+from sovereign.kube.admission import CONFIGURATION_NAME, GOVERNED_LABEL
+from sovereign.kube.client import Kube
+from sovereign.metrics import RESIDENCY_VIOLATIONS, WEBHOOK_DECISIONS
+
+AUDIT_SECONDS = 2
+WAIT = 90  # seconds; generous, the machine is shared
+REGION = "topology.kubernetes.io/region"
+REGION_AFFINITY = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+    {"matchExpressions": [{"key": REGION, "operator": "In", "values": ["me-central-1"]}]}]}}}
+
+
+@pytest.fixture(scope="module")
+def operator(cluster, api_client) -> Iterator[None]:
+    """The residency handlers, running until the module's tests are done."""
+    kube = Kube(cluster.api_client())
+    registry = kopf.OperatorRegistry()
+
+    settings = api_client.configuration
+
+    @kopf.on.login(registry=registry)
+    def login(**_):
+        return kopf.ConnectionInfo(server=settings.host, ca_path=settings.ssl_ca_cert,
+                                   certificate_path=settings.cert_file, private_key_path=settings.key_file)
+
+    residency.install(registry, kube=kube, config=residency.ResidencyConfig(audit_seconds=AUDIT_SECONDS))
+    admission.install(registry, kube=kube, config=admission.AdmissionConfig(
+        listen_address="127.0.0.1", port=free_port(), host="127.0.0.1"))
+    stop, ready = threading.Event(), threading.Event()
+    thread = threading.Thread(name="residency-operator", daemon=True, target=lambda: asyncio.run(kopf.operator(
+        registry=registry, clusterwide=True, standalone=True, stop_flag=stop, ready_flag=ready)))
+    thread.start()
+    admission_api = client.AdmissionregistrationV1Api(api_client)
+    try:
+        assert ready.wait(WAIT), "the operator did not start"
+        wait_until(lambda: admission_api.read_validating_webhook_configuration(CONFIGURATION_NAME)
+                   and admission_api.read_mutating_webhook_configuration(CONFIGURATION_NAME),
+                   timeout=WAIT, message="the residency webhook configurations")
+        yield
+    finally:
+        stop.set()
+        thread.join(WAIT)
+        # In a real cluster the configurations stay and fail closed while the operator is away;
+        # the shared test cluster must not keep calling a server that is gone.
+        for delete in (admission_api.delete_validating_webhook_configuration,
+                       admission_api.delete_mutating_webhook_configuration):
+            try:
+                delete(CONFIGURATION_NAME)
+            except ApiException:
+                pass
+        kube.close()
+
+
+def make_stack(api_client, namespace: str, *, name: str = "citizen", enforcement: str = "Enforce",
+               **residency) -> dict:
+    body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "SovereignStack",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {"residency": {"jurisdiction": "QA", "regions": ["me-central-1"], "enforcement": enforcement,
+                                   **residency}}}
+    return client.CustomObjectsApi(api_client).create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL,
+                                                                               body)
+
+
+def read_stack(api_client, namespace: str, name: str = "citizen") -> dict:
+    return client.CustomObjectsApi(api_client).get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+
+
+@pytest.fixture
+def governed(operator, api_client, namespace) -> str:
+    """A namespace holding an enforcing stack, once the operator has labelled it governed."""
+    make_stack(api_client, namespace)
+    core = client.CoreV1Api(api_client)
+    wait_until(lambda: (core.read_namespace(namespace).metadata.labels or {}).get(GOVERNED_LABEL) == "true",
+               timeout=WAIT, message=f"namespace {namespace} labelled {GOVERNED_LABEL}")
+    return namespace
+
+
+def pod(name: str, **spec) -> dict:
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+            "spec": {"containers": [{"name": "app", "image": "registry.gov.qa/app:1"}], **spec}}
+
+
+def create_refused(create, namespace: str, body: dict) -> str:
+    """The message of the apiserver's refusal to create ``body``."""
+    with pytest.raises(ApiException) as refused:
+        create(namespace, body)
+    assert refused.value.status in (400, 403), refused.value.body
+    return refused.value.body
+
+
+PINNED = [
+    ("node-selector", {"nodeSelector": {REGION: "eu-west-1"}},
+     "nodeSelector topology.kubernetes.io/region=eu-west-1 places it in eu-west-1"),
+    ("node-name", {"nodeName": "cpu-euw1-0"}, "nodeName cpu-euw1-0 places it in eu-west-1"),
+    ("affinity", {"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+        "nodeSelectorTerms": [{"matchExpressions": [{"key": REGION, "operator": "In", "values": ["eu-west-1"]}]}]}}}},
+     "node affinity topology.kubernetes.io/region=eu-west-1 places it in eu-west-1"),
+]
+
+
+@pytest.mark.parametrize("how, spec, named", PINNED, ids=[p[0] for p in PINNED])
+def test_a_pod_pinned_outside_the_regions_is_denied_naming_pod_rule_and_regions(governed, api_client, how, spec,
+                                                                                 named):
+    core = client.CoreV1Api(api_client)
+
+    message = create_refused(core.create_namespaced_pod, governed, pod(f"pinned-{how}", **spec))
+
+    assert ('admission webhook \\"pod-residency.sovereign.ai\\" denied the request: '
+            f"Pod {governed}/pinned-{how} breaks PodOutsideRegions: {named}; the allowed regions of stack "
+            f"{governed}/citizen (QA) are me-central-1") in message
+    assert core.list_namespaced_pod(governed).items == []
+
+
+def test_a_plain_pod_gets_the_region_affinity_and_runs_in_the_region(governed, api_client):
+    core = client.CoreV1Api(api_client)
+
+    created = core.create_namespaced_pod(governed, pod("plain"))
+
+    assert api_client.sanitize_for_serialization(created.spec.affinity) == REGION_AFFINITY
+    node = wait_until(lambda: core.read_namespaced_pod("plain", governed).spec.node_name, timeout=WAIT,
+                      message="pod plain scheduled")
+    assert core.read_node(node).metadata.labels[REGION] == "me-central-1"
+
+
+@pytest.mark.parametrize("spec, rule", [
+    ({"type": "LoadBalancer", "ports": [{"port": 443}]}, "LoadBalancerNotAllowed"),
+    ({"externalIPs": ["203.0.113.7"], "ports": [{"port": 443}]}, "ExternalIPsNotAllowed"),
+    ({"type": "ExternalName", "externalName": "api.example.com"}, "ExternalNameNotAllowed"),
+])
+def test_services_that_open_the_namespace_are_denied(governed, api_client, spec, rule):
+    core = client.CoreV1Api(api_client)
+    service = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "exposed"}, "spec": spec}
+
+    message = create_refused(core.create_namespaced_service, governed, service)
+
+    assert f"Service {governed}/exposed breaks {rule}: " in message
+    assert "the allowed regions of stack" in message and "are me-central-1" in message
+
+
+def test_a_load_balancer_the_stack_allows_is_admitted(operator, api_client, namespace):
+    make_stack(api_client, namespace, exposure={"allowLoadBalancer": True})
+    core = client.CoreV1Api(api_client)
+    wait_until(lambda: (core.read_namespace(namespace).metadata.labels or {}).get(GOVERNED_LABEL),
+               timeout=WAIT, message="namespace governed")
+    service = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "public"},
+               "spec": {"type": "LoadBalancer", "ports": [{"port": 443}]}}
+
+    assert core.create_namespaced_service(namespace, service).spec.type == "LoadBalancer"
+
+
+@pytest.fixture
+def storage_class(api_client) -> Iterator[str]:
+    """A StorageClass whose volumes may be made in eu-west-1 as well as in me-central-1."""
+    storage = client.StorageV1Api(api_client)
+    name = f"spread-{uuid.uuid4().hex[:6]}"
+    storage.create_storage_class({
+        "apiVersion": "storage.k8s.io/v1", "kind": "StorageClass", "metadata": {"name": name},
+        "provisioner": "ebs.csi.aws.com", "volumeBindingMode": "WaitForFirstConsumer",
+        "allowedTopologies": [{"matchLabelExpressions": [
+            {"key": "topology.kubernetes.io/zone", "values": ["me-central-1a", "eu-west-1a"]}]}]})
+    yield name
+    storage.delete_storage_class(name)
+
+
+def test_a_claim_whose_class_allows_zones_outside_is_denied(governed, api_client, storage_class):
+    core = client.CoreV1Api(api_client)
+    claim = {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "data"},
+             "spec": {"storageClassName": storage_class, "accessModes": ["ReadWriteOnce"],
+                      "resources": {"requests": {"storage": "1Gi"}}}}
+
+    message = wait_until(lambda: create_refused(core.create_namespaced_persistent_volume_claim, governed, claim),
+                         timeout=WAIT, message="the new StorageClass in the operator's index")
+
+    assert (f"PersistentVolumeClaim {governed}/data breaks StorageClassOutsideRegions: StorageClass "
+            f"{storage_class} allows volumes in eu-west-1 (allowedTopologies); the allowed regions of stack "
+            f"{governed}/citizen (QA) are me-central-1") in message
+
+
+def test_a_namespace_without_a_stack_is_untouched(operator, api_client, namespace):
+    core = client.CoreV1Api(api_client)
+
+    created = core.create_namespaced_pod(namespace, pod("free", nodeSelector={REGION: "eu-west-1"}))
+
+    assert created.spec.affinity is None
+    node = wait_until(lambda: core.read_namespaced_pod("free", namespace).spec.node_name, timeout=WAIT,
+                      message="pod free scheduled")
+    assert core.read_node(node).metadata.labels[REGION] == "eu-west-1"
+
+
+def test_a_stack_whose_pool_selects_nodes_outside_its_regions_is_denied(operator, api_client, namespace):
+    custom = client.CustomObjectsApi(api_client)
+    body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "SovereignStack", "metadata": {"name": "stray"},
+            "spec": {"residency": {"jurisdiction": "QA", "regions": ["me-central-1"]},
+                     "nodePools": [{"name": "eu", "provisioner": "Existing",
+                                    "gpu": {"product": "NVIDIA-H100-80GB-HBM3", "perNode": 8},
+                                    "existing": {"nodeSelector": {"topology.kubernetes.io/zone": "eu-west-1a"}}}]}}
+
+    message = create_refused(lambda ns, b: custom.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, b),
+                             namespace, body)
+
+    assert (f"SovereignStack {namespace}/stray breaks NodePoolOutsideRegions: nodePools eu existing.nodeSelector "
+            "topology.kubernetes.io/zone=eu-west-1a selects nodes in eu-west-1") in message
+
+
+def violations_metric(namespace: str, kind: str) -> float | None:
+    return RESIDENCY_VIOLATIONS.labels(stack="citizen", namespace=namespace, kind=kind)._value.get()  # noqa: SLF001
+
+
+def events_of(api_client, namespace: str, reason: str) -> list:
+    return [e for e in client.CoreV1Api(api_client).list_namespaced_event(namespace).items
+            if e.reason == reason and e.involved_object.kind == "SovereignStack"]
+
+
+def test_audit_mode_admits_a_pod_outside_records_it_and_clears_it_when_deleted(operator, api_client, namespace,
+                                                                             cluster):
+    make_stack(api_client, namespace, enforcement="Audit")
+    core = client.CoreV1Api(api_client)
+    wait_until(lambda: (core.read_namespace(namespace).metadata.labels or {}).get(GOVERNED_LABEL),
+               timeout=WAIT, message="namespace governed")
+    wait_until(lambda: (read_stack(api_client, namespace).get("status") or {}).get("conditions"), timeout=WAIT,
+               message="first audit")
+
+    created = cluster.kubectl("-n", namespace, "create", "-f", "-", input=(
+        '{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "abroad"}, "spec": {"nodeSelector": '
+        '{"topology.kubernetes.io/region": "eu-west-1"}, "containers": [{"name": "app", "image": "app:1"}]}}'))
+
+    assert created.returncode == 0, created.stderr
+    assert (f"Warning: admitted in Audit mode, recorded as a residency violation: Pod {namespace}/abroad breaks "
+            "PodOutsideRegions") in created.stderr
+    status = wait_until(lambda: _status_with_violations(api_client, namespace), timeout=WAIT,
+                        message="the violation in status")
+    violation, = status["violations"]
+    assert (violation["kind"], violation["namespace"], violation["name"], violation["rule"]) == (
+        "Pod", namespace, "abroad", "PodOutsideRegions")
+    assert status["violationCount"] == 1
+    condition = next(c for c in status["conditions"] if c["type"] == "ResidencyCompliant")
+    assert (condition["status"], condition["reason"]) == ("False", "PodOutsideRegions")
+    assert f"Pod {namespace}/abroad breaks PodOutsideRegions" in condition["message"]
+    assert wait_until(lambda: events_of(api_client, namespace, "PodOutsideRegions"), timeout=WAIT,
+                      message="a Warning Event")[0].type == "Warning"
+    assert violations_metric(namespace, "Pod") == 1
+
+    core.delete_namespaced_pod("abroad", namespace, grace_period_seconds=0)
+
+    wait_until(lambda: _compliant(api_client, namespace), timeout=WAIT, message="the violation cleared")
+    assert read_stack(api_client, namespace)["status"]["violations"] == []
+    assert violations_metric(namespace, "Pod") == 0
+    assert events_of(api_client, namespace, "ViolationsCleared")
+
+
+def _status_with_violations(api_client, namespace: str) -> dict | None:
+    status = read_stack(api_client, namespace).get("status") or {}
+    return status if status.get("violations") else None
+
+
+def _compliant(api_client, namespace: str) -> bool:
+    status = read_stack(api_client, namespace).get("status") or {}
+    return any(c["type"] == "ResidencyCompliant" and c["status"] == "True" for c in status.get("conditions") or [])
+
+
+def test_an_unchanged_namespace_costs_no_status_writes(operator, api_client, namespace, cluster):
+    make_stack(api_client, namespace)
+    wait_until(lambda: _compliant(api_client, namespace), timeout=WAIT, message="first audit")
+    version = read_stack(api_client, namespace)["metadata"]["resourceVersion"]
+
+    # Several audit periods pass.
+    audits_before = _audit_writes(cluster, namespace)
+    threading.Event().wait(AUDIT_SECONDS * 4)
+
+    assert read_stack(api_client, namespace)["metadata"]["resourceVersion"] == version
+    assert _audit_writes(cluster, namespace) == audits_before
+
+
+def _audit_writes(cluster, namespace: str) -> int:
+    return sum(1 for e in cluster.audit_events()
+               if (e.get("objectRef") or {}).get("namespace") == namespace
+               and (e.get("objectRef") or {}).get("resource") == "sovereignstacks"
+               and e.get("verb") in ("patch", "update", "create"))
+
+
+def test_the_governed_label_goes_with_the_last_stack(operator, api_client, namespace):
+    make_stack(api_client, namespace, name="first")
+    make_stack(api_client, namespace, name="second")
+    core = client.CoreV1Api(api_client)
+    custom = client.CustomObjectsApi(api_client)
+    wait_until(lambda: (core.read_namespace(namespace).metadata.labels or {}).get(GOVERNED_LABEL),
+               timeout=WAIT, message="namespace governed")
+
+    custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "first")
+    wait_until(lambda: not _exists(custom, namespace, "first"), timeout=WAIT, message="stack first gone")
+    assert (core.read_namespace(namespace).metadata.labels or {}).get(GOVERNED_LABEL) == "true"
+    custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "second")
+
+    wait_until(lambda: GOVERNED_LABEL not in (core.read_namespace(namespace).metadata.labels or {}),
+               timeout=WAIT, message="governed label removed")
+
+
+def _exists(custom, namespace: str, name: str) -> bool:
+    try:
+        custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+    except ApiException as err:
+        if err.status == 404:
+            return False
+        raise
+    return True
+
+
+def test_decisions_are_counted(governed, api_client):
+    denied = WEBHOOK_DECISIONS.labels("pod-residency", "Pod", "denied", "PodOutsideRegions")
+    before = denied._value.get()  # noqa: SLF001
+
+    create_refused(client.CoreV1Api(api_client).create_namespaced_pod, governed,
+                   pod("counted", nodeSelector={REGION: "eu-west-1"}))
+
+    assert denied._value.get() == before + 1  # noqa: SLF001
