@@ -240,6 +240,7 @@ def _node_pools(
     stack: SovereignStack, facts: ClusterFacts, observation: Observation
 ) -> tuple[Decision, list[NodePoolStatus]]:
     problems: list[tuple[str, str]] = []
+    notes: list[str] = []
     statuses: list[NodePoolStatus] = []
     for pool in stack.spec.node_pools:
         nodes = pool_nodes(stack=stack, pool=pool, facts=facts)
@@ -251,6 +252,8 @@ def _node_pools(
             unhealthy_gpus=sum(n.unhealthy_gpus for n in nodes.selected),
         ))
         refused = "; ".join(f"node {r.node.name} not used: {r.reason}" for r in nodes.refused)
+        if refused:
+            notes.append(refused)
         if pool.provisioner is Provisioner.KARPENTER:
             name = names.nodepool_name(stack, pool.name)
             nodepool = observation.child("karpenter.sh", "NodePool", name)
@@ -263,13 +266,14 @@ def _node_pools(
                 problems.append((NODE_POOL_NOT_READY, f"{pool.name}: NodePool {name}: {said}"))
         elif not any(n.ready for n in nodes.selected):
             what = f"{pool.name}: no Ready node carries {_selector_text(pool)} in {', '.join(stack.spec.residency.regions)}"
-            problems.append((NO_MATCHING_NODES, f"{what}; {refused}" if refused else what))
+            problems.append((NO_MATCHING_NODES, what))
+    # Refused nodes are worth knowing either way: someone labelled them for this pool.
     if problems:
-        return _false(problems[0][0], "; ".join(message for _, message in problems)), statuses
+        return _false(problems[0][0], "; ".join([message for _, message in problems] + notes)), statuses
     if not statuses:
         return _true(NO_NODE_POOLS, "the stack declares no node pools"), statuses
     summary = ", ".join(f"{s.name}: {s.ready_nodes} node(s), {s.gpus} GPU(s)" for s in statuses)
-    return _true(NODE_POOLS_READY, summary), statuses
+    return _true(NODE_POOLS_READY, "; ".join([summary, *notes])), statuses
 
 
 def _selector_text(pool: Any) -> str:

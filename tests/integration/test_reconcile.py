@@ -1,0 +1,287 @@
+"""The operator end to end: ``sovereign run`` as a real process against the local control plane.
+
+The full sample becomes node pools, vLLM servers, storage and applications on simulated GPU
+nodes; the stack reaches Ready; a model swap rolls only its server; removed entries are pruned;
+deleting the stack cleans up all but retained data; a restarted operator writes nothing for an
+unchanged stack (counted from the apiserver's audit log and its metrics). Karpenter, volume
+provisioning and the S3 credentials are simulated by ``bench.reconcile.SimulatedCloud``; the
+sample's S3 store is not contacted: the reconciler treats an S3 store as ready when its
+credentials Secret is complete (bucket residency is the audit's business), so the fake endpoint
+does not block Ready.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from bench.reconcile import (
+    KARPENTER_NODES,
+    MUTATING,
+    OperatorProcess,
+    SimulatedCloud,
+    delete_stack,
+    full_sample,
+    karpenter_nodepool,
+    operator_writes,
+    stack_conditions,
+)
+from sovereign.api import GROUP, PLURAL, VERSION
+from sovereign.devcluster.cluster import DevCluster
+
+STACK = "citizen-services"
+SELECTOR = f"sovereign.ai/stack={STACK}"
+REGION = "topology.kubernetes.io/region"
+#: Seconds between the operator's resyncs in these tests, so a few of them fit in a short wait.
+RESYNC = 3
+
+
+@pytest.fixture
+def cloud(api_client: client.ApiClient, namespace: str) -> Iterator[SimulatedCloud]:
+    with SimulatedCloud(api_client, namespace) as simulated:
+        yield simulated
+
+
+@pytest.fixture
+def operator(cluster: DevCluster, api_client: client.ApiClient, namespace: str, cloud: SimulatedCloud,
+             tmp_path) -> Iterator[OperatorProcess]:
+    process = OperatorProcess(kubeconfig=cluster.kubeconfig, namespaces=[namespace], log=tmp_path / "operator.log",
+                              resync_seconds=RESYNC).start()
+    yield process
+    custom = client.CustomObjectsApi(api_client)
+    try:
+        if not process.running():
+            process.start()  # a test that stopped it: its finalizer still has work to do
+        for stack in custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)["items"]:
+            delete_stack(api_client, namespace, stack["metadata"]["name"])
+    finally:
+        process.stop()
+        for stack in custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)["items"]:
+            custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, stack["metadata"]["name"],
+                                                  {"metadata": {"finalizers": None}})
+
+
+def _create(api: client.ApiClient, namespace: str, document: dict[str, Any]) -> None:
+    client.CustomObjectsApi(api).create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, document)
+
+
+def _patch_spec(api: client.ApiClient, namespace: str, change: Callable[[dict[str, Any]], None]) -> None:
+    custom = client.CustomObjectsApi(api)
+    stack = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, STACK)
+    spec = copy.deepcopy(stack["spec"])
+    change(spec)
+    custom.replace_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, STACK,
+                                            {**stack, "spec": spec})
+
+
+def _wait(what: str, predicate: Callable[[], Any], operator: OperatorProcess, api: client.ApiClient,
+          namespace: str, timeout: float = 240) -> Any:
+    """Poll ``predicate``; on timeout fail with the stack's conditions and the operator's log."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = predicate()
+        if result:
+            return result
+        time.sleep(0.5)
+    conditions = {k: (v["status"], v["reason"], v["message"]) for k, v in stack_conditions(api, namespace).items()}
+    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}\nconditions: {conditions}\n"
+                f"operator log:\n{operator.tail()}")
+
+
+def _ready(api: client.ApiClient, namespace: str, generation: int = 1) -> bool:
+    stack = client.CustomObjectsApi(api).get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, STACK)
+    status = stack.get("status") or {}
+    ready = next((c for c in status.get("conditions") or [] if c["type"] == "Ready"), {})
+    return status.get("observedGeneration") == generation and ready.get("status") == "True"
+
+
+def _ready_stack(api: client.ApiClient, namespace: str, operator: OperatorProcess,
+                 document: dict[str, Any] | None = None) -> None:
+    _create(api, namespace, document or full_sample())
+    _wait("Ready=True", lambda: _ready(api, namespace), operator, api, namespace)
+
+
+def _deployments(api: client.ApiClient, namespace: str) -> dict[str, client.V1Deployment]:
+    return {d.metadata.name: d for d in
+            client.AppsV1Api(api).list_namespaced_deployment(namespace, label_selector=SELECTOR).items}
+
+
+def test_full_sample_becomes_every_child_and_reaches_ready(cluster, api_client, namespace, operator) -> None:
+    _ready_stack(api_client, namespace, operator)
+
+    apps, core = client.AppsV1Api(api_client), client.CoreV1Api(api_client)
+    custom = client.CustomObjectsApi(api_client)
+    assert set(_deployments(api_client, namespace)) == {"chat", "embed", "assistant", "indexer"}
+    assert {s.metadata.name for s in core.list_namespaced_service(namespace, label_selector=SELECTOR).items} == {
+        "chat", "embed", "assistant"}
+    assert [b.metadata.name for b in client.PolicyV1Api(api_client).list_namespaced_pod_disruption_budget(
+        namespace, label_selector=SELECTOR).items] == ["chat"]
+    assert [o["metadata"]["name"] for o in custom.list_namespaced_custom_object(
+        "keda.sh", "v1alpha1", namespace, "scaledobjects", label_selector=SELECTOR)["items"]] == ["chat"]
+    claim = core.read_namespaced_persistent_volume_claim("scratch", namespace)
+    assert claim.status.phase == "Bound"
+    policy = client.NetworkingV1Api(api_client).read_namespaced_network_policy(f"{STACK}-egress", namespace)
+    assert policy.spec.policy_types == ["Egress"]
+    nodepool = custom.get_cluster_custom_object("karpenter.sh", "v1", "nodepools", karpenter_nodepool(namespace))
+    requirements = {r["key"]: r["values"] for r in nodepool["spec"]["template"]["spec"]["requirements"]}
+    assert requirements[REGION] == ["me-central-1"]
+
+    # The Existing pool claimed the rack's nodes in the region and refused the one outside it.
+    nodes = {n.metadata.name: n for n in core.list_node().items}
+    onprem = sorted(name for name, n in nodes.items() if n.metadata.labels.get("sovereign.ai/pool") == "onprem")
+    assert onprem == ["gpu-mec1-2", "gpu-mec1-3"]
+    assert "sovereign.ai/pool" not in nodes["gpu-euw1-0"].metadata.labels
+    pools = stack_conditions(api_client, namespace)["NodePoolsReady"]
+    assert "node gpu-euw1-0 not used: in region eu-west-1, outside the allowed regions" in pools["message"]
+
+    # Every pod runs in the allowed region, models on their pool's nodes only.
+    pods = core.list_namespaced_pod(namespace, label_selector=SELECTOR).items
+    assert pods and all(p.status.phase == "Running" for p in pods)
+    for pod in pods:
+        node = nodes[pod.spec.node_name]
+        assert node.metadata.labels[REGION] == "me-central-1", pod.metadata.name
+        model = pod.metadata.labels["app.kubernetes.io/name"]
+        if model == "chat":
+            assert pod.spec.node_name in KARPENTER_NODES
+        elif model == "embed":
+            assert pod.spec.node_name in onprem
+
+    stack = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, STACK)
+    assert {m["name"]: m["endpoint"] for m in stack["status"]["models"]} == {
+        "chat": f"http://chat.{namespace}.svc:8000/v1", "embed": f"http://embed.{namespace}.svc:8000/v1"}
+    row = cluster.kubectl("get", "sstack", "-n", namespace, check=True).stdout.splitlines()[1].split()
+    assert row[:5] == [STACK, "True", "QA", "2/2", "0"]
+    events = core.list_namespaced_event(namespace, field_selector=f"involvedObject.name={STACK}").items
+    assert any(e.reason == "StackReady" and e.type == "Normal" for e in events)
+    assert apps.read_namespaced_deployment("chat", namespace).spec.template.spec.init_containers[0].name == "fetch-model"
+
+
+def test_swapping_a_model_rolls_its_server_and_leaves_applications_untouched(api_client, namespace, operator) -> None:
+    _ready_stack(api_client, namespace, operator)
+    before = _deployments(api_client, namespace)
+
+    _patch_spec(api_client, namespace, lambda spec: spec["models"][0].update(model="Qwen/Qwen3-32B"))
+    _wait("the swapped model Ready", lambda: _ready(api_client, namespace, generation=2), operator, api_client,
+          namespace)
+
+    after = _deployments(api_client, namespace)
+    assert after["chat"].metadata.generation == before["chat"].metadata.generation + 1
+    args = after["chat"].spec.template.spec.containers[0].args
+    assert args[args.index("--served-model-name") + 1:][:2] == ["chat", "Qwen/Qwen3-32B"]
+    for name in ("assistant", "indexer", "embed"):
+        assert after[name].metadata.generation == before[name].metadata.generation, name
+        assert after[name].spec.template == before[name].spec.template, name
+    stack = client.CustomObjectsApi(api_client).get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, STACK)
+    assert next(m for m in stack["status"]["models"] if m["name"] == "chat")["model"] == "Qwen/Qwen3-32B"
+
+
+def test_removing_a_model_prunes_its_children(api_client, namespace, operator) -> None:
+    _ready_stack(api_client, namespace, operator)
+
+    def without_chat(spec: dict[str, Any]) -> None:
+        spec["models"] = [m for m in spec["models"] if m["name"] != "chat"]
+        spec["applications"][0]["models"] = ["embed"]
+
+    _patch_spec(api_client, namespace, without_chat)
+    _wait("Ready after removing chat", lambda: _ready(api_client, namespace, generation=2), operator, api_client,
+          namespace)
+
+    core, custom = client.CoreV1Api(api_client), client.CustomObjectsApi(api_client)
+    _wait("chat's objects pruned", lambda: "chat" not in _deployments(api_client, namespace), operator, api_client,
+          namespace)
+    assert "chat" not in {s.metadata.name for s in core.list_namespaced_service(namespace).items}
+    assert not client.PolicyV1Api(api_client).list_namespaced_pod_disruption_budget(namespace).items
+    assert not custom.list_namespaced_custom_object("keda.sh", "v1alpha1", namespace, "scaledobjects")["items"]
+    assert set(_deployments(api_client, namespace)) == {"embed", "assistant", "indexer"}
+
+
+def test_deleting_the_stack_removes_everything_but_retained_data(api_client, namespace, operator) -> None:
+    document = full_sample()
+    document["spec"]["dataStores"][1]["deletionPolicy"] = "Retain"
+    document["spec"]["dataStores"].append({"name": "tmp", "volume": {"size": "10Gi"}, "deletionPolicy": "Delete"})
+    _ready_stack(api_client, namespace, operator, document)
+    core, custom = client.CoreV1Api(api_client), client.CustomObjectsApi(api_client)
+    assert {"scratch", "tmp"} <= {c.metadata.name for c in core.list_namespaced_persistent_volume_claim(namespace).items}
+
+    delete_stack(api_client, namespace)
+
+    def cleaned() -> bool:
+        return not _deployments(api_client, namespace) and not core.list_namespaced_service(
+            namespace, label_selector=SELECTOR).items and "tmp" not in {
+            c.metadata.name for c in core.list_namespaced_persistent_volume_claim(namespace).items}
+
+    _wait("garbage collection of the stack's children", cleaned, operator, api_client, namespace)
+    assert not custom.list_cluster_custom_object("karpenter.sh", "v1", "nodepools", label_selector=SELECTOR)["items"]
+    assert not [n.metadata.name for n in core.list_node(label_selector=SELECTOR).items]
+    assert not client.NetworkingV1Api(api_client).list_namespaced_network_policy(namespace).items
+    retained = core.read_namespaced_persistent_volume_claim("scratch", namespace)
+    assert retained.metadata.deletion_timestamp is None and retained.status.phase == "Bound"
+
+
+def test_restarted_operator_makes_no_writes_for_an_unchanged_stack(cluster, api_client, namespace, operator) -> None:
+    _ready_stack(api_client, namespace, operator)
+    # Let the first passes settle: the status of the last child that became ready is written.
+    _wait("a quiet operator", lambda: _quiet(cluster, seconds=2 * RESYNC), operator, api_client, namespace)
+    operator.stop()
+    mark = len(cluster.audit_events())
+    counted = _stack_writes(cluster)
+
+    resumed = operator.log.read_text().count("Handler 'reconcile' succeeded")
+    operator.start()
+    _wait("the restarted operator to resume the stack",
+          lambda: operator.log.read_text().count("Handler 'reconcile' succeeded") > resumed, operator, api_client,
+          namespace)
+    time.sleep(4 * RESYNC)  # several resync passes
+
+    writes = [(e["verb"], e["objectRef"].get("resource"), e["objectRef"].get("name"))
+              for e in operator_writes(cluster, after=mark)]
+    assert writes == []
+    # Cross-check with the apiserver's metrics: every write to a stack meanwhile (by anyone: the
+    # namespace controller cleaning up earlier tests' namespaces) is in the audit log, so the
+    # audit log's count of the operator's writes is complete.
+    audited = [e for e in cluster.audit_events()[mark:]
+               if e["objectRef"].get("resource") == "sovereignstacks" and e["verb"] in MUTATING]
+    assert _stack_writes(cluster) - counted == len(audited)
+    assert operator.running()
+
+
+def test_a_spec_that_cannot_be_rendered_ends_as_ready_false_without_retries(cluster, api_client, namespace,
+                                                                           operator) -> None:
+    document = full_sample()
+    document["spec"]["applications"][0]["name"] = "chat"  # collides with the model's Deployment and Service
+    _create(api_client, namespace, document)
+
+    def invalid() -> bool:
+        ready = stack_conditions(api_client, namespace).get("Ready", {})
+        return ready.get("reason") == "InvalidSpec"
+
+    _wait("Ready=False/InvalidSpec", invalid, operator, api_client, namespace)
+    ready = stack_conditions(api_client, namespace)["Ready"]
+    assert ready["status"] == "False"
+    assert "spec.applications[0] (chat) and spec.models[0] (chat) both need Deployment" in ready["message"]
+    assert not _deployments(api_client, namespace)
+    mark = len(cluster.audit_events())
+    time.sleep(3 * RESYNC)
+    assert operator_writes(cluster, after=mark) == []
+
+
+def _quiet(cluster: DevCluster, *, seconds: float) -> bool:
+    mark = len(cluster.audit_events())
+    time.sleep(seconds)
+    return not operator_writes(cluster, after=mark)
+
+
+def _stack_writes(cluster: DevCluster) -> float:
+    """The apiserver's own count of mutating requests on SovereignStacks, by any client."""
+    total = 0.0
+    for line in cluster.metrics().splitlines():
+        if line.startswith("apiserver_request_total{") and 'resource="sovereignstacks"' in line and re.search(
+                r'verb="(PATCH|POST|PUT|DELETE|DELETECOLLECTION|APPLY)"', line):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
