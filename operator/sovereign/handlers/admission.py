@@ -23,17 +23,18 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Collection, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import kopf
 
 from sovereign.api import GROUP, PLURAL, VERSION
+from sovereign.handlers.residency import governance
 from sovereign.kube.admission import self_signed_certificate
 from sovereign.kube.client import Kube
 from sovereign.metrics import WEBHOOK_DURATION, WEBHOOK_ERRORS
 from sovereign.services import admission as service
 from sovereign.services.admission import Review
-from sovereign.handlers.residency import governance
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,8 @@ class AdmissionConfig:
     the operator's Service; the configurations then name the Service instead of a URL and the
     certificate covers ``<name>.<namespace>.svc``. ``cert_file``/``key_file``: a mounted serving
     certificate (cert-manager); without them a self-signed one is made at each start.
+    ``ca_file``: the CA the apiserver is to trust; default the ``ca.crt`` beside ``cert_file``
+    (cert-manager writes it there), else the certificate itself.
     """
 
     listen_address: str = "0.0.0.0"
@@ -58,6 +61,14 @@ class AdmissionConfig:
     service: str | None = None
     cert_file: str | None = None
     key_file: str | None = None
+    ca_file: str | None = None
+
+    @property
+    def ca_bundle_file(self) -> str | None:
+        if self.ca_file or not self.cert_file:
+            return self.ca_file
+        beside = Path(self.cert_file).with_name("ca.crt")
+        return str(beside) if beside.is_file() else None
 
     @property
     def service_ref(self) -> dict[str, Any] | None:
@@ -77,7 +88,8 @@ class ResidencyWebhookServer(kopf.WebhookServer):
         service_ref = config.service_ref
         sans = [f"{service_ref['name']}.{service_ref['namespace']}.svc"] if service_ref else []
         super().__init__(addr=config.listen_address, port=config.port, host=config.host,
-                         certfile=config.cert_file, pkeyfile=config.key_file, extra_sans=sans)
+                         certfile=config.cert_file, pkeyfile=config.key_file, cafile=config.ca_bundle_file,
+                         extra_sans=sans)
         self._kube = kube
         self._service_ref = service_ref
 

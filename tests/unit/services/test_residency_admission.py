@@ -1,0 +1,64 @@
+"""The webhook configurations the operator publishes, and the certificate it serves them with."""
+
+from __future__ import annotations
+
+from cryptography import x509
+
+from sovereign.kube.admission import self_signed_certificate, webhook_configurations
+from sovereign.services.admission import WEBHOOKS
+
+URL_CONFIG = {"url": "https://127.0.0.1:9443", "caBundle": "Q0E="}
+
+
+def by_name(configuration: dict) -> dict:
+    return {hook["name"]: hook for hook in configuration["webhooks"]}
+
+
+def test_workload_webhooks_match_only_governed_namespaces_and_fail_closed_there():
+    mutating, validating = webhook_configurations(webhooks=WEBHOOKS, client_config=URL_CONFIG)
+
+    hooks = {**by_name(mutating), **by_name(validating)}
+    for name in ("pod-region-affinity.sovereign.ai", "pod-residency.sovereign.ai", "claim-residency.sovereign.ai",
+                 "service-exposure.sovereign.ai"):
+        assert hooks[name]["namespaceSelector"] == {"matchLabels": {"sovereign.ai/governed": "true"}}, name
+        assert hooks[name]["failurePolicy"] == "Fail", name
+    assert (mutating["kind"], mutating["metadata"]["name"]) == ("MutatingWebhookConfiguration", "sovereign-residency")
+    assert (validating["kind"], validating["metadata"]["name"]) == ("ValidatingWebhookConfiguration",
+                                                                    "sovereign-residency")
+    assert list(by_name(mutating)) == ["pod-region-affinity.sovereign.ai"]
+    assert by_name(mutating)["pod-region-affinity.sovereign.ai"]["reinvocationPolicy"] == "IfNeeded"
+
+
+def test_the_stack_webhook_sees_every_namespace_and_fails_open():
+    _, validating = webhook_configurations(webhooks=WEBHOOKS, client_config=URL_CONFIG)
+
+    stack = by_name(validating)["stack-residency.sovereign.ai"]
+
+    assert (stack["namespaceSelector"], stack["failurePolicy"]) == ({}, "Ignore")
+    assert stack["rules"] == [{"apiGroups": ["sovereign.ai"], "apiVersions": ["v1alpha1"],
+                               "resources": ["sovereignstacks"], "operations": ["CREATE", "UPDATE"],
+                               "scope": "Namespaced"}]
+
+
+def test_each_webhook_is_routed_to_its_handler_by_url_or_service_path():
+    _, by_url = webhook_configurations(webhooks=WEBHOOKS, client_config=URL_CONFIG)
+    service_config = {"service": {"namespace": "sovereign-system", "name": "sovereign", "port": 443},
+                      "caBundle": "Q0E="}
+    _, by_service = webhook_configurations(webhooks=WEBHOOKS, client_config=service_config)
+
+    assert by_name(by_url)["pod-residency.sovereign.ai"]["clientConfig"] == {
+        "url": "https://127.0.0.1:9443/pod-residency", "caBundle": "Q0E="}
+    assert by_name(by_service)["pod-residency.sovereign.ai"]["clientConfig"] == {
+        "service": {"namespace": "sovereign-system", "name": "sovereign", "port": 443, "path": "/pod-residency"},
+        "caBundle": "Q0E="}
+
+
+def test_the_self_signed_certificate_covers_the_addresses_and_names_it_is_given():
+    cert_pem, key_pem = self_signed_certificate(["127.0.0.1", "sovereign.sovereign-system.svc", "127.0.0.1"])
+
+    certificate = x509.load_pem_x509_certificate(cert_pem)
+    names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert [str(ip) for ip in names.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
+    assert names.get_values_for_type(x509.DNSName) == ["sovereign.sovereign-system.svc"]
+    assert certificate.issuer == certificate.subject
+    assert b"PRIVATE KEY" in key_pem
