@@ -60,8 +60,9 @@ def test_gpu_pods_run_only_on_gpu_nodes_of_the_required_region(api_client, names
         assert node.metadata.labels[REGION] == "me-central-1", pod.metadata.name
         assert int(node.status.allocatable["nvidia.com/gpu"]) == 8
         assert any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions)
-    deployment = apps.read_namespaced_deployment("infer", namespace)
-    assert deployment.status.ready_replicas == 6
+    # The Deployment controller catches up with its pods a moment later.
+    wait_until(lambda: apps.read_namespaced_deployment("infer", namespace).status.ready_replicas == 6,
+               timeout=60, message="the Deployment to report 6 ready replicas")
 
 
 def test_pods_that_fit_no_region_node_stay_pending(api_client, namespace):
