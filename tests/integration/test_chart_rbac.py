@@ -20,8 +20,8 @@ from collections.abc import Iterator
 import pytest
 import yaml
 from kubernetes import client
-
 from rbac_helpers import ChartAccess, install_chart_access, make_gpu_node
+
 from sovereign.api import GROUP, PLURAL, VERSION
 from sovereign.devcluster.cluster import REPO_ROOT, wait_until
 from sovereign.kube import admission as kube_admission

@@ -6,8 +6,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import pytest
-
 from chart_helpers import Rendered
+
 from sovereign import chart
 
 

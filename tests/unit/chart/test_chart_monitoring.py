@@ -7,8 +7,8 @@ import json
 import re
 
 import yaml
-
 from chart_helpers import one
+
 from sovereign import chart, dashboards
 from sovereign.chart import RELEASE
 

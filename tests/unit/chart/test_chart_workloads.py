@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import click
+import pytest
 import yaml
-
 from chart_helpers import one
+
 from sovereign.chart import NAMESPACE, RELEASE
+from sovereign.cli import main
 from sovereign.services.node_agent import AgentSettings
 
 OPERATOR = RELEASE
@@ -188,3 +191,21 @@ def test_every_namespaced_object_lands_in_the_release_namespace_except_the_agent
 
     assert {namespace for _, namespace in placed} == {"gov-platform", "default"}
     assert {kind for kind, namespace in placed if namespace == "default"} == {"Role", "RoleBinding"}
+
+
+@pytest.mark.parametrize("values", [{}, {"webhook": {"certificate": {"mode": "certManager"}}},
+                                    {"webhook": {"enabled": False}}, {"operator": {"watchNamespaces": ["gov-qa"]}}],
+                         ids=["defaults", "mounted-certificate", "no-webhooks", "watched-namespaces"])
+def test_the_sovereign_command_accepts_every_argument_the_chart_passes(render, values, monkeypatch, tmp_path):
+    objects = render(values)
+    monkeypatch.setenv("NODE_NAME", "gpu-node")  # what the downward API gives the agent
+    # The agent's --config must exist: the ConfigMap's file, where the pod mounts it.
+    config = tmp_path / "agent.yaml"
+    config.write_text(one(objects, "ConfigMap", AGENT)["data"]["agent.yaml"])
+    for workload, kind in ((OPERATOR, "Deployment"), (AGENT, "DaemonSet")):
+        args = [arg.replace("/etc/sovereign/agent.yaml", str(config))
+                for arg in container(one(objects, kind, workload))["args"]]
+        command = main.get_command(click.Context(main), args[0])
+
+        with command.make_context(args[0], args[1:]) as context:
+            assert context.params, f"sovereign {' '.join(args)}"

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 
 from click.testing import CliRunner
 
-from sovereign.cli import main
 from sovereign.chart import REPO_ROOT
+from sovereign.cli import main
 
 DOCKERFILE = REPO_ROOT / "Dockerfile"
 BUILD_TOOLS = re.compile(r"\b(gcc|g\+\+|cc|clang|make|build-essential|cmake|rustc|cargo|golang|"
