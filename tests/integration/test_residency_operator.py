@@ -1,100 +1,38 @@
 """Residency enforcement against the real local control plane: the admission webhooks and the audit.
 
-The operator's residency handlers run in this process (Kopf in a thread), serving HTTPS on
-127.0.0.1 with a self-signed certificate, so the local kube-apiserver calls them for every pod,
-claim, Service and stack it admits, and the audit metric can be read directly. Pods land on the
-simulated KWOK nodes: CPU and GPU nodes in me-central-1 and eu-west-1.
+The operator's residency handlers run in this process (``residency_helpers.operator``), so the
+local kube-apiserver calls the webhooks for every pod, claim, Service and stack it admits, and the
+audit metric can be read directly. Pods land on the simulated KWOK nodes: CPU and GPU nodes in
+me-central-1 and eu-west-1.
 """
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import uuid
 from collections.abc import Iterator
 
-import kopf
 import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
-
+from residency_helpers import (
+    AUDIT_SECONDS,
+    WAIT,
+    governed,
+    make_stack,
+    operator,
+    read_stack,
+    wait_governed,
+)
 from sovereign.api import GROUP, PLURAL, VERSION
-from sovereign.devcluster.cluster import free_port, wait_until
-from sovereign.handlers import admission, residency
-from sovereign.kube.admission import CONFIGURATION_NAME, GOVERNED_LABEL
-from sovereign.kube.client import Kube
+from sovereign.devcluster.cluster import wait_until
+from sovereign.kube.admission import GOVERNED_LABEL
 from sovereign.metrics import RESIDENCY_VIOLATIONS, WEBHOOK_DECISIONS
 
-AUDIT_SECONDS = 2
-WAIT = 90  # seconds; generous, the machine is shared
+__all__ = ["governed", "operator"]  # fixtures used by name
 REGION = "topology.kubernetes.io/region"
 REGION_AFFINITY = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
     {"matchExpressions": [{"key": REGION, "operator": "In", "values": ["me-central-1"]}]}]}}}
-
-
-@pytest.fixture(scope="module")
-def operator(cluster, api_client) -> Iterator[None]:
-    """The residency handlers, running until the module's tests are done."""
-    kube = Kube(cluster.api_client())
-    registry = kopf.OperatorRegistry()
-
-    settings = api_client.configuration
-
-    @kopf.on.login(registry=registry)
-    def login(**_):
-        return kopf.ConnectionInfo(server=settings.host, ca_path=settings.ssl_ca_cert,
-                                   certificate_path=settings.cert_file, private_key_path=settings.key_file)
-
-    residency.install(registry, kube=kube, config=residency.ResidencyConfig(audit_seconds=AUDIT_SECONDS))
-    admission.install(registry, kube=kube, config=admission.AdmissionConfig(
-        listen_address="127.0.0.1", port=free_port(), host="127.0.0.1"))
-    stop, ready = threading.Event(), threading.Event()
-    thread = threading.Thread(name="residency-operator", daemon=True, target=lambda: asyncio.run(kopf.operator(
-        registry=registry, clusterwide=True, standalone=True, stop_flag=stop, ready_flag=ready)))
-    thread.start()
-    admission_api = client.AdmissionregistrationV1Api(api_client)
-    try:
-        assert ready.wait(WAIT), "the operator did not start"
-        wait_until(lambda: admission_api.read_validating_webhook_configuration(CONFIGURATION_NAME)
-                   and admission_api.read_mutating_webhook_configuration(CONFIGURATION_NAME),
-                   timeout=WAIT, message="the residency webhook configurations")
-        yield
-    finally:
-        stop.set()
-        thread.join(WAIT)
-        # In a real cluster the configurations stay and fail closed while the operator is away;
-        # the shared test cluster must not keep calling a server that is gone.
-        for delete in (admission_api.delete_validating_webhook_configuration,
-                       admission_api.delete_mutating_webhook_configuration):
-            try:
-                delete(CONFIGURATION_NAME)
-            except ApiException:
-                pass
-        kube.close()
-
-
-def make_stack(api_client, namespace: str, *, name: str = "citizen", enforcement: str = "Enforce",
-               **residency) -> dict:
-    body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "SovereignStack",
-            "metadata": {"name": name, "namespace": namespace},
-            "spec": {"residency": {"jurisdiction": "QA", "regions": ["me-central-1"], "enforcement": enforcement,
-                                   **residency}}}
-    return client.CustomObjectsApi(api_client).create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL,
-                                                                               body)
-
-
-def read_stack(api_client, namespace: str, name: str = "citizen") -> dict:
-    return client.CustomObjectsApi(api_client).get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
-
-
-@pytest.fixture
-def governed(operator, api_client, namespace) -> str:
-    """A namespace holding an enforcing stack, once the operator has labelled it governed."""
-    make_stack(api_client, namespace)
-    core = client.CoreV1Api(api_client)
-    wait_until(lambda: (core.read_namespace(namespace).metadata.labels or {}).get(GOVERNED_LABEL) == "true",
-               timeout=WAIT, message=f"namespace {namespace} labelled {GOVERNED_LABEL}")
-    return namespace
 
 
 def pod(name: str, **spec) -> dict:
@@ -162,8 +100,7 @@ def test_services_that_open_the_namespace_are_denied(governed, api_client, spec,
 def test_a_load_balancer_the_stack_allows_is_admitted(operator, api_client, namespace):
     make_stack(api_client, namespace, exposure={"allowLoadBalancer": True})
     core = client.CoreV1Api(api_client)
-    wait_until(lambda: (core.read_namespace(namespace).metadata.labels or {}).get(GOVERNED_LABEL),
-               timeout=WAIT, message="namespace governed")
+    wait_governed(api_client, namespace)
     service = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "public"},
                "spec": {"type": "LoadBalancer", "ports": [{"port": 443}]}}
 
@@ -225,7 +162,7 @@ def test_a_stack_whose_pool_selects_nodes_outside_its_regions_is_denied(operator
 
 
 def violations_metric(namespace: str, kind: str) -> float | None:
-    return RESIDENCY_VIOLATIONS.labels(stack="citizen", namespace=namespace, kind=kind)._value.get()  # noqa: SLF001
+    return RESIDENCY_VIOLATIONS.labels(stack="citizen", namespace=namespace, kind=kind)._value.get()
 
 
 def events_of(api_client, namespace: str, reason: str) -> list:
@@ -237,8 +174,7 @@ def test_audit_mode_admits_a_pod_outside_records_it_and_clears_it_when_deleted(o
                                                                              cluster):
     make_stack(api_client, namespace, enforcement="Audit")
     core = client.CoreV1Api(api_client)
-    wait_until(lambda: (core.read_namespace(namespace).metadata.labels or {}).get(GOVERNED_LABEL),
-               timeout=WAIT, message="namespace governed")
+    wait_governed(api_client, namespace)
     wait_until(lambda: (read_stack(api_client, namespace).get("status") or {}).get("conditions"), timeout=WAIT,
                message="first audit")
 
@@ -305,8 +241,7 @@ def test_the_governed_label_goes_with_the_last_stack(operator, api_client, names
     make_stack(api_client, namespace, name="second")
     core = client.CoreV1Api(api_client)
     custom = client.CustomObjectsApi(api_client)
-    wait_until(lambda: (core.read_namespace(namespace).metadata.labels or {}).get(GOVERNED_LABEL),
-               timeout=WAIT, message="namespace governed")
+    wait_governed(api_client, namespace)
 
     custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "first")
     wait_until(lambda: not _exists(custom, namespace, "first"), timeout=WAIT, message="stack first gone")
@@ -329,9 +264,9 @@ def _exists(custom, namespace: str, name: str) -> bool:
 
 def test_decisions_are_counted(governed, api_client):
     denied = WEBHOOK_DECISIONS.labels("pod-residency", "Pod", "denied", "PodOutsideRegions")
-    before = denied._value.get()  # noqa: SLF001
+    before = denied._value.get()
 
     create_refused(client.CoreV1Api(api_client).create_namespaced_pod, governed,
                    pod("counted", nodeSelector={REGION: "eu-west-1"}))
 
-    assert denied._value.get() == before + 1  # noqa: SLF001
+    assert denied._value.get() == before + 1

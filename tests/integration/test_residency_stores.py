@@ -12,7 +12,6 @@ import logging
 
 import pytest
 from kubernetes import client
-
 from sovereign.api import GROUP, PLURAL, VERSION, parse_stack
 from sovereign.devcluster.minio import MinioServer
 from sovereign.kube.client import Kube
@@ -164,8 +163,8 @@ def test_credentials_problems_are_verdicts_that_never_show_the_keys(api_client, 
     rejected, = verify_data_stores(kube=kube, stack=stack, create=False)
 
     assert (missing.decision.reason, missing.decision.message) == (
-        CREDENTIALS_SECRET_MISSING, f"Secret {namespace}/s3-creds does not exist: create it with the keys "
-                                    "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
+        CREDENTIALS_SECRET_MISSING, (f"Secret {namespace}/s3-creds does not exist: create it with the keys "
+                                    "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"))
     assert incomplete.decision.reason == CREDENTIALS_INVALID
     assert f"AWS_SECRET_ACCESS_KEY not set in Secret {namespace}/s3-creds" in incomplete.decision.message
     assert rejected.decision.reason == "CredentialsRejected"

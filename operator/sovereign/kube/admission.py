@@ -10,6 +10,7 @@
   admin does then).
 - ``set_governed`` puts that label on a namespace that holds a stack and takes it off when the
   last one is gone (a JSON merge patch, only when the label is not already as wanted).
+- ``read_webhook_configurations``: both configurations as the cluster has them (the report).
 - ``apply_stack_status``: the residency audit's own server-side apply of a stack's status.
 - ``self_signed_certificate``: the webhook server's certificate when none is mounted, made with
   ``cryptography`` (Kopf's own generator needs ``certbuilder``/``oscrypto``, which this image
@@ -52,8 +53,15 @@ ADMISSION_API = "admissionregistration.k8s.io/v1"
 
 NAMESPACE = ResourceType("v1", "Namespace", "namespaces", False)
 PERSISTENT_VOLUME = ResourceType("v1", "PersistentVolume", "persistentvolumes", False)
+STORAGE_CLASS = ResourceType("storage.k8s.io/v1", "StorageClass", "storageclasses", False)
+MUTATING_CONFIGURATION = ResourceType(ADMISSION_API, "MutatingWebhookConfiguration",
+                                      "mutatingwebhookconfigurations", False)
+VALIDATING_CONFIGURATION = ResourceType(ADMISSION_API, "ValidatingWebhookConfiguration",
+                                        "validatingwebhookconfigurations", False)
 
 _CERTIFICATE_VALIDITY = dt.timedelta(days=365)
+
+Manifest = dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -172,6 +180,12 @@ def _translated(action: str, what: str) -> Iterator[None]:
         raise errors.Unavailable(f"could not {action} {what}: apiserver unreachable ({err})", what=what) from err
 
 
+def read_webhook_configurations(kube: Kube) -> list[Manifest]:
+    """The operator's webhook configurations as the cluster has them (absent ones left out)."""
+    found = [kube.get(kind, name=CONFIGURATION_NAME) for kind in (MUTATING_CONFIGURATION, VALIDATING_CONFIGURATION)]
+    return [configuration for configuration in found if configuration is not None]
+
+
 def set_governed(kube: Kube, *, namespace: str, governed: bool) -> bool:
     """Label ``namespace`` governed (or not); True when it changed, False when it already was
     as wanted or the namespace is gone."""
@@ -203,7 +217,7 @@ def self_signed_certificate(hostnames: Sequence[str]) -> tuple[bytes, bytes]:
             alternatives.append(x509.IPAddress(ipaddress.ip_address(name)))
         except ValueError:
             alternatives.append(x509.DNSName(name))
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     certificate = (
         x509.CertificateBuilder()
         .subject_name(subject)

@@ -450,18 +450,18 @@ def check_service(*, service: Manifest, scope: Scope) -> Decision:
     kind = spec.get("type") or "ClusterIP"
     failures: list[tuple[str, str]] = []
     if kind == "LoadBalancer" and not scope.allow_load_balancer:
-        failures.append((LOAD_BALANCER_NOT_ALLOWED, "type LoadBalancer may publish it beyond the jurisdiction; "
-                                                    "set spec.residency.exposure.allowLoadBalancer to allow it"))
+        failures.append((LOAD_BALANCER_NOT_ALLOWED, ("type LoadBalancer may publish it beyond the jurisdiction; "
+                                                    "set spec.residency.exposure.allowLoadBalancer to allow it")))
     if kind == "NodePort" and not scope.allow_node_port:
-        failures.append((NODE_PORT_NOT_ALLOWED, "type NodePort opens a port on every node; "
-                                                "set spec.residency.exposure.allowNodePort to allow it"))
+        failures.append((NODE_PORT_NOT_ALLOWED, ("type NodePort opens a port on every node; "
+                                                "set spec.residency.exposure.allowNodePort to allow it")))
     if spec.get("externalIPs"):
-        failures.append((EXTERNAL_IPS_NOT_ALLOWED, f"externalIPs {', '.join(spec['externalIPs'])} route outside "
-                                                   "traffic into the namespace, which no residency field declares"))
+        failures.append((EXTERNAL_IPS_NOT_ALLOWED, (f"externalIPs {', '.join(spec['externalIPs'])} route outside "
+                                                   "traffic into the namespace, which no residency field declares")))
     if kind == "ExternalName":
-        failures.append((EXTERNAL_NAME_NOT_ALLOWED, f"type ExternalName sends traffic to {spec.get('externalName')}, "
+        failures.append((EXTERNAL_NAME_NOT_ALLOWED, (f"type ExternalName sends traffic to {spec.get('externalName')}, "
                                                     "outside the declared egress: reach it through "
-                                                    "spec.residency.egress.allowCIDRs instead"))
+                                                    "spec.residency.egress.allowCIDRs instead")))
     if not failures:
         return Decision(True, IN_REGIONS, f"Service of type {kind} stays inside the cluster's declared routes")
     return failure(kind="Service", obj=service, rule=failures[0][0], scope=scope,

@@ -27,7 +27,14 @@ from typing import Any, NamedTuple
 
 from pydantic import ValidationError
 
-from sovereign.api import GROUP, PLURAL, VERSION, InvalidStackError, Residency, parse_stack
+from sovereign.api import (
+    GROUP,
+    PLURAL,
+    VERSION,
+    InvalidStackError,
+    Residency,
+    parse_stack,
+)
 from sovereign.kube.admission import (
     PERSISTENT_VOLUME,
     Webhook,

@@ -118,34 +118,50 @@ def audit_stack(*, kube: Kube, body: Manifest, governance: policy.Governance,
     return AuditResult(tuple(violations), condition, written=True)
 
 
+@dataclass(frozen=True)
+class Judgement:
+    """One object of the namespace that a stack governs, and what its rule says about it."""
+
+    kind: str
+    obj: Manifest
+    decision: Decision
+
+
+def judge_namespace(*, kube: Kube, stack: SovereignStack, governance: policy.Governance) -> list[Judgement]:
+    """Every pod (not terminating), volume claim and Service of the stack's namespace that the
+    stack governs, judged: pods by where they run, claims by their volume or class, Services by
+    their exposure. In that order, each kind by name."""
+    namespace = stack.metadata.namespace or ""
+    topology = governance.topology
+    judgements: list[Judgement] = []
+    for pod in _by_name(kube.list(POD, namespace=namespace)):
+        if (scope := governed_by(pod, governance=governance, stack=stack)) and not pod["metadata"].get(
+                "deletionTimestamp"):
+            judgements.append(Judgement("Pod", pod, policy.check_pod_placement(pod=pod, scope=scope,
+                                                                                topology=topology)))
+    for claim in _by_name(kube.list(PERSISTENT_VOLUME_CLAIM, namespace=namespace)):
+        if scope := governed_by(claim, governance=governance, stack=stack):
+            spec = claim.get("spec") or {}
+            volume = kube.get(PERSISTENT_VOLUME, name=spec["volumeName"]) if spec.get("volumeName") else None
+            judgements.append(Judgement("PersistentVolumeClaim", claim, policy.check_claim(
+                claim=claim, scope=scope, topology=topology, volume=volume,
+                storage_class=governance.storage_class(spec.get("storageClassName")))))
+    for service in _by_name(kube.list(SERVICE, namespace=namespace)):
+        if scope := governed_by(service, governance=governance, stack=stack):
+            judgements.append(Judgement("Service", service, policy.check_service(service=service, scope=scope)))
+    return judgements
+
+
 def find_violations(*, kube: Kube, stack: SovereignStack, body: Manifest,
                     governance: policy.Governance) -> list[Finding]:
     """Everything in the stack's namespace, and the stack itself, that breaks its rules now."""
     namespace = stack.metadata.namespace or ""
-    name = stack.metadata.name or ""
-    topology = governance.topology
-    findings: list[Finding] = []
-
-    def judged(obj: Manifest) -> policy.Scope | None:
-        """The scope ``obj`` answers to, if this stack is part of it (else another stack audits it)."""
-        scope = governance.scope(namespace=namespace, labels=(obj.get("metadata") or {}).get("labels"))
-        return scope if scope is not None and name in scope.stacks else None
-
-    for pod in kube.list(POD, namespace=namespace):
-        if (scope := judged(pod)) and not pod["metadata"].get("deletionTimestamp"):
-            _add(findings, "Pod", pod, policy.check_pod_placement(pod=pod, scope=scope, topology=topology))
-    for claim in kube.list(PERSISTENT_VOLUME_CLAIM, namespace=namespace):
-        if scope := judged(claim):
-            spec = claim.get("spec") or {}
-            volume = kube.get(PERSISTENT_VOLUME, name=spec["volumeName"]) if spec.get("volumeName") else None
-            _add(findings, "PersistentVolumeClaim", claim, policy.check_claim(
-                claim=claim, scope=scope, topology=topology, volume=volume,
-                storage_class=governance.storage_class(spec.get("storageClassName"))))
-    for service in kube.list(SERVICE, namespace=namespace):
-        if scope := judged(service):
-            _add(findings, "Service", service, policy.check_service(service=service, scope=scope))
-    _add(findings, "SovereignStack", body, policy.check_stack(
-        stack=stack, body=body, storage_classes=governance.storage_classes, topology=topology))
+    findings = [Finding(j.kind, namespace, j.obj["metadata"]["name"], j.decision)
+                for j in judge_namespace(kube=kube, stack=stack, governance=governance) if not j.decision.ok]
+    decision = policy.check_stack(stack=stack, body=body, storage_classes=governance.storage_classes,
+                                  topology=governance.topology)
+    if not decision.ok:
+        findings.append(Finding("SovereignStack", namespace, body["metadata"]["name"], decision))
     own = policy.stack_scope(stack)
     for verdict in verify_data_stores(kube=kube, stack=stack, create=False):
         if not verdict.ok:
@@ -156,10 +172,16 @@ def find_violations(*, kube: Kube, stack: SovereignStack, body: Manifest,
     return findings
 
 
-def _add(findings: list[Finding], kind: str, obj: Manifest, decision: Decision) -> None:
-    if not decision.ok:
-        meta = obj["metadata"]
-        findings.append(Finding(kind, meta.get("namespace") or "", meta["name"], decision))
+def governed_by(obj: Manifest, *, governance: policy.Governance, stack: SovereignStack) -> policy.Scope | None:
+    """The rules ``obj`` (in the stack's namespace) answers to, if ``stack`` sets them; None when
+    it answers to another stack of the namespace alone (that stack's audit judges it)."""
+    scope = governance.scope(namespace=stack.metadata.namespace or "",
+                             labels=(obj.get("metadata") or {}).get("labels"))
+    return scope if scope is not None and stack.metadata.name in scope.stacks else None
+
+
+def _by_name(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return sorted(objects, key=lambda obj: obj["metadata"]["name"])
 
 
 def violations_from(findings: Sequence[Finding], *, previous: Sequence[ResidencyViolation],

@@ -7,7 +7,6 @@ import copy
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-
 from sovereign.api import Residency, parse_stack
 from sovereign.policy import residency as r
 from sovereign.policy.residency_store import Decision
@@ -321,15 +320,15 @@ def service(**spec) -> dict:
 
 @pytest.mark.parametrize("spec, rule, detail", [
     ({"type": "LoadBalancer"}, r.LOAD_BALANCER_NOT_ALLOWED,
-     "type LoadBalancer may publish it beyond the jurisdiction; set spec.residency.exposure.allowLoadBalancer "
-     "to allow it"),
+     ("type LoadBalancer may publish it beyond the jurisdiction; set spec.residency.exposure.allowLoadBalancer "
+     "to allow it")),
     ({"type": "NodePort"}, r.NODE_PORT_NOT_ALLOWED,
      "type NodePort opens a port on every node; set spec.residency.exposure.allowNodePort to allow it"),
     ({"externalIPs": ["203.0.113.7"]}, r.EXTERNAL_IPS_NOT_ALLOWED,
      "externalIPs 203.0.113.7 route outside traffic into the namespace, which no residency field declares"),
     ({"type": "ExternalName", "externalName": "api.example.com"}, r.EXTERNAL_NAME_NOT_ALLOWED,
-     "type ExternalName sends traffic to api.example.com, outside the declared egress: reach it through "
-     "spec.residency.egress.allowCIDRs instead"),
+     ("type ExternalName sends traffic to api.example.com, outside the declared egress: reach it through "
+     "spec.residency.egress.allowCIDRs instead")),
 ])
 def test_services_that_open_the_namespace_are_refused_with_the_rule(spec, rule, detail):
     decision = r.check_service(service=service(**spec), scope=scope())

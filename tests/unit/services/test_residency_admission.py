@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from cryptography import x509
-
 from sovereign.kube.admission import self_signed_certificate, webhook_configurations
 from sovereign.services.admission import WEBHOOKS
 

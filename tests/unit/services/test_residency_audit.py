@@ -7,7 +7,12 @@ from datetime import UTC, datetime, timedelta
 from sovereign.api import Condition, Residency, ResidencyViolation
 from sovereign.policy import residency as policy
 from sovereign.policy.residency_store import Decision
-from sovereign.services.residency_audit import Finding, residency_condition, stored_residency, violations_from
+from sovereign.services.residency_audit import (
+    Finding,
+    residency_condition,
+    stored_residency,
+    violations_from,
+)
 
 T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
 T1 = T0 + timedelta(minutes=5)

@@ -1,0 +1,252 @@
+"""The residency evidence of one stack, gathered from the live cluster for an auditor.
+
+``gather_evidence`` reads the stack, its namespace and everything in it that the stack governs,
+and judges each object with the same rules the webhooks and the audit apply
+(``policy.residency``): every pod with the node and region it runs in, every volume claim with
+its class and volume, every Service with its exposure, every data store with each check of its
+bucket (``services.residency_stores``, read only), the violations the audit recorded with their
+timestamps, the conditions, and the admission configuration in force (the operator's webhook
+configurations as the cluster has them, and whether the namespace is governed). The result is
+an ``Evidence`` model: ``report`` renders it as HTML or JSON. Called by ``cli.report``.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic.alias_generators import to_camel
+
+from sovereign import __version__
+from sovereign.api import (
+    Condition,
+    Residency,
+    ResidencyViolation,
+    SovereignStack,
+    parse_stack,
+)
+from sovereign.kube.admission import (
+    CONFIGURATION_NAME,
+    GOVERNED_LABEL,
+    NAMESPACE,
+    STORAGE_CLASS,
+    read_webhook_configurations,
+)
+from sovereign.kube.client import Kube
+from sovereign.kube.resources import NODE, STACK
+from sovereign.policy import residency as policy
+from sovereign.policy.residency_store import Decision
+from sovereign.services.residency_audit import judge_namespace, stored_residency
+from sovereign.services.residency_stores import verify_data_stores
+
+
+class StackNotFound(LookupError):
+    """The stack named on the command line does not exist."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, serialize_by_alias=True, validate_by_name=True, frozen=True)
+
+
+class Check(_Model):
+    """One rule applied to one object: passed or not, the rule's reason and what it found."""
+
+    ok: bool
+    reason: str
+    message: str
+
+    @classmethod
+    def of(cls, decision: Decision) -> Check:
+        return cls(ok=decision.ok, reason=decision.reason, message=decision.message)
+
+
+class StackFacts(_Model):
+    name: str
+    namespace: str
+    uid: str
+    generation: int | None
+    jurisdiction: str
+    regions: list[str]
+    enforcement: str
+    allow_load_balancer: bool
+    allow_node_port: bool
+    egress_cidrs: list[str] = Field(serialization_alias="egressCIDRs")
+
+
+class PodEvidence(_Model):
+    name: str
+    stack: str
+    phase: str
+    node: str
+    region: str
+    zone: str
+    check: Check
+
+
+class VolumeEvidence(_Model):
+    claim: str
+    storage_class: str
+    volume: str
+    phase: str
+    check: Check
+
+
+class ServiceEvidence(_Model):
+    name: str
+    type: str
+    check: Check
+
+
+class StoreEvidence(_Model):
+    name: str
+    bucket: str
+    endpoint: str
+    declared_region: str
+    observed_region: str
+    summary: Check
+    checks: dict[str, Check]
+
+
+class WebhookEvidence(_Model):
+    configuration: str
+    name: str
+    resources: list[str]
+    operations: list[str]
+    namespace_selector: str
+    failure_policy: str
+    endpoint: str
+
+
+class AdmissionEvidence(_Model):
+    namespace_governed: bool
+    configurations_present: list[str]
+    webhooks: list[WebhookEvidence]
+
+
+class Evidence(_Model):
+    """Everything the report shows, as of ``generated_at``."""
+
+    generated_at: datetime
+    operator_version: str
+    stack: StackFacts
+    compliant: bool
+    stack_check: Check
+    conditions: list[Condition]
+    violations: list[ResidencyViolation]
+    pods: list[PodEvidence]
+    volumes: list[VolumeEvidence]
+    services: list[ServiceEvidence]
+    stores: list[StoreEvidence]
+    admission: AdmissionEvidence
+
+
+def gather_evidence(*, kube: Kube, namespace: str, name: str, check_stores: bool = True,
+                    now: datetime | None = None) -> Evidence:
+    """The evidence of stack ``namespace/name``; ``check_stores`` False skips reaching the buckets."""
+    body = kube.get(STACK, name=name, namespace=namespace)
+    if body is None:
+        raise StackNotFound(f"SovereignStack {namespace}/{name} does not exist")
+    stack = parse_stack({key: body[key] for key in ("apiVersion", "kind", "metadata", "spec") if key in body})
+    nodes = kube.list(NODE)
+    governance = policy.Governance(
+        stacks={namespace: _residencies(kube.list(STACK, namespace=namespace))},
+        topology=policy.Topology.from_nodes(nodes),
+        storage_classes={sc["metadata"]["name"]: sc for sc in kube.list(STORAGE_CLASS)},
+    )
+    zones = {node["metadata"]["name"]: (node["metadata"].get("labels") or {}).get(policy.ZONE_LABEL, "")
+             for node in nodes}
+    violations, _ = stored_residency(body)
+    pods, volumes, services = _objects(kube, stack, governance, zones)
+    residency = stack.spec.residency
+    namespace_object = kube.get(NAMESPACE, name=namespace) or {"metadata": {}}
+    return Evidence(
+        generated_at=(now or datetime.now(UTC)).replace(microsecond=0),
+        operator_version=__version__,
+        stack=StackFacts(
+            name=name, namespace=namespace, uid=body["metadata"].get("uid", ""),
+            generation=body["metadata"].get("generation"), jurisdiction=residency.jurisdiction,
+            regions=list(residency.regions), enforcement=residency.enforcement.value,
+            allow_load_balancer=residency.exposure.allow_load_balancer,
+            allow_node_port=residency.exposure.allow_node_port, egress_cidrs=list(residency.egress.allow_cidrs),
+        ),
+        compliant=not violations,
+        stack_check=Check.of(policy.check_stack(stack=stack, body=body, storage_classes=governance.storage_classes,
+                                                topology=governance.topology)),
+        conditions=[Condition.model_validate(c) for c in (body.get("status") or {}).get("conditions") or []],
+        violations=violations,
+        pods=pods,
+        volumes=volumes,
+        services=services,
+        stores=_stores(kube, stack) if check_stores else [],
+        admission=_admission(kube, namespace_object),
+    )
+
+
+def _residencies(stacks: list[dict[str, Any]]) -> dict[str, Residency]:
+    found = {}
+    for item in stacks:
+        try:
+            found[item["metadata"]["name"]] = Residency.model_validate((item.get("spec") or {}).get("residency"))
+        except ValidationError:
+            continue
+    return found
+
+
+def _objects(kube: Kube, stack: SovereignStack, governance: policy.Governance,
+             zones: dict[str, str]) -> tuple[list[PodEvidence], list[VolumeEvidence], list[ServiceEvidence]]:
+    """The governed pods, claims and Services with their checks (``residency_audit.judge_namespace``)."""
+    pods, volumes, services = [], [], []
+    for judged in judge_namespace(kube=kube, stack=stack, governance=governance):
+        meta, spec, status = judged.obj["metadata"], judged.obj.get("spec") or {}, judged.obj.get("status") or {}
+        check = Check.of(judged.decision)
+        if judged.kind == "Pod":
+            node = spec.get("nodeName") or ""
+            pods.append(PodEvidence(name=meta["name"], stack=(meta.get("labels") or {}).get(policy.STACK_LABEL, ""),
+                                    phase=status.get("phase", ""), node=node,
+                                    region=governance.topology.node_regions.get(node, ""), zone=zones.get(node, ""),
+                                    check=check))
+        elif judged.kind == "PersistentVolumeClaim":
+            volumes.append(VolumeEvidence(claim=meta["name"], storage_class=spec.get("storageClassName") or "",
+                                          volume=spec.get("volumeName", ""), phase=status.get("phase", ""),
+                                          check=check))
+        else:
+            services.append(ServiceEvidence(name=meta["name"], type=spec.get("type", "ClusterIP"), check=check))
+    return pods, volumes, services
+
+
+def _stores(kube: Kube, stack: SovereignStack) -> list[StoreEvidence]:
+    declared = {entry.name: entry.s3 for entry in stack.spec.data_stores if entry.s3 is not None}
+    return [
+        StoreEvidence(name=verdict.name, bucket=verdict.bucket, endpoint=declared[verdict.name].endpoint or "AWS S3",
+                      declared_region=declared[verdict.name].region, observed_region=verdict.region,
+                      summary=Check.of(verdict.decision),
+                      checks={name: Check.of(decision) for name, decision in verdict.checks.items()})
+        for verdict in verify_data_stores(kube=kube, stack=stack, create=False)
+    ]
+
+
+def _admission(kube: Kube, namespace: dict[str, Any]) -> AdmissionEvidence:
+    configurations = read_webhook_configurations(kube)
+    webhooks = []
+    for configuration in configurations:
+        for hook in configuration.get("webhooks") or []:
+            client_config = hook.get("clientConfig") or {}
+            service = client_config.get("service")
+            endpoint = (client_config.get("url") or
+                        (f"service {service['namespace']}/{service['name']}:{service.get('port', 443)}"
+                         f"{service.get('path', '')}" if service else ""))
+            selector = (hook.get("namespaceSelector") or {}).get("matchLabels") or {}
+            webhooks.append(WebhookEvidence(
+                configuration=configuration["kind"], name=hook["name"],
+                resources=sorted({r for rule in hook.get("rules") or [] for r in rule.get("resources") or []}),
+                operations=sorted({o for rule in hook.get("rules") or [] for o in rule.get("operations") or []}),
+                namespace_selector=", ".join(f"{k}={v}" for k, v in sorted(selector.items())) or "every namespace",
+                failure_policy=hook.get("failurePolicy", "Fail"), endpoint=endpoint,
+            ))
+    labels = namespace["metadata"].get("labels") or {}
+    return AdmissionEvidence(
+        namespace_governed=labels.get(GOVERNED_LABEL) == "true",
+        configurations_present=[f"{c['kind']} {CONFIGURATION_NAME}" for c in configurations],
+        webhooks=webhooks,
+    )
