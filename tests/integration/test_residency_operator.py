@@ -270,3 +270,47 @@ def test_decisions_are_counted(governed, api_client):
                    pod("counted", nodeSelector={REGION: "eu-west-1"}))
 
     assert denied._value.get() == before + 1
+
+
+@pytest.fixture
+def volume_abroad(api_client) -> Iterator[str]:
+    """A pre-provisioned local PersistentVolume on a node of eu-west-1."""
+    core = client.CoreV1Api(api_client)
+    name = f"pv-euw1-{uuid.uuid4().hex[:6]}"
+    core.create_persistent_volume({
+        "apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": name},
+        "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"], "storageClassName": "",
+                 "persistentVolumeReclaimPolicy": "Retain", "local": {"path": "/mnt/disks/ssd1"},
+                 "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
+                     {"key": "topology.kubernetes.io/zone", "operator": "In", "values": ["eu-west-1a"]}]}]}}}})
+    yield name
+    core.delete_persistent_volume(name)
+
+
+def claim_for(volume: str) -> dict:
+    return {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "records"},
+            "spec": {"storageClassName": "", "volumeName": volume, "accessModes": ["ReadWriteOnce"],
+                     "resources": {"requests": {"storage": "1Gi"}}}}
+
+
+def test_a_claim_for_a_volume_outside_the_regions_is_denied(governed, api_client, volume_abroad):
+    message = create_refused(client.CoreV1Api(api_client).create_namespaced_persistent_volume_claim, governed,
+                             claim_for(volume_abroad))
+
+    assert (f"PersistentVolumeClaim {governed}/records breaks VolumeOutsideRegions: PersistentVolume "
+            f"{volume_abroad} is in eu-west-1; the allowed regions of stack {governed}/citizen (QA) are "
+            "me-central-1") in message
+
+
+def test_the_audit_records_a_claim_bound_to_a_volume_outside(operator, api_client, namespace, volume_abroad):
+    make_stack(api_client, namespace, enforcement="Audit")
+    wait_governed(api_client, namespace)
+
+    client.CoreV1Api(api_client).create_namespaced_persistent_volume_claim(namespace, claim_for(volume_abroad))
+
+    status = wait_until(lambda: _status_with_violations(api_client, namespace), timeout=WAIT,
+                        message="the violation in status")
+    violation, = status["violations"]
+    assert (violation["kind"], violation["name"], violation["rule"]) == (
+        "PersistentVolumeClaim", "records", "VolumeOutsideRegions")
+    assert violations_metric(namespace, "PersistentVolumeClaim") == 1
