@@ -1,0 +1,236 @@
+"""GPU node agent benchmarks, against a local control plane with the fake NVML.
+
+- CPU and memory of ``sovereign agent --fake-nvml ... --interval 1`` watching eight scripted GPUs
+  for ``STEADY_SECONDS`` (``SOVEREIGN_BENCH_AGENT_SECONDS`` changes it): CPU as a share of one
+  core per ``CPU_WINDOW`` seconds (utime + stime from ``/proc/<pid>/stat``), resident memory
+  (``VmRSS`` of ``/proc/<pid>/status``) once a second;
+- the time one ``/metrics`` scrape takes (``SCRAPES`` of them, body read in full);
+- from a scripted XID 79 (written into the fake NVML file) to the agent's taint on the node, seen
+  through a watch of the node, ``FAULTS`` times.
+
+``GpuNodes`` (fresh KWOK GPU nodes shaped like the fleet's) and ``AgentProcess`` (the agent as
+the dev cluster runs it) are shared with ``tests/integration/test_gpu_reaction.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Any
+
+import yaml
+from kubernetes import client, watch
+from prometheus_client.parser import text_string_to_metric_families
+
+from bench.result import Result
+from sovereign.devcluster import build, fleet
+from sovereign.devcluster.cluster import DevCluster, free_port, wait_until
+from sovereign.kube.nodes import GPU_HEALTHY_CONDITION, GPU_UNHEALTHY_TAINT_KEY
+from sovereign.nvml.fake import clear_faults, healthy_node, inject_xid, write_scenario
+
+STEADY_SECONDS = float(os.environ.get("SOVEREIGN_BENCH_AGENT_SECONDS", 60))
+CPU_WINDOW = 5.0
+SCRAPES = 200
+FAULTS = 5
+#: Agent settings of the fault runs: the shipped ones, except that a cleared XID stops counting
+#: after a few seconds instead of five minutes, so one run can script several faults.
+FAULT_CONFIG = {"health": {"xid_quiet_window_s": 3, "recovery_clean_polls": 1}}
+WAIT = 120
+
+
+class GpuNodes:
+    """Fresh KWOK GPU nodes, shaped like the fleet's first GPU group but in any region, carrying
+    ``labels``; deleted again by ``delete``. Fresh nodes keep a test's taints off shared nodes."""
+
+    def __init__(self, api: client.ApiClient) -> None:
+        self.core = client.CoreV1Api(api)
+        self.names: list[str] = []
+
+    def create(self, *, region: str, labels: dict[str, str] | None = None) -> str:
+        config = fleet.load()
+        group = next(g for g in config["groups"] if "gpu" in g)
+        prefix = f"gpu-{region.split('-')[0]}-{uuid.uuid4().hex[:6]}"
+        group = {**group, "prefix": prefix, "count": 1, "region": region,
+                 "zones": [f"{region}a"]}
+        (node,) = fleet.nodes({**config, "groups": [group]})
+        node["metadata"]["labels"].update(labels or {})
+        self.core.create_node(node)
+        name = node["metadata"]["name"]
+        self.names.append(name)
+        wait_until(lambda: _condition(self.core.read_node(name), "Ready") == "True", timeout=WAIT,
+                   message=f"KWOK to make node {name} Ready")
+        return name
+
+    def delete(self) -> None:
+        for name in self.names:
+            try:
+                self.core.delete_node(name)
+            except client.ApiException as err:
+                if err.status != 404:
+                    raise
+        self.names.clear()
+
+
+class AgentProcess:
+    """``sovereign agent`` for one node on a fake NVML scenario file, as a subprocess."""
+
+    def __init__(self, *, kubeconfig: str, node: str, workdir: Path, interval: float = 1.0,
+                 config: dict[str, Any] | None = None) -> None:
+        self.node = node
+        self.scenario = workdir / f"{node}.nvml.json"
+        self.log = workdir / f"{node}.agent.log"
+        self.port = free_port()
+        write_scenario(self.scenario, healthy_node(seed=node))
+        config_path = workdir / f"{node}.agent.yaml"
+        config_path.write_text(yaml.safe_dump(config or {}))
+        with open(self.log, "ab") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "sovereign", "agent", "--node", node, "--kubeconfig", kubeconfig,
+                 "--config", str(config_path), "--interval", str(interval), "--fake-nvml", str(self.scenario),
+                 "--metrics-address", "127.0.0.1", "--metrics-port", str(self.port)],
+                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        wait_until(lambda: self._alive() and self.polls() >= 1, timeout=WAIT,
+                   message=f"the agent of {node} to finish its first poll (log: {self.log})")
+
+    def scrape(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=10) as resp:
+            return resp.read().decode()
+
+    def polls(self) -> float:
+        families = text_string_to_metric_families(self.scrape())
+        return next((s.value for f in families for s in f.samples
+                     if s.name == "sovereign_gpu_agent_polls_total"), 0.0)
+
+    def inject_xid(self, *, gpu: int, xid: int) -> None:
+        inject_xid(self.scenario, gpu=gpu, xid=xid)
+
+    def clear_faults(self) -> None:
+        clear_faults(self.scenario)
+
+    def cpu_seconds(self) -> float:
+        """utime + stime of the agent so far."""
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        # After the command name: state is field 3, utime and stime are fields 14 and 15.
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def rss_mib(self) -> float:
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        raise RuntimeError(f"no VmRSS for agent pid {self.process.pid}")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=30)
+
+    def _alive(self) -> bool:
+        if self.process.poll() is not None:
+            raise RuntimeError(f"the agent of {self.node} exited with {self.process.returncode}:\n"
+                               f"{self.log.read_text(errors='replace')[-4000:]}")
+        return True
+
+
+def tainted(node: dict[str, Any] | client.V1Node) -> str | None:
+    """The value of the agent's taint on ``node``, if any."""
+    taints = node.spec.taints if isinstance(node, client.V1Node) else node.get("spec", {}).get("taints")
+    for taint in taints or []:
+        key = taint.key if isinstance(taint, client.V1Taint) else taint.get("key")
+        if key == GPU_UNHEALTHY_TAINT_KEY:
+            return taint.value if isinstance(taint, client.V1Taint) else taint.get("value")
+    return None
+
+
+def time_until_node(api: client.ApiClient, node: str, predicate: Any, *, started: float,
+                    timeout: float = WAIT) -> float:
+    """Seconds from ``started`` (monotonic) until a watch of ``node`` shows it matching
+    ``predicate`` (a function of the V1Node); checks the node as it is first."""
+    core = client.CoreV1Api(api)
+    current = core.read_node(node)
+    if predicate(current):
+        return time.monotonic() - started
+    stream = watch.Watch()
+    try:
+        for event in stream.stream(core.list_node, field_selector=f"metadata.name={node}",
+                                   resource_version=current.metadata.resource_version,
+                                   timeout_seconds=int(timeout)):
+            if predicate(event["object"]):
+                return time.monotonic() - started
+    finally:
+        stream.stop()
+    raise TimeoutError(f"node {node} did not change as expected within {timeout:.0f}s")
+
+
+def _condition(node: client.V1Node, kind: str) -> str | None:
+    return next((c.status for c in node.status.conditions or [] if c.type == kind), None)
+
+
+# --- the benchmark --------------------------------------------------------------------------------
+
+
+def run() -> list[Result]:
+    build.ensure_all(["etcd", "kubernetes", "kwok"])
+    with tempfile.TemporaryDirectory(prefix="bench-gpu-agent-") as tmp, \
+            DevCluster(workdir=Path(tmp) / "cluster", progress=False) as cluster:
+        api = cluster.api_client()
+        nodes = GpuNodes(api)
+        try:
+            node = nodes.create(region="me-central-1")
+            agent = AgentProcess(kubeconfig=cluster.kubeconfig, node=node, workdir=Path(tmp),
+                                 interval=1.0, config=FAULT_CONFIG)
+            try:
+                results = _steady(agent)
+                results.append(_scrapes(agent))
+                results.append(_fault_to_taint(api, agent))
+            finally:
+                agent.stop()
+        finally:
+            nodes.delete()
+            api.close()
+    return results
+
+
+def _steady(agent: AgentProcess) -> list[Result]:
+    """CPU per window and RSS per second while nothing changes (after one window of warm-up)."""
+    cpu = Result(f"agent CPU, 1 s poll, 8 fake GPUs ({CPU_WINDOW:g} s windows, % of one core)", "%")
+    rss = Result("agent resident memory (VmRSS, each second)", "MiB")
+    time.sleep(CPU_WINDOW)
+    began = time.monotonic()
+    while time.monotonic() - began < STEADY_SECONDS:
+        window_start, used_start = time.monotonic(), agent.cpu_seconds()
+        while time.monotonic() - window_start < CPU_WINDOW:
+            rss.samples.append(round(agent.rss_mib(), 1))
+            time.sleep(1)
+        used = agent.cpu_seconds() - used_start
+        cpu.samples.append(round(100 * used / (time.monotonic() - window_start), 2))
+    return [cpu, rss]
+
+
+def _scrapes(agent: AgentProcess) -> Result:
+    scrape = Result(f"/metrics scrape, 8 GPUs (median of {SCRAPES})", "ms")
+    for _ in range(SCRAPES):
+        began = time.perf_counter()
+        agent.scrape()
+        scrape.samples.append(round(1000 * (time.perf_counter() - began), 2))
+    return scrape
+
+
+def _fault_to_taint(api: client.ApiClient, agent: AgentProcess) -> Result:
+    taint = Result("scripted XID 79 -> agent's taint on the node (agent defaults, 1 s poll)", "s")
+    core = client.CoreV1Api(api)
+    for _ in range(FAULTS):
+        began = time.monotonic()
+        agent.inject_xid(gpu=3, xid=79)
+        taint.samples.append(round(time_until_node(api, agent.node, lambda n: tainted(n) == "Xid79",
+                                                   started=began), 2))
+        agent.clear_faults()
+        wait_until(lambda: tainted(core.read_node(agent.node)) is None
+                   and _condition(core.read_node(agent.node), GPU_HEALTHY_CONDITION) == "True",
+                   timeout=WAIT, message=f"{agent.node} healthy again")
+    return taint
