@@ -10,8 +10,8 @@ Against a local control plane, with the operator as a real ``sovereign run`` sub
 
 The parts of a cloud the local cluster lacks are simulated by ``SimulatedCloud``: Karpenter
 (NodePools reported Ready, two GPU nodes carrying the NodePool's label), on-premises GPU nodes
-labelled for the sample's Existing pool, statically provisioned volumes and the S3 credentials
-Secret. ``OperatorProcess`` runs the operator. The integration tests
+labelled for the sample's Existing pool, statically provisioned volumes, and the in-country
+bucket (on a real MinIO server) with its credentials Secret. ``OperatorProcess`` runs the operator. The integration tests
 (``tests/integration/test_reconcile*.py``) use both.
 """
 
@@ -34,6 +34,7 @@ from bench.result import Result
 from sovereign.api import GROUP, PLURAL, VERSION, load_documents, parse_stack
 from sovereign.devcluster import build
 from sovereign.devcluster.cluster import REPO_ROOT, DevCluster, wait_until
+from sovereign.devcluster.minio import MinioServer
 from sovereign.kube.client import USER_AGENT
 from sovereign.render.names import KARPENTER_NODEPOOL_LABEL, OWNER_ANNOTATION, POOL_LABEL, STACK_LABEL, nodepool_name
 
@@ -61,11 +62,18 @@ def karpenter_nodepool(namespace: str) -> str:
 
 
 class SimulatedCloud:
-    """What a real cluster would have around the full sample, in one namespace."""
+    """What a real cluster would have around the full sample, in one namespace.
 
-    def __init__(self, api: client.ApiClient, namespace: str) -> None:
+    ``store`` is the in-country object store (a MinIO server of me-central-1): the sample's S3
+    store is pointed at a compliant bucket there (``sample()``), with the credentials Secret the
+    store names, so the residency audit finds the bucket where the stack says it is.
+    """
+
+    def __init__(self, api: client.ApiClient, namespace: str, *, store: MinioServer) -> None:
         self.api = api
         self.namespace = namespace
+        self.store = store
+        self.bucket = namespace[:63]
         self.core = client.CoreV1Api(api)
         self.custom = client.CustomObjectsApi(api)
         self.volume_prefix = f"pv-{uuid.uuid4().hex[:6]}"
@@ -73,14 +81,26 @@ class SimulatedCloud:
         self._karpenter = threading.Thread(target=self._run_karpenter, name="fake-karpenter", daemon=True)
 
     def __enter__(self) -> SimulatedCloud:
+        s3 = self.store.client()
+        s3.create_bucket(Bucket=self.bucket, CreateBucketConfiguration={"LocationConstraint": self.store.region})
+        s3.put_bucket_encryption(Bucket=self.bucket, ServerSideEncryptionConfiguration={
+            "Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]})
         self.core.create_namespaced_secret(self.namespace, {
             "metadata": {"name": "s3-creds"},
-            "stringData": {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench-secret"}})
+            "stringData": {"AWS_ACCESS_KEY_ID": self.store.access_key, "AWS_SECRET_ACCESS_KEY": self.store.secret_key}})
         for node in RACK_NODES:
             self._label(node, {RACK_LABEL: "doha-1"})
         self.add_volumes(regional=8, unclassed=4)
         self._karpenter.start()
         return self
+
+    def sample(self) -> dict[str, Any]:
+        """The full sample, its S3 store pointed at this cloud's bucket."""
+        document = full_sample()
+        corpus = next(s for s in document["spec"]["dataStores"] if s["name"] == "corpus")
+        corpus["s3"] |= {"bucket": self.bucket, "endpoint": self.store.endpoint, "region": self.store.region,
+                         "forcePathStyle": True}
+        return document
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
@@ -150,8 +170,10 @@ class OperatorProcess:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> OperatorProcess:
-        args = [sys.executable, "-m", "sovereign", "run", "--standalone", "--verbose",
-                "--resync-seconds", str(self.resync_seconds)]
+        # No admission webhooks: their configurations would outlive this process in a shared
+        # cluster (they fail closed); the residency audit runs, as often as the resync.
+        args = [sys.executable, "-m", "sovereign", "run", "--standalone", "--verbose", "--no-webhooks",
+                "--resync-seconds", str(self.resync_seconds), "--audit-seconds", str(self.resync_seconds)]
         for namespace in self.namespaces:
             args += ["--namespace", namespace]
         with open(self.log, "ab") as out:
@@ -216,20 +238,21 @@ def delete_stack(api: client.ApiClient, namespace: str, name: str = STACK, *, ti
 
 
 def run() -> list[Result]:
-    build.ensure_all(["etcd", "kubernetes", "kwok"])
+    build.ensure_all(["etcd", "kubernetes", "kwok", "minio"])
     applied = Result("create full sample -> all children applied (operator)", "s")
     ready = Result("create full sample -> Ready=True (operator)", "s")
     kubectl = Result("kubectl apply --server-side of the same manifests", "s")
     with tempfile.TemporaryDirectory(prefix="bench-reconcile-") as tmp, \
-            DevCluster(workdir=Path(tmp) / "cluster", progress=False) as cluster:
+            DevCluster(workdir=Path(tmp) / "cluster", progress=False) as cluster, \
+            MinioServer(region="me-central-1", root=Path(tmp) / "minio") as store:
         api = cluster.api_client()
         operator = OperatorProcess(kubeconfig=cluster.kubeconfig, namespaces=["bench-*"],
                                    log=Path(tmp) / "operator.log", resync_seconds=30).start()
         try:
             for attempt in range(RUNS):
                 namespace = _namespace(api, f"bench-{attempt}")
-                with SimulatedCloud(api, namespace):
-                    took_applied, took_ready = _create_to_ready(api, namespace)
+                with SimulatedCloud(api, namespace, store=store) as cloud:
+                    took_applied, took_ready = _create_to_ready(api, namespace, cloud.sample())
                     applied.samples.append(took_applied)
                     ready.samples.append(took_ready)
                     if attempt == RUNS - 1:
@@ -278,10 +301,10 @@ def _children(api: client.ApiClient, namespace: str) -> set[tuple[str, str]]:
     return found
 
 
-def _create_to_ready(api: client.ApiClient, namespace: str) -> tuple[float, float]:
+def _create_to_ready(api: client.ApiClient, namespace: str, document: dict[str, Any]) -> tuple[float, float]:
     expected = _expected_children(namespace)
     began = time.monotonic()
-    client.CustomObjectsApi(api).create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, full_sample())
+    client.CustomObjectsApi(api).create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, document)
     wait_until(lambda: expected <= _children(api, namespace), timeout=300, interval=0.1,
                message="every child of the full sample")
     took_applied = round(time.monotonic() - began, 2)

@@ -3,11 +3,14 @@
 The full sample becomes node pools, vLLM servers, storage and applications on simulated GPU
 nodes; the stack reaches Ready; a model swap rolls only its server; removed entries are pruned;
 deleting the stack cleans up all but retained data; a restarted operator writes nothing for an
-unchanged stack (counted from the apiserver's audit log and its metrics). Karpenter, volume
-provisioning and the S3 credentials are simulated by ``bench.reconcile.SimulatedCloud``; the
-sample's S3 store is not contacted: the reconciler treats an S3 store as ready when its
-credentials Secret is complete (bucket residency is the audit's business), so the fake endpoint
-does not block Ready.
+unchanged stack (counted from the apiserver's audit log and its metrics). Karpenter and volume
+provisioning are simulated by ``bench.reconcile.SimulatedCloud``.
+
+The sample's S3 store (a fake endpoint) is pointed at a real MinIO server of me-central-1 with
+an encrypted bucket and its credentials Secret: the reconciler itself counts an S3 store ready
+once its credentials Secret is complete (it does not contact stores; bucket residency is the
+residency audit's, which runs in the same operator and does contact them), so with the real
+store both agree and Ready means what it says.
 """
 
 from __future__ import annotations
@@ -27,7 +30,6 @@ from bench.reconcile import (
     OperatorProcess,
     SimulatedCloud,
     delete_stack,
-    full_sample,
     karpenter_nodepool,
     operator_writes,
     stack_conditions,
@@ -43,8 +45,8 @@ RESYNC = 3
 
 
 @pytest.fixture
-def cloud(api_client: client.ApiClient, namespace: str) -> Iterator[SimulatedCloud]:
-    with SimulatedCloud(api_client, namespace) as simulated:
+def cloud(api_client: client.ApiClient, namespace: str, minio_servers) -> Iterator[SimulatedCloud]:
+    with SimulatedCloud(api_client, namespace, store=minio_servers["me-central-1"]) as simulated:
         yield simulated
 
 
@@ -101,9 +103,8 @@ def _ready(api: client.ApiClient, namespace: str, generation: int = 1) -> bool:
     return status.get("observedGeneration") == generation and ready.get("status") == "True"
 
 
-def _ready_stack(api: client.ApiClient, namespace: str, operator: OperatorProcess,
-                 document: dict[str, Any] | None = None) -> None:
-    _create(api, namespace, document or full_sample())
+def _ready_stack(api: client.ApiClient, namespace: str, operator: OperatorProcess, document: dict[str, Any]) -> None:
+    _create(api, namespace, document)
     _wait("Ready=True", lambda: _ready(api, namespace), operator, api, namespace)
 
 
@@ -112,8 +113,9 @@ def _deployments(api: client.ApiClient, namespace: str) -> dict[str, client.V1De
             client.AppsV1Api(api).list_namespaced_deployment(namespace, label_selector=SELECTOR).items}
 
 
-def test_full_sample_becomes_every_child_and_reaches_ready(cluster, api_client, namespace, operator) -> None:
-    _ready_stack(api_client, namespace, operator)
+def test_full_sample_becomes_every_child_and_reaches_ready(cluster, api_client, namespace, operator,
+                                                           cloud) -> None:
+    _ready_stack(api_client, namespace, operator, cloud.sample())
 
     apps, core = client.AppsV1Api(api_client), client.CoreV1Api(api_client)
     custom = client.CustomObjectsApi(api_client)
@@ -155,6 +157,10 @@ def test_full_sample_becomes_every_child_and_reaches_ready(cluster, api_client, 
     stack = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, STACK)
     assert {m["name"]: m["endpoint"] for m in stack["status"]["models"]} == {
         "chat": f"http://chat.{namespace}.svc:8000/v1", "embed": f"http://embed.{namespace}.svc:8000/v1"}
+    # The residency audit, in the same operator, finds the bucket and every pod in the region.
+    _wait("ResidencyCompliant=True", lambda: stack_conditions(api_client, namespace).get(
+        "ResidencyCompliant", {}).get("status") == "True", operator, api_client, namespace)
+    assert _ready(api_client, namespace)
     row = cluster.kubectl("get", "sstack", "-n", namespace, check=True).stdout.splitlines()[1].split()
     assert row[:5] == [STACK, "True", "QA", "2/2", "0"]
     events = core.list_namespaced_event(namespace, field_selector=f"involvedObject.name={STACK}").items
@@ -162,8 +168,9 @@ def test_full_sample_becomes_every_child_and_reaches_ready(cluster, api_client, 
     assert apps.read_namespaced_deployment("chat", namespace).spec.template.spec.init_containers[0].name == "fetch-model"
 
 
-def test_swapping_a_model_rolls_its_server_and_leaves_applications_untouched(api_client, namespace, operator) -> None:
-    _ready_stack(api_client, namespace, operator)
+def test_swapping_a_model_rolls_its_server_and_leaves_applications_untouched(api_client, namespace, operator,
+                                                                             cloud) -> None:
+    _ready_stack(api_client, namespace, operator, cloud.sample())
     before = _deployments(api_client, namespace)
 
     _patch_spec(api_client, namespace, lambda spec: spec["models"][0].update(model="Qwen/Qwen3-32B"))
@@ -181,8 +188,8 @@ def test_swapping_a_model_rolls_its_server_and_leaves_applications_untouched(api
     assert next(m for m in stack["status"]["models"] if m["name"] == "chat")["model"] == "Qwen/Qwen3-32B"
 
 
-def test_removing_a_model_prunes_its_children(api_client, namespace, operator) -> None:
-    _ready_stack(api_client, namespace, operator)
+def test_removing_a_model_prunes_its_children(api_client, namespace, operator, cloud) -> None:
+    _ready_stack(api_client, namespace, operator, cloud.sample())
 
     def without_chat(spec: dict[str, Any]) -> None:
         spec["models"] = [m for m in spec["models"] if m["name"] != "chat"]
@@ -201,8 +208,8 @@ def test_removing_a_model_prunes_its_children(api_client, namespace, operator) -
     assert set(_deployments(api_client, namespace)) == {"embed", "assistant", "indexer"}
 
 
-def test_deleting_the_stack_removes_everything_but_retained_data(api_client, namespace, operator) -> None:
-    document = full_sample()
+def test_deleting_the_stack_removes_everything_but_retained_data(api_client, namespace, operator, cloud) -> None:
+    document = cloud.sample()
     document["spec"]["dataStores"][1]["deletionPolicy"] = "Retain"
     document["spec"]["dataStores"].append({"name": "tmp", "volume": {"size": "10Gi"}, "deletionPolicy": "Delete"})
     _ready_stack(api_client, namespace, operator, document)
@@ -224,8 +231,9 @@ def test_deleting_the_stack_removes_everything_but_retained_data(api_client, nam
     assert retained.metadata.deletion_timestamp is None and retained.status.phase == "Bound"
 
 
-def test_restarted_operator_makes_no_writes_for_an_unchanged_stack(cluster, api_client, namespace, operator) -> None:
-    _ready_stack(api_client, namespace, operator)
+def test_restarted_operator_makes_no_writes_for_an_unchanged_stack(cluster, api_client, namespace, operator,
+                                                                   cloud) -> None:
+    _ready_stack(api_client, namespace, operator, cloud.sample())
     # Let the first passes settle: the status of the last child that became ready is written.
     _wait("a quiet operator", lambda: _quiet(cluster, seconds=2 * RESYNC), operator, api_client, namespace)
     operator.stop()
@@ -252,8 +260,8 @@ def test_restarted_operator_makes_no_writes_for_an_unchanged_stack(cluster, api_
 
 
 def test_a_spec_that_cannot_be_rendered_ends_as_ready_false_without_retries(cluster, api_client, namespace,
-                                                                           operator) -> None:
-    document = full_sample()
+                                                                           operator, cloud) -> None:
+    document = cloud.sample()
     document["spec"]["applications"][0]["name"] = "chat"  # collides with the model's Deployment and Service
     _create(api_client, namespace, document)
 
@@ -266,6 +274,8 @@ def test_a_spec_that_cannot_be_rendered_ends_as_ready_false_without_retries(clus
     assert ready["status"] == "False"
     assert "spec.applications[0] (chat) and spec.models[0] (chat) both need Deployment" in ready["message"]
     assert not _deployments(api_client, namespace)
+    # No retry loop: once the first residency audit has written its part, passes write nothing.
+    _wait("a quiet operator", lambda: _quiet(cluster, seconds=2 * RESYNC), operator, api_client, namespace)
     mark = len(cluster.audit_events())
     time.sleep(3 * RESYNC)
     assert operator_writes(cluster, after=mark) == []

@@ -32,6 +32,7 @@ from typing import Any
 import aiohttp
 import kopf
 
+from sovereign import metrics
 from sovereign.api import GROUP, PLURAL, VERSION
 from sovereign.kube import errors
 from sovereign.kube.client import USER_AGENT, Kube
@@ -84,7 +85,7 @@ def install(registry: kopf.OperatorRegistry, *, kube: Kube, config: OperatorConf
                             prometheus_url=config.prometheus_url)
 
     def run_pass(namespace: str, name: str, cluster_nodes: kopf.Index[None, NodeFacts]) -> None:
-        with locks.hold(namespace, name), _retry_on_trouble():
+        with locks.hold(namespace, name), _retry_on_trouble(namespace, name):
             # Read afresh under the lock: the body Kopf or an event handed over may predate the
             # status the previous pass wrote, and comparing with it would write again.
             body = kube.get(STACK, name=name, namespace=namespace)
@@ -123,7 +124,10 @@ def install(registry: kopf.OperatorRegistry, *, kube: Kube, config: OperatorConf
 
     @kopf.index("", "v1", "nodes", id="cluster_nodes", registry=registry)
     def cluster_nodes(body: kopf.Body, **_: Any) -> dict[None, NodeFacts]:
-        return {None: node_facts(body)}
+        node = node_facts(body)
+        if node.gpu_healthy is not None:
+            metrics.NODE_GPU_HEALTH.labels(node=node.name).set(1 if node.gpu_healthy == "True" else 0)
+        return {None: node}
 
     @kopf.on.create(*_STACKS, id="reconcile", registry=registry)
     @kopf.on.update(*_STACKS, id="reconcile", registry=registry)
@@ -139,8 +143,9 @@ def install(registry: kopf.OperatorRegistry, *, kube: Kube, config: OperatorConf
     @kopf.on.delete(*_STACKS, id="finalize", registry=registry)
     def finalize_stack(body: kopf.Body, **_: Any) -> None:
         meta = body["metadata"]
-        with locks.hold(meta["namespace"], meta["name"]), _retry_on_trouble():
+        with locks.hold(meta["namespace"], meta["name"]), _retry_on_trouble(meta["namespace"], meta["name"]):
             removed = finalize(kube=kube, body=dict(body))
+        metrics.forget_stack(namespace=meta["namespace"], stack=meta["name"])
         if removed:
             log.info("stack %s/%s deleted: removed %s", meta["namespace"], meta["name"], ", ".join(map(str, removed)))
 
@@ -159,11 +164,11 @@ def install(registry: kopf.OperatorRegistry, *, kube: Kube, config: OperatorConf
 
 
 @contextmanager
-def _retry_on_trouble() -> Iterator[None]:
+def _retry_on_trouble(namespace: str, name: str) -> Iterator[None]:
     """Map passing API trouble to Kopf retries: a conflict soon, an outage or RBAC gap later."""
     try:
         yield
-    except errors.Conflict as err:
-        raise kopf.TemporaryError(f"{err}; trying again", delay=CONFLICT_DELAY) from err
-    except (errors.Unavailable, errors.Forbidden) as err:
-        raise kopf.TemporaryError(str(err), delay=RETRY_DELAY) from err
+    except (errors.Conflict, errors.Unavailable, errors.Forbidden) as err:
+        metrics.RECONCILE_ERRORS.labels(namespace=namespace, stack=name, reason=type(err).__name__).inc()
+        delay = CONFLICT_DELAY if isinstance(err, errors.Conflict) else RETRY_DELAY
+        raise kopf.TemporaryError(f"{err}; trying again in {delay:g}s", delay=delay) from err

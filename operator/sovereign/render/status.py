@@ -2,14 +2,19 @@
 
 One function per condition turns observations into a ``Decision`` (status, CamelCase reason,
 message) and the per-entry status lists; ``compute_status`` assembles them into a
-``SovereignStackStatus``: the conditions of the design (``Ready`` summarising the others),
-``observedGeneration``, the printer-column fields and per-model endpoints. A condition's
+``SovereignStackStatus``: the reconciler's conditions (``Ready`` summarising all of them),
+``observedGeneration``, the printer-column summary and per-model endpoints. A condition's
 ``lastTransitionTime`` moves only when its status changes, so an unchanged cluster computes a
 status equal to the stored one and the reconciler writes nothing.
 
+The residency audit (``services.residency_audit``) owns ``ResidencyCompliant``, ``violations``
+and ``violationCount`` under its own field manager; ``reconciler_part`` is the rest, the part the
+reconciler writes and compares. ``Ready`` reads the audit's condition from the stored status.
+
 ``Ready`` is True when every condition is True, except that ``GPUHealthy`` only blocks it when
 False (no node agent reporting is Unknown, not a failure) and ``ResidencyCompliant`` only when
-residency is enforced (Audit records breaches without failing the stack).
+False and residency is enforced (Audit records breaches without failing the stack; before the
+first audit there is nothing to wait for, admission already holds every pod to the rules).
 
 Pure; called by ``services.reconcile``.
 """
@@ -31,7 +36,6 @@ from sovereign.api import (
     ModelStatus,
     NodePoolStatus,
     Provisioner,
-    ResidencyViolation,
     SovereignStack,
     SovereignStackStatus,
 )
@@ -47,9 +51,6 @@ Manifest = Mapping[str, Any]
 STACK_READY = "StackReady"
 INVALID_SPEC = "InvalidSpec"
 CHILD_REJECTED = "ChildRejected"
-ALL_IN_REGIONS = "AllInRegions"
-PODS_OUTSIDE_REGIONS = "PodsOutsideRegions"
-POD_OUTSIDE_REGIONS = "PodOutsideRegions"
 NODE_POOLS_READY = "NodePoolsReady"
 NODE_POOL_MISSING = "NodePoolMissing"
 NODE_POOL_NOT_READY = "NodePoolNotReady"
@@ -74,15 +75,9 @@ GPUS_HEALTHY = "GPUsHealthy"
 GPUS_UNHEALTHY = "GPUsUnhealthy"
 NO_HEALTH_REPORTS = "NoHealthReports"
 
-#: What Ready summarises, in the order its message lists them.
-_PARTS = (
-    ConditionType.RESIDENCY_COMPLIANT,
-    ConditionType.NODE_POOLS_READY,
-    ConditionType.DATA_STORES_READY,
-    ConditionType.MODELS_READY,
-    ConditionType.APPLICATIONS_READY,
-    ConditionType.GPU_HEALTHY,
-)
+#: Status fields the residency audit writes; the reconciler reads them and never writes them.
+AUDIT_CONDITIONS = frozenset({ConditionType.RESIDENCY_COMPLIANT.value})
+AUDIT_FIELDS = frozenset({"violations", "violationCount"})
 
 
 class Decision(NamedTuple):
@@ -107,8 +102,6 @@ class Observation:
 
     #: The stack's children as they are now, by key (the results of this pass's applies included).
     children: Mapping[ObjectKey, Manifest]
-    #: The stack's pods.
-    pods: Sequence[Manifest] = ()
     #: Credentials Secrets named by S3 stores, by name; None for one that does not exist.
     secrets: Mapping[str, Manifest | None] = field(default_factory=dict)
     #: Children the apiserver refused in this pass, as messages.
@@ -128,32 +121,40 @@ def compute_status(
 ) -> SovereignStackStatus:
     """The status the stack has, given what was observed."""
     namespace = names.stack_namespace(stack)
-    residency, violations = _residency(stack, facts, observation, previous, now)
     pools, pool_statuses = _node_pools(stack, facts, observation)
     stores, store_statuses = _data_stores(stack, observation, namespace)
     models, model_statuses, rolled_out = _models(stack, observation, namespace)
     apps, app_statuses = _applications(stack, observation, namespace)
     decisions = {
-        ConditionType.RESIDENCY_COMPLIANT: residency,
         ConditionType.NODE_POOLS_READY: pools,
         ConditionType.DATA_STORES_READY: stores,
         ConditionType.MODELS_READY: models,
         ConditionType.APPLICATIONS_READY: apps,
         ConditionType.GPU_HEALTHY: _gpu_health(stack, facts),
     }
-    decisions = {ConditionType.READY: _ready(stack, decisions, observation.rejected), **decisions}
+    audited = _audited_residency(previous)
+    ready = _ready(stack, {ConditionType.RESIDENCY_COMPLIANT: audited, **decisions} if audited else decisions,
+                   observation.rejected)
     generation = stack.metadata.generation
     return SovereignStackStatus(
         observed_generation=generation,
-        conditions=[_condition(kind, decision, previous, generation, now) for kind, decision in decisions.items()],
+        conditions=[_condition(kind, decision, previous, generation, now)
+                    for kind, decision in {ConditionType.READY: ready, **decisions}.items()],
         models_ready=f"{rolled_out}/{len(model_statuses)}",
-        violation_count=len(violations),
         models=model_statuses,
         data_stores=store_statuses,
         node_pools=pool_statuses,
         applications=app_statuses,
-        violations=violations,
     )
+
+
+def reconciler_part(status: SovereignStackStatus | None) -> dict[str, Any] | None:
+    """The status as the reconciler writes it (JSON, wire names), without the audit's fields."""
+    if status is None:
+        return None
+    dumped = status.model_dump(mode="json", exclude_none=True, by_alias=True)
+    dumped["conditions"] = [c for c in dumped.get("conditions", []) if c["type"] not in AUDIT_CONDITIONS]
+    return {key: value for key, value in dumped.items() if key not in AUDIT_FIELDS}
 
 
 def invalid_status(
@@ -189,10 +190,11 @@ def _ready(stack: SovereignStack, decisions: Mapping[ConditionType, Decision], r
     if rejected:
         return _false(CHILD_REJECTED, "; ".join(rejected))
     enforced = stack.spec.residency.enforcement is Enforcement.ENFORCE
+    only_false = {ConditionType.GPU_HEALTHY, ConditionType.RESIDENCY_COMPLIANT}
     failing = [
         (kind, decision)
         for kind, decision in decisions.items()
-        if (decision.status is ConditionStatus.FALSE if kind is ConditionType.GPU_HEALTHY
+        if (decision.status is ConditionStatus.FALSE if kind in only_false
             else decision.status is not ConditionStatus.TRUE)
         and (enforced or kind is not ConditionType.RESIDENCY_COMPLIANT)
     ]
@@ -207,33 +209,11 @@ def _ready(stack: SovereignStack, decisions: Mapping[ConditionType, Decision], r
     )
 
 
-def _residency(
-    stack: SovereignStack, facts: ClusterFacts, observation: Observation, previous: SovereignStackStatus | None,
-    now: datetime,
-) -> tuple[Decision, list[ResidencyViolation]]:
-    regions = stack.spec.residency.regions
-    earlier = {(v.kind, v.namespace, v.name, v.rule): v.since for v in (previous.violations if previous else [])}
-    violations: list[ResidencyViolation] = []
-    placed = 0
-    for pod in sorted(observation.pods, key=lambda p: p["metadata"]["name"]):
-        node = facts.node((pod.get("spec") or {}).get("nodeName") or "")
-        if node is None:
-            continue
-        placed += 1
-        region = node.label(names.REGION_LABEL)
-        if region in regions:
-            continue
-        meta = pod["metadata"]
-        key = ("Pod", meta.get("namespace", ""), meta["name"], POD_OUTSIDE_REGIONS)
-        violations.append(ResidencyViolation(
-            kind="Pod", namespace=key[1], name=key[2], rule=POD_OUTSIDE_REGIONS,
-            message=f"runs on node {node.name} in region {region or '(none)'}, outside {', '.join(regions)}",
-            since=earlier.get(key, now),
-        ))
-    if violations:
-        listed = ", ".join(f"{v.kind} {v.name}" for v in violations)
-        return _false(PODS_OUTSIDE_REGIONS, f"outside the allowed regions: {listed}"), violations
-    return _true(ALL_IN_REGIONS, f"{placed} scheduled pod(s), all on nodes in {', '.join(regions)}"), violations
+def _audited_residency(previous: SovereignStackStatus | None) -> Decision | None:
+    """The residency audit's verdict as stored, or None before its first audit."""
+    stored = next((c for c in (previous.conditions if previous else [])
+                   if c.type == ConditionType.RESIDENCY_COMPLIANT.value), None)
+    return Decision(stored.status, stored.reason, stored.message) if stored is not None else None
 
 
 def _node_pools(

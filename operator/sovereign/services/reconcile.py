@@ -14,8 +14,9 @@ periodic resync or a child that changed:
    except retained data. An unchanged stack plans nothing.
 4. Execute: server-side apply, delete (or release nodes). Objects the apiserver refuses are
    collected and reported on ``Ready``; the rest still go through.
-5. Compute the status from the observed children (``render.status``) and apply it only when it
-   differs from the stored one, with an Event per condition whose status changed.
+5. Compute the status from the observed children (``render.status``) and apply the reconciler's
+   part of it (the residency audit writes its own) only when it differs from the stored one,
+   with an Event per condition whose status changed.
 
 So an unchanged stack costs reads only. ``finalize`` is the finalizer's work on deletion:
 NodePools and node labels are cluster-scoped, beyond the reach of ownerReferences.
@@ -27,6 +28,7 @@ Called by ``handlers.stack`` and (``desired_objects``) by ``cli.render``.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -44,6 +46,7 @@ from sovereign.api import (
     SovereignStackStatus,
     parse_stack,
 )
+from sovereign import metrics
 from sovereign.kube import errors
 from sovereign.kube.client import Kube
 from sovereign.kube.resources import (
@@ -52,7 +55,6 @@ from sovereign.kube.resources import (
     NODE,
     NODE_POOL,
     PERSISTENT_VOLUME_CLAIM,
-    POD,
     POD_DISRUPTION_BUDGET,
     SCALED_OBJECT,
     SECRET,
@@ -63,7 +65,15 @@ from sovereign.render import names
 from sovereign.render.facts import ClusterFacts, NodeFacts
 from sovereign.render.names import ObjectKey, object_key
 from sovereign.render.stack import RenderError, render_stack
-from sovereign.render.status import Observation, compute_status, invalid_status
+from sovereign.render.status import (
+    AUDIT_CONDITIONS,
+    CHILD_REJECTED,
+    INVALID_SPEC,
+    Observation,
+    compute_status,
+    invalid_status,
+    reconciler_part,
+)
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +128,7 @@ def plan_changes(*, desired: Sequence[Manifest], observed: Mapping[ObjectKey, Ma
 
 def reconcile(*, kube: Kube, body: Mapping[str, Any], facts: ClusterFacts, now: datetime | None = None) -> Outcome:
     """One reconcile pass over the stack ``body`` (as the apiserver returned it)."""
+    began = time.monotonic()
     now = now or datetime.now(UTC)
     meta = body["metadata"]
     previous = _stored_status(body)
@@ -126,22 +137,21 @@ def reconcile(*, kube: Kube, body: Mapping[str, Any], facts: ClusterFacts, now: 
     try:
         stack = parse_stack({key: body[key] for key in ("apiVersion", "kind", "metadata", "spec") if key in body})
         desired = desired_objects(stack, facts)
-    except InvalidStackError as err:
-        return _invalid(kube, body, previous, "; ".join(str(e) for e in err.errors), now)
-    except RenderError as err:
-        return _invalid(kube, body, previous, str(err), now)
+    except (InvalidStackError, RenderError) as err:
+        message = "; ".join(map(str, err.errors)) if isinstance(err, InvalidStackError) else str(err)
+        status = invalid_status(generation=meta.get("generation"), previous=previous, message=message, now=now)
+        outcome = Outcome((), (), (), status, _write_status(kube, body, previous, status))
+        _record(meta, outcome, children={}, seconds=time.monotonic() - began, error=INVALID_SPEC)
+        return outcome
     observed = _observe(kube, stack, facts)
     plan = plan_changes(desired=desired, observed=observed)
     children, applied, pruned, rejected = _execute(kube, stack, plan, observed)
-    observation = Observation(
-        children=children,
-        pods=kube.list(POD, namespace=meta["namespace"], selector=names.stack_selector(meta["name"])),
-        secrets=_credentials_secrets(kube, stack),
-        rejected=rejected,
-    )
+    observation = Observation(children=children, secrets=_credentials_secrets(kube, stack), rejected=rejected)
     status = compute_status(stack=stack, facts=facts, observation=observation, previous=previous, now=now)
-    written = _write_status(kube, body, previous, status)
-    return Outcome(tuple(applied), tuple(pruned), tuple(rejected), status, written)
+    outcome = Outcome(tuple(applied), tuple(pruned), tuple(rejected), status, _write_status(kube, body, previous, status))
+    _record(meta, outcome, children=children, seconds=time.monotonic() - began,
+            error=CHILD_REJECTED if rejected else None)
+    return outcome
 
 
 def finalize(*, kube: Kube, body: Mapping[str, Any]) -> list[ObjectKey]:
@@ -324,22 +334,12 @@ def _stored_status(body: Mapping[str, Any]) -> SovereignStackStatus | None:
         return None
 
 
-def _invalid(kube: Kube, body: Mapping[str, Any], previous: SovereignStackStatus | None, message: str,
-             now: datetime) -> Outcome:
-    status = invalid_status(generation=body["metadata"].get("generation"), previous=previous, message=message, now=now)
-    written = _write_status(kube, body, previous, status)
-    return Outcome((), (), (), status, written)
-
-
-def _dump(status: SovereignStackStatus | None) -> dict[str, Any] | None:
-    return status.model_dump(mode="json", exclude_none=True, by_alias=True) if status is not None else None
-
-
 def _write_status(kube: Kube, body: Mapping[str, Any], previous: SovereignStackStatus | None,
                   status: SovereignStackStatus) -> bool:
-    """Apply the status when it differs from the stored one; an Event per changed condition."""
-    new = _dump(status)
-    if new == _dump(previous):
+    """Apply the reconciler's part of the status when it differs from the stored one; an Event
+    per condition of that part whose status changed."""
+    new = reconciler_part(status)
+    if new == reconciler_part(previous):
         return False
     meta = body["metadata"]
     try:
@@ -350,7 +350,7 @@ def _write_status(kube: Kube, body: Mapping[str, Any], previous: SovereignStackS
     before = {c.type: c.status for c in (previous.conditions if previous else [])}
     stack_ref = {"apiVersion": API_VERSION, "kind": KIND, "metadata": meta}
     for condition in status.conditions:
-        if before.get(condition.type) == condition.status:
+        if condition.type in AUDIT_CONDITIONS or before.get(condition.type) == condition.status:
             continue
         try:
             kube.record_event(
@@ -363,3 +363,30 @@ def _write_status(kube: Kube, body: Mapping[str, Any], previous: SovereignStackS
             # The status is written; a missing Event is worth a log line, not a retry.
             log.warning("stack %s/%s: %s", meta["namespace"], meta["name"], err)
     return True
+
+
+# --- metrics -----------------------------------------------------------------------------------
+
+
+def _record(meta: Mapping[str, Any], outcome: Outcome, *, children: Mapping[ObjectKey, Manifest], seconds: float,
+            error: str | None) -> None:
+    """The pass in the operator's metrics (``sovereign.metrics``): what the dashboards show."""
+    stack = {"namespace": meta["namespace"], "stack": meta["name"]}
+    metrics.RECONCILE_DURATION.labels(**stack).observe(seconds)
+    if error:
+        metrics.RECONCILE_ERRORS.labels(**stack, reason=error).inc()
+    for operation, keys in (("apply", outcome.applied), ("prune", outcome.pruned)):
+        for key in keys:
+            metrics.OBJECT_WRITES.labels(**stack, kind=key.kind, operation=operation).inc()
+    status = outcome.status
+    if status is None:
+        return
+    metrics.STACK_READY.labels(**stack).set(1 if outcome.ready else 0)
+    for condition in status.conditions:
+        for value in ConditionStatus:
+            metrics.STACK_CONDITION.labels(**stack, condition=condition.type, status=value.value).set(
+                1 if condition.status == value else 0)
+    for model in status.models:
+        deployment = children.get(ObjectKey("apps", "Deployment", meta["namespace"], model.name)) or {}
+        metrics.MODEL_REPLICAS.labels(**stack, model=model.name).set((deployment.get("spec") or {}).get("replicas", 0))
+        metrics.MODEL_READY_REPLICAS.labels(**stack, model=model.name).set(model.ready_replicas)

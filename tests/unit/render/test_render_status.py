@@ -1,4 +1,5 @@
-"""Status from observed children: conditions, reasons, Ready, per-model endpoints, transition times."""
+"""Status from observed children: conditions, reasons, Ready, per-model endpoints, transition times;
+and the part of the status the residency audit owns, read but never written."""
 
 from __future__ import annotations
 
@@ -8,11 +9,11 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from render_inputs import stack_from  # next to this file
 
-from sovereign.api import ConditionStatus
+from sovereign.api import Condition, ConditionStatus, ResidencyViolation, SovereignStackStatus
 from sovereign.render.facts import ClusterFacts
 from sovereign.render.names import ObjectKey
 from sovereign.render.stack import render_stack
-from sovereign.render.status import Observation, compute_status, invalid_status
+from sovereign.render.status import Observation, compute_status, invalid_status, reconciler_part
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 CREDENTIALS = {"s3-creds": {"data": {"AWS_ACCESS_KEY_ID": "YQ==", "AWS_SECRET_ACCESS_KEY": "Yg=="}}}
@@ -47,8 +48,8 @@ def _children(stack, facts, change=None) -> dict[ObjectKey, dict]:
     return children
 
 
-def _status(stack, facts, children, previous=None, now=NOW, secrets=CREDENTIALS, pods=(), rejected=()):
-    observation = Observation(children=children, pods=pods, secrets=secrets, rejected=rejected)
+def _status(stack, facts, children, previous=None, now=NOW, secrets=CREDENTIALS, rejected=()):
+    observation = Observation(children=children, secrets=secrets, rejected=rejected)
     return compute_status(stack=stack, facts=facts, observation=observation, previous=previous, now=now)
 
 
@@ -61,7 +62,6 @@ def test_settled_stack_is_ready_with_endpoints_and_summary(full_stack, facts) ->
 
     assert _conditions(status) == {
         "Ready": ("True", "StackReady"),
-        "ResidencyCompliant": ("True", "AllInRegions"),
         "NodePoolsReady": ("True", "NodePoolsReady"),
         "DataStoresReady": ("True", "DataStoresReady"),
         "ModelsReady": ("True", "ModelsAvailable"),
@@ -126,18 +126,25 @@ def test_pending_claim_and_missing_nodepool_are_reported(full_stack, facts) -> N
     assert _conditions(status)["DataStoresReady"] == ("False", "ClaimPending")
 
 
-def test_pod_outside_the_regions_is_a_violation_and_keeps_its_first_seen_time(full_stack, facts) -> None:
-    pod = {"metadata": {"name": "chat-abc", "namespace": "gov-qa"}, "spec": {"nodeName": "gpu-euw1-0"}}
-    first = _status(full_stack, facts, _children(full_stack, facts), pods=[pod])
-    later = _status(full_stack, facts, _children(full_stack, facts), pods=[pod], previous=first,
-                    now=NOW + timedelta(minutes=5))
+def _audited(*, compliant: bool) -> SovereignStackStatus:
+    """A status as the residency audit leaves it: its condition and violations, nothing else."""
+    violation = ResidencyViolation(kind="Pod", namespace="gov-qa", name="chat-abc", rule="PodOutsideRegions",
+                                   message="runs in eu-west-1", since=NOW)
+    condition = Condition(type="ResidencyCompliant", status="True" if compliant else "False",
+                          last_transition_time=NOW, reason="InRegions" if compliant else "PodOutsideRegions",
+                          message="" if compliant else "1 residency violation(s): runs in eu-west-1")
+    return SovereignStackStatus(conditions=[condition], violations=[] if compliant else [violation],
+                                violation_count=0 if compliant else 1)
 
-    (violation,) = later.violations
-    assert (violation.kind, violation.name, violation.rule) == ("Pod", "chat-abc", "PodOutsideRegions")
-    assert violation.since == NOW
-    assert later.violation_count == 1
-    assert _conditions(later)["ResidencyCompliant"] == ("False", "PodsOutsideRegions")
-    assert _conditions(later)["Ready"] == ("False", "PodsOutsideRegions")
+
+def test_the_audits_fields_are_read_but_never_part_of_the_reconcilers_status(full_stack, facts) -> None:
+    status = _status(full_stack, facts, _children(full_stack, facts), previous=_audited(compliant=False))
+    written = reconciler_part(status)
+
+    assert "ResidencyCompliant" not in {c["type"] for c in written["conditions"]}
+    assert "violations" not in written and "violationCount" not in written
+    assert reconciler_part(_audited(compliant=False)) == {"conditions": [], "modelsReady": "", "models": [],
+                                                          "dataStores": [], "nodePools": [], "applications": []}
 
 
 def test_transition_time_moves_only_when_the_status_changes(full_stack, facts) -> None:
@@ -172,10 +179,19 @@ def test_rejected_children_make_ready_false(full_stack, facts) -> None:
 def test_residency_breach_blocks_ready_only_when_enforced(full_document, facts, enforcement, ready) -> None:
     full_document["spec"]["residency"]["enforcement"] = enforcement
     stack = stack_from(full_document)
-    pod = {"metadata": {"name": "p", "namespace": "gov-qa"}, "spec": {"nodeName": "gpu-euw1-0"}}
 
-    status = _status(stack, facts, _children(stack, facts), pods=[pod])
+    status = _status(stack, facts, _children(stack, facts), previous=_audited(compliant=False))
+
     assert _conditions(status)["Ready"][0] == ready
+    if ready == "False":
+        message = next(c.message for c in status.conditions if c.type == "Ready")
+        assert _conditions(status)["Ready"][1] == "PodOutsideRegions"
+        assert "ResidencyCompliant: 1 residency violation(s)" in message
+
+
+def test_ready_does_not_wait_for_the_first_audit(full_stack, facts) -> None:
+    assert _conditions(_status(full_stack, facts, _children(full_stack, facts), previous=None))["Ready"] == (
+        "True", "StackReady")
 
 
 def test_invalid_spec_sets_ready_false_and_keeps_the_rest(full_stack, facts) -> None:
