@@ -28,7 +28,7 @@ EVERYTHING = {**chart.MONITORING, "agent": {"nvml": {"mode": "hostPath"}},
 
 @pytest.fixture(scope="module")
 def peering_crds(cluster, api_client) -> None:
-    crds = [doc for doc in chart.objects((chart.CHART / "crds" / "kopf.dev_peerings.yaml").read_text())]
+    crds = chart.objects((chart.CHART / "crds" / "kopf.dev_peerings.yaml").read_text())
     _kubectl(cluster, "apply", "--server-side", "--field-manager=chart-test", documents=crds)
     extensions = client.ApiextensionsV1Api(api_client)
 
