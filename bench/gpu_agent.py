@@ -21,6 +21,7 @@ import tempfile
 import time
 import urllib.request
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +29,14 @@ import yaml
 from kubernetes import client, watch
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.reconcile import delete_stack, stack_conditions
 from bench.result import Result
+from sovereign.api import API_VERSION, GROUP, KIND, PLURAL, VERSION
 from sovereign.devcluster import build, fleet
 from sovereign.devcluster.cluster import DevCluster, free_port, wait_until
 from sovereign.kube.nodes import GPU_HEALTHY_CONDITION, GPU_UNHEALTHY_TAINT_KEY
 from sovereign.nvml.fake import clear_faults, healthy_node, inject_xid, write_scenario
+from sovereign.render.names import COMPONENT_LABEL, STACK_LABEL
 
 STEADY_SECONDS = float(os.environ.get("SOVEREIGN_BENCH_AGENT_SECONDS", 60))
 CPU_WINDOW = 5.0
@@ -42,6 +46,7 @@ FAULTS = 5
 #: after a few seconds instead of five minutes, so one run can script several faults.
 FAULT_CONFIG = {"health": {"xid_quiet_window_s": 3, "recovery_clean_polls": 1}}
 WAIT = 120
+RACK_LABEL = "sovereign.ai/rack"
 
 
 class GpuNodes:
@@ -102,10 +107,14 @@ class AgentProcess:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=10) as resp:
             return resp.read().decode()
 
+    def value(self, name: str, **labels: str) -> float | None:
+        """The value of the first sample ``name`` whose labels include ``labels``."""
+        wanted = set(labels.items())
+        return next((s.value for f in text_string_to_metric_families(self.scrape()) for s in f.samples
+                     if s.name == name and wanted <= set(s.labels.items())), None)
+
     def polls(self) -> float:
-        families = text_string_to_metric_families(self.scrape())
-        return next((s.value for f in families for s in f.samples
-                     if s.name == "sovereign_gpu_agent_polls_total"), 0.0)
+        return self.value("sovereign_gpu_agent_polls_total") or 0.0
 
     def inject_xid(self, *, gpu: int, xid: int) -> None:
         inject_xid(self.scenario, gpu=gpu, xid=xid)
@@ -165,6 +174,101 @@ def time_until_node(api: client.ApiClient, node: str, predicate: Any, *, started
     finally:
         stream.stop()
     raise TimeoutError(f"node {node} did not change as expected within {timeout:.0f}s")
+
+
+class GpuStack:
+    """A stack whose one model takes a whole GPU node per replica, on fresh GPU nodes of its own,
+    each watched by a node agent on the fake NVML; a context manager.
+
+    Its Existing pool selects the nodes by a rack label unique to this instance: ``nodes`` in
+    me-central-1 (the stack's region) and, as a decoy, one in eu-west-1 (outside it, so the pool
+    refuses it). The model's weights come from a volume store bound to a static volume in
+    me-central-1, so the local cluster needs no provisioner. Entering starts the agents and
+    creates the stack; leaving deletes the stack (the operator must still run, its finalizer is
+    on it), stops the agents and deletes the nodes and the volume.
+    """
+
+    def __init__(self, api: client.ApiClient, *, kubeconfig: str, namespace: str, workdir: Path,
+                 name: str = "gpu-reaction", nodes: int = 2, agent_config: dict[str, Any] | None = None) -> None:
+        self.api = api
+        self.kubeconfig = kubeconfig
+        self.namespace = namespace
+        self.workdir = workdir
+        self.name = name
+        self.rack = f"{name}-{uuid.uuid4().hex[:6]}"
+        self.count = nodes
+        self.agent_config = agent_config or {}
+        self.gpu_nodes = GpuNodes(api)
+        self.agents: dict[str, AgentProcess] = {}
+        self.decoy = ""
+        self.core = client.CoreV1Api(api)
+        self.custom = client.CustomObjectsApi(api)
+
+    def __enter__(self) -> GpuStack:
+        try:
+            for _ in range(self.count):
+                node = self.gpu_nodes.create(region="me-central-1", labels={RACK_LABEL: self.rack})
+                self.agents[node] = AgentProcess(kubeconfig=self.kubeconfig, node=node, workdir=self.workdir,
+                                                 config=self.agent_config)
+            self.decoy = self.gpu_nodes.create(region="eu-west-1", labels={RACK_LABEL: self.rack})
+            self.core.create_persistent_volume({
+                "metadata": {"name": self.rack},
+                "spec": {"capacity": {"storage": "10Gi"}, "accessModes": ["ReadOnlyMany"],
+                         "storageClassName": self.rack, "persistentVolumeReclaimPolicy": "Retain",
+                         "hostPath": {"path": f"/var/lib/sovereign-bench/{self.rack}"},
+                         "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
+                             {"key": fleet.REGION_LABEL, "operator": "In", "values": ["me-central-1"]}]}]}}}})
+            self.custom.create_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, self.document())
+        except BaseException:
+            self._clean_up()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            delete_stack(self.api, self.namespace, self.name)
+        finally:
+            self._clean_up()
+
+    def document(self) -> dict[str, Any]:
+        return {
+            "apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": self.name},
+            "spec": {
+                "residency": {"jurisdiction": "QA", "regions": ["me-central-1"]},
+                "nodePools": [{"name": "gpu", "provisioner": "Existing",
+                               "gpu": {"product": fleet.load()["groups"][0]["gpu"]["product"], "perNode": 8},
+                               "existing": {"nodeSelector": {RACK_LABEL: self.rack}}}],
+                "dataStores": [{"name": "weights", "volume": {"size": "10Gi", "storageClassName": self.rack,
+                                                              "accessModes": ["ReadOnlyMany"]}}],
+                "models": [{"name": "chat", "model": "Qwen/Qwen2.5-7B-Instruct",
+                            "source": {"dataStore": "weights", "path": "qwen2.5-7b-instruct/"},
+                            "nodePool": "gpu", "gpusPerReplica": 8, "replicas": 1}],
+            },
+        }
+
+    def condition(self, kind: str = GPU_HEALTHY_CONDITION) -> dict[str, Any]:
+        return stack_conditions(self.api, self.namespace, self.name).get(kind, {})
+
+    def model_pods(self) -> list[client.V1Pod]:
+        """The model's pods that are not on their way out."""
+        pods = self.core.list_namespaced_pod(
+            self.namespace, label_selector=f"{STACK_LABEL}={self.name},{COMPONENT_LABEL}=inference").items
+        return [p for p in pods if p.metadata.deletion_timestamp is None]
+
+    def serving_node(self) -> str | None:
+        """The node of the model's one Running pod, once there is exactly one."""
+        running = [p for p in self.model_pods() if p.status.phase == "Running"]
+        return running[0].spec.node_name if len(running) == 1 else None
+
+    def _clean_up(self) -> None:
+        for agent in self.agents.values():
+            agent.stop()
+        self.gpu_nodes.delete()
+        try:
+            self.core.delete_persistent_volume(self.rack)
+        except client.ApiException as err:
+            if err.status != 404:
+                raise
 
 
 def _condition(node: client.V1Node, kind: str) -> str | None:
@@ -234,3 +338,39 @@ def _fault_to_taint(api: client.ApiClient, agent: AgentProcess) -> Result:
                    and _condition(core.read_node(agent.node), GPU_HEALTHY_CONDITION) == "True",
                    timeout=WAIT, message=f"{agent.node} healthy again")
     return taint
+
+
+def _fault_to_stack(stack: GpuStack) -> list[Result]:
+    """From a scripted XID 79 on the node serving the model to what the operator does about it;
+    the fault is then cleared and the next one scripted on the node now serving the model."""
+    condition = Result("scripted XID 79 -> stack GPUHealthy=False (agent + operator)", "s")
+    evicted = Result("scripted XID 79 -> vLLM pod evicted", "s")
+    moved = Result("scripted XID 79 -> replacement vLLM pod Running on a healthy node", "s")
+    for _ in range(FAULTS):
+        node = wait_until(stack.serving_node, timeout=WAIT, message="one Running vLLM pod")
+        (pod,) = [p.metadata.name for p in stack.model_pods()]
+        began = time.monotonic()
+        stack.agents[node].inject_xid(gpu=3, xid=79)
+        _milestones(began, [
+            (condition, lambda: stack.condition().get("status") == "False"),
+            (evicted, lambda: pod not in [p.metadata.name for p in stack.model_pods()]),
+            (moved, lambda: stack.serving_node() not in (None, node)),
+        ])
+        stack.agents[node].clear_faults()
+        wait_until(lambda: stack.condition().get("status") == "True", timeout=WAIT,
+                   message=f"stack GPUHealthy=True again after {node} recovered")
+    return [condition, evicted, moved]
+
+
+def _milestones(began: float, checks: list[tuple[Result, Callable[[], bool]]]) -> None:
+    """Add to each result the seconds from ``began`` until its check first holds; the checks
+    are polled together."""
+    waiting = list(checks)
+    while waiting:
+        if time.monotonic() - began > WAIT:
+            raise TimeoutError(f"not reached within {WAIT}s: {', '.join(r.measure for r, _ in waiting)}")
+        for result, check in list(waiting):
+            if check():
+                result.samples.append(round(time.monotonic() - began, 2))
+                waiting.remove((result, check))
+        time.sleep(0.05)
