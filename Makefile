@@ -10,7 +10,7 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEBIAN_PACKAGES := prometheus
 PYTEST_ARGS ?=
 
-.PHONY: setup python-deps system-deps go-binaries dev down test bench crds clean
+.PHONY: setup python-deps system-deps go-binaries dev down test bench crds chart clean
 
 setup: python-deps system-deps go-binaries
 
@@ -43,8 +43,13 @@ test: setup
 bench: setup
 	$(BIN)/python -m bench
 
+# Regenerate what is generated from code: the CRD from the API models, then the chart's copy of
+# it, its dashboards and the kustomize manifests (tests fail when any of them is stale).
 crds: python-deps
 	$(BIN)/sovereign crds > crds/sovereign.ai_sovereignstacks.yaml
+	$(BIN)/python -m sovereign.chart
+
+chart: crds
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis
