@@ -93,7 +93,18 @@ class DevEnvironment:
         _seed_model_bucket(home.client())
 
         env = {"KUBECONFIG": self.cluster.kubeconfig}
-        self._spawn("operator", [sys.executable, "-m", "sovereign", "run", "--all-namespaces"], env)
+        # Loopback and free ports, so two environments (or a test run) never collide; short
+        # periods, so what a user does shows within seconds.
+        self._spawn("operator", [
+            sys.executable, "-m", "sovereign", "run", "--all-namespaces", "--standalone",
+            "--resync-seconds", "15", "--audit-seconds", "10",
+            "--metrics-address", "127.0.0.1", "--metrics-port", str(free_port()),
+            "--webhook-address", "127.0.0.1", "--webhook-port", str(free_port()),
+            "--webhook-host", "127.0.0.1"], env)
+        agent_config = self.workdir / "agent.yaml"
+        # A scripted fault should clear within seconds of `dev fault --clear`, not 5 minutes.
+        agent_config.write_text(yaml.safe_dump(
+            {"health": {"xid_quiet_window_s": 20, "recovery_clean_polls": 2}}))
         gpu_nodes = [n["metadata"]["name"] for n in fleet_mod.nodes(fleet)
                      if fleet["gpu"]["resource"] in n["status"]["capacity"]]
         for node in gpu_nodes:
@@ -102,6 +113,7 @@ class DevEnvironment:
             self._spawn(f"agent-{node}", [
                 sys.executable, "-m", "sovereign", "agent", "--node", node,
                 "--kubeconfig", self.cluster.kubeconfig, "--fake-nvml", str(scenario),
+                "--config", str(agent_config),
                 "--metrics-address", "127.0.0.1", "--metrics-port", str(free_port()),
                 "--interval", "2"], env)
         self.sample_path.write_text(SAMPLE_TEMPLATE.read_text().format(
