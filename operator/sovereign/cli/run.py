@@ -11,6 +11,7 @@ by ``sovereign.cli``.
 
 from __future__ import annotations
 
+import logging
 import sys
 
 import click
@@ -81,6 +82,9 @@ def command(namespaces: tuple[str, ...], all_namespaces: bool, liveness: str | N
     if bool(webhook_cert_file) != bool(webhook_key_file):
         raise click.UsageError("--webhook-cert-file and --webhook-key-file go together")
     kopf.configure(verbose=verbose)
+    # Verbose is the root logger at DEBUG; the S3 and HTTP libraries would drown the operator's lines.
+    for library in ("botocore", "boto3", "s3transfer", "urllib3"):
+        logging.getLogger(library).setLevel(logging.WARNING)
     try:
         kube = Kube.connect()
     except ConfigException as err:
