@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from bench.reconcile import (
+from sovereign.devcluster.scenario import (
     KARPENTER_NODES,
     MUTATING,
     OperatorProcess,

@@ -1,0 +1,225 @@
+"""A simulated cloud around a SovereignStack, and the operator as a process: for tests and benchmarks.
+
+``SimulatedCloud`` stands in for what the local control plane lacks and a real cloud has:
+Karpenter (NodePools reported Ready, two GPU nodes carrying the NodePool's label), on-premises
+GPU nodes labelled for the full sample's Existing pool, statically provisioned volumes, and the
+in-country bucket (on a real MinIO server) with its credentials Secret. ``OperatorProcess`` runs
+``sovereign run`` as a subprocess. Used by ``tests/integration/test_reconcile*.py``, the GPU
+reaction tests and ``bench/reconcile.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client
+
+from sovereign.api import GROUP, PLURAL, VERSION, load_documents, parse_stack
+from sovereign.devcluster.cluster import REPO_ROOT, DevCluster, wait_until
+from sovereign.devcluster.minio import MinioServer
+from sovereign.kube.client import USER_AGENT
+from sovereign.render.names import KARPENTER_NODEPOOL_LABEL, OWNER_ANNOTATION, POOL_LABEL, STACK_LABEL, nodepool_name
+
+FULL_SAMPLE = REPO_ROOT / "manifests" / "samples" / "full.yaml"
+STACK = "citizen-services"
+#: Nodes of the default fleet the simulation gives roles: Karpenter's and the on-premises rack.
+KARPENTER_NODES = ("gpu-mec1-0", "gpu-mec1-1")
+RACK_NODES = ("gpu-mec1-2", "gpu-mec1-3", "gpu-euw1-0")  # the last is outside me-central-1
+RACK_LABEL = "sovereign.ai/rack"
+MUTATING = ("create", "update", "patch", "delete", "deletecollection")
+
+
+def full_sample() -> dict[str, Any]:
+    (document,) = load_documents(FULL_SAMPLE.read_text())
+    return document
+
+
+def karpenter_nodepool(namespace: str) -> str:
+    """Name of the NodePool the operator makes for the full sample's Karpenter pool in ``namespace``."""
+    document = full_sample()
+    document["metadata"]["namespace"] = namespace
+    return nodepool_name(parse_stack(document), "h100")
+
+
+class SimulatedCloud:
+    """What a real cluster would have around the full sample, in one namespace.
+
+    ``store`` is the in-country object store (a MinIO server of me-central-1): the sample's S3
+    store is pointed at a compliant bucket there (``sample()``), with the credentials Secret the
+    store names, so the residency audit finds the bucket where the stack says it is.
+    """
+
+    def __init__(self, api: client.ApiClient, namespace: str, *, store: MinioServer) -> None:
+        self.api = api
+        self.namespace = namespace
+        self.store = store
+        self.bucket = namespace[:63]
+        self.core = client.CoreV1Api(api)
+        self.custom = client.CustomObjectsApi(api)
+        self.volume_prefix = f"pv-{uuid.uuid4().hex[:6]}"
+        self._stop = threading.Event()
+        self._karpenter = threading.Thread(target=self._run_karpenter, name="fake-karpenter", daemon=True)
+
+    def __enter__(self) -> SimulatedCloud:
+        s3 = self.store.client()
+        s3.create_bucket(Bucket=self.bucket, CreateBucketConfiguration={"LocationConstraint": self.store.region})
+        s3.put_bucket_encryption(Bucket=self.bucket, ServerSideEncryptionConfiguration={
+            "Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]})
+        self.core.create_namespaced_secret(self.namespace, {
+            "metadata": {"name": "s3-creds"},
+            "stringData": {"AWS_ACCESS_KEY_ID": self.store.access_key, "AWS_SECRET_ACCESS_KEY": self.store.secret_key}})
+        for node in RACK_NODES:
+            self._label(node, {RACK_LABEL: "doha-1"})
+        self.add_volumes(regional=8, unclassed=4)
+        self._karpenter.start()
+        return self
+
+    def sample(self) -> dict[str, Any]:
+        """The full sample, its S3 store pointed at this cloud's bucket."""
+        document = full_sample()
+        corpus = next(s for s in document["spec"]["dataStores"] if s["name"] == "corpus")
+        corpus["s3"] |= {"bucket": self.bucket, "endpoint": self.store.endpoint, "region": self.store.region,
+                         "forcePathStyle": True}
+        return document
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._karpenter.join(timeout=10)
+        # Also whatever a stack that was never finalized left behind, so the next run starts clean.
+        for node in (*KARPENTER_NODES, *RACK_NODES):
+            self.core.patch_node(node, {"metadata": {
+                "labels": {RACK_LABEL: None, KARPENTER_NODEPOOL_LABEL: None, POOL_LABEL: None, STACK_LABEL: None},
+                "annotations": {OWNER_ANNOTATION: None}}})
+        for volume in self.core.list_persistent_volume().items:
+            if volume.metadata.name.startswith(self.volume_prefix):
+                self.core.delete_persistent_volume(volume.metadata.name)
+
+    def add_volumes(self, *, regional: int, unclassed: int) -> None:
+        """Statically provisioned volumes in me-central-1, as a regional storage class would make:
+        ``regional`` of class regional-ssd, ``unclassed`` for claims that name no class."""
+        existing = len([v for v in self.core.list_persistent_volume().items
+                        if v.metadata.name.startswith(self.volume_prefix)])
+        for index in range(existing, existing + regional + unclassed):
+            spec: dict[str, Any] = {
+                "capacity": {"storage": "1Ti"},
+                "accessModes": ["ReadWriteOnce", "ReadWriteMany"],
+                "persistentVolumeReclaimPolicy": "Retain",
+                "hostPath": {"path": f"/var/lib/sovereign-bench/{self.volume_prefix}-{index}"},
+                "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
+                    {"key": "topology.kubernetes.io/region", "operator": "In", "values": ["me-central-1"]}]}]}},
+            }
+            if index - existing < regional:
+                spec["storageClassName"] = "regional-ssd"
+            self.core.create_persistent_volume({"metadata": {"name": f"{self.volume_prefix}-{index}"}, "spec": spec})
+
+    def _label(self, node: str, labels: dict[str, str | None]) -> None:
+        self.core.patch_node(node, {"metadata": {"labels": labels}})
+
+    def _run_karpenter(self) -> None:
+        """Karpenter's part: each NodePool of the namespace's stacks gets nodes and is reported Ready."""
+        while not self._stop.wait(0.2):
+            try:
+                pools = self.custom.list_cluster_custom_object("karpenter.sh", "v1", "nodepools",
+                                                               label_selector=STACK_LABEL)["items"]
+            except client.ApiException:
+                continue
+            for pool in pools:
+                owner = (pool["metadata"].get("annotations") or {}).get(OWNER_ANNOTATION, "")
+                ready = any(c.get("type") == "Ready" and c.get("status") == "True"
+                            for c in (pool.get("status") or {}).get("conditions") or [])
+                if owner.startswith(f"{self.namespace}/") and not ready:
+                    self._launch(pool["metadata"]["name"])
+
+    def _launch(self, nodepool: str) -> None:
+        for node in KARPENTER_NODES:
+            self._label(node, {KARPENTER_NODEPOOL_LABEL: nodepool})
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        self.custom.patch_cluster_custom_object_status("karpenter.sh", "v1", "nodepools", nodepool, {
+            "status": {"conditions": [{"type": "Ready", "status": "True", "reason": "Ready", "message": "",
+                                       "lastTransitionTime": now}]}})
+
+
+class OperatorProcess:
+    """``sovereign run`` as a subprocess against a cluster, logging to a file."""
+
+    def __init__(self, *, kubeconfig: str, namespaces: list[str], log: Path, resync_seconds: float = 3) -> None:
+        self.kubeconfig = kubeconfig
+        self.namespaces = namespaces
+        self.log = log
+        self.resync_seconds = resync_seconds
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> OperatorProcess:
+        # No admission webhooks: their configurations would outlive this process in a shared
+        # cluster (they fail closed); the residency audit runs, as often as the resync.
+        args = [sys.executable, "-m", "sovereign", "run", "--standalone", "--verbose", "--no-webhooks",
+                "--resync-seconds", str(self.resync_seconds), "--audit-seconds", str(self.resync_seconds)]
+        for namespace in self.namespaces:
+            args += ["--namespace", namespace]
+        with open(self.log, "ab") as out:
+            self.process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                            env={**os.environ, "KUBECONFIG": self.kubeconfig},
+                                            start_new_session=True)
+        return self
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:]) if self.log.exists() else ""
+
+
+def operator_writes(cluster: DevCluster, *, after: int = 0) -> list[dict[str, Any]]:
+    """Mutating requests the operator made, from the audit log's entry ``after`` on."""
+    return [event for event in cluster.audit_events()[after:]
+            if event.get("userAgent", "").startswith(USER_AGENT.split("/")[0] + "/")
+            and event.get("verb") in MUTATING and event.get("stage", "ResponseComplete") == "ResponseComplete"]
+
+
+def stack_conditions(api: client.ApiClient, namespace: str, name: str = STACK) -> dict[str, dict[str, Any]]:
+    stack = client.CustomObjectsApi(api).get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+    return {c["type"]: c for c in (stack.get("status") or {}).get("conditions") or []}
+
+
+def is_ready(api: client.ApiClient, namespace: str, name: str = STACK) -> bool:
+    return stack_conditions(api, namespace, name).get("Ready", {}).get("status") == "True"
+
+
+def delete_stack(api: client.ApiClient, namespace: str, name: str = STACK, *, timeout: float = 120) -> None:
+    """Delete the stack and wait until the operator has finalized it."""
+    custom = client.CustomObjectsApi(api)
+    try:
+        custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+    except client.ApiException as err:
+        if err.status != 404:
+            raise
+
+    def gone() -> bool:
+        try:
+            custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+        except client.ApiException as err:
+            return err.status == 404
+        return False
+
+    wait_until(gone, timeout=timeout, message=f"stack {namespace}/{name} to be finalized and deleted")
+
+
+# --- the benchmark --------------------------------------------------------------------------------
