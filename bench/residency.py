@@ -48,10 +48,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from sovereign.api import GROUP, PLURAL, VERSION
 from sovereign.devcluster import build
 from sovereign.devcluster.cluster import DevCluster, free_port, wait_until
+from sovereign.devcluster.scenario import OperatorProcess
 from sovereign.kube.admission import CONFIGURATION_NAME, GOVERNED_LABEL
 from sovereign.services.admission import POD_AFFINITY, POD_RESIDENCY
 
-from bench.reconcile import OperatorProcess
 from bench.result import Result
 
 RATES = (50, 200)
