@@ -41,6 +41,7 @@ from sovereign.render.facts import DEFAULT_OPERATOR_IMAGE, DEFAULT_PROMETHEUS_UR
 from sovereign.render.names import FINALIZER, OWNER_ANNOTATION, STACK_LABEL
 from sovereign.services.facts import node_facts
 from sovereign.services.reconcile import finalize, reconcile
+from sovereign.services.residency_stores import StoreVerdicts
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,8 @@ class _StackLocks:
 def install(registry: kopf.OperatorRegistry, *, kube: Kube, config: OperatorConfig) -> None:
     """Register every handler of the operator on ``registry``."""
     locks = _StackLocks()
+    # S3 stores are verified again at most once per resync, however many events trigger passes.
+    stores = StoreVerdicts(recheck_seconds=config.resync_seconds)
 
     def facts(cluster_nodes: kopf.Index[None, NodeFacts]) -> ClusterFacts:
         nodes = sorted(cluster_nodes.get(None, []), key=lambda node: node.name)
@@ -91,7 +94,7 @@ def install(registry: kopf.OperatorRegistry, *, kube: Kube, config: OperatorConf
             body = kube.get(STACK, name=name, namespace=namespace)
             if body is None or FINALIZER not in (body["metadata"].get("finalizers") or []):
                 return  # gone, or Kopf has yet to add the finalizer: nothing may happen before it
-            outcome = reconcile(kube=kube, body=body, facts=facts(cluster_nodes))
+            outcome = reconcile(kube=kube, body=body, facts=facts(cluster_nodes), stores=stores)
         # The module's logger, not Kopf's per-object one: Kopf would post these lines as Events on
         # every pass, and the reconciler already posts one when a condition changes.
         if outcome.rejected:
@@ -146,6 +149,7 @@ def install(registry: kopf.OperatorRegistry, *, kube: Kube, config: OperatorConf
         with locks.hold(meta["namespace"], meta["name"]), _retry_on_trouble(meta["namespace"], meta["name"]):
             removed = finalize(kube=kube, body=dict(body))
         metrics.forget_stack(namespace=meta["namespace"], stack=meta["name"])
+        stores.forget(namespace=meta["namespace"], name=meta["name"])
         if removed:
             log.info("stack %s/%s deleted: removed %s", meta["namespace"], meta["name"], ", ".join(map(str, removed)))
 

@@ -7,7 +7,8 @@ uses exactly one model. Swapping a model therefore changes nothing here, and the
 pods are not rolled. Each store it names is given as ``SOVEREIGN_STORE_<NAME>_*`` (volume
 stores are also mounted at ``/data/<store>``), plus the AWS SDK variables when it uses exactly
 one S3 store. The application's own ``env`` entries win over these. Every variable is sorted by
-name; the pods are pinned to the allowed regions. Pure; called by ``render.stack``.
+name; the pods are pinned to the allowed regions. An application held back by a failed data
+store (``facts.held_back``) gets ``replicas: 0``. Pure; called by ``render.stack``.
 """
 
 from __future__ import annotations
@@ -16,12 +17,13 @@ from typing import Any
 
 from sovereign.api import Application, SovereignStack
 from sovereign.render import names, pod, storage
+from sovereign.render.facts import ClusterFacts
 from sovereign.render.names import Component
 
 
-def render_application(*, stack: SovereignStack, app: Application) -> list[dict[str, Any]]:
+def render_application(*, stack: SovereignStack, app: Application, facts: ClusterFacts) -> list[dict[str, Any]]:
     """The objects of one application, in a stable order."""
-    objects = [_deployment(stack, app)]
+    objects = [_deployment(stack, app, held=app.name in facts.held_back)]
     if app.port is not None:
         objects.append(_service(stack, app))
     return objects
@@ -47,7 +49,7 @@ def application_env(*, stack: SovereignStack, app: Application) -> list[pod.EnvV
     return pod.sorted_env(env)
 
 
-def _deployment(stack: SovereignStack, app: Application) -> dict[str, Any]:
+def _deployment(stack: SovereignStack, app: Application, *, held: bool) -> dict[str, Any]:
     volume_stores = [s for s in stack.spec.data_stores if s.name in app.data_stores and s.volume is not None]
     mounts = [storage.volume_mount(store) for store in volume_stores]
     container: dict[str, Any] = {"name": app.name, "image": app.image, "env": application_env(stack=stack, app=app)}
@@ -75,7 +77,7 @@ def _deployment(stack: SovereignStack, app: Application) -> dict[str, Any]:
         "kind": "Deployment",
         "metadata": names.metadata(stack, name=app.name, component=Component.APPLICATION, entry=app.name),
         "spec": {
-            "replicas": app.replicas,
+            "replicas": 0 if held else app.replicas,
             "selector": {"matchLabels": names.selector_labels(stack, component=Component.APPLICATION, name=app.name)},
             "template": {
                 "metadata": {"labels": names.labels(stack, component=Component.APPLICATION, name=app.name)},

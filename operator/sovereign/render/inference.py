@@ -14,7 +14,9 @@ rolled pod starts on a fresh one, so two replicas never write the same files). F
 store, the store's claim is mounted read-only at the same path instead: nothing to copy.
 
 With ``autoscaling`` the Deployment leaves ``replicas`` out, so server-side apply never claims
-the field the autoscaler writes. Pure; called by ``render.stack``.
+the field the autoscaler writes. A model held back by a failed data store (``facts.held_back``)
+gets ``replicas: 0`` and no ScaledObject, which would scale it up again; the rest of its objects
+stay, so it starts as soon as the store passes. Pure; called by ``render.stack``.
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ def render_model(*, stack: SovereignStack, model: ModelSpec, facts: ClusterFacts
     most = model.autoscaling.max_replicas if model.autoscaling else model.replicas
     if most > 1:
         objects.append(_disruption_budget(stack, model))
-    if model.autoscaling is not None:
+    if model.autoscaling is not None and model.name not in facts.held_back:
         objects.append(_scaled_object(stack, model, facts))
     return objects
 
@@ -91,7 +93,9 @@ def _deployment(stack: SovereignStack, model: ModelSpec, facts: ClusterFacts) ->
     pod_spec["containers"] = [_vllm(model, mount)]
     pod_spec["volumes"] = [volume, shm]
     spec: dict[str, Any] = {}
-    if model.autoscaling is None:
+    if model.name in facts.held_back:
+        spec["replicas"] = 0
+    elif model.autoscaling is None:
         spec["replicas"] = model.replicas
     spec |= {
         "selector": {"matchLabels": selector},

@@ -40,7 +40,7 @@ def render_stack(stack: SovereignStack, facts: ClusterFacts) -> list[dict[str, A
     for index, model in enumerate(spec.models):
         parts.append((f"spec.models[{index}] ({model.name})", render_model(stack=stack, model=model, facts=facts)))
     for index, app in enumerate(spec.applications):
-        parts.append((f"spec.applications[{index}] ({app.name})", render_application(stack=stack, app=app)))
+        parts.append((f"spec.applications[{index}] ({app.name})", render_application(stack=stack, app=app, facts=facts)))
     seen: dict[names.ObjectKey, str] = {}
     desired: list[dict[str, Any]] = []
     for source, objects in parts:

@@ -11,6 +11,10 @@ The residency audit (``services.residency_audit``) owns ``ResidencyCompliant``, 
 and ``violationCount`` under its own field manager; ``reconciler_part`` is the rest, the part the
 reconciler writes and compares. ``Ready`` reads the audit's condition from the stored status.
 
+S3 stores are shown as the reconciler verified them against their buckets
+(``facts.data_stores``); a model or application a failed store holds back (``facts.held_back``)
+is not ready, whatever its Deployment says, and its condition says which store failed which check.
+
 ``Ready`` is True when every condition is True, except that ``GPUHealthy`` only blocks it when
 False (no node agent reporting is Unknown, not a failure) and ``ResidencyCompliant`` only when
 False and residency is enforced (Audit records breaches without failing the stack; before the
@@ -22,7 +26,7 @@ Pure; called by ``services.reconcile``.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NamedTuple
 
@@ -39,9 +43,8 @@ from sovereign.api import (
     SovereignStack,
     SovereignStackStatus,
 )
-from sovereign.api.models import S3_ACCESS_KEY_ID_KEY, S3_SECRET_ACCESS_KEY_KEY
 from sovereign.render import names
-from sovereign.render.facts import ClusterFacts
+from sovereign.render.facts import ClusterFacts, Hold
 from sovereign.render.names import ObjectKey
 from sovereign.render.nodepool import pool_nodes
 
@@ -60,10 +63,7 @@ DATA_STORES_READY = "DataStoresReady"
 CLAIM_MISSING = "ClaimMissing"
 CLAIM_PENDING = "ClaimPending"
 CLAIM_BOUND = "ClaimBound"
-CREDENTIALS_FOUND = "CredentialsFound"
-AMBIENT_CREDENTIALS = "AmbientCredentials"
-CREDENTIALS_SECRET_MISSING = "CredentialsSecretMissing"
-CREDENTIALS_INCOMPLETE = "CredentialsIncomplete"
+NOT_VERIFIED = "NotVerified"
 NO_DATA_STORES = "NoDataStores"
 MODELS_AVAILABLE = "ModelsAvailable"
 MODELS_NOT_READY = "ModelsNotReady"
@@ -102,8 +102,6 @@ class Observation:
 
     #: The stack's children as they are now, by key (the results of this pass's applies included).
     children: Mapping[ObjectKey, Manifest]
-    #: Credentials Secrets named by S3 stores, by name; None for one that does not exist.
-    secrets: Mapping[str, Manifest | None] = field(default_factory=dict)
     #: Children the apiserver refused in this pass, as messages.
     rejected: Sequence[str] = ()
 
@@ -122,9 +120,9 @@ def compute_status(
     """The status the stack has, given what was observed."""
     namespace = names.stack_namespace(stack)
     pools, pool_statuses = _node_pools(stack, facts, observation)
-    stores, store_statuses = _data_stores(stack, observation, namespace)
-    models, model_statuses, rolled_out = _models(stack, observation, namespace)
-    apps, app_statuses = _applications(stack, observation, namespace)
+    stores, store_statuses = _data_stores(stack, facts, observation, namespace)
+    models, model_statuses, rolled_out = _models(stack, facts, observation, namespace)
+    apps, app_statuses = _applications(stack, facts, observation, namespace)
     decisions = {
         ConditionType.NODE_POOLS_READY: pools,
         ConditionType.DATA_STORES_READY: stores,
@@ -262,7 +260,7 @@ def _selector_text(pool: Any) -> str:
 
 
 def _data_stores(
-    stack: SovereignStack, observation: Observation, namespace: str
+    stack: SovereignStack, facts: ClusterFacts, observation: Observation, namespace: str
 ) -> tuple[Decision, list[DataStoreStatus]]:
     statuses: list[DataStoreStatus] = []
     for store in stack.spec.data_stores:
@@ -283,28 +281,11 @@ def _data_stores(
             continue
         s3 = store.s3
         assert s3 is not None, "api validation requires exactly one of s3 or volume"
-        where = f"s3://{s3.bucket}"
-        # The bucket's actual location is checked by the residency audit, not here.
-        unverified = "bucket location not verified by the reconciler"
-        if s3.credentials_secret_ref is None:
-            statuses.append(DataStoreStatus(name=store.name, ready=True, location=where, reason=AMBIENT_CREDENTIALS,
-                                            message=f"ambient credentials (no credentialsSecretRef); {unverified}"))
-            continue
-        secret_name = s3.credentials_secret_ref.name
-        secret = observation.secrets.get(secret_name)
-        missing = [key for key in (S3_ACCESS_KEY_ID_KEY, S3_SECRET_ACCESS_KEY_KEY)
-                   if key not in ((secret or {}).get("data") or {})]
-        if secret is None:
-            statuses.append(DataStoreStatus(name=store.name, ready=False, location=where,
-                                            reason=CREDENTIALS_SECRET_MISSING,
-                                            message=f"Secret {secret_name} does not exist in {namespace}"))
-        elif missing:
-            statuses.append(DataStoreStatus(name=store.name, ready=False, location=where, reason=CREDENTIALS_INCOMPLETE,
-                                            message=f"Secret {secret_name} lacks {', '.join(missing)}"))
-        else:
-            statuses.append(DataStoreStatus(name=store.name, ready=True, location=where, reason=CREDENTIALS_FOUND,
-                                            message=f"credentials from Secret {secret_name}; {unverified}"))
-    failing = [s for s in statuses if not s.ready]
+        statuses.append(facts.data_stores.get(store.name) or DataStoreStatus(
+            name=store.name, ready=False, location=f"s3://{s3.bucket}", reason=NOT_VERIFIED,
+            message="the bucket has not been verified yet"))
+    # A bucket failing its residency checks holds workloads back: its reason comes first.
+    failing = sorted((s for s in statuses if not s.ready), key=lambda s: s.name not in facts.data_stores)
     if failing:
         return _false(failing[0].reason, "; ".join(f"{s.name}: {s.message}" for s in failing)), statuses
     if not statuses:
@@ -342,11 +323,12 @@ def _rollout(deployment: Manifest | None) -> _Rollout:
 
 
 def _models(
-    stack: SovereignStack, observation: Observation, namespace: str
+    stack: SovereignStack, facts: ClusterFacts, observation: Observation, namespace: str
 ) -> tuple[Decision, list[ModelStatus], int]:
     """The ModelsReady decision, each model's status, and how many models are fully rolled out."""
     statuses: list[ModelStatus] = []
     waiting: list[str] = []
+    held: list[Hold] = []
     for model in stack.spec.models:
         deployment = observation.child("apps", "Deployment", model.name, namespace)
         service = observation.child("", "Service", model.name, namespace)
@@ -359,11 +341,14 @@ def _models(
             ready_replicas=rollout.ready,
             endpoint=names.model_endpoint(namespace=namespace, model=model.name) if service is not None else "",
         ))
-        if not rollout.done:
+        if model.name in facts.held_back:
+            held.append(facts.held_back[model.name])
+            waiting.append(f"{model.name}: {held[-1].message}")
+        elif not rollout.done:
             waiting.append(f"{model.name}: {rollout.note}")
     done = len(statuses) - len(waiting)
     if waiting:
-        return _false(MODELS_NOT_READY, "; ".join(waiting)), statuses, done
+        return _false(held[0].reason if held else MODELS_NOT_READY, "; ".join(waiting)), statuses, done
     if not statuses:
         return _true(NO_MODELS, "the stack declares no models"), statuses, done
     summary = ", ".join(f"{s.name}: {s.ready_replicas} ready" for s in statuses)
@@ -371,17 +356,21 @@ def _models(
 
 
 def _applications(
-    stack: SovereignStack, observation: Observation, namespace: str
+    stack: SovereignStack, facts: ClusterFacts, observation: Observation, namespace: str
 ) -> tuple[Decision, list[ApplicationStatus]]:
     statuses: list[ApplicationStatus] = []
     waiting: list[str] = []
+    held: list[Hold] = []
     for app in stack.spec.applications:
         rollout = _rollout(observation.child("apps", "Deployment", app.name, namespace))
         statuses.append(ApplicationStatus(name=app.name, replicas=rollout.total, ready_replicas=rollout.ready))
-        if not rollout.done:
+        if app.name in facts.held_back:
+            held.append(facts.held_back[app.name])
+            waiting.append(f"{app.name}: {held[-1].message}")
+        elif not rollout.done:
             waiting.append(f"{app.name}: {rollout.note}")
     if waiting:
-        return _false(APPLICATIONS_NOT_READY, "; ".join(waiting)), statuses
+        return _false(held[0].reason if held else APPLICATIONS_NOT_READY, "; ".join(waiting)), statuses
     if not statuses:
         return _true(NO_APPLICATIONS, "the stack declares no applications"), statuses
     return _true(APPLICATIONS_AVAILABLE, ", ".join(f"{s.name}: {s.ready_replicas} ready" for s in statuses)), statuses

@@ -6,7 +6,11 @@ periodic resync or a child that changed:
 1. Parse the stack (``api.parse_stack``). A spec the schema let through but the rules reject,
    or one that cannot be rendered, ends as ``Ready=False``/``InvalidSpec``, not as an exception:
    retrying cannot fix it, a new spec will.
-2. Render the desired objects (``desired_objects``: the same function ``sovereign render``
+2. Verify the stack's S3 stores against their buckets (``services.residency_stores``, whose
+   ``StoreVerdicts`` contacts them only when the spec or credentials changed, or once per
+   re-check period): a store failing a residency check holds back the models and applications
+   that use it (``policy.residency.blocked_workloads``), which are rendered with zero replicas.
+   Render the desired objects (``desired_objects``: the same function ``sovereign render``
    prints) and observe the stack's children (lists by the stack label, kept only when owned by
    this incarnation of the stack; nodes come from the facts).
 3. ``plan_changes``: apply each desired object the live one does not match, compared by labels
@@ -30,7 +34,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -57,12 +61,12 @@ from sovereign.kube.resources import (
     PERSISTENT_VOLUME_CLAIM,
     POD_DISRUPTION_BUDGET,
     SCALED_OBJECT,
-    SECRET,
     SERVICE,
     resource_type,
 )
+from sovereign.policy.residency import blocked_workloads
 from sovereign.render import names
-from sovereign.render.facts import ClusterFacts, NodeFacts
+from sovereign.render.facts import ClusterFacts, Hold, NodeFacts
 from sovereign.render.names import ObjectKey, object_key
 from sovereign.render.stack import RenderError, render_stack
 from sovereign.render.status import (
@@ -74,6 +78,7 @@ from sovereign.render.status import (
     invalid_status,
     reconciler_part,
 )
+from sovereign.services.residency_stores import StoreVerdict, StoreVerdicts
 
 log = logging.getLogger(__name__)
 
@@ -126,8 +131,10 @@ def plan_changes(*, desired: Sequence[Manifest], observed: Mapping[ObjectKey, Ma
     )
 
 
-def reconcile(*, kube: Kube, body: Mapping[str, Any], facts: ClusterFacts, now: datetime | None = None) -> Outcome:
-    """One reconcile pass over the stack ``body`` (as the apiserver returned it)."""
+def reconcile(*, kube: Kube, body: Mapping[str, Any], facts: ClusterFacts, stores: StoreVerdicts,
+              now: datetime | None = None) -> Outcome:
+    """One reconcile pass over the stack ``body`` (as the apiserver returned it); ``stores``
+    gives the verdicts of its S3 stores."""
     began = time.monotonic()
     now = now or datetime.now(UTC)
     meta = body["metadata"]
@@ -136,6 +143,7 @@ def reconcile(*, kube: Kube, body: Mapping[str, Any], facts: ClusterFacts, now: 
         return Outcome((), (), (), previous, False)
     try:
         stack = parse_stack({key: body[key] for key in ("apiVersion", "kind", "metadata", "spec") if key in body})
+        facts = with_store_verdicts(facts, stack=stack, verdicts=stores.verdicts(kube=kube, stack=stack))
         desired = desired_objects(stack, facts)
     except (InvalidStackError, RenderError) as err:
         message = "; ".join(map(str, err.errors)) if isinstance(err, InvalidStackError) else str(err)
@@ -146,12 +154,20 @@ def reconcile(*, kube: Kube, body: Mapping[str, Any], facts: ClusterFacts, now: 
     observed = _observe(kube, stack, facts)
     plan = plan_changes(desired=desired, observed=observed)
     children, applied, pruned, rejected = _execute(kube, stack, plan, observed)
-    observation = Observation(children=children, secrets=_credentials_secrets(kube, stack), rejected=rejected)
+    observation = Observation(children=children, rejected=rejected)
     status = compute_status(stack=stack, facts=facts, observation=observation, previous=previous, now=now)
     outcome = Outcome(tuple(applied), tuple(pruned), tuple(rejected), status, _write_status(kube, body, previous, status))
     _record(meta, outcome, children=children, seconds=time.monotonic() - began,
             error=CHILD_REJECTED if rejected else None)
     return outcome
+
+
+def with_store_verdicts(facts: ClusterFacts, *, stack: SovereignStack, verdicts: Sequence[StoreVerdict]) -> ClusterFacts:
+    """``facts`` with the stack's S3 stores as verified and the workloads a failed one holds back."""
+    failed = {verdict.name: verdict.decision for verdict in verdicts if not verdict.ok}
+    held = blocked_workloads(stack=stack, failed_stores=failed)
+    return replace(facts, data_stores={verdict.name: verdict.status for verdict in verdicts},
+                   held_back={name: Hold(decision.reason, decision.message) for name, decision in held.items()})
 
 
 def finalize(*, kube: Kube, body: Mapping[str, Any]) -> list[ObjectKey]:
@@ -221,12 +237,6 @@ def _node_manifest(node: NodeFacts) -> Manifest:
     annotations = {names.OWNER_ANNOTATION: node.owner} if node.owner else {}
     return {"apiVersion": "v1", "kind": "Node",
             "metadata": {"name": node.name, "labels": dict(node.labels), "annotations": annotations}}
-
-
-def _credentials_secrets(kube: Kube, stack: SovereignStack) -> dict[str, Manifest | None]:
-    secret_names = sorted({s.s3.credentials_secret_ref.name for s in stack.spec.data_stores
-                           if s.s3 is not None and s.s3.credentials_secret_ref is not None})
-    return {name: kube.get(SECRET, name=name, namespace=names.stack_namespace(stack)) for name in secret_names}
 
 
 # --- plan and execute --------------------------------------------------------------------------

@@ -7,22 +7,22 @@ versioning, public access, replication). The verdict says which check failed, in
 never contain the credentials (``stores`` errors name endpoint and bucket only; ``Credentials``
 redacts itself).
 
-The hook for the reconciler (``services.reconcile``), once per pass before rendering:
-
-    verdicts = verify_data_stores(kube=kube, stack=stack, create=True)
-    statuses = [v.status for v in verdicts]           # -> status.dataStores (S3 entries)
-    failed = {v.name: v.decision for v in verdicts if not v.ok}
-    blocked = policy.residency.blocked_workloads(stack=stack, failed_stores=failed)
-    # render: replicas 0 for every Deployment named in ``blocked``; DataStoresReady False with
-    # the first failed verdict's reason and every failed verdict's message.
-
-The residency audit calls it with ``create=False`` and records failures as violations.
+The reconciler (``services.reconcile``) asks ``StoreVerdicts`` once per pass, before rendering:
+it verifies with ``create=True`` when the stack's spec or a credentials Secret changed or a
+re-check period has passed, and otherwise gives the verdicts of the last verification, so passes
+that events trigger cost no S3 requests. The verdicts' ``status`` entries become the S3 entries
+of ``status.dataStores``; the failed ones hold back the workloads that use them
+(``policy.residency.blocked_workloads``). The residency audit calls ``verify_data_stores`` with
+``create=False`` every audit period and records failures as violations.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import logging
+import threading
+import time
 from dataclasses import dataclass, field
 
 from sovereign.api import DataStoreStatus, SovereignStack
@@ -31,8 +31,10 @@ from sovereign.kube.resources import SECRET
 from sovereign.policy.residency_store import Decision
 from sovereign.services.store_check import check_store
 from sovereign.stores.credentials import Credentials
-from sovereign.stores.errors import StoreError
+from sovereign.stores.errors import StoreError, StoreUnreachable
 from sovereign.stores.s3 import S3Store
+
+log = logging.getLogger(__name__)
 
 CREDENTIALS_SECRET_MISSING = "CredentialsSecretMissing"
 CREDENTIALS_INVALID = "CredentialsInvalid"
@@ -114,3 +116,66 @@ def _credentials(kube: Kube, namespace: str, secret_name: str) -> Credentials | 
         return Decision(False, CREDENTIALS_INVALID, str(err))
     assert credentials is not None  # required=True raises instead of returning None
     return credentials
+
+
+@dataclass(frozen=True)
+class _Verified:
+    """The verdicts of one stack's stores, what they were verified for, and when."""
+
+    key: tuple[object, ...]
+    at: float
+    verdicts: list[StoreVerdict]
+
+
+class StoreVerdicts:
+    """Each stack's store verdicts, verified again only when they may have changed.
+
+    A stack's stores are verified (``verify_data_stores``, ``create=True``) when its generation
+    or the resourceVersion of a credentials Secret differs from the last verification, or
+    ``recheck_seconds`` have passed since it (a bucket can be reconfigured outside Kubernetes);
+    otherwise the last verdicts are given again. Same verdicts, same status: an unchanged stack
+    costs one Secret read per pass and no write. A store whose endpoint does not answer on a
+    re-check keeps its previous verdict for the same spec and Secret: an outage of the store is
+    no reason to stop models that already run (the residency audit still records it), while a
+    store never verified stays held back. Shared by the passes of every stack (thread-safe).
+    """
+
+    def __init__(self, *, recheck_seconds: float) -> None:
+        self.recheck_seconds = recheck_seconds
+        self._lock = threading.Lock()
+        self._verified: dict[tuple[str, str], _Verified] = {}
+
+    def verdicts(self, *, kube: Kube, stack: SovereignStack) -> list[StoreVerdict]:
+        """The verdict of every S3 store of ``stack``, in spec order."""
+        namespace, name = stack.metadata.namespace or "", stack.metadata.name or ""
+        secrets = sorted({s.s3.credentials_secret_ref.name for s in stack.spec.data_stores
+                          if s.s3 is not None and s.s3.credentials_secret_ref is not None})
+        versions = [((kube.get(SECRET, name=secret, namespace=namespace) or {}).get("metadata") or {}).get(
+            "resourceVersion") for secret in secrets]
+        key = (stack.metadata.uid, stack.metadata.generation, *zip(secrets, versions))
+        with self._lock:
+            last = self._verified.get((namespace, name))
+        if last is not None and last.key == key and time.monotonic() - last.at < self.recheck_seconds:
+            return last.verdicts
+        verdicts = verify_data_stores(kube=kube, stack=stack, create=True)
+        if last is not None and last.key == key:
+            verdicts = [_unless_unreachable(verdict, last.verdicts) for verdict in verdicts]
+        with self._lock:
+            self._verified[(namespace, name)] = _Verified(key, time.monotonic(), verdicts)
+        return verdicts
+
+    def forget(self, *, namespace: str, name: str) -> None:
+        """Drop a deleted stack's verdicts."""
+        with self._lock:
+            self._verified.pop((namespace, name), None)
+
+
+def _unless_unreachable(verdict: StoreVerdict, previous: list[StoreVerdict]) -> StoreVerdict:
+    if verdict.decision.reason != StoreUnreachable.__name__:
+        return verdict
+    before = next((v for v in previous if v.name == verdict.name), None)
+    if before is None:
+        return verdict
+    log.warning("data store %s: %s; keeping its previous verdict (%s) until it answers", verdict.name,
+                verdict.decision.message, before.decision.reason)
+    return before

@@ -5,11 +5,12 @@ from __future__ import annotations
 from render_inputs import sample_document, stack_from  # next to this file
 
 from sovereign.render.application import render_application
+from sovereign.render.facts import ClusterFacts
 
 
 def _objects(stack, name):
     app = next(a for a in stack.spec.applications if a.name == name)
-    return {obj["kind"]: obj for obj in render_application(stack=stack, app=app)}
+    return {obj["kind"]: obj for obj in render_application(stack=stack, app=app, facts=ClusterFacts())}
 
 
 def _container(objects):

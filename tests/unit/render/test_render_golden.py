@@ -19,8 +19,9 @@ def test_models_match_golden(full_stack, facts, golden) -> None:
     golden("inference", [o for m in full_stack.spec.models for o in render_model(stack=full_stack, model=m, facts=facts)])
 
 
-def test_applications_match_golden(full_stack, golden) -> None:
-    golden("application", [o for a in full_stack.spec.applications for o in render_application(stack=full_stack, app=a)])
+def test_applications_match_golden(full_stack, facts, golden) -> None:
+    golden("application", [o for a in full_stack.spec.applications
+                           for o in render_application(stack=full_stack, app=a, facts=facts)])
 
 
 def test_data_stores_match_golden(full_stack, golden) -> None:

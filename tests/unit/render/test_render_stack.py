@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from render_inputs import sample_document, stack_from  # next to this file
 
 from sovereign.cli.render import dump_manifests
+from sovereign.render.facts import Hold
 from sovereign.render.names import SPEC_HASH_ANNOTATION, STACK_LABEL, spec_hash
 from sovereign.render.stack import RenderError, render_stack
 
@@ -82,3 +85,18 @@ def test_a_model_and_an_application_of_one_name_are_a_render_error(facts) -> Non
 
     with pytest.raises(RenderError, match=r"spec.models\[0\] \(chat\).*both need Deployment gov-qa/chat"):
         render_stack(stack_from(document), facts)
+
+
+def test_workloads_held_back_by_a_failed_store_get_zero_replicas_and_no_autoscaler(full_stack, facts) -> None:
+    free = {(o["kind"], o["metadata"]["name"]): o for o in render_stack(full_stack, facts)}
+    hold = Hold("DataStoreFailed", "data store corpus failed LocationOutsideRegions")
+    held = replace(facts, held_back={"chat": hold, "assistant": hold})
+
+    rendered = {(o["kind"], o["metadata"]["name"]): o for o in render_stack(full_stack, held)}
+
+    assert rendered[("Deployment", "chat")]["spec"]["replicas"] == 0  # autoscaled: no replicas when free
+    assert "replicas" not in free[("Deployment", "chat")]["spec"]
+    assert rendered[("Deployment", "assistant")]["spec"]["replicas"] == 0
+    assert set(free) - set(rendered) == {("ScaledObject", "chat")}  # KEDA would scale it up again
+    changed = {key for key in rendered if rendered[key] != free[key]}
+    assert changed == {("Deployment", "chat"), ("Deployment", "assistant")}

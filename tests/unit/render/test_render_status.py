@@ -9,14 +9,16 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from render_inputs import stack_from  # next to this file
 
-from sovereign.api import Condition, ConditionStatus, ResidencyViolation, SovereignStackStatus
-from sovereign.render.facts import ClusterFacts
+from sovereign.api import Condition, ConditionStatus, DataStoreStatus, ResidencyViolation, SovereignStackStatus
+from sovereign.render.facts import ClusterFacts, Hold
 from sovereign.render.names import ObjectKey
 from sovereign.render.stack import render_stack
 from sovereign.render.status import Observation, compute_status, invalid_status, reconciler_part
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
-CREDENTIALS = {"s3-creds": {"data": {"AWS_ACCESS_KEY_ID": "YQ==", "AWS_SECRET_ACCESS_KEY": "Yg=="}}}
+#: The full sample's S3 store as the reconciler verifies a compliant bucket.
+COMPLIANT = {"corpus": DataStoreStatus(name="corpus", ready=True, location="s3://qa-corpus", region="me-central-1",
+                                       reason="Compliant", message="every residency check passed")}
 
 
 def _available(obj: dict) -> dict:
@@ -48,9 +50,10 @@ def _children(stack, facts, change=None) -> dict[ObjectKey, dict]:
     return children
 
 
-def _status(stack, facts, children, previous=None, now=NOW, secrets=CREDENTIALS, rejected=()):
-    observation = Observation(children=children, secrets=secrets, rejected=rejected)
-    return compute_status(stack=stack, facts=facts, observation=observation, previous=previous, now=now)
+def _status(stack, facts, children, previous=None, now=NOW, stores=COMPLIANT, rejected=()):
+    observation = Observation(children=children, rejected=rejected)
+    return compute_status(stack=stack, facts=replace(facts, data_stores=stores), observation=observation,
+                          previous=previous, now=now)
 
 
 def _conditions(status) -> dict[str, tuple[str, str]]:
@@ -103,13 +106,33 @@ def test_a_deployment_still_on_an_old_generation_is_not_ready(full_stack, facts)
     assert _conditions(status)["ApplicationsReady"] == ("False", "ApplicationsNotReady")
 
 
-def test_missing_credentials_secret_blocks_ready_with_its_reason(full_stack, facts) -> None:
-    status = _status(full_stack, facts, _children(full_stack, facts), secrets={"s3-creds": None})
-    ready = next(c for c in status.conditions if c.type == "Ready")
+def test_a_store_failing_its_checks_holds_back_its_workloads_and_says_which_check_failed(full_stack, facts) -> None:
+    outside = DataStoreStatus(name="corpus", ready=False, location="s3://qa-corpus", region="eu-west-1",
+                              reason="LocationOutsideRegions", message="bucket 'qa-corpus' is in eu-west-1")
+    hold = Hold("DataStoreFailed", "is not started: data store corpus failed LocationOutsideRegions")
+    held = replace(facts, held_back={"chat": hold, "embed": hold, "assistant": hold, "indexer": hold})
 
-    assert _conditions(status)["DataStoresReady"] == ("False", "CredentialsSecretMissing")
-    assert ready.reason == "CredentialsSecretMissing"
-    assert "Secret s3-creds does not exist in gov-qa" in ready.message
+    # Held back, the Deployments have zero replicas and are "rolled out"; they are still not ready.
+    status = _status(full_stack, held, _children(full_stack, held), stores={"corpus": outside})
+    conditions = {c.type: c for c in status.conditions}
+
+    assert next(s for s in status.data_stores if s.name == "corpus") == outside
+    assert (conditions["DataStoresReady"].reason, conditions["DataStoresReady"].message) == (
+        "LocationOutsideRegions", "corpus: bucket 'qa-corpus' is in eu-west-1")
+    assert _conditions(status)["ModelsReady"] == ("False", "DataStoreFailed")
+    assert f"chat: {hold.message}" in conditions["ModelsReady"].message
+    assert _conditions(status)["ApplicationsReady"] == ("False", "DataStoreFailed")
+    assert f"indexer: {hold.message}" in conditions["ApplicationsReady"].message
+    assert _conditions(status)["Ready"] == ("False", "LocationOutsideRegions")
+    assert status.models_ready == "0/2"
+
+
+def test_a_bucket_not_verified_is_not_ready(full_stack, facts) -> None:
+    status = _status(full_stack, facts, _children(full_stack, facts), stores={})
+
+    corpus = next(s for s in status.data_stores if s.name == "corpus")
+    assert (corpus.ready, corpus.reason, corpus.location) == (False, "NotVerified", "s3://qa-corpus")
+    assert _conditions(status)["DataStoresReady"] == ("False", "NotVerified")
 
 
 def test_pending_claim_and_missing_nodepool_are_reported(full_stack, facts) -> None:
