@@ -29,7 +29,7 @@ import yaml
 from kubernetes import client, watch
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.reconcile import delete_stack, stack_conditions
+from sovereign.devcluster.scenario import delete_stack, stack_conditions
 from bench.result import Result
 from sovereign.api import API_VERSION, GROUP, KIND, PLURAL, VERSION
 from sovereign.devcluster import build, fleet

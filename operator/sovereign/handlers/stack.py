@@ -11,7 +11,10 @@
 - a timer every ``resync_seconds``: a reconcile pass (repairs deleted children; reads only when
   nothing changed);
 - events of the stack's Deployments, claims and NodePools: a reconcile pass of their stack, so
-  status follows readiness without waiting for the timer.
+  status follows readiness without waiting for the timer;
+- a timer every ``gpu_check_seconds`` (``services.gpu_reaction``), from the node index alone: a
+  reconcile pass when the GPU health of the stack's pool nodes changed, and evictions of its
+  inference pods from nodes with a fatal GPU fault.
 
 Kopf adds the finalizer in a cycle of its own before any handler runs, and every pass starts
 only once the stack carries it, so no side effect happens without it. Passes of one stack never
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -33,13 +37,14 @@ import aiohttp
 import kopf
 
 from sovereign import metrics
-from sovereign.api import GROUP, PLURAL, VERSION
+from sovereign.api import GROUP, PLURAL, VERSION, ConditionStatus
 from sovereign.kube import errors
 from sovereign.kube.client import USER_AGENT, Kube
 from sovereign.kube.resources import STACK
 from sovereign.render.facts import DEFAULT_OPERATOR_IMAGE, DEFAULT_PROMETHEUS_URL, ClusterFacts, NodeFacts
 from sovereign.render.names import FINALIZER, OWNER_ANNOTATION, STACK_LABEL
 from sovereign.services.facts import node_facts
+from sovereign.services.gpu_reaction import GpuReaction
 from sovereign.services.reconcile import finalize, reconcile
 from sovereign.services.residency_stores import StoreVerdicts
 
@@ -59,6 +64,8 @@ class OperatorConfig:
     operator_image: str = DEFAULT_OPERATOR_IMAGE
     prometheus_url: str = DEFAULT_PROMETHEUS_URL
     resync_seconds: float = 60.0
+    #: How often each stack compares the GPU health of its nodes (in memory) with what it last showed.
+    gpu_check_seconds: float = 2.0
 
 
 class _StackLocks:
@@ -128,8 +135,8 @@ def install(registry: kopf.OperatorRegistry, *, kube: Kube, config: OperatorConf
     @kopf.index("", "v1", "nodes", id="cluster_nodes", registry=registry)
     def cluster_nodes(body: kopf.Body, **_: Any) -> dict[None, NodeFacts]:
         node = node_facts(body)
-        if node.gpu_healthy is not None:
-            metrics.NODE_GPU_HEALTH.labels(node=node.name).set(1 if node.gpu_healthy == "True" else 0)
+        if node.gpu is not None and node.gpu.condition is not None:
+            metrics.NODE_GPU_HEALTH.labels(node=node.name).set(1 if node.gpu.condition is ConditionStatus.TRUE else 0)
         return {None: node}
 
     @kopf.on.create(*_STACKS, id="reconcile", registry=registry)
@@ -142,6 +149,25 @@ def install(registry: kopf.OperatorRegistry, *, kube: Kube, config: OperatorConf
                 registry=registry)
     def resync_stack(namespace: str, name: str, cluster_nodes: kopf.Index[None, NodeFacts], **_: Any) -> None:
         run_pass(namespace, name, cluster_nodes)
+
+    @kopf.timer(*_STACKS, id="gpu-reaction", interval=config.gpu_check_seconds, registry=registry)
+    def gpu_reaction(namespace: str, name: str, body: kopf.Body, memo: kopf.Memo,
+                     cluster_nodes: kopf.Index[None, NodeFacts], **_: Any) -> None:
+        reaction = memo.setdefault("gpu_reaction", GpuReaction())
+        health = reaction.health(body=body, facts=facts(cluster_nodes))
+        if health is None:
+            return  # an invalid spec: the reconciler reports it
+        if reaction.status_due(health):
+            run_pass(namespace, name, cluster_nodes)
+            reaction.status_shown(health)
+        if reaction.evictions_due(health, now=time.monotonic()):
+            with locks.hold(namespace, name), _retry_on_trouble(namespace, name):
+                report = reaction.evict(kube=kube, body=body, health=health, now=time.monotonic())
+            if report.evicted or report.blocked or report.failed:
+                log.info("stack %s/%s: GPU fault on %s: evicted %s; blocked by a disruption budget %s; failed %s",
+                         namespace, name, ", ".join(n.name for n in health.fatal_nodes),
+                         ", ".join(report.evicted) or "none", ", ".join(report.blocked) or "none",
+                         ", ".join(report.failed) or "none")
 
     @kopf.on.delete(*_STACKS, id="finalize", registry=registry)
     def finalize_stack(body: kopf.Body, **_: Any) -> None:

@@ -5,10 +5,11 @@ The node agent (``services.node_agent``) judges every GPU and writes the verdict
 (``kube.nodes``); ``services.gpu_reaction.node_gpus`` reads them back into a ``NodeGpus``.
 ``assess_stack_gpus`` takes the nodes of each pool of a stack and decides, worst first:
 
-- ``False``/``FatalGPUFault``: some node has a GPU with a fatal fault (XID 79, uncorrectable ECC,
-  a lost GPU...); its inference pods are moved off it (``services.gpu_reaction``);
-- ``False``/``GPUsUnhealthy``: some node has a GPU that is Unhealthy but not fatal (a row remap
-  waiting for a reset, a temperature near shutdown); the node is tainted, pods stay;
+- ``False``/``GPUsUnhealthy``: some node has an Unhealthy GPU. The node is tainted, so nothing new
+  lands there. A fatal fault (XID 79, uncorrectable ECC, a lost GPU...) also moves the stack's
+  inference pods off the node (``services.gpu_reaction``), and the message says so; other faults
+  (a row remap waiting for a reset, a temperature near shutdown) leave running pods alone. One
+  reason for both, the one GitOps health checks treat as needing a person (docs/gitops.md);
 - ``Unknown``/``NoPoolNodes``, ``NoHealthReports`` or ``HealthReportsMissing``: no node, no node
   reporting, or some nodes not reporting (no node agent, or NVML unavailable on the node);
 - ``True``/``GPUsDegraded``: every node reports, some GPU is slowed down (thermal) but usable;
@@ -28,7 +29,6 @@ from dataclasses import dataclass
 from sovereign.api import ConditionStatus
 from sovereign.policy.gpu_health import HealthState
 
-FATAL_GPU_FAULT = "FatalGPUFault"
 GPUS_UNHEALTHY = "GPUsUnhealthy"
 NO_POOL_NODES = "NoPoolNodes"
 NO_HEALTH_REPORTS = "NoHealthReports"
@@ -139,8 +139,7 @@ def _decide(nodes: Sequence[NodeGpus]) -> tuple[ConditionStatus, str, str]:
         listed = _listing([f"{n.where()}: {_unhealthy_detail(n)}" for n in unhealthy])
         message = f"{counted} on {len(unhealthy)} of {len(nodes)} node(s): {listed}"
         if any(n.fatal for n in unhealthy):
-            return (ConditionStatus.FALSE, FATAL_GPU_FAULT,
-                    f"{message}; inference pods on nodes with a fatal fault are moved to healthy nodes")
+            message += "; inference pods on nodes with a fatal fault are moved to healthy nodes"
         return ConditionStatus.FALSE, GPUS_UNHEALTHY, message
     silent = [n for n in nodes if not n.reporting]
     if silent:

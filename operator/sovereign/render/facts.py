@@ -17,6 +17,7 @@ from typing import NamedTuple
 
 from sovereign import __version__
 from sovereign.api import DataStoreStatus
+from sovereign.policy.stack_gpu_health import NodeGpus
 
 #: The operator's own image, pinned to this release: it carries ``sovereign fetch-model``.
 DEFAULT_OPERATOR_IMAGE = f"ghcr.io/sovereign-ai/sovereign-operator:{__version__}"
@@ -33,13 +34,9 @@ class NodeFacts:
     #: The ``sovereign.ai/owner`` annotation: the stack (``<namespace>/<name>``) that claimed it.
     owner: str | None = None
     ready: bool = False
-    #: Allocatable ``nvidia.com/gpu``.
-    gpus: int = 0
-    #: Status of the node's ``GPUHealthy`` condition (set by the node agent); None when absent.
-    gpu_healthy: str | None = None
-    gpu_health_reason: str = ""
-    #: GPUs the node agent reports unhealthy.
-    unhealthy_gpus: int = 0
+    #: Its GPUs: allocatable count, the node agent's ``GPUHealthy`` condition and every GPU the
+    #: agent does not report Healthy (``services.gpu_reaction.node_gpus``); None: not known.
+    gpu: NodeGpus | None = None
 
     def label(self, key: str) -> str | None:
         return self.labels.get(key)

@@ -7,6 +7,9 @@ message) and the per-entry status lists; ``compute_status`` assembles them into 
 ``lastTransitionTime`` moves only when its status changes, so an unchanged cluster computes a
 status equal to the stored one and the reconciler writes nothing.
 
+``GPUHealthy`` and the pools' GPU counts come from the GPU health of the pool nodes
+(``stack_gpu_health``, which the GPU reaction shares).
+
 The residency audit (``services.residency_audit``) owns ``ResidencyCompliant``, ``violations``
 and ``violationCount`` under its own field manager; ``reconciler_part`` is the rest, the part the
 reconciler writes and compares. ``Ready`` reads the audit's condition from the stored status.
@@ -43,8 +46,20 @@ from sovereign.api import (
     SovereignStack,
     SovereignStackStatus,
 )
+from sovereign.policy.stack_gpu_health import (  # noqa: F401 - GPUHealthy's reasons, listed with the others
+    GPUS_DEGRADED,
+    GPUS_HEALTHY,
+    GPUS_UNHEALTHY,
+    HEALTH_REPORTS_MISSING,
+    NO_HEALTH_REPORTS,
+    NO_POOL_NODES,
+    NodeGpus,
+    PoolGpus,
+    StackGpuHealth,
+    assess_stack_gpus,
+)
 from sovereign.render import names
-from sovereign.render.facts import ClusterFacts, Hold
+from sovereign.render.facts import ClusterFacts, Hold, NodeFacts
 from sovereign.render.names import ObjectKey
 from sovereign.render.nodepool import pool_nodes
 
@@ -71,9 +86,6 @@ NO_MODELS = "NoModels"
 APPLICATIONS_AVAILABLE = "ApplicationsAvailable"
 APPLICATIONS_NOT_READY = "ApplicationsNotReady"
 NO_APPLICATIONS = "NoApplications"
-GPUS_HEALTHY = "GPUsHealthy"
-GPUS_UNHEALTHY = "GPUsUnhealthy"
-NO_HEALTH_REPORTS = "NoHealthReports"
 
 #: Status fields the residency audit writes; the reconciler reads them and never writes them.
 AUDIT_CONDITIONS = frozenset({ConditionType.RESIDENCY_COMPLIANT.value})
@@ -119,7 +131,8 @@ def compute_status(
 ) -> SovereignStackStatus:
     """The status the stack has, given what was observed."""
     namespace = names.stack_namespace(stack)
-    pools, pool_statuses = _node_pools(stack, facts, observation)
+    gpus = stack_gpu_health(stack, facts)
+    pools, pool_statuses = _node_pools(stack, facts, observation, gpus.pools)
     stores, store_statuses = _data_stores(stack, facts, observation, namespace)
     models, model_statuses, rolled_out = _models(stack, facts, observation, namespace)
     apps, app_statuses = _applications(stack, facts, observation, namespace)
@@ -128,7 +141,7 @@ def compute_status(
         ConditionType.DATA_STORES_READY: stores,
         ConditionType.MODELS_READY: models,
         ConditionType.APPLICATIONS_READY: apps,
-        ConditionType.GPU_HEALTHY: _gpu_health(stack, facts),
+        ConditionType.GPU_HEALTHY: Decision(gpus.status, gpus.reason, gpus.message),
     }
     audited = _audited_residency(previous)
     ready = _ready(stack, {ConditionType.RESIDENCY_COMPLIANT: audited, **decisions} if audited else decisions,
@@ -215,19 +228,19 @@ def _audited_residency(previous: SovereignStackStatus | None) -> Decision | None
 
 
 def _node_pools(
-    stack: SovereignStack, facts: ClusterFacts, observation: Observation
+    stack: SovereignStack, facts: ClusterFacts, observation: Observation, counts: Sequence[PoolGpus]
 ) -> tuple[Decision, list[NodePoolStatus]]:
     problems: list[tuple[str, str]] = []
     notes: list[str] = []
     statuses: list[NodePoolStatus] = []
-    for pool in stack.spec.node_pools:
+    for pool, count in zip(stack.spec.node_pools, counts, strict=True):
         nodes = pool_nodes(stack=stack, pool=pool, facts=facts)
         statuses.append(NodePoolStatus(
             name=pool.name,
             nodes=len(nodes.selected),
             ready_nodes=sum(1 for n in nodes.selected if n.ready),
-            gpus=sum(n.gpus for n in nodes.selected),
-            unhealthy_gpus=sum(n.unhealthy_gpus for n in nodes.selected),
+            gpus=count.gpus,
+            unhealthy_gpus=count.unhealthy_gpus,
         ))
         refused = "; ".join(f"node {r.node.name} not used: {r.reason}" for r in nodes.refused)
         if refused:
@@ -376,17 +389,18 @@ def _applications(
     return _true(APPLICATIONS_AVAILABLE, ", ".join(f"{s.name}: {s.ready_replicas} ready" for s in statuses)), statuses
 
 
-def _gpu_health(stack: SovereignStack, facts: ClusterFacts) -> Decision:
-    nodes = {n.name: n for pool in stack.spec.node_pools for n in pool_nodes(stack=stack, pool=pool, facts=facts).selected}
-    unhealthy = [n for n in nodes.values() if n.gpu_healthy == ConditionStatus.FALSE.value]
-    reporting = [n for n in nodes.values() if n.gpu_healthy is not None]
-    if unhealthy:
-        listed = ", ".join(f"{n.name} ({n.gpu_health_reason or 'unhealthy'})" for n in sorted(unhealthy, key=lambda n: n.name))
-        return _false(GPUS_UNHEALTHY, f"unhealthy GPUs on {listed}")
-    if not reporting:
-        return Decision(ConditionStatus.UNKNOWN, NO_HEALTH_REPORTS,
-                        f"none of the {len(nodes)} pool node(s) reports GPU health (is the node agent running?)")
-    return _true(GPUS_HEALTHY, f"{len(reporting)} of {len(nodes)} pool node(s) report healthy GPUs")
+def stack_gpu_health(stack: SovereignStack, facts: ClusterFacts) -> StackGpuHealth:
+    """The GPU health of the nodes of the stack's pools (``policy.stack_gpu_health``): the
+    ``GPUHealthy`` condition, the pools' GPU counts and the nodes with a fatal fault. Also what
+    ``services.gpu_reaction`` compares between its checks."""
+    return assess_stack_gpus(pools=[
+        (pool.name, [_gpus_of(node) for node in pool_nodes(stack=stack, pool=pool, facts=facts).selected])
+        for pool in stack.spec.node_pools])
+
+
+def _gpus_of(node: NodeFacts) -> NodeGpus:
+    # Facts built by hand (tests, a file for ``sovereign render``) may know nothing of the GPUs.
+    return node.gpu or NodeGpus(name=node.name, region=node.label(names.REGION_LABEL))
 
 
 def _status_condition(obj: Manifest, kind: str) -> Mapping[str, Any]:

@@ -1,10 +1,11 @@
 """Build the ``ClusterFacts`` the builders need, from Node manifests or from the live cluster.
 
 ``node_facts`` reduces one Node (a dict as the API returns it) to ``render.facts.NodeFacts``:
-labels, the owner annotation, readiness, allocatable GPUs and the GPU health the node agent
-published (``kube.nodes``). The operator's handlers call it from a Kopf index over nodes, so a
-reconcile reads no nodes at all; ``read_cluster_facts`` lists them instead (tests, one-off
-runs); ``cli.render`` calls ``facts_from_nodes`` on the output of ``kubectl get nodes -o yaml``.
+labels, the owner annotation, readiness, and its GPUs: allocatable count and the GPU health the
+node agent published (``kube.nodes``, read by ``services.gpu_reaction.node_gpus``). The
+operator's handlers call it from a Kopf index over nodes, so a reconcile reads no nodes at all;
+``read_cluster_facts`` lists them instead (tests, one-off runs); ``cli.render`` calls
+``facts_from_nodes`` on the output of ``kubectl get nodes -o yaml``.
 """
 
 from __future__ import annotations
@@ -13,28 +14,22 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from sovereign.kube.client import Kube
-from sovereign.kube.nodes import GPU_HEALTHY_CONDITION, GpuHealthRecord
 from sovereign.kube.resources import NODE
 from sovereign.render.facts import DEFAULT_OPERATOR_IMAGE, DEFAULT_PROMETHEUS_URL, ClusterFacts, NodeFacts
-from sovereign.render.names import GPU_RESOURCE, OWNER_ANNOTATION
+from sovereign.render.names import OWNER_ANNOTATION
+from sovereign.services.gpu_reaction import node_gpus
 
 
 def node_facts(node: Mapping[str, Any]) -> NodeFacts:
     """What the builders and the status need to know about one Node."""
     metadata = node.get("metadata") or {}
-    status = node.get("status") or {}
-    conditions = {c.get("type"): c for c in status.get("conditions") or []}
-    health = conditions.get(GPU_HEALTHY_CONDITION) or {}
-    record = GpuHealthRecord.from_node(dict(node))
+    conditions = {c.get("type"): c for c in (node.get("status") or {}).get("conditions") or []}
     return NodeFacts(
         name=metadata["name"],
         labels=dict(metadata.get("labels") or {}),
         owner=(metadata.get("annotations") or {}).get(OWNER_ANNOTATION),
         ready=(conditions.get("Ready") or {}).get("status") == "True",
-        gpus=_count((status.get("allocatable") or {}).get(GPU_RESOURCE)),
-        gpu_healthy=health.get("status"),
-        gpu_health_reason=health.get("reason") or "",
-        unhealthy_gpus=max(record.total - record.healthy, 0) if record else 0,
+        gpu=node_gpus(node),
     )
 
 
@@ -55,9 +50,3 @@ def read_cluster_facts(
     """Facts from the live cluster (one list of nodes)."""
     return facts_from_nodes(kube.list(NODE), operator_image=operator_image, prometheus_url=prometheus_url)
 
-
-def _count(quantity: Any) -> int:
-    try:
-        return int(str(quantity))
-    except (TypeError, ValueError):
-        return 0

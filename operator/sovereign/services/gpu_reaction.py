@@ -10,11 +10,12 @@ affinity keeps the replacement in the stack's regions. A PodDisruptionBudget tha
 disruption now answers 429; that pod is left where it is and tried again later, never deleted
 directly. Each eviction and each newly blocked pod is an Event on the stack.
 
-``GpuReaction`` is what one stack's reaction remembers between checks (kept in the stack's Kopf
-memo by ``handlers``): the GPU health its status last showed, so a reconcile pass runs only when
-that changed, and when to look for pods to evict again, so a lasting fault costs one pod list per
-``recheck_seconds``, not one per check. Called by the stack handlers; ``node_gpus`` also by
-``services.facts``.
+``GpuReaction`` is one stack's reaction, checked every few seconds from the nodes in memory (a
+timer of ``handlers.stack``, which keeps it in the stack's Kopf memo): it remembers the GPU
+health the stack's status last showed, so a reconcile pass runs only when that changed, and
+when to look for pods to evict again, so a lasting fault costs one pod list per
+``recheck_seconds``, not one per check; an unchanged cluster costs no API call at all.
+``node_gpus`` is called by ``services.facts`` for the operator's node index.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sovereign.api import ConditionStatus
+from sovereign.api import ConditionStatus, InvalidStackError, SovereignStack, parse_stack
 from sovereign.kube import errors
 from sovereign.kube.client import Kube
 from sovereign.kube.evictions import EvictionBlocked, evict_pod
@@ -33,7 +34,9 @@ from sovereign.kube.resources import POD
 from sovereign.policy.gpu_health import HealthState
 from sovereign.policy.stack_gpu_health import GpuFault, NodeGpus, StackGpuHealth
 from sovereign.render import names
+from sovereign.render.facts import ClusterFacts
 from sovereign.render.names import Component
+from sovereign.render.status import stack_gpu_health
 
 log = logging.getLogger(__name__)
 
@@ -153,11 +156,27 @@ class GpuReaction:
 
     retry_seconds: float = RETRY_SECONDS
     recheck_seconds: float = RECHECK_SECONDS
+    _parsed: tuple[int | None, SovereignStack | None] | None = field(default=None, init=False)
     _shown: StackGpuHealth | None = field(default=None, init=False)
     #: The fatal nodes the last look was for, and when to look again while they stay fatal.
     _handled: frozenset[str] = field(default=frozenset(), init=False)
     _next_look: float = field(default=0.0, init=False)
     _reported_blocked: set[str] = field(default_factory=set, init=False)
+
+    def health(self, *, body: Manifest, facts: ClusterFacts) -> StackGpuHealth | None:
+        """The GPU health of the stack's pool nodes (``render.status.stack_gpu_health``); None
+        for a spec that does not parse, which the reconciler reports. The spec is parsed again
+        only when its generation changes, so a check of an unchanged stack is cheap."""
+        generation = body["metadata"].get("generation")
+        if self._parsed is None or self._parsed[0] != generation:
+            try:
+                stack: SovereignStack | None = parse_stack(
+                    {key: body[key] for key in ("apiVersion", "kind", "metadata", "spec") if key in body})
+            except InvalidStackError:
+                stack = None
+            self._parsed = (generation, stack)
+        parsed = self._parsed[1]
+        return stack_gpu_health(parsed, facts) if parsed is not None else None
 
     def status_due(self, health: StackGpuHealth) -> bool:
         """Whether the stack's status may not show ``health`` yet: a reconcile pass is due."""

@@ -47,7 +47,7 @@ def test_a_fatal_xid_fails_the_condition_naming_node_gpu_and_fault():
 
     health = assess_stack_gpus(pools=[("h100", [node("gpu-a"), sick])])
 
-    assert (health.status, health.reason) == (FALSE, "FatalGPUFault")
+    assert (health.status, health.reason) == (FALSE, "GPUsUnhealthy")
     assert health.message == (
         f"1 of 16 GPU(s) unhealthy on 1 of 2 node(s): gpu-b (me-central-1): GPU 3 ({uuid(3)}) "
         "Xid79, fatal; inference pods on nodes with a fatal fault are moved to healthy nodes")
@@ -124,7 +124,7 @@ def test_an_unhealthy_node_outweighs_nodes_that_do_not_report():
     health = assess_stack_gpus(pools=[("h100", [
         node("gpu-a", condition=None), node("gpu-b", fault(7, "GPULost", fatal=True))])])
 
-    assert (health.status, health.reason) == (FALSE, "FatalGPUFault")
+    assert (health.status, health.reason) == (FALSE, "GPUsUnhealthy")
 
 
 def test_a_fatal_fault_still_counts_while_nvml_is_unavailable():

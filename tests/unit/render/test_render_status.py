@@ -10,6 +10,8 @@ import pytest
 from render_inputs import stack_from  # next to this file
 
 from sovereign.api import Condition, ConditionStatus, DataStoreStatus, ResidencyViolation, SovereignStackStatus
+from sovereign.policy.gpu_health import HealthState
+from sovereign.policy.stack_gpu_health import GpuFault
 from sovereign.render.facts import ClusterFacts, Hold
 from sovereign.render.names import ObjectKey
 from sovereign.render.stack import render_stack
@@ -230,14 +232,16 @@ def test_invalid_spec_sets_ready_false_and_keeps_the_rest(full_stack, facts) -> 
 
 
 def test_an_unhealthy_gpu_on_a_pool_node_fails_gpu_healthy_and_ready(full_stack, facts) -> None:
+    fault = GpuFault(index=3, uuid="GPU-3", state=HealthState.UNHEALTHY, reason="Xid79", fatal=True)
     sick = ClusterFacts(nodes=tuple(
-        replace(n, gpu_healthy="False", gpu_health_reason="Xid79OnGPU3", unhealthy_gpus=1) if n.name == "gpu-mec1-3"
-        else replace(n, gpu_healthy="True") for n in facts.nodes))
+        replace(n, gpu=replace(n.gpu, condition=ConditionStatus.FALSE, reason="Xid79OnGPU3", faults=(fault,)))
+        if n.name == "gpu-mec1-3" else replace(n, gpu=replace(n.gpu, condition=ConditionStatus.TRUE))
+        for n in facts.nodes))
 
     status = _status(full_stack, sick, _children(full_stack, sick))
 
     gpu = next(c for c in status.conditions if c.type == "GPUHealthy")
     assert (gpu.status, gpu.reason) == (ConditionStatus.FALSE, "GPUsUnhealthy")
-    assert "gpu-mec1-3 (Xid79OnGPU3)" in gpu.message
+    assert "gpu-mec1-3 (me-central-1): GPU 3 (GPU-3) Xid79, fatal" in gpu.message
     assert _conditions(status)["Ready"] == ("False", "GPUsUnhealthy")
     assert next(p for p in status.node_pools if p.name == "onprem").unhealthy_gpus == 1

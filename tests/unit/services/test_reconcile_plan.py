@@ -29,7 +29,7 @@ def _facts(owner: str | None = None) -> ClusterFacts:
     labels = dict(ON_PREM)
     if owner:
         labels |= {"sovereign.ai/pool": "onprem", "sovereign.ai/stack": "citizen-services"}
-    return ClusterFacts(nodes=(NodeFacts("gpu-mec1-2", labels, owner=owner, ready=True, gpus=8),))
+    return ClusterFacts(nodes=(NodeFacts("gpu-mec1-2", labels, owner=owner, ready=True),))
 
 
 def _live(objects: list[dict]) -> dict:
