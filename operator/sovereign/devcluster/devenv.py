@@ -2,7 +2,7 @@
 
 ``DevEnvironment`` starts, in order: the control plane with the simulated GPU fleet
 (``cluster.DevCluster``), one MinIO per region with a seeded model bucket in the first
-(in-country) region (``minio.MinioFleet``), the operator (``sovereign run``) and one node agent
+(in-country) region (``minio.MinioFleet``), a simulated volume provisioner (``provisioner``), the operator (``sovereign run``) and one node agent
 per simulated GPU node on a fake NVML scenario file (``sovereign agent --fake-nvml``); then it
 writes the sample stack (endpoint and credentials filled in) and, unless told not to, applies it.
 Everything lives under one work directory, whose ``dev.json`` lets ``sovereign dev down`` and
@@ -27,6 +27,7 @@ import yaml
 from sovereign.devcluster import fleet as fleet_mod
 from sovereign.devcluster.cluster import Component, DevCluster, free_port, wait_until
 from sovereign.devcluster.minio import MinioFleet
+from sovereign.devcluster.provisioner import SimulatedProvisioner
 from sovereign.nvml import fake as fake_nvml
 
 STATE_FILE = "dev.json"
@@ -55,6 +56,7 @@ class DevEnvironment:
     progress: bool = True
     cluster: DevCluster | None = None
     minio: MinioFleet | None = None
+    provisioner: SimulatedProvisioner | None = None
     processes: dict[str, Component] = field(default_factory=dict)
 
     @property
@@ -85,12 +87,14 @@ class DevEnvironment:
         self.cluster = DevCluster(workdir=self.workdir / "cluster", fleet=fleet,
                                   progress=self.progress)
         self.cluster.start()
+        self.provisioner = SimulatedProvisioner(self.cluster.api_client(), region=regions[0])
+        self.provisioner.start()
         # One object store per region: the first is in-country, the others are what the
         # residency checks must refuse.
         self.minio = MinioFleet(root=self.workdir / "minio", regions=regions)
         servers = self.minio.start()
         home = servers[regions[0]]
-        _seed_model_bucket(home.client())
+        _seed_model_bucket(home)
 
         env = {"KUBECONFIG": self.cluster.kubeconfig}
         # Loopback and free ports, so two environments (or a test run) never collide; short
@@ -157,6 +161,8 @@ class DevEnvironment:
     def stop(self) -> None:
         for name in reversed(list(self.processes)):
             self.processes[name].stop()
+        if self.provisioner is not None:
+            self.provisioner.stop()
         if self.minio is not None:
             self.minio.stop()
         if self.cluster is not None:
@@ -231,9 +237,21 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _seed_model_bucket(s3: Any) -> None:
-    """A tiny but complete model directory, so the loader has real files to copy and verify."""
-    s3.create_bucket(Bucket=MODEL_BUCKET)
+def _seed_model_bucket(server: Any) -> None:
+    """A compliant in-country bucket holding a tiny but complete model directory.
+
+    Created through the same store layer the operator uses, with default encryption on (the
+    residency checks refuse a bucket without it), so the sample stack can become Ready.
+    """
+    from sovereign.stores.credentials import Credentials
+    from sovereign.stores.s3 import S3Store
+
+    store = S3Store(endpoint=server.endpoint, region=server.region, path_style=True,
+                    credentials=Credentials(access_key_id=server.access_key,
+                                            secret_access_key=server.secret_key))
+    store.create_bucket(bucket=MODEL_BUCKET, region=server.region, encryption=True,
+                        versioning=True)
+    s3 = server.client()
     files = {
         "config.json": json.dumps({"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2",
                                    "hidden_size": 64, "num_hidden_layers": 2}),
