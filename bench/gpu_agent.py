@@ -181,15 +181,16 @@ class GpuStack:
     each watched by a node agent on the fake NVML; a context manager.
 
     Its Existing pool selects the nodes by a rack label unique to this instance: ``nodes`` in
-    me-central-1 (the stack's region) and, as a decoy, one in eu-west-1 (outside it, so the pool
-    refuses it). The model's weights come from a volume store bound to a static volume in
+    me-central-1 (the stack's region; ``add_node`` adds one) and, as a decoy, one in eu-west-1
+    (outside it, so the pool refuses it); the model has ``replicas`` replicas. The model's weights come from a volume store bound to a static volume in
     me-central-1, so the local cluster needs no provisioner. Entering starts the agents and
     creates the stack; leaving deletes the stack (the operator must still run, its finalizer is
     on it), stops the agents and deletes the nodes and the volume.
     """
 
     def __init__(self, api: client.ApiClient, *, kubeconfig: str, namespace: str, workdir: Path,
-                 name: str = "gpu-reaction", nodes: int = 2, agent_config: dict[str, Any] | None = None) -> None:
+                 name: str = "gpu-reaction", nodes: int = 2, replicas: int = 1,
+                 agent_config: dict[str, Any] | None = None) -> None:
         self.api = api
         self.kubeconfig = kubeconfig
         self.namespace = namespace
@@ -197,6 +198,7 @@ class GpuStack:
         self.name = name
         self.rack = f"{name}-{uuid.uuid4().hex[:6]}"
         self.count = nodes
+        self.replicas = replicas
         self.agent_config = agent_config or {}
         self.gpu_nodes = GpuNodes(api)
         self.agents: dict[str, AgentProcess] = {}
@@ -207,9 +209,7 @@ class GpuStack:
     def __enter__(self) -> GpuStack:
         try:
             for _ in range(self.count):
-                node = self.gpu_nodes.create(region="me-central-1", labels={RACK_LABEL: self.rack})
-                self.agents[node] = AgentProcess(kubeconfig=self.kubeconfig, node=node, workdir=self.workdir,
-                                                 config=self.agent_config)
+                self.add_node()
             self.decoy = self.gpu_nodes.create(region="eu-west-1", labels={RACK_LABEL: self.rack})
             self.core.create_persistent_volume({
                 "metadata": {"name": self.rack},
@@ -230,6 +230,13 @@ class GpuStack:
         finally:
             self._clean_up()
 
+    def add_node(self) -> str:
+        """Another GPU node of the pool in me-central-1, with its agent; its name."""
+        node = self.gpu_nodes.create(region="me-central-1", labels={RACK_LABEL: self.rack})
+        self.agents[node] = AgentProcess(kubeconfig=self.kubeconfig, node=node, workdir=self.workdir,
+                                         config=self.agent_config)
+        return node
+
     def document(self) -> dict[str, Any]:
         return {
             "apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": self.name},
@@ -242,7 +249,7 @@ class GpuStack:
                                                               "accessModes": ["ReadOnlyMany"]}}],
                 "models": [{"name": "chat", "model": "Qwen/Qwen2.5-7B-Instruct",
                             "source": {"dataStore": "weights", "path": "qwen2.5-7b-instruct/"},
-                            "nodePool": "gpu", "gpusPerReplica": 8, "replicas": 1}],
+                            "nodePool": "gpu", "gpusPerReplica": 8, "replicas": self.replicas}],
             },
         }
 
@@ -255,10 +262,14 @@ class GpuStack:
             self.namespace, label_selector=f"{STACK_LABEL}={self.name},{COMPONENT_LABEL}=inference").items
         return [p for p in pods if p.metadata.deletion_timestamp is None]
 
+    def serving_nodes(self) -> dict[str, str]:
+        """The model's Running pods: pod name -> node name."""
+        return {p.metadata.name: p.spec.node_name for p in self.model_pods() if p.status.phase == "Running"}
+
     def serving_node(self) -> str | None:
         """The node of the model's one Running pod, once there is exactly one."""
-        running = [p for p in self.model_pods() if p.status.phase == "Running"]
-        return running[0].spec.node_name if len(running) == 1 else None
+        nodes = list(self.serving_nodes().values())
+        return nodes[0] if len(nodes) == 1 else None
 
     def _clean_up(self) -> None:
         for agent in self.agents.values():

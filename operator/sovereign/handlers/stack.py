@@ -12,9 +12,9 @@
   nothing changed);
 - events of the stack's Deployments, claims and NodePools: a reconcile pass of their stack, so
   status follows readiness without waiting for the timer;
-- a timer every ``gpu_check_seconds`` (``services.gpu_reaction``), from the node index alone: a
-  reconcile pass when the GPU health of the stack's pool nodes changed, and evictions of its
-  inference pods from nodes with a fatal GPU fault.
+- a daemon per stack checking every ``gpu_check_seconds`` (``services.gpu_reaction``), from the
+  node index alone: a reconcile pass when the GPU health of the stack's pool nodes changed, and
+  evictions of its inference pods from nodes with a fatal GPU fault.
 
 Kopf adds the finalizer in a cycle of its own before any handler runs, and every pass starts
 only once the stack carries it, so no side effect happens without it. Passes of one stack never
@@ -25,6 +25,7 @@ work is not an error here: the service reports it on ``Ready``. Called by ``cli.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -150,10 +151,8 @@ def install(registry: kopf.OperatorRegistry, *, kube: Kube, config: OperatorConf
     def resync_stack(namespace: str, name: str, cluster_nodes: kopf.Index[None, NodeFacts], **_: Any) -> None:
         run_pass(namespace, name, cluster_nodes)
 
-    @kopf.timer(*_STACKS, id="gpu-reaction", interval=config.gpu_check_seconds, registry=registry)
-    def gpu_reaction(namespace: str, name: str, body: kopf.Body, memo: kopf.Memo,
-                     cluster_nodes: kopf.Index[None, NodeFacts], **_: Any) -> None:
-        reaction = memo.setdefault("gpu_reaction", GpuReaction())
+    def check_gpus(namespace: str, name: str, body: kopf.Body, reaction: GpuReaction,
+                   cluster_nodes: kopf.Index[None, NodeFacts]) -> None:
         health = reaction.health(body=body, facts=facts(cluster_nodes))
         if health is None:
             return  # an invalid spec: the reconciler reports it
@@ -168,6 +167,17 @@ def install(registry: kopf.OperatorRegistry, *, kube: Kube, config: OperatorConf
                          namespace, name, ", ".join(n.name for n in health.fatal_nodes),
                          ", ".join(report.evicted) or "none", ", ".join(report.blocked) or "none",
                          ", ".join(report.failed) or "none")
+
+    # A daemon rather than a timer: Kopf logs every timer run, and an unchanged stack's check is
+    # a look at memory every few seconds, worth no log line. ``body`` is live in a daemon.
+    @kopf.daemon(*_STACKS, id="gpu-reaction", registry=registry)
+    async def gpu_reaction(namespace: str, name: str, body: kopf.Body, memo: kopf.Memo,
+                           cluster_nodes: kopf.Index[None, NodeFacts], stopped: kopf.DaemonStopped,
+                           **_: Any) -> None:
+        reaction = memo.setdefault("gpu_reaction", GpuReaction())
+        while not stopped:
+            await asyncio.to_thread(check_gpus, namespace, name, body, reaction, cluster_nodes)
+            await stopped.wait(config.gpu_check_seconds)
 
     @kopf.on.delete(*_STACKS, id="finalize", registry=registry)
     def finalize_stack(body: kopf.Body, **_: Any) -> None:

@@ -11,7 +11,7 @@ disruption now answers 429; that pod is left where it is and tried again later, 
 directly. Each eviction and each newly blocked pod is an Event on the stack.
 
 ``GpuReaction`` is one stack's reaction, checked every few seconds from the nodes in memory (a
-timer of ``handlers.stack``, which keeps it in the stack's Kopf memo): it remembers the GPU
+daemon of ``handlers.stack``, which keeps it in the stack's Kopf memo): it remembers the GPU
 health the stack's status last showed, so a reconcile pass runs only when that changed, and
 when to look for pods to evict again, so a lasting fault costs one pod list per
 ``recheck_seconds``, not one per check; an unchanged cluster costs no API call at all.
@@ -152,7 +152,7 @@ def evict_from_fatal_nodes(*, kube: Kube, body: Manifest, fatal: Mapping[str, No
 @dataclass
 class GpuReaction:
     """One stack's GPU reaction between checks; see the module docstring. Not thread-safe: one
-    handler of one stack uses it (Kopf runs a stack's timer ticks one after the other)."""
+    handler of one stack uses it, one check after the other."""
 
     retry_seconds: float = RETRY_SECONDS
     recheck_seconds: float = RECHECK_SECONDS
