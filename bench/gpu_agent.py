@@ -6,7 +6,10 @@
   (``VmRSS`` of ``/proc/<pid>/status``) once a second;
 - the time one ``/metrics`` scrape takes (``SCRAPES`` of them, body read in full);
 - from a scripted XID 79 (written into the fake NVML file) to the agent's taint on the node, seen
-  through a watch of the node, ``FAULTS`` times.
+  through a watch of the node, ``FAULTS`` times;
+- with ``sovereign run`` and a one-model stack (``GpuStack``): from a scripted XID 79 on the node
+  serving the model to the stack's ``GPUHealthy=False``, to the vLLM pod's eviction and to its
+  replacement Running on the other node, ``FAULTS`` times (the fault is cleared in between).
 
 ``GpuNodes`` (fresh KWOK GPU nodes shaped like the fleet's) and ``AgentProcess`` (the agent as
 the dev cluster runs it) are shared with ``tests/integration/test_gpu_reaction.py``.
@@ -29,7 +32,7 @@ import yaml
 from kubernetes import client, watch
 from prometheus_client.parser import text_string_to_metric_families
 
-from sovereign.devcluster.scenario import delete_stack, stack_conditions
+from sovereign.devcluster.scenario import OperatorProcess, delete_stack, stack_conditions
 from bench.result import Result
 from sovereign.api import API_VERSION, GROUP, KIND, PLURAL, VERSION
 from sovereign.devcluster import build, fleet
@@ -146,18 +149,13 @@ class AgentProcess:
         return True
 
 
-def tainted(node: dict[str, Any] | client.V1Node) -> str | None:
+def tainted(node: client.V1Node) -> str | None:
     """The value of the agent's taint on ``node``, if any."""
-    taints = node.spec.taints if isinstance(node, client.V1Node) else node.get("spec", {}).get("taints")
-    for taint in taints or []:
-        key = taint.key if isinstance(taint, client.V1Taint) else taint.get("key")
-        if key == GPU_UNHEALTHY_TAINT_KEY:
-            return taint.value if isinstance(taint, client.V1Taint) else taint.get("value")
-    return None
+    return next((t.value for t in node.spec.taints or [] if t.key == GPU_UNHEALTHY_TAINT_KEY), None)
 
 
-def time_until_node(api: client.ApiClient, node: str, predicate: Any, *, started: float,
-                    timeout: float = WAIT) -> float:
+def time_until_node(api: client.ApiClient, node: str, predicate: Callable[[client.V1Node], bool], *,
+                    started: float, timeout: float = WAIT) -> float:
     """Seconds from ``started`` (monotonic) until a watch of ``node`` shows it matching
     ``predicate`` (a function of the V1Node); checks the node as it is first."""
     core = client.CoreV1Api(api)
@@ -294,21 +292,41 @@ def run() -> list[Result]:
     with tempfile.TemporaryDirectory(prefix="bench-gpu-agent-") as tmp, \
             DevCluster(workdir=Path(tmp) / "cluster", progress=False) as cluster:
         api = cluster.api_client()
-        nodes = GpuNodes(api)
         try:
-            node = nodes.create(region="me-central-1")
-            agent = AgentProcess(kubeconfig=cluster.kubeconfig, node=node, workdir=Path(tmp),
-                                 interval=1.0, config=FAULT_CONFIG)
-            try:
-                results = _steady(agent)
-                results.append(_scrapes(agent))
-                results.append(_fault_to_taint(api, agent))
-            finally:
-                agent.stop()
+            return _agent_alone(cluster, api, Path(tmp)) + _with_operator(cluster, api, Path(tmp))
         finally:
-            nodes.delete()
             api.close()
-    return results
+
+
+def _agent_alone(cluster: DevCluster, api: client.ApiClient, workdir: Path) -> list[Result]:
+    nodes = GpuNodes(api)
+    try:
+        node = nodes.create(region="me-central-1")
+        agent = AgentProcess(kubeconfig=cluster.kubeconfig, node=node, workdir=workdir, interval=1.0,
+                             config=FAULT_CONFIG)
+        try:
+            return [*_steady(agent), _scrapes(agent), _fault_to_taint(api, agent)]
+        finally:
+            agent.stop()
+    finally:
+        nodes.delete()
+
+
+def _with_operator(cluster: DevCluster, api: client.ApiClient, workdir: Path) -> list[Result]:
+    core = client.CoreV1Api(api)
+    namespace = "bench-gpu"
+    core.create_namespace({"metadata": {"name": namespace}})
+    wait_until(lambda: core.read_namespaced_service_account("default", namespace), timeout=WAIT)
+    operator = OperatorProcess(kubeconfig=cluster.kubeconfig, namespaces=[namespace],
+                               log=workdir / "operator.log", resync_seconds=60).start()
+    try:
+        with GpuStack(api, kubeconfig=cluster.kubeconfig, namespace=namespace, workdir=workdir,
+                      agent_config=FAULT_CONFIG) as stack:
+            wait_until(lambda: stack.condition().get("status") == "True" and stack.serving_node(),
+                       timeout=WAIT, message="GPUHealthy=True and the vLLM pod Running")
+            return _fault_to_stack(stack)
+    finally:
+        operator.stop()
 
 
 def _steady(agent: AgentProcess) -> list[Result]:
