@@ -7,10 +7,10 @@ unchanged stack (counted from the apiserver's audit log and its metrics). Karpen
 provisioning are simulated by ``bench.reconcile.SimulatedCloud``.
 
 The sample's S3 store (a fake endpoint) is pointed at a real MinIO server of me-central-1 with
-an encrypted bucket and its credentials Secret: the reconciler itself counts an S3 store ready
-once its credentials Secret is complete (it does not contact stores; bucket residency is the
-residency audit's, which runs in the same operator and does contact them), so with the real
-store both agree and Ready means what it says.
+an encrypted bucket and its credentials Secret: the reconciler verifies the bucket before it
+starts the models and applications that use it (a failing store holds them back,
+``test_residency_store_gate.py``), and the residency audit in the same operator checks it again
+every period, so both find it in the region and Ready means what it says.
 """
 
 from __future__ import annotations
