@@ -22,8 +22,9 @@ pytestmark = pytest.mark.slow
 
 
 def _sovereign(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    # Wide enough that rich's tables do not fold a cell across lines.
     return subprocess.run([sys.executable, "-m", "sovereign", *args], capture_output=True,
-                          text=True, timeout=timeout)
+                          text=True, timeout=timeout, env={**os.environ, "COLUMNS": "300"})
 
 
 def _alive(pid: int) -> bool:
