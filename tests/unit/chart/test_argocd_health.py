@@ -18,6 +18,7 @@ import yaml
 from sovereign import chart
 from sovereign.render import status as status_module
 from sovereign.render.status import invalid_status
+from sovereign.services import residency_stores
 
 GITOPS = chart.REPO_ROOT / "docs" / "gitops.md"
 KEY = "resource.customizations.health.sovereign.ai_SovereignStack"
@@ -66,7 +67,7 @@ def test_a_stack_on_its_way_is_progressing(reason):
     assert health(stack(("Ready", "False", reason))) == ("Progressing", f"{reason}: Ready says {reason}")
 
 
-@pytest.mark.parametrize("reason", ["InvalidSpec", "ChildRejected", "CredentialsSecretMissing", "CredentialsIncomplete",
+@pytest.mark.parametrize("reason", ["InvalidSpec", "ChildRejected", "CredentialsSecretMissing", "CredentialsInvalid",
                                     "GPUsUnhealthy"])
 def test_a_stack_that_needs_a_person_is_degraded(reason):
     assert health(stack(("Ready", "False", reason))) == ("Degraded", f"{reason}: Ready says {reason}")
@@ -96,8 +97,10 @@ def test_the_status_the_operator_writes_for_an_invalid_spec_is_degraded():
 
 def test_every_reason_the_check_calls_lasting_is_one_the_operator_writes():
     lasting = set(re.findall(r"(\w+) = true", re.search(r"local lasting = \{(.*?)\}", health_check(), re.S).group(1)))
-    written = {value for name, value in vars(status_module).items() if name.isupper() and isinstance(value, str)}
+    # Ready takes its reason from the conditions, S3 stores' from the reconciler's store verdicts.
+    written = {value for module in (status_module, residency_stores) for name, value in vars(module).items()
+               if name.isupper() and isinstance(value, str)}
 
-    assert lasting == {"InvalidSpec", "ChildRejected", "CredentialsSecretMissing", "CredentialsIncomplete",
+    assert lasting == {"InvalidSpec", "ChildRejected", "CredentialsSecretMissing", "CredentialsInvalid",
                        "GPUsUnhealthy"}
     assert lasting <= written
