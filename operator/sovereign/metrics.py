@@ -71,7 +71,8 @@ WEBHOOK_DURATION = Histogram(
     "sovereign_webhook_duration_seconds",
     "Time to answer one admission review.",
     ["webhook"],
-    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
+    # Reviews take a fraction of a millisecond in our code: the low buckets make that visible.
+    buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
     registry=REGISTRY,
 )
 WEBHOOK_ERRORS = Counter(
