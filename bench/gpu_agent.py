@@ -180,10 +180,11 @@ class GpuStack:
 
     Its Existing pool selects the nodes by a rack label unique to this instance: ``nodes`` in
     me-central-1 (the stack's region; ``add_node`` adds one) and, as a decoy, one in eu-west-1
-    (outside it, so the pool refuses it); the model has ``replicas`` replicas. The model's weights come from a volume store bound to a static volume in
-    me-central-1, so the local cluster needs no provisioner. Entering starts the agents and
-    creates the stack; leaving deletes the stack (the operator must still run, its finalizer is
-    on it), stops the agents and deletes the nodes and the volume.
+    (outside it, so the pool refuses it); the model has ``replicas`` replicas. Its weights come
+    from a volume store bound to a static volume in me-central-1, so the local cluster needs no
+    provisioner. Entering starts the agents and creates the stack; leaving deletes the stack (the
+    operator must still run, its finalizer is on it), stops the agents and deletes the nodes and
+    the volume.
     """
 
     def __init__(self, api: client.ApiClient, *, kubeconfig: str, namespace: str, workdir: Path,

@@ -110,8 +110,8 @@ def evict_from_fatal_nodes(*, kube: Kube, body: Manifest, fatal: Mapping[str, No
                            quiet: Collection[str] = ()) -> EvictionReport:
     """Evict the stack's inference pods from the nodes in ``fatal``, with an Event per pod.
 
-    ``quiet``: names of pods whose blocked eviction was already reported; they get no second
-    Event while they stay blocked.
+    ``quiet``: names of pods whose blocked or failed eviction was already reported; they get no
+    second Event while that lasts.
     """
     if not fatal:
         return EvictionReport()
@@ -138,14 +138,16 @@ def evict_from_fatal_nodes(*, kube: Kube, body: Manifest, fatal: Mapping[str, No
         except errors.KubeError as err:
             failed.append(name)
             log.warning("stack %s/%s: %s", meta["namespace"], meta["name"], err)
-            _event(kube, body, "Warning", EVICTION_FAILED,
-                   f"could not evict pod {name} from node {node.name} ({faults}): {err}")
+            if name not in quiet:
+                _event(kube, body, "Warning", EVICTION_FAILED,
+                       f"could not evict pod {name} from node {node.name} ({faults}): {err}; "
+                       f"trying again every {RETRY_SECONDS:g}s")
             continue
         evicted.append(name)
         model = (pod_meta.get("labels") or {}).get(names.NAME_LABEL, "")
         _event(kube, body, "Normal", POD_EVICTED,
                f"evicted pod {name} of model {model} from node {node.where()}: {faults}; its "
-               f"replacement is scheduled on a healthy node of the pool in the allowed regions")
+               f"Deployment replaces it on a healthy node of the pool in the stack's regions")
     return EvictionReport(evicted=tuple(evicted), blocked=tuple(blocked), failed=tuple(failed))
 
 
@@ -154,14 +156,13 @@ class GpuReaction:
     """One stack's GPU reaction between checks; see the module docstring. Not thread-safe: one
     handler of one stack uses it, one check after the other."""
 
-    retry_seconds: float = RETRY_SECONDS
-    recheck_seconds: float = RECHECK_SECONDS
     _parsed: tuple[int | None, SovereignStack | None] | None = field(default=None, init=False)
     _shown: StackGpuHealth | None = field(default=None, init=False)
     #: The fatal nodes the last look was for, and when to look again while they stay fatal.
     _handled: frozenset[str] = field(default=frozenset(), init=False)
     _next_look: float = field(default=0.0, init=False)
-    _reported_blocked: set[str] = field(default_factory=set, init=False)
+    #: Pods whose blocked or failed eviction has been reported, by name.
+    _reported: set[str] = field(default_factory=set, init=False)
 
     def health(self, *, body: Manifest, facts: ClusterFacts) -> StackGpuHealth | None:
         """The GPU health of the stack's pool nodes (``render.status.stack_gpu_health``); None
@@ -190,7 +191,7 @@ class GpuReaction:
         """Whether to look for pods to evict: a node turned fatal, or it is time to look again."""
         fatal = frozenset(n.name for n in health.fatal_nodes)
         if not fatal:
-            self._handled, self._reported_blocked = frozenset(), set()
+            self._handled, self._reported = frozenset(), set()
             return False
         return fatal != self._handled or now >= self._next_look
 
@@ -199,17 +200,17 @@ class GpuReaction:
         """Evict the stack's inference pods from the fatal nodes of ``health``; plan the next look."""
         report = evict_from_fatal_nodes(kube=kube, body=body,
                                         fatal={n.name: n for n in health.fatal_nodes},
-                                        quiet=self._reported_blocked)
+                                        quiet=self._reported)
         self.looked(health, report, now=now)
         return report
 
     def looked(self, health: StackGpuHealth, report: EvictionReport, *, now: float) -> None:
-        """Remember a look at ``health``'s fatal nodes: look again soon while pods are left
-        there, else only every ``recheck_seconds``."""
-        self._reported_blocked = set(report.blocked)
+        """Remember a look at ``health``'s fatal nodes: look again after ``RETRY_SECONDS`` while
+        pods are left there, else only every ``RECHECK_SECONDS``."""
+        self._reported = {*report.blocked, *report.failed}
         self._handled = frozenset(n.name for n in health.fatal_nodes)
         soon = report.blocked or report.failed
-        self._next_look = now + (self.retry_seconds if soon else self.recheck_seconds)
+        self._next_look = now + (RETRY_SECONDS if soon else RECHECK_SECONDS)
 
 
 def _event(kube: Kube, body: Manifest, severity: str, reason: str, message: str) -> None:

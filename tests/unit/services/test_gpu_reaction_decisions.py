@@ -4,15 +4,25 @@ against the apiserver in tests/integration/test_gpu_reaction.py."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from sovereign.api import ConditionStatus
+from sovereign.api import ConditionStatus, load_documents
 from sovereign.kube.nodes import GPU_HEALTH_ANNOTATION, GpuHealthRecord, GpuRecord
 from sovereign.policy.gpu_health import HealthState
 from sovereign.policy.stack_gpu_health import GpuFault, NodeGpus, assess_stack_gpus
-from sovereign.services.gpu_reaction import EvictionReport, GpuReaction, node_gpus, pods_to_evict
+from sovereign.render.facts import ClusterFacts, NodeFacts
+from sovereign.services.gpu_reaction import (
+    RECHECK_SECONDS,
+    RETRY_SECONDS,
+    EvictionReport,
+    GpuReaction,
+    node_gpus,
+    pods_to_evict,
+)
 
 UUID3 = "GPU-00000003-aaaa-bbbb-cccc-dddddddddddd"
+MINIMAL = Path(__file__).resolve().parents[3] / "manifests" / "samples" / "minimal.yaml"
 
 
 def gpu_node(*, condition: dict[str, str] | None = None, record: GpuHealthRecord | str | None = None,
@@ -120,26 +130,26 @@ def test_a_status_pass_is_due_until_one_has_shown_the_health():
 
 
 def test_a_fatal_node_is_looked_at_once_then_only_every_recheck_period():
-    reaction = GpuReaction(retry_seconds=10, recheck_seconds=60)
+    reaction = GpuReaction()
 
     assert not reaction.evictions_due(HEALTHY, now=0)
     assert reaction.evictions_due(FATAL, now=0)
     reaction.looked(FATAL, EvictionReport(evicted=("chat-a",)), now=0)
-    assert not reaction.evictions_due(FATAL, now=59)
-    assert reaction.evictions_due(FATAL, now=60)
+    assert not reaction.evictions_due(FATAL, now=RECHECK_SECONDS - 1)
+    assert reaction.evictions_due(FATAL, now=RECHECK_SECONDS)
 
 
 def test_pods_a_budget_protects_are_tried_again_soon():
-    reaction = GpuReaction(retry_seconds=10, recheck_seconds=60)
+    reaction = GpuReaction()
 
     reaction.looked(FATAL, EvictionReport(evicted=("chat-a",), blocked=("chat-b",)), now=0)
 
-    assert not reaction.evictions_due(FATAL, now=9)
-    assert reaction.evictions_due(FATAL, now=10)
+    assert not reaction.evictions_due(FATAL, now=RETRY_SECONDS - 1)
+    assert reaction.evictions_due(FATAL, now=RETRY_SECONDS)
 
 
 def test_another_fatal_node_is_looked_at_at_once():
-    reaction = GpuReaction(retry_seconds=10, recheck_seconds=60)
+    reaction = GpuReaction()
     reaction.looked(FATAL, EvictionReport(evicted=("chat-a",)), now=0)
     both = assess_stack_gpus(pools=[("h100", [SICK, NodeGpus(
         name="gpu-mec1-4", condition=ConditionStatus.FALSE, gpus=8, faults=SICK.faults)])])
@@ -148,8 +158,40 @@ def test_another_fatal_node_is_looked_at_at_once():
 
 
 def test_a_node_fatal_again_after_recovering_is_looked_at_at_once():
-    reaction = GpuReaction(retry_seconds=10, recheck_seconds=60)
+    reaction = GpuReaction()
     reaction.looked(FATAL, EvictionReport(evicted=("chat-a",)), now=0)
 
     assert not reaction.evictions_due(HEALTHY, now=1)
     assert reaction.evictions_due(FATAL, now=2)
+
+
+# -- the health a stack's check computes ------------------------------------------------------------
+
+def minimal_stack(**spec_changes: Any) -> dict[str, Any]:
+    (document,) = load_documents(MINIMAL.read_text())
+    document["metadata"] |= {"namespace": "gov-qa", "uid": "uid-1", "generation": 1}
+    document["spec"] |= spec_changes
+    return document
+
+
+def pool_node(name: str, gpu: NodeGpus) -> NodeFacts:
+    """A node the minimal sample's Existing pool picks: the GPU product, in me-central-1."""
+    return NodeFacts(name, {"topology.kubernetes.io/region": "me-central-1",
+                            "nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}, ready=True, gpu=gpu)
+
+
+def test_the_check_judges_the_nodes_of_the_stacks_pools():
+    facts = ClusterFacts(nodes=(pool_node("gpu-mec1-3", SICK),
+                                NodeFacts("cpu-mec1-0", {"topology.kubernetes.io/region": "me-central-1"})))
+
+    health = GpuReaction().health(body=minimal_stack(), facts=facts)
+
+    assert (health.status, health.reason) == (ConditionStatus.FALSE, "GPUsUnhealthy")
+    assert health.fatal_nodes == (SICK,)
+    assert [(p.name, p.nodes, p.gpus, p.unhealthy_gpus) for p in health.pools] == [("gpu", 1, 8, 1)]
+
+
+def test_a_spec_the_rules_reject_has_no_gpu_health_to_act_on():
+    invalid = minimal_stack(residency={"jurisdiction": "QA", "regions": []})
+
+    assert GpuReaction().health(body=invalid, facts=ClusterFacts()) is None
