@@ -5,7 +5,11 @@ blocks it; nothing is deleted directly), and the whole chain with ``sovereign ru
 ``sovereign agent`` per simulated GPU node on the fake NVML: a scripted XID 79 on the node that
 serves the model marks the node, turns the stack's ``GPUHealthy`` False naming node and GPU,
 evicts the vLLM pod and its replacement runs on the healthy node of the same region; an XID 13
-is counted and changes nothing else.
+is counted and changes nothing else; the stack's PodDisruptionBudget holds the last serving
+replica on a faulty node (reported once) until a replacement is ready elsewhere.
+
+The stack, its fresh GPU nodes and their agents are ``bench.gpu_agent.GpuStack``, which the
+benchmark of the same chain uses.
 """
 
 from __future__ import annotations
@@ -17,8 +21,8 @@ import pytest
 from kubernetes import client
 
 from bench.gpu_agent import FAULT_CONFIG, GpuStack, tainted
-from sovereign.devcluster.scenario import OperatorProcess
 from sovereign.devcluster.cluster import DevCluster, wait_until
+from sovereign.devcluster.scenario import OperatorProcess
 from sovereign.kube import errors
 from sovereign.kube.client import Kube
 from sovereign.kube.evictions import EvictionBlocked, evict_pod
