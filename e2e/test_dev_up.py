@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from sovereign.devcluster import build
-from sovereign.devcluster.cluster import wait_until
+from sovereign.devcluster.cluster import process_alive, wait_until
 from sovereign.devcluster.devenv import SAMPLE_NAMESPACE, SAMPLE_STACK, read_state
 
 pytestmark = pytest.mark.slow
@@ -25,15 +25,6 @@ def _sovereign(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     # Wide enough that rich's tables do not fold a cell across lines.
     return subprocess.run([sys.executable, "-m", "sovereign", *args], capture_output=True,
                           text=True, timeout=timeout, env={**os.environ, "COLUMNS": "300"})
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    with open(f"/proc/{pid}/stat") as stat:
-        return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def test_dev_up_serves_a_sample_stack_to_kubectl_and_shows_gpu_faults(tmp_path: Path):
@@ -94,5 +85,5 @@ def test_dev_up_serves_a_sample_stack_to_kubectl_and_shows_gpu_faults(tmp_path: 
     assert down.returncode == 0, down.stdout + down.stderr
     assert "stopped" in log.read_text()
     time.sleep(1)
-    left = [pid for pid in state.get("pids", []) if _alive(pid)]
+    left = [pid for pid in state.get("pids", []) if process_alive(pid)]
     assert not left, f"processes of dev up still running after dev down: {left}"

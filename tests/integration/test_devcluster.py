@@ -6,13 +6,12 @@ These are the foundation's acceptance tests; every later integration test stands
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from sovereign.devcluster.cluster import DevCluster, wait_until
+from sovereign.devcluster.cluster import DevCluster, process_alive, wait_until
 
 REGION = "topology.kubernetes.io/region"
 
@@ -138,16 +137,6 @@ def test_two_clusters_run_side_by_side_and_teardown_leaves_no_process(cluster, t
         pids = second.pids
         assert len(pids) == 5
     for pid in pids:
-        assert not _alive(pid), f"process {pid} of the harness still runs after stop()"
+        assert not process_alive(pid), f"process {pid} of the harness still runs after stop()"
     # The session cluster is untouched by the second one's teardown.
     assert client.CoreV1Api(cluster.api_client()).list_node().items
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie is dead for every purpose but still answers kill(0); /proc tells them apart.
-    with open(f"/proc/{pid}/stat") as stat:
-        return stat.read().split()[2] != "Z"

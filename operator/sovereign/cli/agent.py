@@ -18,7 +18,8 @@ from pathlib import Path
 import click
 from prometheus_client import CollectorRegistry, start_http_server
 
-from sovereign.kube.nodes import NodeError, api_client
+from sovereign.kube.client import load_api_client
+from sovereign.kube.nodes import NodeError
 from sovereign.nvml import open_reader
 from sovereign.nvml.fake import healthy_node, write_scenario
 from sovereign.services.node_agent import AgentSettings, GpuMetrics, NodeAgent
@@ -71,7 +72,7 @@ def command(node: str, kubeconfig: str | None, config_path: str | None, interval
     registry = CollectorRegistry()
     registry.register(metrics)
     reader = open_reader(fake_scenario=fake_nvml)
-    api = api_client(kubeconfig=kubeconfig)
+    api = load_api_client(kubeconfig=kubeconfig)
     server, _ = start_http_server(metrics_port, addr=metrics_address, registry=registry)
     log.info("GPU agent for node %s; metrics on %s:%d/metrics", node, metrics_address,
              server.server_port)

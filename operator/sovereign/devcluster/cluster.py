@@ -103,6 +103,21 @@ class Component:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
 
 
+def process_alive(pid: int) -> bool:
+    """Whether ``pid`` still runs; a zombie (exited, not yet reaped) counts as gone."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 def _signal_group(pid: int, sig: int) -> None:
     try:
         os.killpg(pid, sig)
@@ -250,7 +265,7 @@ class DevCluster:
         for name, user in (("controller-manager", "controller-manager"), ("scheduler", "scheduler"),
                            ("kwok", "kwok")):
             self._write_kubeconfig(self.workdir / f"{name}.kubeconfig", pki[user], pki["ca"])
-        common = [f"--bind-address=127.0.0.1", "--leader-elect=false"]
+        common = ["--bind-address=127.0.0.1", "--leader-elect=false"]
         cm_kubeconfig = self.workdir / "controller-manager.kubeconfig"
         self._launch("kube-controller-manager", [
             str(kube / "kube-controller-manager"), *common,

@@ -25,7 +25,7 @@ from typing import Any
 import yaml
 
 from sovereign.devcluster import fleet as fleet_mod
-from sovereign.devcluster.cluster import Component, DevCluster, free_port, wait_until
+from sovereign.devcluster.cluster import Component, DevCluster, free_port, process_alive, wait_until
 from sovereign.devcluster.minio import MinioFleet
 from sovereign.devcluster.provisioner import SimulatedProvisioner
 from sovereign.nvml import fake as fake_nvml
@@ -69,7 +69,7 @@ class DevEnvironment:
 
     def start(self) -> None:
         running = read_state(self.workdir)
-        if running and _alive(running["pid"]):
+        if running and process_alive(running["pid"]):
             raise DevEnvError(f"a dev environment already runs from {self.workdir} (pid "
                               f"{running['pid']}); stop it with `sovereign dev down` first")
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -208,33 +208,19 @@ def stop_running(workdir: Path, *, timeout: float = 60) -> bool:
     state = read_state(workdir)
     if not state:
         return False
-    if _alive(state["pid"]):
+    if process_alive(state["pid"]):
         os.kill(state["pid"], signal.SIGTERM)
         deadline = time.monotonic() + timeout
-        while _alive(state["pid"]) and time.monotonic() < deadline:
+        while process_alive(state["pid"]) and time.monotonic() < deadline:
             time.sleep(0.2)
     for pid in state["pids"]:
-        if _alive(pid):
+        if process_alive(pid):
             try:
                 os.killpg(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
     (workdir / STATE_FILE).unlink(missing_ok=True)
     return True
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def _seed_model_bucket(server: Any) -> None:

@@ -53,15 +53,7 @@ class Kube:
     @classmethod
     def connect(cls, *, kubeconfig: str | None = None) -> Kube:
         """A client from ``kubeconfig``, else the pod's ServiceAccount, else ``$KUBECONFIG`` / ~/.kube/config."""
-        configuration = client.Configuration()
-        if kubeconfig:
-            config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
-        else:
-            try:
-                config.load_incluster_config(client_configuration=configuration)
-            except config.ConfigException:
-                config.load_kube_config(client_configuration=configuration)
-        return cls(client.ApiClient(configuration))
+        return cls(load_api_client(kubeconfig=kubeconfig))
 
     def close(self) -> None:
         self.api.close()
@@ -189,6 +181,19 @@ class Kube:
         if not 200 <= response.status <= 299:
             raise errors.from_response(status=response.status, body=data, action=action, what=what)
         return json.loads(data) if data else {}
+
+
+def load_api_client(*, kubeconfig: str | None) -> client.ApiClient:
+    """An ApiClient from ``kubeconfig``, else the pod's ServiceAccount, else ``$KUBECONFIG`` / ~/.kube/config."""
+    configuration = client.Configuration()
+    if kubeconfig:
+        config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+    else:
+        try:
+            config.load_incluster_config(client_configuration=configuration)
+        except config.ConfigException:
+            config.load_kube_config(client_configuration=configuration)
+    return client.ApiClient(configuration)
 
 
 def _describe(kind: ResourceType, namespace: str | None, name: str) -> str:

@@ -35,7 +35,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar
 
 import urllib3
-from kubernetes import client, config
+from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -149,19 +149,6 @@ class GpuNodeMarks:
 class PublishResult:
     metadata_written: bool
     status_written: bool
-
-
-def api_client(*, kubeconfig: str | None) -> client.ApiClient:
-    """A client from ``kubeconfig``, else the pod's ServiceAccount, else ~/.kube/config."""
-    configuration = client.Configuration()
-    if kubeconfig:
-        config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
-    else:
-        try:
-            config.load_incluster_config(client_configuration=configuration)
-        except config.ConfigException:
-            config.load_kube_config(client_configuration=configuration)
-    return client.ApiClient(configuration)
 
 
 def read_node(api: client.ApiClient, *, name: str) -> dict[str, Any]:
