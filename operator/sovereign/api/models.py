@@ -876,11 +876,24 @@ def _s3_region_failures(spec: SovereignStackSpec) -> Iterator[RuleFailure]:
             )
 
 
+def _name_clash_failures(spec: SovereignStackSpec) -> Iterator[RuleFailure]:
+    models = {model.name for model in spec.models}
+    for index, app in enumerate(spec.applications):
+        if app.name in models:
+            yield RuleFailure(
+                ("applications", index, "name"),
+                app.name,
+                "is also the name of a model; a model and an application each get a Deployment "
+                "and a Service of their name, so rename one of them",
+            )
+
+
 # The first model too wide for its pool, and the first S3 store outside the regions, for messages.
 _TOO_WIDE = (
     "self.models.filter(m, self.nodePools.exists(p, p.name == m.nodePool && m.gpusPerReplica > p.gpu.perNode))[0]"
 )
 _OUTSIDE = "self.dataStores.filter(d, has(d.s3) && !(d.s3.region in self.residency.regions))[0]"
+_CLASH = "self.applications.filter(a, self.models.exists(m, m.name == a.name))[0]"
 
 
 class SovereignStackSpec(ApiObject):
@@ -933,6 +946,18 @@ class SovereignStackSpec(ApiObject):
             ),
             field_path=".dataStores",
             failures=_s3_region_failures,
+        ),
+        Rule(
+            cel="!has(self.applications) || !has(self.models) || "
+                "self.applications.all(a, self.models.all(m, m.name != a.name))",
+            message="an application may not have the name of a model (each gets a Deployment and a Service of its name)",
+            message_expression=cel_format(
+                'application "%s" has the name of a model; each gets a Deployment and a Service '
+                "of its name, so rename one of them",
+                f"{_CLASH}.name",
+            ),
+            field_path=".applications",
+            failures=_name_clash_failures,
         ),
     )
 

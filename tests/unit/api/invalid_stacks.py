@@ -121,4 +121,6 @@ CASES = [
     Case("unknown-capacity-type", set_value("nodePools.0.karpenter.capacityTypes", ["preemptible"]),
          ("spec.nodePools[0].karpenter.capacityTypes[0]",)),
     Case("port-out-of-range", set_value("applications.0.port", 70000), ("spec.applications[0].port",)),
+    Case("application-named-like-a-model", set_value("applications.0.name", "chat"),
+         ("spec.applications", "chat", "name of a model")),
 ]
