@@ -18,14 +18,14 @@ import threading
 from collections.abc import Iterator
 
 import pytest
-import yaml
 from kubernetes import client
 from rbac_helpers import ChartAccess, install_chart_access, make_gpu_node
 
 from sovereign.api import GROUP, PLURAL, VERSION
-from sovereign.devcluster.cluster import REPO_ROOT, wait_until
+from sovereign.devcluster.cluster import wait_until
 from sovereign.kube import admission as kube_admission
 from sovereign.kube import resources
+from sovereign.devcluster.scenario import SimulatedCloud
 from sovereign.kube.client import Kube
 from sovereign.kube.nodes import (
     EVENTS_NAMESPACE,
@@ -43,6 +43,7 @@ from sovereign.nvml.fake import healthy_node, inject_xid, write_scenario
 from sovereign.services.facts import read_cluster_facts
 from sovereign.services.node_agent import AgentSettings, GpuMetrics, NodeAgent
 from sovereign.services.reconcile import finalize, reconcile
+from sovereign.services.residency_stores import StoreVerdicts
 
 WAIT = 90  # seconds; generous, the machine is shared
 
@@ -99,6 +100,7 @@ def test_the_operator_account_may_do_what_the_operator_does_and_nothing_more(api
            for verb in READ},
         ("get", "secrets", None): (resources.SECRET, {"namespace": ns, "name": "s3-creds"}),
         ("create", "events", None): (resources.EVENT, {"namespace": ns}),
+        ("create", "pods", "eviction"): (resources.POD, {"namespace": ns, "subresource": "eviction"}),
         **{(verb, plural, None): (_resource(kube_admission.ADMISSION_API, plural, False),
                                   {"name": kube_admission.CONFIGURATION_NAME})
            for plural in ("validatingwebhookconfigurations", "mutatingwebhookconfigurations")
@@ -136,15 +138,23 @@ def test_the_agent_account_may_mark_nodes_and_record_events_only(api_client, acc
     assert not may("get", resources.SECRET, namespace=access.namespace)
 
 
-def test_the_reconciler_runs_a_full_pass_as_the_operator_account(api_client, access, namespace):
-    document = yaml.safe_load((REPO_ROOT / "manifests" / "samples" / "full.yaml").read_text())
+def test_the_reconciler_runs_a_full_pass_as_the_operator_account(api_client, access, namespace,
+                                                                 minio_servers):
     custom = client.CustomObjectsApi(api_client)
-    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, document)
-    name = document["metadata"]["name"]
     kube = Kube(access.api_client(access.operator_token()))
+    with SimulatedCloud(api_client, namespace, store=minio_servers["me-central-1"]) as cloud:
+        document = cloud.sample()
+        custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, document)
+        name = document["metadata"]["name"]
+        _full_pass_as_operator(custom, kube, namespace, name)
+
+
+def _full_pass_as_operator(custom: client.CustomObjectsApi, kube: Kube, namespace: str, name: str) -> None:
     try:
         body = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
-        outcome = reconcile(kube=kube, body=body, facts=read_cluster_facts(kube))
+        # The store verdicts too are taken with the operator's token (it reads the Secret).
+        outcome = reconcile(kube=kube, body=body, facts=read_cluster_facts(kube),
+                            stores=StoreVerdicts(recheck_seconds=0))
 
         assert outcome.rejected == ()
         assert {key.kind for key in outcome.applied} >= {
@@ -154,7 +164,8 @@ def test_the_reconciler_runs_a_full_pass_as_the_operator_account(api_client, acc
         assert {c["type"] for c in status["conditions"]} >= {"Ready", "ModelsReady", "NodePoolsReady"}
 
         removed = finalize(kube=kube, body=body)
-        assert [key.kind for key in removed] == ["NodePool"]
+        # The Karpenter NodePool, and the pool labels of the two rack nodes inside the region.
+        assert sorted(key.kind for key in removed) == ["Node", "Node", "NodePool"]
     finally:
         custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
 
