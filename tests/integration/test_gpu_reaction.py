@@ -20,7 +20,7 @@ from collections.abc import Iterator
 import pytest
 from kubernetes import client
 
-from bench.gpu_agent import FAULT_CONFIG, GpuStack, tainted
+from sovereign.devcluster.gpu_scenario import FAULT_CONFIG, GpuStack, tainted
 from sovereign.devcluster.cluster import DevCluster, wait_until
 from sovereign.devcluster.scenario import OperatorProcess
 from sovereign.kube import errors
