@@ -198,26 +198,34 @@ def _condition(
 
 
 def _ready(stack: SovereignStack, decisions: Mapping[ConditionType, Decision], rejected: Sequence[str]) -> Decision:
+    """Ready means the stack serves what its spec promises, inside its jurisdiction.
+
+    GPU health informs Ready but does not gate it: a fault on one GPU is routed around (the
+    taint keeps new pods away, fatal faults evict inference pods) while the models keep serving,
+    so failing Ready for it would fail every GitOps sync over a fault already being handled. When
+    the fault costs capacity, ModelsReady goes False and gates Ready through that.
+    """
     if rejected:
         return _false(CHILD_REJECTED, "; ".join(rejected))
     enforced = stack.spec.residency.enforcement is Enforcement.ENFORCE
-    only_false = {ConditionType.GPU_HEALTHY, ConditionType.RESIDENCY_COMPLIANT}
     failing = [
         (kind, decision)
         for kind, decision in decisions.items()
-        if (decision.status is ConditionStatus.FALSE if kind in only_false
-            else decision.status is not ConditionStatus.TRUE)
+        if kind is not ConditionType.GPU_HEALTHY
+        and (decision.status is ConditionStatus.FALSE if kind is ConditionType.RESIDENCY_COMPLIANT
+             else decision.status is not ConditionStatus.TRUE)
         and (enforced or kind is not ConditionType.RESIDENCY_COMPLIANT)
     ]
     if failing:
         reason = failing[0][1].reason
         return _false(reason, "; ".join(f"{kind.value}: {decision.message}" for kind, decision in failing))
     spec = stack.spec
-    return _true(
-        STACK_READY,
-        f"{len(spec.models)} model(s) and {len(spec.applications)} application(s) available in "
-        f"{', '.join(spec.residency.regions)}",
-    )
+    message = (f"{len(spec.models)} model(s) and {len(spec.applications)} application(s) available in "
+               f"{', '.join(spec.residency.regions)}")
+    gpus = decisions.get(ConditionType.GPU_HEALTHY)
+    if gpus is not None and gpus.status is ConditionStatus.FALSE:
+        message += f"; but GPUHealthy is False: {gpus.message}"
+    return _true(STACK_READY, message)
 
 
 def _audited_residency(previous: SovereignStackStatus | None) -> Decision | None:

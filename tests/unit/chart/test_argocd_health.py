@@ -67,8 +67,7 @@ def test_a_stack_on_its_way_is_progressing(reason):
     assert health(stack(("Ready", "False", reason))) == ("Progressing", f"{reason}: Ready says {reason}")
 
 
-@pytest.mark.parametrize("reason", ["InvalidSpec", "ChildRejected", "CredentialsSecretMissing", "CredentialsInvalid",
-                                    "GPUsUnhealthy"])
+@pytest.mark.parametrize("reason", ["InvalidSpec", "ChildRejected", "CredentialsSecretMissing", "CredentialsInvalid"])
 def test_a_stack_that_needs_a_person_is_degraded(reason):
     assert health(stack(("Ready", "False", reason))) == ("Degraded", f"{reason}: Ready says {reason}")
 
@@ -101,6 +100,5 @@ def test_every_reason_the_check_calls_lasting_is_one_the_operator_writes():
     written = {value for module in (status_module, residency_stores) for name, value in vars(module).items()
                if name.isupper() and isinstance(value, str)}
 
-    assert lasting == {"InvalidSpec", "ChildRejected", "CredentialsSecretMissing", "CredentialsInvalid",
-                       "GPUsUnhealthy"}
+    assert lasting == {"InvalidSpec", "ChildRejected", "CredentialsSecretMissing", "CredentialsInvalid"}
     assert lasting <= written

@@ -7,6 +7,7 @@ from dataclasses import replace
 import pytest
 from render_inputs import sample_document, stack_from  # next to this file
 
+from sovereign.api import InvalidStackError, SovereignStack
 from sovereign.cli.render import dump_manifests
 from sovereign.render.facts import Hold
 from sovereign.render.names import SPEC_HASH_ANNOTATION, STACK_LABEL, spec_hash
@@ -79,12 +80,17 @@ def test_changing_a_model_changes_only_that_models_hashes(full_document, facts) 
     assert changed == {("Deployment", "chat")}
 
 
-def test_a_model_and_an_application_of_one_name_are_a_render_error(facts) -> None:
+def test_a_model_and_an_application_of_one_name_are_refused_by_the_api_and_by_render(facts) -> None:
     document = sample_document("full")
     document["spec"]["applications"][0]["name"] = "chat"
 
+    with pytest.raises(InvalidStackError, match=r"spec.applications\[0\].name.*name of a model"):
+        stack_from(document)
+    # Render's own guard against two children of one name, for a model built without the API's
+    # rules (model_validate skips them): it names both sources.
+    unchecked = SovereignStack.model_validate(document)
     with pytest.raises(RenderError, match=r"spec.models\[0\] \(chat\).*both need Deployment gov-qa/chat"):
-        render_stack(stack_from(document), facts)
+        render_stack(unchecked, facts)
 
 
 def test_workloads_held_back_by_a_failed_store_get_zero_replicas_and_no_autoscaler(full_stack, facts) -> None:

@@ -231,7 +231,7 @@ def test_invalid_spec_sets_ready_false_and_keeps_the_rest(full_stack, facts) -> 
     assert status.observed_generation == 2
 
 
-def test_an_unhealthy_gpu_on_a_pool_node_fails_gpu_healthy_and_ready(full_stack, facts) -> None:
+def test_an_unhealthy_gpu_fails_gpu_healthy_and_is_named_by_ready_without_failing_it(full_stack, facts) -> None:
     fault = GpuFault(index=3, uuid="GPU-3", state=HealthState.UNHEALTHY, reason="Xid79", fatal=True)
     sick = ClusterFacts(nodes=tuple(
         replace(n, gpu=replace(n.gpu, condition=ConditionStatus.FALSE, reason="Xid79OnGPU3", faults=(fault,)))
@@ -243,5 +243,7 @@ def test_an_unhealthy_gpu_on_a_pool_node_fails_gpu_healthy_and_ready(full_stack,
     gpu = next(c for c in status.conditions if c.type == "GPUHealthy")
     assert (gpu.status, gpu.reason) == (ConditionStatus.FALSE, "GPUsUnhealthy")
     assert "gpu-mec1-3 (me-central-1): GPU 3 (GPU-3) Xid79, fatal" in gpu.message
-    assert _conditions(status)["Ready"] == ("False", "GPUsUnhealthy")
+    ready = next(c for c in status.conditions if c.type == "Ready")
+    assert (ready.status, ready.reason) == (ConditionStatus.TRUE, "StackReady")
+    assert "but GPUHealthy is False: " in ready.message and "gpu-mec1-3" in ready.message
     assert next(p for p in status.node_pools if p.name == "onprem").unhealthy_gpus == 1
