@@ -172,10 +172,17 @@ def metadata(
 
 
 def spec_hash(obj: Mapping[str, Any]) -> str:
-    """A digest of everything in ``obj`` except its own spec-hash annotation."""
-    annotations = dict((obj.get("metadata") or {}).get("annotations") or {})
+    """A digest of everything in ``obj`` except its own spec-hash annotation and its owner.
+
+    The ownerReference names the stack's uid, which an offline render (``sovereign render``)
+    cannot know: leaving it out makes the hash the same online and offline, so a GitOps preview
+    shows the very hash the operator applies. It is identity, not desired content.
+    """
+    meta = dict(obj.get("metadata") or {})
+    meta.pop("ownerReferences", None)
+    annotations = dict(meta.get("annotations") or {})
     annotations.pop(SPEC_HASH_ANNOTATION, None)
-    body = {**obj, "metadata": {**obj.get("metadata", {}), "annotations": annotations}}
+    body = {**obj, "metadata": {**meta, "annotations": annotations}}
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode()).hexdigest()[:20]
 

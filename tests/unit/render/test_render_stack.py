@@ -106,3 +106,21 @@ def test_workloads_held_back_by_a_failed_store_get_zero_replicas_and_no_autoscal
     assert set(free) - set(rendered) == {("ScaledObject", "chat")}  # KEDA would scale it up again
     changed = {key for key in rendered if rendered[key] != free[key]}
     assert changed == {("Deployment", "chat"), ("Deployment", "assistant")}
+
+
+def test_offline_render_carries_the_hashes_the_operator_applies(full_document, facts) -> None:
+    """Offline (`sovereign render`) the stack has no uid, so children get no ownerReference;
+    their spec hashes must still equal those of the operator's render of the live stack."""
+    live = {**full_document, "metadata": {**full_document["metadata"], "uid": "0d6f3c1e-uid"}}
+    from_file = {**full_document, "metadata": {k: v for k, v in full_document["metadata"].items() if k != "uid"}}
+    online = render_stack(stack_from(live), facts)
+    offline = render_stack(stack_from(from_file), facts)
+
+    assert any("ownerReferences" in o["metadata"] for o in online)
+    assert not any("ownerReferences" in o["metadata"] for o in offline)
+    def hashes(objects):
+        return [(o["kind"], o["metadata"]["name"], o["metadata"].get("annotations", {}).get(SPEC_HASH_ANNOTATION))
+                for o in objects]
+
+    assert hashes(online) == hashes(offline)
+    assert sum(h is not None for *_, h in hashes(online)) >= 10
