@@ -407,10 +407,7 @@ def check_volume(*, volume: Manifest, scope: Scope, topology: Topology, subject:
     if (conflict := _no_common_region(kind, obj, scope)) is not None:
         return conflict
     name = volume["metadata"]["name"]
-    required = ((volume.get("spec") or {}).get("nodeAffinity") or {}).get("required") or {}
-    place = _terms_place(required.get("nodeSelectorTerms") or [], topology, scope.regions, "node affinity")
-    labels = {k: v for k, v in ((volume.get("metadata") or {}).get("labels") or {}).items() if _topology_kind(k)}
-    regions = _intersect(place.regions, _labels_place(labels, topology, scope.regions, "label").regions)
+    regions = volume_regions(volume=volume, topology=topology, allowed=scope.regions)
     if regions is None:
         return failure(kind=kind, obj=obj, rule=VOLUME_TOPOLOGY_UNKNOWN, scope=scope,
                         detail=f"PersistentVolume {name} has no node affinity or topology labels, so where its "
@@ -420,6 +417,15 @@ def check_volume(*, volume: Manifest, scope: Scope, topology: Topology, subject:
         return failure(kind=kind, obj=obj, rule=VOLUME_OUTSIDE_REGIONS, scope=scope,
                         detail=f"PersistentVolume {name} is in {_regions_text(outside)}")
     return Decision(True, IN_REGIONS, f"PersistentVolume {name} is in {_regions_text(sorted(regions))}")
+
+
+def volume_regions(*, volume: Manifest, topology: Topology, allowed: Sequence[str]) -> frozenset[str] | None:
+    """The regions a PersistentVolume's data may be in, by its node affinity and topology labels
+    (None: nothing says). Used by ``check_volume`` and by the evidence report."""
+    required = ((volume.get("spec") or {}).get("nodeAffinity") or {}).get("required") or {}
+    place = _terms_place(required.get("nodeSelectorTerms") or [], topology, allowed, "node affinity")
+    labels = {k: v for k, v in ((volume.get("metadata") or {}).get("labels") or {}).items() if _topology_kind(k)}
+    return _intersect(place.regions, _labels_place(labels, topology, allowed, "label").regions)
 
 
 def check_claim(*, claim: Manifest, scope: Scope, topology: Topology, volume: Manifest | None,

@@ -30,6 +30,7 @@ from sovereign.kube.admission import (
     CONFIGURATION_NAME,
     GOVERNED_LABEL,
     NAMESPACE,
+    PERSISTENT_VOLUME,
     STORAGE_CLASS,
     read_webhook_configurations,
 )
@@ -89,6 +90,7 @@ class VolumeEvidence(_Model):
     storage_class: str
     volume: str
     phase: str
+    region: str  # where the bound volume's data is, by its topology; empty while unbound
     check: Check
 
 
@@ -207,9 +209,12 @@ def _objects(kube: Kube, stack: SovereignStack, governance: policy.Governance,
                                     region=governance.topology.node_regions.get(node, ""), zone=zones.get(node, ""),
                                     check=check))
         elif judged.kind == "PersistentVolumeClaim":
+            bound = kube.get(PERSISTENT_VOLUME, name=spec["volumeName"]) if spec.get("volumeName") else None
+            regions = policy.volume_regions(volume=bound, topology=governance.topology,
+                                            allowed=stack.spec.residency.regions) if bound else None
             volumes.append(VolumeEvidence(claim=meta["name"], storage_class=spec.get("storageClassName") or "",
                                           volume=spec.get("volumeName", ""), phase=status.get("phase", ""),
-                                          check=check))
+                                          region=", ".join(sorted(regions or ())), check=check))
         else:
             services.append(ServiceEvidence(name=meta["name"], type=spec.get("type", "ClusterIP"), check=check))
     return pods, volumes, services
