@@ -45,7 +45,7 @@ def facts() -> ClusterFacts:
 
 
 @pytest.fixture
-def golden() -> Callable[[str, list[dict[str, Any]]], None]:
+def assert_golden() -> Callable[[str, list[dict[str, Any]]], None]:
     """Compare manifests with ``golden/<name>.yaml`` (or rewrite it when regenerating)."""
 
     def check(name: str, objects: list[dict[str, Any]]) -> None:

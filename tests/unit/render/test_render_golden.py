@@ -11,26 +11,26 @@ from sovereign.render.stack import render_stack
 from sovereign.render.storage import render_data_store
 
 
-def test_node_pools_match_golden(full_stack, facts, golden) -> None:
-    golden("nodepool", [o for p in full_stack.spec.node_pools for o in render_node_pool(stack=full_stack, pool=p, facts=facts)])
+def test_node_pools_match_golden(full_stack, facts, assert_golden) -> None:
+    assert_golden("nodepool", [o for p in full_stack.spec.node_pools for o in render_node_pool(stack=full_stack, pool=p, facts=facts)])
 
 
-def test_models_match_golden(full_stack, facts, golden) -> None:
-    golden("inference", [o for m in full_stack.spec.models for o in render_model(stack=full_stack, model=m, facts=facts)])
+def test_models_match_golden(full_stack, facts, assert_golden) -> None:
+    assert_golden("inference", [o for m in full_stack.spec.models for o in render_model(stack=full_stack, model=m, facts=facts)])
 
 
-def test_applications_match_golden(full_stack, facts, golden) -> None:
-    golden("application", [o for a in full_stack.spec.applications
+def test_applications_match_golden(full_stack, facts, assert_golden) -> None:
+    assert_golden("application", [o for a in full_stack.spec.applications
                            for o in render_application(stack=full_stack, app=a, facts=facts)])
 
 
-def test_data_stores_match_golden(full_stack, golden) -> None:
-    golden("storage", [o for s in full_stack.spec.data_stores for o in render_data_store(stack=full_stack, store=s)])
+def test_data_stores_match_golden(full_stack, assert_golden) -> None:
+    assert_golden("storage", [o for s in full_stack.spec.data_stores for o in render_data_store(stack=full_stack, store=s)])
 
 
-def test_network_policy_matches_golden(full_stack, golden) -> None:
-    golden("network", render_network_policy(stack=full_stack))
+def test_network_policy_matches_golden(full_stack, assert_golden) -> None:
+    assert_golden("network", render_network_policy(stack=full_stack))
 
 
-def test_minimal_stack_matches_golden(minimal_stack, facts, golden) -> None:
-    golden("minimal-stack", render_stack(minimal_stack, facts))
+def test_minimal_stack_matches_golden(minimal_stack, facts, assert_golden) -> None:
+    assert_golden("minimal-stack", render_stack(minimal_stack, facts))
