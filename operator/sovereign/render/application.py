@@ -19,13 +19,14 @@ from sovereign.api import Application, SovereignStack
 from sovereign.render import names, pod, storage
 from sovereign.render.facts import ClusterFacts
 from sovereign.render.names import Component
+from sovereign.render.service import cluster_ip_service
 
 
 def render_application(*, stack: SovereignStack, app: Application, facts: ClusterFacts) -> list[dict[str, Any]]:
     """The objects of one application, in a stable order."""
     objects = [_deployment(stack, app, held=app.name in facts.held_back)]
     if app.port is not None:
-        objects.append(_service(stack, app))
+        objects.append(cluster_ip_service(stack=stack, name=app.name, component=Component.APPLICATION, port=app.port))
     return objects
 
 
@@ -87,14 +88,3 @@ def _deployment(stack: SovereignStack, app: Application, *, held: bool) -> dict[
     })
 
 
-def _service(stack: SovereignStack, app: Application) -> dict[str, Any]:
-    return names.stamped({
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": names.metadata(stack, name=app.name, component=Component.APPLICATION, entry=app.name),
-        "spec": {
-            "type": "ClusterIP",
-            "selector": names.selector_labels(stack, component=Component.APPLICATION, name=app.name),
-            "ports": [{"name": "http", "port": app.port, "targetPort": "http", "protocol": "TCP"}],
-        },
-    })

@@ -28,6 +28,7 @@ from sovereign.api import DataStore, ModelSpec, SovereignStack
 from sovereign.render import names, pod, storage
 from sovereign.render.facts import ClusterFacts
 from sovereign.render.names import Component
+from sovereign.render.service import cluster_ip_service
 from sovereign.render.nodepool import placement
 
 #: The vLLM image pinned by this operator release; ``spec.models[].image`` overrides it.
@@ -58,7 +59,10 @@ OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "VLLM_NO_USAG
 
 def render_model(*, stack: SovereignStack, model: ModelSpec, facts: ClusterFacts) -> list[dict[str, Any]]:
     """The objects serving one model, in a stable order."""
-    objects = [_deployment(stack, model, facts), _service(stack, model)]
+    objects = [
+        _deployment(stack, model, facts),
+        cluster_ip_service(stack=stack, name=model.name, component=Component.INFERENCE, port=names.VLLM_PORT),
+    ]
     most = model.autoscaling.max_replicas if model.autoscaling else model.replicas
     if most > 1:
         objects.append(_disruption_budget(stack, model))
@@ -193,19 +197,6 @@ def _vllm(model: ModelSpec, weights_mount: dict[str, Any]) -> dict[str, Any]:
 
 def _health_probe(*, period: int, failures: int) -> dict[str, Any]:
     return {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": period, "failureThreshold": failures}
-
-
-def _service(stack: SovereignStack, model: ModelSpec) -> dict[str, Any]:
-    return names.stamped({
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": names.metadata(stack, name=model.name, component=Component.INFERENCE, entry=model.name),
-        "spec": {
-            "type": "ClusterIP",
-            "selector": names.selector_labels(stack, component=Component.INFERENCE, name=model.name),
-            "ports": [{"name": "http", "port": names.VLLM_PORT, "targetPort": "http", "protocol": "TCP"}],
-        },
-    })
 
 
 def _disruption_budget(stack: SovereignStack, model: ModelSpec) -> dict[str, Any]:
