@@ -32,7 +32,6 @@ from __future__ import annotations
 import functools
 import math
 import os
-import subprocess
 import sys
 import tempfile
 import threading
@@ -112,18 +111,13 @@ class WebhookOperator(OperatorProcess):
         self.audit_seconds = audit_seconds
         self.metrics_port = metrics_port
 
-    def start(self) -> WebhookOperator:
-        args = [sys.executable, "-m", "sovereign", "run", "--standalone",
-                "--resync-seconds", str(self.resync_seconds), "--audit-seconds", str(self.audit_seconds),
-                "--metrics-address", "127.0.0.1", "--metrics-port", str(self.metrics_port),
-                "--webhook-address", "127.0.0.1", "--webhook-port", str(free_port()), "--webhook-host", "127.0.0.1"]
-        for namespace in self.namespaces:
-            args += ["--namespace", namespace]
-        with open(self.log, "ab") as out:
-            self.process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                            env={**os.environ, "KUBECONFIG": self.kubeconfig},
-                                            start_new_session=True)
-        return self
+    def args(self) -> list[str]:
+        args = [arg for arg in super().args() if arg not in ("--verbose", "--no-webhooks")]
+        audit = args.index("--audit-seconds")
+        args[audit + 1] = str(self.audit_seconds)
+        return args + ["--metrics-address", "127.0.0.1", "--metrics-port", str(self.metrics_port),
+                       "--webhook-address", "127.0.0.1", "--webhook-port", str(free_port()),
+                       "--webhook-host", "127.0.0.1"]
 
 
 def _governed_namespace(api: client.ApiClient, name: str, *, enforcement: str, operator: OperatorProcess) -> None:

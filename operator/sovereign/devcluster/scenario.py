@@ -157,13 +157,18 @@ class OperatorProcess:
         self.resync_seconds = resync_seconds
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> OperatorProcess:
+    def args(self) -> list[str]:
+        """The command line; a subclass extends it (e.g. to serve webhooks)."""
         # No admission webhooks: their configurations would outlive this process in a shared
         # cluster (they fail closed); the residency audit runs, as often as the resync.
         args = [sys.executable, "-m", "sovereign", "run", "--standalone", "--verbose", "--no-webhooks",
                 "--resync-seconds", str(self.resync_seconds), "--audit-seconds", str(self.resync_seconds)]
         for namespace in self.namespaces:
             args += ["--namespace", namespace]
+        return args
+
+    def start(self) -> OperatorProcess:
+        args = self.args()
         with open(self.log, "ab") as out:
             self.process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                             env={**os.environ, "KUBECONFIG": self.kubeconfig},
