@@ -24,6 +24,8 @@ from typing import Any
 import pytest
 from kubernetes import client
 
+from rbac_helpers import install_chart_access
+
 from sovereign.devcluster.scenario import (
     KARPENTER_NODES,
     MUTATING,
@@ -51,10 +53,20 @@ def cloud(api_client: client.ApiClient, namespace: str, minio_servers) -> Iterat
 
 
 @pytest.fixture
-def operator(cluster: DevCluster, api_client: client.ApiClient, namespace: str, cloud: SimulatedCloud,
-             tmp_path) -> Iterator[OperatorProcess]:
-    process = OperatorProcess(kubeconfig=cluster.kubeconfig, namespaces=[namespace], log=tmp_path / "operator.log",
+def operator(request: pytest.FixtureRequest, cluster: DevCluster, api_client: client.ApiClient, namespace: str,
+             cloud: SimulatedCloud, tmp_path) -> Iterator[OperatorProcess]:
+    """``sovereign run`` as cluster-admin, or (param ``chart-account``) as the Helm chart's
+    operator ServiceAccount with exactly the chart's RBAC, through a token of that account."""
+    kubeconfig, access = cluster.kubeconfig, None
+    if getattr(request, "param", "cluster-admin") == "chart-account":
+        access = install_chart_access(cluster, api_client, namespace=namespace)
+        kubeconfig = str(access.kubeconfig(access.operator_token(), tmp_path / "operator.kubeconfig"))
+    process = OperatorProcess(kubeconfig=kubeconfig, namespaces=[namespace], log=tmp_path / "operator.log",
                               resync_seconds=RESYNC).start()
+    # Who the apiserver sees: the admin certificate's user, or the chart's ServiceAccount.
+    process.identity = access.username("operator") if access else "sovereign-admin"
+    if access is not None:
+        request.addfinalizer(access.remove)
     yield process
     custom = client.CustomObjectsApi(api_client)
     try:
@@ -113,6 +125,7 @@ def _deployments(api: client.ApiClient, namespace: str) -> dict[str, client.V1De
             client.AppsV1Api(api).list_namespaced_deployment(namespace, label_selector=SELECTOR).items}
 
 
+@pytest.mark.parametrize("operator", ["cluster-admin", "chart-account"], indirect=True)
 def test_full_sample_becomes_every_child_and_reaches_ready(cluster, api_client, namespace, operator,
                                                            cloud) -> None:
     _ready_stack(api_client, namespace, operator, cloud.sample())
@@ -163,6 +176,9 @@ def test_full_sample_becomes_every_child_and_reaches_ready(cluster, api_client, 
     assert _ready(api_client, namespace)
     row = cluster.kubectl("get", "sstack", "-n", namespace, check=True).stdout.splitlines()[1].split()
     assert row[:5] == [STACK, "True", "QA", "2/2", "0"]
+    # Every write the operator made here was made as the identity the test gave it.
+    writes = [e for e in operator_writes(cluster) if (e.get("objectRef") or {}).get("namespace") == namespace]
+    assert writes and {e["user"]["username"] for e in writes} == {operator.identity}
     events = core.list_namespaced_event(namespace, field_selector=f"involvedObject.name={STACK}").items
     assert any(e.reason == "StackReady" and e.type == "Normal" for e in events)
     assert apps.read_namespaced_deployment("chat", namespace).spec.template.spec.init_containers[0].name == "fetch-model"
@@ -208,6 +224,7 @@ def test_removing_a_model_prunes_its_children(api_client, namespace, operator, c
     assert set(_deployments(api_client, namespace)) == {"embed", "assistant", "indexer"}
 
 
+@pytest.mark.parametrize("operator", ["cluster-admin", "chart-account"], indirect=True)
 def test_deleting_the_stack_removes_everything_but_retained_data(api_client, namespace, operator, cloud) -> None:
     document = cloud.sample()
     document["spec"]["dataStores"][1]["deletionPolicy"] = "Retain"
