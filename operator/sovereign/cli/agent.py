@@ -57,6 +57,9 @@ def command(node: str, kubeconfig: str | None, config_path: str | None, interval
     Examples:
       sovereign agent --node "$NODE_NAME"
       sovereign agent --node gpu-mec1-0 --kubeconfig dev.kubeconfig --fake-nvml gpu-mec1-0.json
+    \b
+    Exit codes: 0 stopped; 1 the --config file is not valid; 3 the node is missing, forbidden
+    or the apiserver unreachable.
     """
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

@@ -18,8 +18,10 @@ def command() -> None:
     \b
     Regenerate the committed CRD after changing the API models:
       REGENERATE_HINT
-    Install it:
+    Example, install it:
       sovereign crds | kubectl apply --server-side -f -
+    \b
+    Exit code: 0.
     """
     click.echo(crd_yaml(), nl=False)
 
