@@ -983,6 +983,11 @@ class ConditionType(StrEnum):
     MODELS_READY = "ModelsReady"
     APPLICATIONS_READY = "ApplicationsReady"
     GPU_HEALTHY = "GPUHealthy"
+    # kstatus's standard conditions, which Flux and `kubectl wait`-style tools read on custom
+    # resources (kstatus ignores Ready there): True while the stack is on its way to Ready, True
+    # when it cannot get there without a person.
+    RECONCILING = "Reconciling"
+    STALLED = "Stalled"
 
 
 class ConditionStatus(StrEnum):
@@ -1006,7 +1011,9 @@ class Condition(StatusObject):
         ),
     ] = Field(description=(
         "Type of the condition: Ready, ResidencyCompliant, NodePoolsReady, DataStoresReady, "
-        "ModelsReady, ApplicationsReady or GPUHealthy."
+        "ModelsReady, ApplicationsReady, GPUHealthy, and kstatus's Reconciling (True while on the "
+        "way to Ready) and Stalled (True when Ready needs a person: invalid spec, refused object, "
+        "store outside the rules, enforced residency violation)."
     ))
     status: ConditionStatus = Field(description="True, False or Unknown.")
     observed_generation: int | None = Field(

@@ -42,6 +42,8 @@ class Component:
     # Files of the upstream module copied next to the binaries (module-relative paths), because
     # the binary needs them at run time and the module cache may be gone by then.
     assets: tuple[str, ...] = ()
+    # Files of ours in the module directory that are part of the build (a main of our own).
+    sources: tuple[str, ...] = ()
 
     @property
     def moddir(self) -> Path:
@@ -71,7 +73,7 @@ class Component:
     @property
     def key(self) -> str:
         digest = hashlib.sha256()
-        for name in ("go.mod", "go.sum"):
+        for name in ("go.mod", "go.sum", *self.sources):
             digest.update((self.moddir / name).read_bytes())
         return f"{self.name}-{self.version}-{digest.hexdigest()[:10]}"
 
@@ -117,6 +119,9 @@ COMPONENTS: dict[str, Component] = {
         )),
         Component("minio", "github.com/minio/minio"),
         Component("helm", "helm.sh/helm/v4"),
+        # Our own main over kstatus (github.com/fluxcd/cli-utils, the copy Flux runs): the tests
+        # ask it how Flux judges a stack's status. sigs.k8s.io/cli-utils is not on the proxy here.
+        Component("kstatus", "github.com/fluxcd/cli-utils", sources=("main.go",)),
     )
 }
 

@@ -49,6 +49,9 @@ REPLICATION_OUTSIDE_REGIONS = "ReplicationOutsideRegions"
 REPLICATION_REGION_UNKNOWN = "ReplicationRegionUnknown"
 CHECK_UNSUPPORTED = "CheckUnsupported"
 COMPLIANT = "Compliant"
+# Before any check: the store's credentials Secret (read by services.residency_stores).
+CREDENTIALS_SECRET_MISSING = "CredentialsSecretMissing"
+CREDENTIALS_INVALID = "CredentialsInvalid"
 
 
 class Decision(NamedTuple):

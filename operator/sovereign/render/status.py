@@ -58,6 +58,7 @@ from sovereign.policy.stack_gpu_health import (  # noqa: F401 - GPUHealthy's rea
     StackGpuHealth,
     assess_stack_gpus,
 )
+from sovereign.policy import residency_store as store_reasons
 from sovereign.render import names
 from sovereign.render.facts import ClusterFacts, Hold, NodeFacts
 from sovereign.render.names import ObjectKey
@@ -90,6 +91,20 @@ NO_APPLICATIONS = "NoApplications"
 #: Status fields the residency audit writes; the reconciler reads them and never writes them.
 AUDIT_CONDITIONS = frozenset({ConditionType.RESIDENCY_COMPLIANT.value})
 AUDIT_FIELDS = frozenset({"violations", "violationCount"})
+
+
+RECONCILING = "Reconciling"
+STALLED = "Stalled"
+#: Reasons waiting will not fix: a person must change the spec, a Secret or a bucket. Ready=False
+#: for one of them (or for an enforced residency violation) is Stalled=True, which kstatus, and so
+#: Flux, reads as Failed instead of waiting for a timeout.
+LASTING_REASONS = frozenset({
+    INVALID_SPEC, CHILD_REJECTED,
+    store_reasons.CREDENTIALS_SECRET_MISSING, store_reasons.CREDENTIALS_INVALID, store_reasons.BUCKET_MISSING,
+    store_reasons.LOCATION_OUTSIDE_REGIONS, store_reasons.ENCRYPTION_OFF, store_reasons.PUBLIC_ACCESS_ALLOWED,
+    store_reasons.REPLICATION_OUTSIDE_REGIONS, store_reasons.REPLICATION_REGION_UNKNOWN,
+    store_reasons.CHECK_UNSUPPORTED,
+})
 
 
 class Decision(NamedTuple):
@@ -144,13 +159,15 @@ def compute_status(
         ConditionType.GPU_HEALTHY: Decision(gpus.status, gpus.reason, gpus.message),
     }
     audited = _audited_residency(previous)
-    ready = _ready(stack, {ConditionType.RESIDENCY_COMPLIANT: audited, **decisions} if audited else decisions,
-                   observation.rejected)
+    gating = {ConditionType.RESIDENCY_COMPLIANT: audited, **decisions} if audited else decisions
+    ready = _ready(stack, gating, observation.rejected)
+    reconciling, stalled = _progress(stack, ready, gating)
     generation = stack.metadata.generation
+    verdicts = {ConditionType.READY: ready, **decisions,
+                ConditionType.RECONCILING: reconciling, ConditionType.STALLED: stalled}
     return SovereignStackStatus(
         observed_generation=generation,
-        conditions=[_condition(kind, decision, previous, generation, now)
-                    for kind, decision in {ConditionType.READY: ready, **decisions}.items()],
+        conditions=[_condition(kind, decision, previous, generation, now) for kind, decision in verdicts.items()],
         models_ready=f"{rolled_out}/{len(model_statuses)}",
         models=model_statuses,
         data_stores=store_statuses,
@@ -173,9 +190,12 @@ def invalid_status(
 ) -> SovereignStackStatus:
     """The status of a stack whose spec cannot be reconciled: Ready=False, the rest as it was."""
     base = previous or SovereignStackStatus()
-    ready = _condition(ConditionType.READY, _false(INVALID_SPEC, message), previous, generation, now)
-    others = [c for c in base.conditions if c.type != ConditionType.READY.value]
-    return base.model_copy(update={"observed_generation": generation, "conditions": [ready, *others]})
+    mine = {ConditionType.READY: _false(INVALID_SPEC, message),
+            ConditionType.RECONCILING: _false(STALLED, "the spec must be fixed first"),
+            ConditionType.STALLED: _true(INVALID_SPEC, message)}
+    written = [_condition(kind, decision, previous, generation, now) for kind, decision in mine.items()]
+    others = [c for c in base.conditions if c.type not in {kind.value for kind in mine}]
+    return base.model_copy(update={"observed_generation": generation, "conditions": [*written, *others]})
 
 
 # --- conditions ------------------------------------------------------------------------------------
@@ -226,6 +246,21 @@ def _ready(stack: SovereignStack, decisions: Mapping[ConditionType, Decision], r
     if gpus is not None and gpus.status is ConditionStatus.FALSE:
         message += f"; but GPUHealthy is False: {gpus.message}"
     return _true(STACK_READY, message)
+
+
+def _progress(stack: SovereignStack, ready: Decision,
+              gating: Mapping[ConditionType, Decision]) -> tuple[Decision, Decision]:
+    """kstatus's Reconciling and Stalled, which say whether a stack that is not Ready will get there."""
+    if ready.status is ConditionStatus.TRUE:
+        return _false(STACK_READY, "the stack is Ready"), _false(STACK_READY, "the stack is Ready")
+    enforced = stack.spec.residency.enforcement is Enforcement.ENFORCE
+    stuck = ready.reason in LASTING_REASONS or any(
+        decision.status is ConditionStatus.FALSE
+        and (decision.reason in LASTING_REASONS or (kind is ConditionType.RESIDENCY_COMPLIANT and enforced))
+        for kind, decision in gating.items())
+    if stuck:
+        return _false(STALLED, "waiting will not help: " + ready.message), _true(ready.reason, ready.message)
+    return _true(ready.reason, ready.message), _false(RECONCILING, "on the way to Ready")
 
 
 def _audited_residency(previous: SovereignStackStatus | None) -> Decision | None:

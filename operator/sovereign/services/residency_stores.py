@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from sovereign.api import DataStoreStatus, SovereignStack
 from sovereign.kube.client import Kube
 from sovereign.kube.resources import SECRET
-from sovereign.policy.residency_store import Decision
+from sovereign.policy.residency_store import CREDENTIALS_INVALID, CREDENTIALS_SECRET_MISSING, Decision
 from sovereign.services.store_check import check_store
 from sovereign.stores.credentials import Credentials
 from sovereign.stores.errors import StoreError, StoreUnreachable
@@ -36,8 +36,6 @@ from sovereign.stores.s3 import S3Store
 
 log = logging.getLogger(__name__)
 
-CREDENTIALS_SECRET_MISSING = "CredentialsSecretMissing"
-CREDENTIALS_INVALID = "CredentialsInvalid"
 BUCKET_CREATED = "BucketCreated"
 
 

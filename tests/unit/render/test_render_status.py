@@ -72,6 +72,8 @@ def test_settled_stack_is_ready_with_endpoints_and_summary(full_stack, facts) ->
         "ModelsReady": ("True", "ModelsAvailable"),
         "ApplicationsReady": ("True", "ApplicationsAvailable"),
         "GPUHealthy": ("Unknown", "NoHealthReports"),
+        "Reconciling": ("False", "StackReady"),
+        "Stalled": ("False", "StackReady"),
     }
     assert status.observed_generation == 1
     assert status.models_ready == "2/2"
@@ -247,3 +249,33 @@ def test_an_unhealthy_gpu_fails_gpu_healthy_and_is_named_by_ready_without_failin
     assert (ready.status, ready.reason) == (ConditionStatus.TRUE, "StackReady")
     assert "but GPUHealthy is False: " in ready.message and "gpu-mec1-3" in ready.message
     assert next(p for p in status.node_pools if p.name == "onprem").unhealthy_gpus == 1
+
+def test_a_stack_on_its_way_is_reconciling_not_stalled(full_stack, facts) -> None:
+    """kstatus reads Reconciling=True as InProgress: waiting (here, for a Deployment) will help."""
+    status = _status(full_stack, facts, {})
+
+    conditions = _conditions(status)
+    assert conditions["Ready"][0] == "False"
+    assert conditions["Reconciling"] == ("True", conditions["Ready"][1])
+    assert conditions["Stalled"] == ("False", "Reconciling")
+
+
+def test_a_rejected_child_stalls_the_stack(full_stack, facts) -> None:
+    """kstatus reads Stalled=True as Failed, so Flux fails the sync at once instead of timing out."""
+    status = _status(full_stack, facts, _children(full_stack, facts),
+                     rejected=("Deployment gov-qa/chat: spec.template: Invalid value",))
+
+    conditions = _conditions(status)
+    assert conditions["Ready"] == ("False", "ChildRejected")
+    assert conditions["Stalled"] == ("True", "ChildRejected")
+    assert conditions["Reconciling"] == ("False", "Stalled")
+
+
+def test_an_invalid_spec_stalls_the_stack() -> None:
+    status = invalid_status(generation=3, previous=None, message="spec.models[0].nodePool: is not declared",
+                            now=NOW)
+
+    conditions = _conditions(status)
+    assert conditions == {"Ready": ("False", "InvalidSpec"), "Reconciling": ("False", "Stalled"),
+                          "Stalled": ("True", "InvalidSpec")}
+    assert status.observed_generation == 3
