@@ -18,7 +18,7 @@ from kubernetes import client
 from sovereign.api import GROUP, PLURAL, VERSION
 from sovereign.devcluster import build
 from sovereign.devcluster.cluster import DevCluster, wait_until
-from sovereign.devcluster.scenario import OperatorProcess, SimulatedCloud, delete_stack
+from sovereign.devcluster.scenario import operated_cloud
 
 WAIT = 240
 
@@ -48,42 +48,37 @@ def test_kstatus_follows_the_stack_through_create_update_and_failure(
         verdict = kstatus(body)
         return verdict if verdict[0] == expected else None
 
-    with SimulatedCloud(api_client, namespace, store=minio_servers["me-central-1"]) as cloud:
+    with operated_cloud(cluster, api_client, namespace, store=minio_servers["me-central-1"],
+                        log=tmp_path / "operator.log") as (cloud, _):
         document = cloud.sample()
         name = document["metadata"]["name"]
-        operator = OperatorProcess(kubeconfig=cluster.kubeconfig, namespaces=[namespace],
-                                   log=tmp_path / "operator.log").start()
-        try:
-            # Create: Current once the operator reports Ready for generation 1.
-            custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, document)
-            wait_until(lambda: judged("Current", generation=1), timeout=WAIT,
-                       message="kstatus Current after create")
-            assert next(c for c in stack()["status"]["conditions"] if c["type"] == "Ready")["status"] == "True"
+        # Create: Current once the operator reports Ready for generation 1.
+        custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, document)
+        wait_until(lambda: judged("Current", generation=1), timeout=WAIT,
+                   message="kstatus Current after create")
+        assert next(c for c in stack()["status"]["conditions"] if c["type"] == "Ready")["status"] == "True"
 
-            # Update: the object the apiserver returns for the change is InProgress (generation 2
-            # not yet observed), then Current again once the operator has caught up.
-            changed = custom.patch_namespaced_custom_object(
-                GROUP, VERSION, namespace, PLURAL, name,
-                {"spec": {"applications": [{**document["spec"]["applications"][0], "replicas": 3},
-                                           *document["spec"]["applications"][1:]]}})
-            status, message = kstatus(changed)
-            assert status == "InProgress"
-            assert "generation is 2, but latest observed generation is 1" in message
-            wait_until(lambda: judged("Current", generation=2), timeout=WAIT,
-                       message="kstatus Current after update")
+        # Update: the object the apiserver returns for the change is InProgress (generation 2
+        # not yet observed), then Current again once the operator has caught up.
+        changed = custom.patch_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, name,
+            {"spec": {"applications": [{**document["spec"]["applications"][0], "replicas": 3},
+                                       *document["spec"]["applications"][1:]]}})
+        status, message = kstatus(changed)
+        assert status == "InProgress"
+        assert "generation is 2, but latest observed generation is 1" in message
+        wait_until(lambda: judged("Current", generation=2), timeout=WAIT,
+                   message="kstatus Current after update")
 
-            # Failure a person must fix (the store's credentials are gone): Failed, not a wait.
-            core.delete_namespaced_secret("s3-creds", namespace)
-            status, message = wait_until(lambda: judged("Failed", generation=2), timeout=WAIT,
-                                         message="kstatus Failed")
-            assert "CredentialsSecretMissing" in json.dumps(stack()["status"]["conditions"])
-            assert "s3-creds" in message
+        # Failure a person must fix (the store's credentials are gone): Failed, not a wait.
+        core.delete_namespaced_secret("s3-creds", namespace)
+        status, message = wait_until(lambda: judged("Failed", generation=2), timeout=WAIT,
+                                     message="kstatus Failed")
+        assert "CredentialsSecretMissing" in json.dumps(stack()["status"]["conditions"])
+        assert "s3-creds" in message
 
-            # Fixed: the Secret is back, and so is Current.
-            core.create_namespaced_secret(namespace, {"metadata": {"name": "s3-creds"}, "stringData": {
-                "AWS_ACCESS_KEY_ID": cloud.store.access_key, "AWS_SECRET_ACCESS_KEY": cloud.store.secret_key}})
-            wait_until(lambda: judged("Current", generation=2), timeout=WAIT,
-                       message="kstatus Current after the fix")
-        finally:
-            delete_stack(api_client, namespace, name)
-            operator.stop()
+        # Fixed: the Secret is back, and so is Current.
+        core.create_namespaced_secret(namespace, {"metadata": {"name": "s3-creds"}, "stringData": {
+            "AWS_ACCESS_KEY_ID": cloud.store.access_key, "AWS_SECRET_ACCESS_KEY": cloud.store.secret_key}})
+        wait_until(lambda: judged("Current", generation=2), timeout=WAIT,
+                   message="kstatus Current after the fix")

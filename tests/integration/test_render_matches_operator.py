@@ -20,7 +20,7 @@ from kubernetes import client
 
 from sovereign.api import GROUP, PLURAL, VERSION, load_documents
 from sovereign.devcluster.cluster import REPO_ROOT, DevCluster, wait_until
-from sovereign.devcluster.scenario import OperatorProcess, SimulatedCloud, delete_stack
+from sovereign.devcluster.scenario import SimulatedCloud, operated_cloud
 from sovereign.kube.client import Kube
 from sovereign.kube.resources import resource_type
 from sovereign.render.names import SPEC_HASH_ANNOTATION, STACK_LABEL
@@ -49,49 +49,45 @@ def _render(stack_file: Path, nodes_file: Path, namespace: str) -> list[dict[str
 @pytest.mark.parametrize("sample", SAMPLES, ids=[p.stem for p in SAMPLES])
 def test_render_of_each_sample_equals_what_the_operator_applied(
         sample: Path, cluster: DevCluster, api_client: client.ApiClient, namespace: str, minio_servers,
-        tmp_path: Path) -> None:
+        tmp_path: Path, request: pytest.FixtureRequest) -> None:
     (document,) = load_documents(sample.read_text())
     region = document["spec"]["residency"]["regions"][0]
     custom = client.CustomObjectsApi(api_client)
+    # A client of its own: Kube gives its client the operator's user agent.
     kube = Kube(cluster.api_client())
-    with SimulatedCloud(api_client, namespace, store=minio_servers[region]) as cloud:
+    request.addfinalizer(kube.close)
+    with operated_cloud(cluster, api_client, namespace, store=minio_servers[region],
+                        log=tmp_path / "operator.log") as (cloud, _):
         document = _in_cloud(document, cloud)
         name = document["metadata"]["name"]
         stack_file = tmp_path / "stack.yaml"
         stack_file.write_text(yaml.safe_dump(document))
-        operator = OperatorProcess(kubeconfig=cluster.kubeconfig, namespaces=[namespace],
-                                   log=tmp_path / "operator.log").start()
-        try:
-            custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, document)
+        custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, document)
 
-            def reconciled() -> bool:
-                status = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name).get("status")
-                return bool(status) and status.get("observedGeneration") == 1
+        def reconciled() -> bool:
+            status = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name).get("status")
+            return bool(status) and status.get("observedGeneration") == 1
 
-            wait_until(reconciled, timeout=180, message=f"the operator's first pass over {name}")
-            nodes_file = tmp_path / "nodes.yaml"
-            nodes = client.CoreV1Api(api_client).list_node()
-            nodes_file.write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": [
-                api_client.sanitize_for_serialization(n) for n in nodes.items]}))
-            rendered = _render(stack_file, nodes_file, namespace)
+        wait_until(reconciled, timeout=180, message=f"the operator's first pass over {name}")
+        nodes_file = tmp_path / "nodes.yaml"
+        nodes = client.CoreV1Api(api_client).list_node()
+        nodes_file.write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": [
+            api_client.sanitize_for_serialization(n) for n in nodes.items]}))
+        rendered = _render(stack_file, nodes_file, namespace)
 
-            hashed = [o for o in rendered if SPEC_HASH_ANNOTATION in (o["metadata"].get("annotations") or {})]
-            assert {o["kind"] for o in hashed} >= {"Deployment", "Service", "NetworkPolicy"}
-            for obj in hashed:
-                meta = obj["metadata"]
-                live = kube.get(resource_type(obj), name=meta["name"], namespace=meta.get("namespace"))
-                assert live is not None, f"{obj['kind']} {meta['name']} rendered but not applied"
-                assert live["metadata"]["annotations"][SPEC_HASH_ANNOTATION] == meta["annotations"][SPEC_HASH_ANNOTATION], (
-                    f"{obj['kind']} {meta['name']}: the operator applied something else than render prints")
-            # ... and the operator applied nothing that render does not print (objects others made
-            # from its templates, such as the claims of the pods' ephemeral volumes, carry the
-            # stack label too, but no spec hash).
-            for kind in {resource_type(o) for o in hashed if o["metadata"].get("namespace")}:
-                applied = {o["metadata"]["name"] for o in kube.list(kind, namespace=namespace,
-                                                                     selector=f"{STACK_LABEL}={name}")
-                           if SPEC_HASH_ANNOTATION in (o["metadata"].get("annotations") or {})}
-                assert applied == {o["metadata"]["name"] for o in hashed if o["kind"] == kind.kind}
-        finally:
-            delete_stack(api_client, namespace, name)
-            operator.stop()
-            kube.close()
+        hashed = [o for o in rendered if SPEC_HASH_ANNOTATION in (o["metadata"].get("annotations") or {})]
+        assert {o["kind"] for o in hashed} >= {"Deployment", "Service", "NetworkPolicy"}
+        for obj in hashed:
+            meta = obj["metadata"]
+            live = kube.get(resource_type(obj), name=meta["name"], namespace=meta.get("namespace"))
+            assert live is not None, f"{obj['kind']} {meta['name']} rendered but not applied"
+            assert live["metadata"]["annotations"][SPEC_HASH_ANNOTATION] == meta["annotations"][SPEC_HASH_ANNOTATION], (
+                f"{obj['kind']} {meta['name']}: the operator applied something else than render prints")
+        # ... and the operator applied nothing that render does not print (objects others made
+        # from its templates, such as the claims of the pods' ephemeral volumes, carry the
+        # stack label too, but no spec hash).
+        for kind in {resource_type(o) for o in hashed if o["metadata"].get("namespace")}:
+            applied = {o["metadata"]["name"] for o in kube.list(kind, namespace=namespace,
+                                                                 selector=f"{STACK_LABEL}={name}")
+                       if SPEC_HASH_ANNOTATION in (o["metadata"].get("annotations") or {})}
+            assert applied == {o["metadata"]["name"] for o in hashed if o["kind"] == kind.kind}

@@ -18,35 +18,29 @@ from kubernetes import client
 
 from sovereign.api import GROUP, PLURAL, VERSION
 from sovereign.devcluster.cluster import DevCluster, wait_until
-from sovereign.devcluster.scenario import OperatorProcess, SimulatedCloud, delete_stack, is_ready
+from sovereign.devcluster.scenario import is_ready, operated_cloud
 
 
 def test_the_report_of_the_full_sample_places_every_pod_volume_and_bucket(
         cluster: DevCluster, api_client: client.ApiClient, namespace: str, minio_servers, tmp_path: Path) -> None:
     custom, core = client.CustomObjectsApi(api_client), client.CoreV1Api(api_client)
-    with SimulatedCloud(api_client, namespace, store=minio_servers["me-central-1"]) as cloud:
+    with operated_cloud(cluster, api_client, namespace, store=minio_servers["me-central-1"],
+                        log=tmp_path / "operator.log") as (cloud, _):
         document = cloud.sample()
         name = document["metadata"]["name"]
-        operator = OperatorProcess(kubeconfig=cluster.kubeconfig, namespaces=[namespace],
-                                   log=tmp_path / "operator.log").start()
-        try:
-            custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, document)
-            wait_until(lambda: is_ready(api_client, namespace, name), timeout=240,
-                       message=f"{name} Ready (operator log: {tmp_path / 'operator.log'})")
-            # Every claim bound, so each volume has a place to report.
-            wait_until(lambda: all(c.status.phase == "Bound" for c in
-                                   core.list_namespaced_persistent_volume_claim(namespace).items),
-                       timeout=120, message="every claim Bound")
+        custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, document)
+        wait_until(lambda: is_ready(api_client, namespace, name), timeout=240,
+                   message=f"{name} Ready (operator log: {tmp_path / 'operator.log'})")
+        # Every claim bound, so each volume has a place to report.
+        wait_until(lambda: all(c.status.phase == "Bound" for c in
+                               core.list_namespaced_persistent_volume_claim(namespace).items),
+                   timeout=120, message="every claim Bound")
 
-            made = subprocess.run(
-                [sys.executable, "-m", "sovereign", "report", name, "-n", namespace, "--format", "json"],
-                capture_output=True, text=True, timeout=120,
-                env={**os.environ, "KUBECONFIG": cluster.kubeconfig})
-            assert made.returncode == 0, made.stderr
-            evidence = json.loads(made.stdout)
-        finally:
-            delete_stack(api_client, namespace, name)
-            operator.stop()
+        made = subprocess.run(
+            [sys.executable, "-m", "sovereign", "report", name, "-n", namespace, "--format", "json"],
+            capture_output=True, text=True, timeout=120, env={**os.environ, "KUBECONFIG": cluster.kubeconfig})
+        assert made.returncode == 0, made.stderr
+        evidence = json.loads(made.stdout)
 
     reported_pods = {p["name"]: p for p in evidence["pods"]}
     assert reported_pods, "the report lists no pod"

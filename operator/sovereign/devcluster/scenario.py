@@ -10,6 +10,7 @@ reaction tests and ``bench/reconcile.py``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -17,6 +18,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -228,3 +230,24 @@ def delete_stack(api: client.ApiClient, namespace: str, name: str = STACK, *, ti
 
 
 # --- the benchmark --------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def operated_cloud(cluster: DevCluster, api: client.ApiClient, namespace: str, *, store: MinioServer,
+                   log: Path) -> Iterator[tuple[SimulatedCloud, OperatorProcess]]:
+    """A ``SimulatedCloud`` in ``namespace`` watched by a ``sovereign run`` (logging to ``log``).
+
+    On the way out every stack of the namespace is deleted and finalized by the operator, which
+    then stops, so cluster-scoped effects (NodePools, node labels) do not leak into other tests.
+    """
+    with SimulatedCloud(api, namespace, store=store) as cloud:
+        operator = OperatorProcess(kubeconfig=cluster.kubeconfig, namespaces=[namespace], log=log).start()
+        try:
+            yield cloud, operator
+        finally:
+            try:
+                stacks = client.CustomObjectsApi(api).list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)
+                for stack in stacks["items"]:
+                    delete_stack(api, namespace, stack["metadata"]["name"])
+            finally:
+                operator.stop()
