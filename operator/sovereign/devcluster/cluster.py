@@ -262,17 +262,10 @@ class DevCluster:
         self._write_kubeconfig(self.workdir / "kubeconfig", pki["admin"], pki["ca"])
         self._wait("kube-apiserver", self._apiserver_ready, deadline)
 
-        for name, user in (("controller-manager", "controller-manager"), ("scheduler", "scheduler"),
-                           ("kwok", "kwok")):
-            self._write_kubeconfig(self.workdir / f"{name}.kubeconfig", pki[user], pki["ca"])
-        common = ["--bind-address=127.0.0.1", "--leader-elect=false"]
-        cm_kubeconfig = self.workdir / "controller-manager.kubeconfig"
+        for name in ("controller-manager", "scheduler", "kwok"):
+            self._write_kubeconfig(self.workdir / f"{name}.kubeconfig", pki[name], pki["ca"])
         self._launch("kube-controller-manager", [
-            str(kube / "kube-controller-manager"), *common,
-            f"--secure-port={self.ports['controller-manager']}",
-            f"--kubeconfig={cm_kubeconfig}", f"--authentication-kubeconfig={cm_kubeconfig}",
-            f"--authorization-kubeconfig={cm_kubeconfig}",
-            f"--cert-dir={self.workdir / 'controller-manager'}",
+            str(kube / "kube-controller-manager"), *self._controller_flags("controller-manager"),
             f"--service-account-private-key-file={pki['sa'].key}",
             f"--root-ca-file={pki['ca'].cert}",
             f"--cluster-signing-cert-file={pki['ca'].cert}",
@@ -281,14 +274,7 @@ class DevCluster:
             f"--service-cluster-ip-range={SERVICE_CIDR}",
             "--controllers=*",
         ])
-        sched_kubeconfig = self.workdir / "scheduler.kubeconfig"
-        self._launch("kube-scheduler", [
-            str(kube / "kube-scheduler"), *common,
-            f"--secure-port={self.ports['scheduler']}",
-            f"--kubeconfig={sched_kubeconfig}", f"--authentication-kubeconfig={sched_kubeconfig}",
-            f"--authorization-kubeconfig={sched_kubeconfig}",
-            f"--cert-dir={self.workdir / 'scheduler'}",
-        ])
+        self._launch("kube-scheduler", [str(kube / "kube-scheduler"), *self._controller_flags("scheduler")])
         kwok_config = self.workdir / "kwok.yaml"
         kwok_config.write_text(yaml.safe_dump({
             "apiVersion": "config.kwok.x-k8s.io/v1alpha1", "kind": "KwokConfiguration",
@@ -341,6 +327,16 @@ class DevCluster:
             "kwok": ca.issue("kwok", common_name="kwok-controller", organization="system:masters"),
             "sa": service_account_keys(directory),
         }
+
+    def _controller_flags(self, name: str) -> list[str]:
+        """Flags the controller-manager and the scheduler share: loopback, their own port,
+        kubeconfig (also for delegated authn/authz) and serving-cert directory, no election."""
+        kubeconfig = self.workdir / f"{name}.kubeconfig"
+        return [
+            "--bind-address=127.0.0.1", "--leader-elect=false", f"--secure-port={self.ports[name]}",
+            f"--kubeconfig={kubeconfig}", f"--authentication-kubeconfig={kubeconfig}",
+            f"--authorization-kubeconfig={kubeconfig}", f"--cert-dir={self.workdir / name}",
+        ]
 
     def _write_kubeconfig(self, path: Path, user: KeyPair, ca: KeyPair) -> None:
         path.write_text(yaml.safe_dump({

@@ -46,13 +46,7 @@ from sovereign.api import (
     SovereignStack,
     SovereignStackStatus,
 )
-from sovereign.policy.stack_gpu_health import (  # noqa: F401 - GPUHealthy's reasons, listed with the others
-    GPUS_DEGRADED,
-    GPUS_HEALTHY,
-    GPUS_UNHEALTHY,
-    HEALTH_REPORTS_MISSING,
-    NO_HEALTH_REPORTS,
-    NO_POOL_NODES,
+from sovereign.policy.stack_gpu_health import (
     NodeGpus,
     PoolGpus,
     StackGpuHealth,

@@ -14,15 +14,12 @@ from sovereign.nvml.fake import (
     load_scenario,
     set_fault,
     update_gpu,
-    write_scenario,
 )
 
 
 @pytest.fixture
-def scenario(tmp_path):
-    path = tmp_path / "nvml.json"
-    write_scenario(path, healthy_node(gpus=2, seed="node-b"))
-    return path
+def scenario(healthy_gpus):
+    return healthy_gpus(gpus=2, seed="node-b")
 
 
 def test_a_running_reader_sees_the_file_change(scenario):

@@ -18,18 +18,8 @@ from sovereign.nvml.readings import NvlinkErrors, RemappedRows, XidEvent
 
 
 @pytest.fixture
-def scenario(tmp_path):
-    path = tmp_path / "nvml.json"
-    write_scenario(path, healthy_node(gpus=4, seed="node-a"))
-    return path
-
-
-@pytest.fixture
-def reader(scenario):
-    reader = open_reader(fake_scenario=scenario)
-    reader.open()
-    yield reader
-    reader.close()
+def scenario(healthy_gpus):
+    return healthy_gpus(gpus=4, seed="node-a")
 
 
 def test_reads_identity_and_every_reading_in_agent_units(reader):

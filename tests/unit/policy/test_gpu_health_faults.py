@@ -4,26 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from sovereign.nvml import open_reader
-from sovereign.nvml.fake import clear_faults, healthy_node, inject_xid, set_fault, write_scenario
+from sovereign.nvml.fake import clear_faults, inject_xid, set_fault
 from sovereign.policy.gpu_health import GpuHealthSettings, assess_gpu, summarize_node
 
 SETTINGS = GpuHealthSettings(xid_quiet_window_s=30, recovery_clean_polls=2)
 
 
 @pytest.fixture
-def scenario(tmp_path):
-    path = tmp_path / "nvml.json"
-    write_scenario(path, healthy_node(gpus=8, seed="gpu-node"))
-    return path
-
-
-@pytest.fixture
-def reader(scenario):
-    reader = open_reader(fake_scenario=scenario)
-    reader.open()
-    yield reader
-    reader.close()
+def scenario(healthy_gpus):
+    return healthy_gpus(gpus=8, seed="gpu-node")
 
 
 def node_after_poll(reader, memories, *, now):
