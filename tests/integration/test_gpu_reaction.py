@@ -149,8 +149,10 @@ def test_a_fatal_xid_moves_the_vllm_pod_to_a_healthy_node_in_the_region(api_clie
     stack.agents[sick].inject_xid(gpu=3, xid=79)
 
     core = client.CoreV1Api(api_client)
-    node = _wait(operator, lambda: (n := core.read_node(sick)) and tainted(n) == "Xid79" and n,
-                 f"the Xid79 taint on {sick}")
+    # The agent writes the taint (metadata) and the condition (status) in two patches: wait for both.
+    node = _wait(operator, lambda: (n := core.read_node(sick)) and tainted(n) == "Xid79" and any(
+        c.type == GPU_HEALTHY_CONDITION and c.status == "False" for c in n.status.conditions) and n,
+                 f"the Xid79 taint and GPUHealthy=False on {sick}")
     assert next(c for c in node.status.conditions if c.type == GPU_HEALTHY_CONDITION).status == "False"
     condition = _wait(operator, lambda: (c := stack.condition()).get("status") == "False" and c,
                       "GPUHealthy=False on the stack")
