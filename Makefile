@@ -20,6 +20,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'
+	# The local-cloud harness is not part of the operator's distribution; only this venv sees it.
+	echo "$(CURDIR)/operator" > "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/sovereign-dev-harness.pth"
 	touch $@
 
 # promtool (alert rule tests) comes from Debian's prometheus package.
@@ -29,7 +31,7 @@ system-deps:
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $(DEBIAN_PACKAGES); }
 
 go-binaries: python-deps
-	$(BIN)/python -m sovereign.devcluster.build
+	$(BIN)/python -m sovereign_dev.build
 
 dev: setup
 	$(BIN)/sovereign dev up
@@ -47,7 +49,7 @@ bench: setup
 # it, its dashboards and the kustomize manifests (tests fail when any of them is stale).
 crds: python-deps
 	$(BIN)/sovereign crds > crds/sovereign.ai_sovereignstacks.yaml
-	$(BIN)/python -m sovereign.chart
+	$(BIN)/python -m sovereign_dev.chart
 
 chart: crds
 

@@ -13,8 +13,8 @@ from pathlib import Path
 from kubernetes import client
 
 from bench.result import Result
-from sovereign.devcluster import build, fleet
-from sovereign.devcluster.cluster import DevCluster, wait_until
+from sovereign_dev import build, fleet
+from sovereign_dev.cluster import DevCluster, wait_until
 
 STARTS = 3
 PODS = 100

@@ -11,7 +11,7 @@
   serving the model to the stack's ``GPUHealthy=False``, to the vLLM pod's eviction and to its
   replacement Running on the other node, ``FAULTS`` times (the fault is cleared in between).
 
-The nodes, agents and stack come from ``sovereign.devcluster.gpu_scenario``, shared with
+The nodes, agents and stack come from ``sovereign_dev.gpu_scenario``, shared with
 ``tests/integration/test_gpu_reaction.py``.
 """
 from __future__ import annotations
@@ -25,11 +25,11 @@ from pathlib import Path
 from kubernetes import client
 
 from bench.result import Result
-from sovereign.devcluster import build
-from sovereign.devcluster.cluster import DevCluster, wait_until
-from sovereign.devcluster.gpu_scenario import (
+from sovereign_dev import build
+from sovereign_dev.cluster import DevCluster, wait_until
+from sovereign_dev.gpu_scenario import (
     FAULT_CONFIG, WAIT, AgentProcess, GpuNodes, GpuStack, node_condition, tainted, time_until_node)
-from sovereign.devcluster.scenario import OperatorProcess
+from sovereign_dev.scenario import OperatorProcess
 from sovereign.kube.nodes import GPU_HEALTHY_CONDITION
 
 STEADY_SECONDS = float(os.environ.get("SOVEREIGN_BENCH_AGENT_SECONDS", 60))

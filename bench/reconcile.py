@@ -24,13 +24,13 @@ from typing import Any
 from kubernetes import client
 
 from bench.result import Result
-from sovereign.devcluster.scenario import (
+from sovereign_dev.scenario import (
     FULL_SAMPLE, STACK, OperatorProcess, SimulatedCloud, delete_stack, is_ready,
     karpenter_nodepool, operator_writes)
 from sovereign.api import GROUP, PLURAL, VERSION
-from sovereign.devcluster import build
-from sovereign.devcluster.cluster import DevCluster, wait_until
-from sovereign.devcluster.minio import MinioServer
+from sovereign_dev import build
+from sovereign_dev.cluster import DevCluster, wait_until
+from sovereign_dev.minio import MinioServer
 from sovereign.render.names import STACK_LABEL
 
 RUNS = 10

@@ -45,9 +45,9 @@ from typing import Any
 from kubernetes import client, config
 from prometheus_client.parser import text_string_to_metric_families
 from sovereign.api import GROUP, PLURAL, VERSION
-from sovereign.devcluster import build
-from sovereign.devcluster.cluster import DevCluster, free_port, wait_until
-from sovereign.devcluster.scenario import OperatorProcess
+from sovereign_dev import build
+from sovereign_dev.cluster import DevCluster, free_port, wait_until
+from sovereign_dev.scenario import OperatorProcess
 from sovereign.kube.admission import CONFIGURATION_NAME, GOVERNED_LABEL
 from sovereign.services.admission import POD_AFFINITY, POD_RESIDENCY
 

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from sovereign.devcluster import build
-from sovereign.devcluster.cluster import process_alive, wait_until
-from sovereign.devcluster.devenv import SAMPLE_NAMESPACE, SAMPLE_STACK, read_state
+from sovereign_dev import build
+from sovereign_dev.cluster import process_alive, wait_until
+from sovereign_dev.devenv import SAMPLE_NAMESPACE, SAMPLE_STACK, read_state
 
 pytestmark = pytest.mark.slow
 

@@ -1,6 +1,6 @@
 """Run code as the chart's ServiceAccounts instead of as cluster admin.
 
-``install_chart_access`` renders the Helm chart (``sovereign.chart.render``) for a release in a
+``install_chart_access`` renders the Helm chart (``sovereign_dev.chart.render``) for a release in a
 namespace and applies exactly its access objects: the ServiceAccounts, ClusterRoles, Roles,
 their bindings and the agent's ValidatingAdmissionPolicy. ``ChartAccess`` then hands out
 credentials of those ServiceAccounts, as a pod of the chart would have them:
@@ -29,9 +29,9 @@ from typing import Any
 import yaml
 from kubernetes import client
 
-from sovereign import chart
-from sovereign.devcluster import fleet
-from sovereign.devcluster.cluster import DevCluster, wait_until
+from sovereign_dev import chart
+from sovereign_dev import fleet
+from sovereign_dev.cluster import DevCluster, wait_until
 
 #: The kinds that make up a ServiceAccount's access in the chart.
 ACCESS_KINDS = ("ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding",

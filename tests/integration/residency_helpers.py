@@ -18,7 +18,7 @@ import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 from sovereign.api import GROUP, PLURAL, VERSION
-from sovereign.devcluster.cluster import free_port, wait_until
+from sovereign_dev.cluster import free_port, wait_until
 from sovereign.handlers import admission, residency
 from sovereign.kube.admission import CONFIGURATION_NAME, GOVERNED_LABEL
 from sovereign.kube.client import Kube

@@ -32,7 +32,7 @@ from sovereign.api import (
     parse_stack,
     validate_document,
 )
-from sovereign.devcluster.cluster import wait_until
+from sovereign_dev.cluster import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLES = sorted((REPO / "manifests" / "samples").glob("*.yaml"))

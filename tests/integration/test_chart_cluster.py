@@ -16,8 +16,8 @@ import pytest
 import yaml
 from kubernetes import client
 
-from sovereign import chart
-from sovereign.devcluster.cluster import wait_until
+from sovereign_dev import chart
+from sovereign_dev.cluster import wait_until
 
 WAIT = 90  # seconds; generous, the machine is shared
 #: Values that exercise every template the chart has (cert-manager's excepted: no CRDs here).

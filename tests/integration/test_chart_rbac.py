@@ -22,10 +22,10 @@ from kubernetes import client
 from rbac_helpers import ChartAccess, install_chart_access, make_gpu_node
 
 from sovereign.api import GROUP, PLURAL, VERSION
-from sovereign.devcluster.cluster import wait_until
+from sovereign_dev.cluster import wait_until
 from sovereign.kube import admission as kube_admission
 from sovereign.kube import resources
-from sovereign.devcluster.scenario import SimulatedCloud
+from sovereign_dev.scenario import SimulatedCloud
 from sovereign.kube.client import Kube
 from sovereign.kube.nodes import (
     EVENTS_NAMESPACE,
@@ -39,7 +39,7 @@ from sovereign.kube.nodes import (
     publish_gpu_health,
 )
 from sovereign.nvml import open_reader
-from sovereign.nvml.fake import healthy_node, inject_xid, write_scenario
+from sovereign_dev.nvml_fake import healthy_node, inject_xid, write_scenario
 from sovereign.services.facts import read_cluster_facts
 from sovereign.services.node_agent import AgentSettings, GpuMetrics, NodeAgent
 from sovereign.services.reconcile import finalize, reconcile

@@ -11,7 +11,7 @@ import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from sovereign.devcluster.cluster import DevCluster, process_alive, wait_until
+from sovereign_dev.cluster import DevCluster, process_alive, wait_until
 
 REGION = "topology.kubernetes.io/region"
 

@@ -19,8 +19,8 @@ import yaml
 from kubernetes import client
 from prometheus_client.parser import text_string_to_metric_families
 
-from sovereign.devcluster import fleet
-from sovereign.devcluster.cluster import free_port, wait_until
+from sovereign_dev import fleet
+from sovereign_dev.cluster import free_port, wait_until
 from sovereign.kube.nodes import (
     GPU_HEALTH_LABEL,
     GPU_HEALTHY_CONDITION,
@@ -34,7 +34,7 @@ from sovereign.kube.nodes import (
     emit_node_event,
     publish_gpu_health,
 )
-from sovereign.nvml.fake import (
+from sovereign_dev.nvml_fake import (
     clear_faults,
     healthy_node,
     inject_xid,

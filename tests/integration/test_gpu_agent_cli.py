@@ -7,7 +7,7 @@ import sys
 
 import yaml
 
-from sovereign.nvml.fake import healthy_node, load_scenario
+from sovereign_dev.nvml_fake import healthy_node, load_scenario
 
 
 def run_agent(*args: str) -> subprocess.CompletedProcess:

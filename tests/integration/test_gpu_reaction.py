@@ -20,14 +20,14 @@ from collections.abc import Iterator
 import pytest
 from kubernetes import client
 
-from sovereign.devcluster.gpu_scenario import FAULT_CONFIG, GpuStack, tainted
-from sovereign.devcluster.cluster import DevCluster, wait_until
-from sovereign.devcluster.scenario import OperatorProcess
+from sovereign_dev.gpu_scenario import FAULT_CONFIG, GpuStack, tainted
+from sovereign_dev.cluster import DevCluster, wait_until
+from sovereign_dev.scenario import OperatorProcess
 from sovereign.kube import errors
 from sovereign.kube.client import Kube
 from sovereign.kube.evictions import EvictionBlocked, evict_pod
 from sovereign.kube.nodes import GPU_HEALTHY_CONDITION
-from sovereign.nvml.fake import healthy_node
+from sovereign_dev.nvml_fake import healthy_node
 
 WAIT = 180  # seconds; generous, the machine is shared
 

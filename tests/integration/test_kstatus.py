@@ -16,9 +16,9 @@ from typing import Any
 from kubernetes import client
 
 from sovereign.api import GROUP, PLURAL, VERSION
-from sovereign.devcluster import build
-from sovereign.devcluster.cluster import DevCluster, wait_until
-from sovereign.devcluster.scenario import operated_cloud
+from sovereign_dev import build
+from sovereign_dev.cluster import DevCluster, wait_until
+from sovereign_dev.scenario import operated_cloud
 
 WAIT = 240
 

@@ -17,7 +17,7 @@ from boto3.s3.transfer import TransferConfig
 from click.testing import CliRunner
 
 from sovereign.cli import main as cli
-from sovereign.devcluster.minio import KMS_KEY_NAME, MinioServer
+from sovereign_dev.minio import KMS_KEY_NAME, MinioServer
 from sovereign.services.fetch_model import (
     LOCK_NAME,
     MANIFEST_NAME,

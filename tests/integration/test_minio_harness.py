@@ -8,7 +8,7 @@ import urllib.request
 
 import pytest
 
-from sovereign.devcluster.minio import MinioServer, MinioStartError
+from sovereign_dev.minio import MinioServer, MinioStartError
 
 pytestmark = pytest.mark.minio
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from sovereign.devcluster.minio import MinioServer
+from sovereign_dev.minio import MinioServer
 from sovereign.policy import residency_store as rs
 from sovereign.services.store_check import check_store
 from sovereign.stores.credentials import Credentials

@@ -11,7 +11,7 @@ import socket
 import pytest
 from boto3.s3.transfer import TransferConfig
 
-from sovereign.devcluster.minio import MinioServer
+from sovereign_dev.minio import MinioServer
 from sovereign.stores import errors
 from sovereign.stores.credentials import Credentials
 from sovereign.stores.readings import (

@@ -27,7 +27,7 @@ from kubernetes import client
 
 from rbac_helpers import install_chart_access
 
-from sovereign.devcluster.scenario import (
+from sovereign_dev.scenario import (
     KARPENTER_NODES,
     MUTATING,
     OperatorProcess,
@@ -38,7 +38,7 @@ from sovereign.devcluster.scenario import (
     stack_conditions,
 )
 from sovereign.api import CRD_NAME, GROUP, PLURAL, VERSION
-from sovereign.devcluster.cluster import DevCluster
+from sovereign_dev.cluster import DevCluster
 
 STACK = "citizen-services"
 SELECTOR = f"sovereign.ai/stack={STACK}"

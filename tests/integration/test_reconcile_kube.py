@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from kubernetes import client
 
-from sovereign.devcluster.scenario import full_sample
+from sovereign_dev.scenario import full_sample
 from sovereign.api import parse_stack
 from sovereign.kube import errors
 from sovereign.kube.client import FIELD_MANAGER, Kube

@@ -19,8 +19,8 @@ import yaml
 from kubernetes import client
 
 from sovereign.api import GROUP, PLURAL, VERSION, load_documents
-from sovereign.devcluster.cluster import REPO_ROOT, DevCluster, wait_until
-from sovereign.devcluster.scenario import SimulatedCloud, operated_cloud
+from sovereign_dev.cluster import REPO_ROOT, DevCluster, wait_until
+from sovereign_dev.scenario import SimulatedCloud, operated_cloud
 from sovereign.kube.client import Kube
 from sovereign.kube.resources import resource_type
 from sovereign.render.names import SPEC_HASH_ANNOTATION, STACK_LABEL

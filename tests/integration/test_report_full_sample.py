@@ -17,8 +17,8 @@ from pathlib import Path
 from kubernetes import client
 
 from sovereign.api import GROUP, PLURAL, VERSION
-from sovereign.devcluster.cluster import DevCluster, wait_until
-from sovereign.devcluster.scenario import is_ready, operated_cloud
+from sovereign_dev.cluster import DevCluster, wait_until
+from sovereign_dev.scenario import is_ready, operated_cloud
 
 
 def test_the_report_of_the_full_sample_places_every_pod_volume_and_bucket(

@@ -18,7 +18,7 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 from residency_helpers import WAIT, make_stack, operator, read_stack, wait_governed  # noqa: F401 - fixture
 
-from sovereign.devcluster.cluster import wait_until
+from sovereign_dev.cluster import wait_until
 
 REGION = "topology.kubernetes.io/region"
 ZONE = "topology.kubernetes.io/zone"

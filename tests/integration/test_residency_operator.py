@@ -25,7 +25,7 @@ from residency_helpers import (
     wait_governed,
 )
 from sovereign.api import GROUP, PLURAL, VERSION
-from sovereign.devcluster.cluster import wait_until
+from sovereign_dev.cluster import wait_until
 from sovereign.kube.admission import GOVERNED_LABEL
 from sovereign.metrics import RESIDENCY_VIOLATIONS, WEBHOOK_DECISIONS
 

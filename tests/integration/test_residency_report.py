@@ -14,7 +14,7 @@ import sys
 import pytest
 from kubernetes import client
 from residency_helpers import WAIT, make_stack, operator, read_stack, wait_governed
-from sovereign.devcluster.cluster import wait_until
+from sovereign_dev.cluster import wait_until
 from sovereign.stores.credentials import Credentials
 from sovereign.stores.s3 import S3Store
 

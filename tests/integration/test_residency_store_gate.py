@@ -23,8 +23,8 @@ from typing import Any
 import pytest
 from kubernetes import client
 from sovereign.api import GROUP, PLURAL, VERSION, parse_stack
-from sovereign.devcluster.minio import MinioServer
-from sovereign.devcluster.scenario import (
+from sovereign_dev.minio import MinioServer
+from sovereign_dev.scenario import (
     RACK_LABEL,
     OperatorProcess,
     SimulatedCloud,

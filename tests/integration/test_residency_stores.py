@@ -13,7 +13,7 @@ import logging
 import pytest
 from kubernetes import client
 from sovereign.api import GROUP, PLURAL, VERSION, parse_stack
-from sovereign.devcluster.minio import MinioServer
+from sovereign_dev.minio import MinioServer
 from sovereign.kube.client import Kube
 from sovereign.policy import residency_store as rs
 from sovereign.policy.residency import STORE_FAILED, blocked_workloads

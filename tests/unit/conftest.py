@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from sovereign.nvml import open_reader
-from sovereign.nvml.fake import healthy_node, write_scenario
+from sovereign_dev.nvml_fake import healthy_node, write_scenario
 from sovereign.nvml.reader import NvmlReader
 
 

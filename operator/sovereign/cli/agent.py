@@ -21,7 +21,6 @@ from prometheus_client import CollectorRegistry, start_http_server
 from sovereign.kube.client import load_api_client
 from sovereign.kube.nodes import NodeError
 from sovereign.nvml import open_reader
-from sovereign.nvml.fake import healthy_node, write_scenario
 from sovereign.services.node_agent import AgentSettings, GpuMetrics, NodeAgent
 
 log = logging.getLogger("sovereign.agent")
@@ -69,7 +68,8 @@ def command(node: str, kubeconfig: str | None, config_path: str | None, interval
     if interval is not None:
         settings = settings.model_copy(update={"poll_interval_s": interval})
     if fake_nvml is not None and not fake_nvml.exists():
-        write_scenario(fake_nvml, healthy_node(seed=node))
+        fake = _fake_nvml_module()
+        fake.write_scenario(fake_nvml, fake.healthy_node(seed=node))
 
     metrics = GpuMetrics(hostname=node)
     registry = CollectorRegistry()
@@ -92,3 +92,14 @@ def command(node: str, kubeconfig: str | None, config_path: str | None, interval
         server.shutdown()
         reader.close()
         api.close()
+
+
+def _fake_nvml_module():
+    """The fake NVML of the local-cloud harness, which production images do not ship."""
+    try:
+        from sovereign_dev import nvml_fake
+    except ImportError as err:
+        raise click.UsageError(
+            "--fake-nvml needs the local-cloud harness (package sovereign_dev), which only a "
+            "checkout of the repository has (`make setup`); on a GPU node leave the flag out") from err
+    return nvml_fake

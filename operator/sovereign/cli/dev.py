@@ -1,175 +1,27 @@
-"""``sovereign dev``: a local sovereign cloud in one command (up, down, fault).
+"""``sovereign dev``: the local sovereign cloud, when the command runs from a checkout.
 
-``up`` builds or reuses the control-plane binaries, starts ``devcluster.devenv.DevEnvironment``
-(control plane with simulated GPU nodes in two regions, MinIO per region, the operator, a node
-agent per GPU node on fake NVML), applies the sample stack and shows the live view until Ctrl-C,
-then tears everything down. ``down`` stops it from another terminal; ``fault`` scripts a GPU
-fault into a simulated node's fake NVML so the whole health loop can be watched.
+The local cloud (control plane built from Go, simulated GPU nodes, a real node, MinIO) is a
+development harness, the package ``sovereign_dev`` beside this one in the repository; the
+operator's distribution does not ship it. This module only hands the command over to it, or
+says how to get it. Called by the ``sovereign`` command group (``make dev`` runs ``dev up``).
 """
 
 from __future__ import annotations
 
-import signal
-import sys
-from pathlib import Path
-
 import click
-from rich.console import Console
-from rich.panel import Panel
 
-from sovereign.cli import _view
-from sovereign.devcluster import build
-from sovereign.devcluster.cluster import ClusterError
-from sovereign.devcluster.devenv import (
-    SAMPLE_NAMESPACE, SAMPLE_STACK, DevEnvError, DevEnvironment, default_workdir, read_state,
-    stop_running)
-from sovereign.nvml import fake as fake_nvml
+try:
+    from sovereign_dev.cli import command
+except ImportError as _missing:
+    _reason = str(_missing)
 
-_WORKDIR = click.option(
-    "--workdir", type=click.Path(file_okay=False, path_type=Path), default=default_workdir,
-    show_default="~/.local/state/sovereign/dev",
-    help="Where the cluster, MinIO data, logs and dev.json live.")
-
-
-@click.group("dev")
-def command() -> None:
-    """A local sovereign cluster: real control plane, simulated GPU nodes, MinIO, the operator.
-
-    \b
-    Examples:
-      sovereign dev up                    # everything, plus a sample stack, with a live view
-      sovereign dev fault gpu-mec1-0 --xid 79
-      sovereign dev down
-    """
-
-
-@command.command("up")
-@_WORKDIR
-@click.option("--no-sample", is_flag=True, help="Do not apply the sample stack (it is still "
-              "written to <workdir>/sample-stack.yaml for you to apply).")
-@click.option("--nodes", type=click.IntRange(1, 64), default=None,
-              help="GPU nodes per region (default: as in fleet.yaml).")
-@click.option("--regions", default=None, metavar="R1,R2",
-              help="Regions to simulate, in-country first (default: me-central-1,eu-west-1).")
-@click.option("--no-view", is_flag=True, help="Print the kubeconfig and wait, without the live "
-              "view (for scripts and CI).")
-def up(workdir: Path, no_sample: bool, nodes: int | None, regions: str | None,
-       no_view: bool) -> None:
-    """Start the local sovereign cloud and watch the sample stack come up; Ctrl-C tears it down.
-
-    \b
-    Example:
-      sovereign dev up --nodes 2 --regions me-central-1,eu-west-1
-      kubectl --kubeconfig ~/.local/state/sovereign/dev/cluster/kubeconfig get sstack -A
-    \b
-    Exit codes: 0 stopped cleanly; 3 the environment could not start (the message says why
-    and where the logs are).
-    """
-    console = Console()
-    env = DevEnvironment(workdir=workdir, gpu_nodes_per_region=nodes,
-                         regions=regions.split(",") if regions else None)
-    # SIGTERM (from `sovereign dev down`) ends the wait below like Ctrl-C does.
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-    try:
-        console.print("[bold]building or reusing the control-plane binaries[/] "
-                      f"(cache: {build.cache_root()})")
-        env.start()
-        env.wait_operator_ready()
-        if not no_sample:
-            env.apply_sample()
-    except (ClusterError, DevEnvError, build.BuildError) as err:
-        console.print(f"[red]{err}[/]")
-        env.stop()
-        sys.exit(3)
-    except KeyboardInterrupt:
-        env.stop()
-        return
-    assert env.cluster is not None
-    kubeconfig = env.cluster.kubeconfig
-    header = Panel(
-        f"kubeconfig: [bold]{kubeconfig}[/]\n"
-        f"  export KUBECONFIG={kubeconfig}; kubectl get sstack -A\n"
-        f"sample stack: {env.sample_path}"
-        + ("  (not applied: kubectl apply -f it)" if no_sample else
-           f"  ({SAMPLE_NAMESPACE}/{SAMPLE_STACK})")
-        + f"\nlogs: {workdir / 'logs'} and {workdir / 'cluster' / 'logs'}\n"
-        "Ctrl-C or `sovereign dev down` stops everything.",
-        title="sovereign dev", title_align="left")
-    # Plain and unwrapped, so scripts (and people copying it) get the path whole.
-    console.print(f"kubeconfig: {kubeconfig}", soft_wrap=True, highlight=False)
-    try:
-        if no_view:
-            console.print(header)
-            signal.pause()
-        else:
-            from sovereign.kube.client import Kube
-            from sovereign.services.overview import read_overview
-
-            kube = Kube.connect(kubeconfig=kubeconfig)
-            _view.watch(lambda: read_overview(kube), console=console, header=header)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        console.print("tearing down the dev environment ...")
-        env.stop()
-        console.print("stopped.")
-
-
-@command.command("down")
-@_WORKDIR
-def down(workdir: Path) -> None:
-    """Stop the dev environment started by `sovereign dev up` (from any terminal).
-
-    \b
-    Example:
-      sovereign dev down
-    \b
-    Exit codes: 0 stopped; 1 nothing was running there.
-    """
-    if not stop_running(workdir):
-        click.echo(f"no dev environment runs from {workdir}")
-        sys.exit(1)
-    click.echo("stopped.")
-
-
-@command.command("fault")
-@click.argument("node")
-@_WORKDIR
-@click.option("--gpu", type=int, default=0, show_default=True, help="Index of the GPU.")
-@click.option("--xid", type=int, help="Deliver one XID event with this code (e.g. 79: fallen "
-              "off the bus; 13: an application error).")
-@click.option("--fault", "preset", type=click.Choice(sorted(fake_nvml.FAULTS)),
-              help="Set a preset fault on the GPU.")
-@click.option("--clear", is_flag=True, help="Clear every fault of the node.")
-def fault(node: str, workdir: Path, gpu: int, xid: int | None, preset: str | None,
-          clear: bool) -> None:
-    """Script a GPU fault on a simulated node; its agent reports it within a poll.
-
-    \b
-    Examples:
-      sovereign dev fault gpu-mec1-0 --xid 79           # fatal: the GPU fell off the bus
-      sovereign dev fault gpu-mec1-1 --fault ecc-dbe --gpu 3
-      sovereign dev fault gpu-mec1-0 --clear
-    \b
-    Exit codes: 0 written; 1 no such node or no dev environment; 2 bad options.
-    """
-    if sum(bool(x) for x in (xid is not None, preset, clear)) != 1:
-        raise click.UsageError("give exactly one of --xid, --fault or --clear")
-    state = read_state(workdir)
-    if not state:
-        click.echo(f"no dev environment runs from {workdir}: start one with `sovereign dev up`")
-        sys.exit(1)
-    scenario = state["nvml"].get(node)
-    if scenario is None:
-        click.echo(f"{node} is not a simulated GPU node; choose one of: "
-                   f"{', '.join(sorted(state['nvml']))}")
-        sys.exit(1)
-    if clear:
-        fake_nvml.clear_faults(scenario)
-        click.echo(f"{node}: every GPU healthy again (recovery waits for the agent's hysteresis)")
-    elif xid is not None:
-        fake_nvml.inject_xid(scenario, gpu=gpu, xid=xid)
-        click.echo(f"{node}: XID {xid} on GPU {gpu}")
-    else:
-        fake_nvml.set_fault(scenario, gpu=gpu, fault=preset)
-        click.echo(f"{node}: {preset} on GPU {gpu}")
+    @click.command("dev", context_settings={"ignore_unknown_options": True})
+    @click.argument("args", nargs=-1, type=click.UNPROCESSED)
+    def command(args: tuple[str, ...]) -> None:
+        """A local sovereign cloud (needs a checkout of the repository: `make dev`)."""
+        click.echo(
+            "error: `sovereign dev` runs the local cloud of the repository's harness "
+            f"(package sovereign_dev), which is not installed here ({_reason}).\n"
+            "Clone the repository and run `make dev`; it installs the harness into its .venv.",
+            err=True)
+        raise SystemExit(3)

@@ -1,8 +1,8 @@
-"""All NVML I/O (pynvml) behind a small interface, with a scripted fake for machines without a GPU.
+"""All NVML I/O (pynvml) behind a small interface.
 
-``reader`` reads GPUs and XID events through the ``NvmlLibrary`` protocol; ``fake`` implements
-that protocol from a scenario file that can be rewritten while an agent runs; ``readings`` is
-the plain data both produce. ``open_reader`` picks real NVML or the fake for the node agent.
+``reader`` reads GPUs and XID events through the ``NvmlLibrary`` protocol; ``readings`` is the
+plain data it produces. ``open_reader`` picks real NVML, or, for the local cloud only, the
+scripted fake of the harness (``sovereign_dev.nvml_fake``, not shipped in the operator's package).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ def open_reader(*, fake_scenario: str | Path | None = None) -> NvmlReader:
     ``NvmlUnavailable`` there, where the agent reports it, rather than here.
     """
     if fake_scenario is not None:
-        from sovereign.nvml.fake import FakeNvml
+        from sovereign_dev.nvml_fake import FakeNvml
 
         return NvmlReader(library=FakeNvml(fake_scenario))
     import pynvml

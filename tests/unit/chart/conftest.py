@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from chart_helpers import Rendered
 
-from sovereign import chart
+from sovereign_dev import chart
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sovereign import chart
+from sovereign_dev import chart
 from sovereign.policy.gpu_health import GpuHealthSettings
 
 RULES = chart.CHART / "files" / "alerts.yaml"

@@ -15,7 +15,7 @@ import lupa
 import pytest
 import yaml
 
-from sovereign import chart
+from sovereign_dev import chart
 from sovereign.render.status import invalid_status
 
 GITOPS = chart.REPO_ROOT / "docs" / "gitops.md"

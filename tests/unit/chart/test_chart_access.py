@@ -8,7 +8,7 @@ the rules is tested in tests/integration/test_chart_rbac.py.
 
 from __future__ import annotations
 
-from sovereign.chart import NAMESPACE, RELEASE
+from sovereign_dev.chart import NAMESPACE, RELEASE
 from sovereign.kube.admission import CONFIGURATION_NAME
 from sovereign.kube.nodes import agent_access_manifests
 

@@ -1,8 +1,8 @@
 """The chart's generated files are current: one source each, no drift.
 
 The chart's CRD is the repository's crds/ file, byte for byte; its dashboards are what
-``sovereign.dashboards`` builds; the kustomize manifests are what ``helm template`` makes of the
-chart. ``python -m sovereign.chart`` regenerates all of them.
+``sovereign_dev.dashboards`` builds; the kustomize manifests are what ``helm template`` makes of the
+chart. ``python -m sovereign_dev.chart`` regenerates all of them.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 
-from sovereign import chart
+from sovereign_dev import chart
 
 
 def test_the_charts_crd_is_the_generated_crd():
@@ -21,7 +21,7 @@ def test_every_generated_file_is_current():
     stale = chart.differences(chart.generated_files())
 
     assert [str(path.relative_to(chart.REPO_ROOT)) for path in stale] == [], (
-        "run `python -m sovereign.chart` and commit the result")
+        "run `python -m sovereign_dev.chart` and commit the result")
 
 
 def test_the_check_names_a_stale_file_and_regeneration_repairs_it(tmp_path, monkeypatch, capsys):
@@ -37,7 +37,7 @@ def test_the_check_names_a_stale_file_and_regeneration_repairs_it(tmp_path, monk
     assert chart.main(["--check"]) == 1
     assert capsys.readouterr().err.splitlines() == [
         "out of date: charts/sovereign-stack-operator/dashboards/sovereign-residency.json",
-        "run `python -m sovereign.chart` and commit the result"]
+        "run `python -m sovereign_dev.chart` and commit the result"]
     assert chart.main([]) == 0
     assert chart.main(["--check"]) == 0
     assert json.loads(edited.read_text())["title"] == "Residency"

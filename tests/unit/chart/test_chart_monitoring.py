@@ -9,8 +9,8 @@ import re
 import yaml
 from chart_helpers import one
 
-from sovereign import chart, dashboards
-from sovereign.chart import RELEASE
+from sovereign_dev import chart, dashboards
+from sovereign_dev.chart import RELEASE
 
 ALERTS = yaml.safe_load((chart.CHART / "files" / "alerts.yaml").read_text())
 MONITORING_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule"}

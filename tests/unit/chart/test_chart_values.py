@@ -11,7 +11,7 @@ import json
 import pytest
 import yaml
 
-from sovereign import chart
+from sovereign_dev import chart
 from sovereign.services.node_agent import AgentSettings
 
 SCHEMA = json.loads((chart.CHART / "values.schema.json").read_text())

@@ -7,7 +7,7 @@ import pytest
 import yaml
 from chart_helpers import one
 
-from sovereign.chart import NAMESPACE, RELEASE
+from sovereign_dev.chart import NAMESPACE, RELEASE
 from sovereign.cli import main
 from sovereign.services.node_agent import AgentSettings
 

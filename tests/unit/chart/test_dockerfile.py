@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from click.testing import CliRunner
 
-from sovereign.chart import REPO_ROOT
+from sovereign_dev.chart import REPO_ROOT
 from sovereign.cli import main
 
 DOCKERFILE = REPO_ROOT / "Dockerfile"

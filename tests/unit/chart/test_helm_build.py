@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from sovereign import chart
-from sovereign.devcluster import build
+from sovereign_dev import chart
+from sovereign_dev import build
 
 
 def test_helm_is_a_pinned_v4_component_of_the_build():

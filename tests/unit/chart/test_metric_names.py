@@ -17,10 +17,10 @@ import yaml
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from sovereign import chart, dashboards
+from sovereign_dev import chart, dashboards
 from sovereign.metrics import REGISTRY
 from sovereign.nvml import open_reader
-from sovereign.nvml.fake import healthy_node, write_scenario
+from sovereign_dev.nvml_fake import healthy_node, write_scenario
 from sovereign.nvml.readings import XidEvent
 from sovereign.services.node_agent import GpuMetrics
 

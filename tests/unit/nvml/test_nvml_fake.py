@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from sovereign.nvml import open_reader
-from sovereign.nvml.fake import (
+from sovereign_dev.nvml_fake import (
     FakeNvml,
     FakeScenarioError,
     clear_faults,

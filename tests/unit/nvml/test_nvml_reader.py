@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from sovereign.nvml import NvmlReader, NvmlUnavailable, open_reader
-from sovereign.nvml.fake import (
+from sovereign_dev.nvml_fake import (
     FakeNvml,
     healthy_node,
     inject_xid,

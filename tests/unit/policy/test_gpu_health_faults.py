@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sovereign.nvml.fake import clear_faults, inject_xid, set_fault
+from sovereign_dev.nvml_fake import clear_faults, inject_xid, set_fault
 from sovereign.policy.gpu_health import GpuHealthSettings, assess_gpu, summarize_node
 
 SETTINGS = GpuHealthSettings(xid_quiet_window_s=30, recovery_clean_polls=2)

@@ -1,6 +1,6 @@
 """The pinned Go modules name the binaries and versions the harness expects."""
 
-from sovereign.devcluster import build
+from sovereign_dev import build
 
 
 def test_components_pin_versions_and_name_binaries():

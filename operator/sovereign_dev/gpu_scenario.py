@@ -22,12 +22,12 @@ import yaml
 from kubernetes import client, watch
 from prometheus_client.parser import text_string_to_metric_families
 
-from sovereign.devcluster.scenario import RACK_LABEL, delete_stack, stack_conditions
+from sovereign_dev.scenario import RACK_LABEL, delete_stack, stack_conditions
 from sovereign.api import API_VERSION, GROUP, KIND, PLURAL, VERSION
-from sovereign.devcluster import fleet
-from sovereign.devcluster.cluster import free_port, wait_until
+from sovereign_dev import fleet
+from sovereign_dev.cluster import free_port, wait_until
 from sovereign.kube.nodes import GPU_HEALTHY_CONDITION, GPU_UNHEALTHY_TAINT_KEY
-from sovereign.nvml.fake import clear_faults, healthy_node, inject_xid, write_scenario
+from sovereign_dev.nvml_fake import clear_faults, healthy_node, inject_xid, write_scenario
 from sovereign.render.names import COMPONENT_LABEL, STACK_LABEL
 
 #: Agent settings of the fault runs: the shipped ones, except that a cleared XID stops counting

@@ -6,9 +6,9 @@ started ``MinioServer`` with a static KMS key (so default encryption works);
 ``minio_bucket_name`` is a fresh bucket name for one test. Tests that use any of them get the
 ``minio`` marker.
 
-The shared pytest plugin imports these (``from sovereign.devcluster.minio_fixtures import *``)
+The shared pytest plugin imports these (``from sovereign_dev.minio_fixtures import *``)
 and calls ``mark_minio_items`` from its collection hook; until then, load this module as a plugin
-(``pytest -p sovereign.devcluster.minio_fixtures``), where its own hook adds the marker.
+(``pytest -p sovereign_dev.minio_fixtures``), where its own hook adds the marker.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from sovereign.devcluster.minio import DEFAULT_REGIONS, MinioFleet, MinioServer
+from sovereign_dev.minio import DEFAULT_REGIONS, MinioFleet, MinioServer
 
 __all__ = ["MINIO_FIXTURES", "mark_minio_items", "minio_bucket_name", "minio_server_without_kms",
            "minio_servers"]

@@ -8,7 +8,7 @@ its version. The cache lives outside the repository (``$SOVEREIGN_CACHE_DIR`` or
 so later runs, CI on the same machine and several checkouts share one build.
 
 Called by ``devcluster.cluster``, ``devcluster.minio``, the test fixtures and
-``python -m sovereign.devcluster.build`` (the set-up step of the README's commands).
+``python -m sovereign_dev.build`` (the set-up step of the README's commands).
 """
 
 from __future__ import annotations

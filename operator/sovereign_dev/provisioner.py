@@ -17,7 +17,7 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from sovereign.devcluster.fleet import REGION_LABEL
+from sovereign_dev.fleet import REGION_LABEL
 
 log = logging.getLogger(__name__)
 PROVISIONED_BY = "sovereign.ai/simulated-provisioner"

@@ -12,9 +12,9 @@ Three dashboards, for the SREs of a sovereign AI platform:
 Every query filters through the dashboard's variables and uses the label conventions the chart's
 ServiceMonitor and PodMonitor set up (the operator's series keep the stack's ``namespace``; the
 agent's carry ``node``). The output is deterministic (stable ids, layout and key order), so
-``python -m sovereign.chart`` regenerates ``charts/sovereign-stack-operator/dashboards/*.json``
+``python -m sovereign_dev.chart`` regenerates ``charts/sovereign-stack-operator/dashboards/*.json``
 byte for byte and a test fails when the files drift from this module. Pure; called by
-``sovereign.chart`` and the tests, which also check every metric named here exists.
+``sovereign_dev.chart`` and the tests, which also check every metric named here exists.
 """
 
 from __future__ import annotations

@@ -184,7 +184,7 @@ class MinioServer:
 
     def _binary(self) -> Path:
         if self._binary_dir is None:
-            from sovereign.devcluster import build
+            from sovereign_dev import build
 
             self._binary_dir = build.ensure("minio")
         return self._binary_dir / "minio"

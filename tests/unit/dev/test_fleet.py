@@ -1,6 +1,6 @@
 """The fleet file yields the simulated nodes the tests and `dev up` rely on."""
 
-from sovereign.devcluster import fleet
+from sovereign_dev import fleet
 
 
 def test_fleet_has_gpu_nodes_in_two_regions_and_cpu_nodes():

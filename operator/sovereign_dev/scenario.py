@@ -25,8 +25,8 @@ from typing import Any
 from kubernetes import client
 
 from sovereign.api import GROUP, PLURAL, VERSION, load_documents, parse_stack
-from sovereign.devcluster.cluster import REPO_ROOT, DevCluster, wait_until
-from sovereign.devcluster.minio import MinioServer
+from sovereign_dev.cluster import REPO_ROOT, DevCluster, wait_until
+from sovereign_dev.minio import MinioServer
 from sovereign.kube.client import USER_AGENT
 from sovereign.render.names import KARPENTER_NODEPOOL_LABEL, OWNER_ANNOTATION, POOL_LABEL, STACK_LABEL, nodepool_name
 

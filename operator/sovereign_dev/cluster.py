@@ -29,10 +29,10 @@ from typing import Any
 
 import yaml
 
-from sovereign.devcluster import build, fleet as fleet_mod
-from sovereign.devcluster.pki import CertificateAuthority, KeyPair, service_account_keys
+from sovereign_dev import build, fleet as fleet_mod
+from sovereign_dev.pki import CertificateAuthority, KeyPair, service_account_keys
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 SERVICE_CIDR = "10.96.0.0/16"
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 

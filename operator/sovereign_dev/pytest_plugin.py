@@ -17,9 +17,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from sovereign.devcluster.cluster import DevCluster, wait_until
-from sovereign.devcluster.minio_fixtures import *  # noqa: F403 - minio_servers and friends
-from sovereign.devcluster.minio_fixtures import mark_minio_items
+from sovereign_dev.cluster import DevCluster, wait_until
+from sovereign_dev.minio_fixtures import *  # noqa: F403 - minio_servers and friends
+from sovereign_dev.minio_fixtures import mark_minio_items
 
 _CLUSTER_FIXTURES = {"cluster", "api_client", "namespace"}
 

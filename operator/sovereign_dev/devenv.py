@@ -24,11 +24,11 @@ from typing import Any
 
 import yaml
 
-from sovereign.devcluster import fleet as fleet_mod
-from sovereign.devcluster.cluster import Component, DevCluster, free_port, process_alive, wait_until
-from sovereign.devcluster.minio import MinioFleet
-from sovereign.devcluster.provisioner import SimulatedProvisioner
-from sovereign.nvml import fake as fake_nvml
+from sovereign_dev import fleet as fleet_mod
+from sovereign_dev.cluster import Component, DevCluster, free_port, process_alive, wait_until
+from sovereign_dev.minio import MinioFleet
+from sovereign_dev.provisioner import SimulatedProvisioner
+from sovereign_dev import nvml_fake as fake_nvml
 
 STATE_FILE = "dev.json"
 SAMPLE_TEMPLATE = Path(__file__).with_name("dev-stack.yaml")

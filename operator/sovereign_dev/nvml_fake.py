@@ -412,7 +412,7 @@ def load_scenario(path: str | Path) -> FakeScenario:
     except FileNotFoundError as err:
         raise FakeScenarioError(
             f"fake NVML scenario {path} does not exist; create it with "
-            "sovereign.nvml.fake.write_scenario(path, healthy_node())") from err
+            "sovereign_dev.nvml_fake.write_scenario(path, healthy_node())") from err
     except yaml.YAMLError as err:
         raise FakeScenarioError(f"fake NVML scenario {path} is not valid JSON/YAML: {err}") from err
     try:
