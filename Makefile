@@ -1,18 +1,19 @@
 # The two commands of the README are `make dev` (the main job: a local sovereign cluster with the
 # operator and a sample stack) and `make test` (the whole test suite). Both run `setup` first, which
 # installs everything a fresh machine lacks: the Python packages (in .venv), the Debian packages,
-# and the Go builds of the control plane, KWOK and MinIO (cached outside the repo by version).
+# the Go builds of the control plane, KWOK and MinIO, and the container images of the real node
+# (all cached outside the repo by version or content).
 
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-DEBIAN_PACKAGES := prometheus
+DEBIAN_PACKAGES := prometheus gcc libc6-dev mmdebstrap
 PYTEST_ARGS ?=
 
-.PHONY: setup python-deps system-deps go-binaries dev down test bench crds chart clean
+.PHONY: setup python-deps system-deps go-binaries images dev down test bench crds chart clean
 
-setup: python-deps system-deps go-binaries
+setup: python-deps system-deps go-binaries images
 
 python-deps: $(VENV)/.installed
 
@@ -24,14 +25,20 @@ $(VENV)/.installed: pyproject.toml
 	echo "$(CURDIR)/operator" > "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/sovereign-dev-harness.pth"
 	touch $@
 
-# promtool (alert rule tests) comes from Debian's prometheus package.
+# promtool (alert rule tests) comes from Debian's prometheus package; gcc and libc6-dev build the
+# static pause program, mmdebstrap the Debian root filesystem of the images.
 system-deps:
-	@command -v promtool >/dev/null || { \
+	@missing="$$(for p in $(DEBIAN_PACKAGES); do dpkg-query -W -f='$${db:Status-Status}' $$p 2>/dev/null | grep -qx installed || echo $$p; done)"; \
+	[ -z "$$missing" ] || { \
 	  $(SUDO) apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $(DEBIAN_PACKAGES); }
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; }
 
 go-binaries: python-deps
 	$(BIN)/python -m sovereign_dev.build
+
+# The real node's images, written as OCI archives without a registry or an engine (cached by content).
+images: python-deps system-deps
+	$(BIN)/python -m sovereign_dev.images
 
 dev: setup
 	$(BIN)/sovereign dev up
