@@ -76,7 +76,7 @@ def test_sample_is_accepted_and_defaulted_like_the_models(api_client, namespace,
 
     # The apiserver's defaults are the models' defaults: the stored stack parses to the same spec.
     assert parse_stack(stored).spec == parse_stack(document).spec
-    assert stored["spec"]["models"][0]["gpusPerReplica"] == document["spec"]["models"][0].get("gpusPerReplica", 1)
+    assert stored["spec"]["models"][0]["engine"] == document["spec"]["models"][0].get("engine", "vllm")
     assert stored["spec"]["residency"]["exposure"] == document["spec"]["residency"].get(
         "exposure", {"allowLoadBalancer": False, "allowNodePort": False}
     )

@@ -67,7 +67,22 @@ OPERATOR_OWNED_VLLM_FLAGS = (
     "--port",
     "--download-dir",
 )
-GPU_COUNTS_PER_REPLICA = (1, 2, 4, 8)
+#: llama-server flags the operator derives from the model's fields, and the ones that would fetch
+#: weights from outside the model's source (a hub, a URL, a registry): ``extraArgs`` may set
+#: neither. llama-server reads ``--a_b`` as ``--a-b``, so both spellings are listed.
+_LLAMA_CPP_DERIVED_FLAGS = ("-m", "--model", "-a", "--alias", "--host", "--port")
+_LLAMA_CPP_DOWNLOAD_FLAGS = (
+    "-mu", "--model-url", "-dr", "--docker-repo", "-hf", "-hfr", "--hf-repo", "-hff", "--hf-file",
+    "-hft", "--hf-token", "-mmu", "--mmproj-url", "-hfd", "-hfrd", "--hf-repo-draft", "--spec-draft-hf",
+    "--models-dir", "--models-preset",
+)  # fmt: skip
+OPERATOR_OWNED_LLAMA_CPP_FLAGS = tuple(dict.fromkeys(
+    spelling
+    for flag in (*_LLAMA_CPP_DERIVED_FLAGS, *_LLAMA_CPP_DOWNLOAD_FLAGS)
+    for spelling in (flag, "--" + flag[2:].replace("-", "_") if flag.startswith("--") else flag)
+))
+#: GPUs a replica may have: 0 only for CPU engines, otherwise a tensor-parallel size within one node.
+GPU_COUNTS_PER_REPLICA = (0, 1, 2, 4, 8)
 DEFAULT_STARTUP_TIMEOUT_SECONDS = 1800
 DEFAULT_CACHE_SIZE = "200Gi"
 S3_ACCESS_KEY_ID_KEY = "AWS_ACCESS_KEY_ID"
@@ -239,13 +254,33 @@ class GpuSpec(ApiObject):
 
 
 class NodePoolLimits(ApiObject):
-    """Caps on the size of a pool."""
+    """Caps on the size of a pool (Karpenter stops provisioning at the first one reached)."""
 
-    gpus: int = Field(
+    gpus: int | None = Field(
+        default=None,
         ge=1,
         le=4096,
         description=(
-            "Most GPUs the pool may have in total; Karpenter stops provisioning there. At least gpu.perNode."
+            "Most GPUs the pool may have in total. At least gpu.perNode; only for pools with gpu."
+        ),
+    )
+    cpu: Quantity | None = Field(
+        default=None, description="Most CPU the pool's nodes may have in total, such as 64 or 128000m."
+    )
+    memory: Quantity | None = Field(
+        default=None, description="Most memory the pool's nodes may have in total, such as 512Gi."
+    )
+
+    object_rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            cel="has(self.gpus) || has(self.cpu) || has(self.memory)",
+            message="set at least one of gpus, cpu or memory (or leave limits out: no cap)",
+            field_path=None,
+            failures=lambda limits: (
+                [RuleFailure((), MISSING, "set at least one of gpus, cpu or memory (or leave limits out: no cap)")]
+                if limits.gpus is None and limits.cpu is None and limits.memory is None
+                else []
+            ),
         ),
     )
 
@@ -357,17 +392,24 @@ def _karpenter_settings_failures(pool: NodePool) -> list[RuleFailure]:
 
 
 class NodePool(ApiObject):
-    """A pool of GPU nodes that models run on."""
+    """A pool of nodes that models run on: GPU nodes (gpu set) for engine vllm, CPU nodes (gpu
+    unset) for engine llama-cpp."""
 
     name: Name = Field(description="Name of the pool, referenced by spec.models[].nodePool. A DNS-1035 label.")
     provisioner: Provisioner = Field(
         description=(
             "Karpenter: the operator creates a Karpenter NodePool limited to the allowed regions. "
             "Existing: the pool is the nodes already in the cluster that match the GPU product, the "
-            "allowed regions and existing.nodeSelector."
+            "allowed regions and existing.nodeSelector (a pool without gpu: the nodes without a GPU product label)."
         )
     )
-    gpu: GpuSpec = Field(description="The GPUs of each node in the pool.")
+    gpu: GpuSpec | None = Field(
+        default=None,
+        description=(
+            "The GPUs of each node in the pool. Unset: a CPU pool, whose nodes have no GPUs (no GPU "
+            "taint, no GPU product label), for models whose engine is llama-cpp."
+        ),
+    )
     limits: NodePoolLimits | None = Field(default=None, description="Caps on the pool's size. Unset: no cap.")
     karpenter: KarpenterSettings | None = Field(
         default=None, description="Karpenter settings. Required when provisioner is Karpenter, not allowed otherwise."
@@ -398,7 +440,19 @@ class NodePool(ApiObject):
             ),
         ),
         Rule(
-            cel="!has(self.limits) || self.limits.gpus >= self.gpu.perNode",
+            cel="!has(self.limits) || !has(self.limits.gpus) || has(self.gpu)",
+            message="limits.gpus is only allowed for a pool with gpu; cap a CPU pool with limits.cpu or limits.memory",
+            field_path=".limits.gpus",
+            failures=lambda pool: (
+                [RuleFailure(("limits", "gpus"), pool.limits.gpus,
+                             "limits.gpus is only allowed for a pool with gpu; cap a CPU pool with "
+                             "limits.cpu or limits.memory")]
+                if pool.limits is not None and pool.limits.gpus is not None and pool.gpu is None
+                else []
+            ),
+        ),
+        Rule(
+            cel="!has(self.limits) || !has(self.limits.gpus) || !has(self.gpu) || self.limits.gpus >= self.gpu.perNode",
             message="limits.gpus must be at least gpu.perNode, or not one node fits in the pool",
             message_expression=cel_format(
                 "limits.gpus (%d) must be at least gpu.perNode (%d), or not one node fits in the pool",
@@ -415,7 +469,8 @@ class NodePool(ApiObject):
                         "or not one node fits in the pool",
                     )
                 ]
-                if pool.limits is not None and pool.limits.gpus < pool.gpu.per_node
+                if pool.limits is not None and pool.limits.gpus is not None and pool.gpu is not None
+                and pool.limits.gpus < pool.gpu.per_node
                 else []
             ),
         ),
@@ -631,15 +686,99 @@ class Autoscaling(ApiObject):
     )
 
 
-def _sets_no_owned_flag(args: list[str]) -> bool:
-    return not any(arg == flag or arg.startswith(flag + "=") for arg in args for flag in OPERATOR_OWNED_VLLM_FLAGS)
+class Engine(StrEnum):
+    """The inference server that runs a model."""
+
+    VLLM = "vllm"
+    LLAMA_CPP = "llama-cpp"
 
 
-_OWNED_FLAGS_CEL = "[" + ", ".join(f"'{flag}'" for flag in OPERATOR_OWNED_VLLM_FLAGS) + "]"
+class ModelResources(ApiObject):
+    """CPU and memory of each replica of a CPU-engine model: requested and, equally, its limit."""
+
+    cpu: Quantity = Field(
+        description=(
+            "CPU of each replica, such as 4 or 3500m; llama-server gets as many threads (--threads, "
+            "at least 1), so it is not throttled."
+        )
+    )
+    memory: Quantity = Field(
+        description=(
+            "Memory of each replica, such as 8Gi: the GGUF file's size plus the KV cache of the context. "
+            "A replica that uses more is OOM-killed and restarted."
+        )
+    )
+
+
+def _owned_flags(engine: Engine) -> tuple[str, ...]:
+    return OPERATOR_OWNED_VLLM_FLAGS if engine is Engine.VLLM else OPERATOR_OWNED_LLAMA_CPP_FLAGS
+
+
+def _owns(arg: str, flags: tuple[str, ...]) -> bool:
+    return any(arg == flag or arg.startswith(flag + "=") for flag in flags)
+
+
+def _owned_flag_failures(model: ModelSpec) -> Iterator[RuleFailure]:
+    flags = _owned_flags(model.engine)
+    for index, arg in enumerate(model.extra_args):
+        if _owns(arg, flags):
+            yield RuleFailure(("extraArgs", index), arg, _OWNED_FLAG_MESSAGES[model.engine])
+
+
+_OWNED_FLAG_MESSAGES = {
+    Engine.VLLM: (
+        "must not set " + ", ".join(OPERATOR_OWNED_VLLM_FLAGS) + ": the operator derives them from the "
+        "model's fields"
+    ),
+    Engine.LLAMA_CPP: (
+        "must not set " + ", ".join(_LLAMA_CPP_DERIVED_FLAGS) + " (the operator derives them from the model's "
+        "fields) nor a flag that downloads weights (" + ", ".join(_LLAMA_CPP_DOWNLOAD_FLAGS) + "): weights "
+        "come only from source"
+    ),
+}
+
+
+def _cel_list(flags: tuple[str, ...]) -> str:
+    return "[" + ", ".join(f"'{flag}'" for flag in flags) + "]"
+
+
+def _cel_string(text: str) -> str:
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _vllm_only(field: str, wire: str, why: str) -> Rule:
+    """A rule that ``field`` (a vLLM feature) is left out of a llama-cpp model."""
+    message = f"{wire} is only for engine vllm ({why}); remove it from a llama-cpp model"
+    return Rule(
+        cel=f"self.engine != 'llama-cpp' || !has(self.{wire})",
+        message=message,
+        field_path=f".{wire}",
+        failures=lambda model: (
+            [RuleFailure((wire,), getattr(model, field), message)]
+            if model.engine is Engine.LLAMA_CPP and getattr(model, field) is not None
+            else []
+        ),
+    )
+
+
+_NO_GPUS_FOR_LLAMA = (
+    "engine llama-cpp runs on CPU: remove gpusPerReplica (or set it to 0), "
+    "or use engine vllm on a GPU pool"
+)
+_GPUS_FOR_VLLM = "engine vllm needs GPUs: set gpusPerReplica to 1, 2, 4 or 8, or use engine llama-cpp on a CPU pool"
+_RESOURCES_FOR_LLAMA = (
+    "resources is required for engine llama-cpp, which runs in CPU memory: set resources.cpu and "
+    "resources.memory, such as {cpu: \"4\", memory: 8Gi}"
+)
+_RESOURCES_ONLY_LLAMA = "resources is only for engine llama-cpp (a vLLM replica is sized by gpusPerReplica); remove it"
+_GGUF_PATH = (
+    "engine llama-cpp serves one GGUF file: source.path must name it, such as models/tiny/model.gguf"
+)
 
 
 class ModelSpec(ApiObject):
-    """A model served by vLLM inside the jurisdiction, under a logical name applications use."""
+    """A model served inside the jurisdiction, under a logical name applications use: by vLLM on
+    GPU pools (the default) or by llama.cpp's llama-server on CPU pools."""
 
     name: Name = Field(
         description=(
@@ -647,14 +786,24 @@ class ModelSpec(ApiObject):
             "Service. Stays the same when the model behind it changes."
         )
     )
+    engine: Engine = Field(
+        default=Engine.VLLM,
+        description=(
+            "The inference server. vllm (default): vLLM on a GPU pool, weights in Hugging Face layout, "
+            "gpusPerReplica GPUs per replica. llama-cpp: llama.cpp's llama-server on a CPU pool (a pool "
+            "without gpu), serving one GGUF file (source.path names it) with resources.cpu and "
+            "resources.memory per replica; gpusPerReplica and autoscaling are vLLM-only. Both serve "
+            "the same OpenAI-compatible API on the same Service, so applications do not change."
+        ),
+    )
     model: Annotated[
         str,
         Field(min_length=1, max_length=253),
         matches(r"^[^\s]+$", "must be a model id without spaces, such as Qwen/Qwen2.5-72B-Instruct"),
     ] = Field(
         description=(
-            "The model served, as vLLM's served model name, usually its Hugging "
-            "Face id (Qwen/Qwen2.5-72B-Instruct)."
+            "The model served, usually its Hugging Face id (Qwen/Qwen2.5-72B-Instruct). The server "
+            "answers to it as well as to the logical name (vLLM's served model names, llama-server's aliases)."
         )
     )
     source: ModelSource = Field(
@@ -664,22 +813,23 @@ class ModelSpec(ApiObject):
         )
     )
     node_pool: Name = Field(description=(
-        "Name of the node pool the replicas run on; must be "
-        "declared in spec.nodePools."
+        "Name of the node pool the replicas run on; must be declared in spec.nodePools: a pool "
+        "with gpu for engine vllm, a pool without gpu for engine llama-cpp."
     ))
     gpus_per_replica: Annotated[
         int,
-        Field(ge=1, le=8),
+        Field(ge=0, le=8),
         Check(
-            message="must be 1, 2, 4 or 8 (the tensor-parallel sizes vLLM runs within one node)",
+            message="must be 1, 2, 4 or 8 (the tensor-parallel sizes vLLM runs within one node), or 0 for llama-cpp",
             accepts=lambda count: count in GPU_COUNTS_PER_REPLICA,
-            cel="self in [1, 2, 4, 8]",
+            cel="self in [0, 1, 2, 4, 8]",
         ),
-    ] = Field(
-        default=1,
+    ] | None = Field(
+        default=None,
         description=(
             "GPUs of each replica, all on one node (vLLM --tensor-parallel-size): 1, 2, 4 or 8, at most "
-            "the pool's gpu.perNode. Default 1."
+            "the pool's gpu.perNode. Unset: 1 for engine vllm. Engine llama-cpp runs on CPU: leave it "
+            "unset (or 0)."
         ),
     )
     replicas: int = Field(
@@ -689,7 +839,20 @@ class ModelSpec(ApiObject):
         description="Number of replicas. Default 1. Ignored while autoscaling is set: the autoscaler owns it.",
     )
     image: Image | None = Field(
-        default=None, description="vLLM container image. Unset: the image pinned by this operator release."
+        default=None,
+        description=(
+            "Container image of the engine. Unset: the vLLM or llama.cpp server image pinned by this "
+            "operator release. A llama-cpp image runs llama-server as /app/llama-server, as llama.cpp's "
+            "server images do."
+        ),
+    )
+    resources: ModelResources | None = Field(
+        default=None,
+        description=(
+            "CPU and memory of each replica, both requested and set as its limit (Guaranteed QoS: the "
+            "scheduler reserves them, the kubelet evicts the replica last). Required for engine "
+            "llama-cpp, not allowed for vllm."
+        ),
     )
     startup_timeout_seconds: int = Field(
         default=DEFAULT_STARTUP_TIMEOUT_SECONDS,
@@ -704,23 +867,93 @@ class ModelSpec(ApiObject):
         default_factory=ModelCache, **_object_default("The volume each replica keeps the weights on.")
     )
     autoscaling: Autoscaling | None = Field(
-        default=None, description="Scale replicas on queue depth. Unset: a fixed number of replicas."
+        default=None,
+        description="Scale replicas on vLLM's queue depth (engine vllm only). Unset: a fixed number of replicas.",
     )
-    extra_args: Annotated[
-        list[Annotated[str, Field(max_length=1024)]],
-        Field(max_length=64),
-        Check(
-            message=(
-                "must not set " + ", ".join(OPERATOR_OWNED_VLLM_FLAGS) + ": the operator derives them from the "
-                "model's fields"
-            ),
-            accepts=_sets_no_owned_flag,
-            cel=f"self.all(a, !{_OWNED_FLAGS_CEL}.exists(f, a == f || a.startsWith(f + '=')))",
-        ),
-    ] = Field(
+    extra_args: list[Annotated[str, Field(max_length=1024)]] = Field(
         default_factory=list,
-        description="Extra vLLM command line arguments, appended as given, such as --max-model-len=32768.",
+        max_length=64,
+        description=(
+            "Extra command line arguments of the engine, appended as given: vLLM's (--max-model-len=32768) "
+            "or llama-server's (--ctx-size 4096). Flags the operator derives from the other fields, and "
+            "llama-server's download flags, are refused."
+        ),
     )
+
+    object_rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            cel="self.engine != 'llama-cpp' || !has(self.gpusPerReplica) || self.gpusPerReplica == 0",
+            message=_NO_GPUS_FOR_LLAMA,
+            field_path=".gpusPerReplica",
+            failures=lambda model: (
+                [RuleFailure(("gpusPerReplica",), model.gpus_per_replica, _NO_GPUS_FOR_LLAMA)]
+                if model.engine is Engine.LLAMA_CPP and model.gpus_per_replica
+                else []
+            ),
+        ),
+        Rule(
+            cel="self.engine != 'vllm' || !has(self.gpusPerReplica) || self.gpusPerReplica > 0",
+            message=_GPUS_FOR_VLLM,
+            field_path=".gpusPerReplica",
+            failures=lambda model: (
+                [RuleFailure(("gpusPerReplica",), 0, _GPUS_FOR_VLLM)]
+                if model.engine is Engine.VLLM and model.gpus_per_replica == 0
+                else []
+            ),
+        ),
+        Rule(
+            cel="self.engine != 'llama-cpp' || has(self.resources)",
+            message=_RESOURCES_FOR_LLAMA,
+            field_path=".resources",
+            failures=lambda model: (
+                [RuleFailure(("resources",), MISSING, _RESOURCES_FOR_LLAMA)]
+                if model.engine is Engine.LLAMA_CPP and model.resources is None
+                else []
+            ),
+        ),
+        Rule(
+            cel="self.engine != 'vllm' || !has(self.resources)",
+            message=_RESOURCES_ONLY_LLAMA,
+            field_path=".resources",
+            failures=lambda model: (
+                [RuleFailure(("resources",), model.resources, _RESOURCES_ONLY_LLAMA)]
+                if model.engine is Engine.VLLM and model.resources is not None
+                else []
+            ),
+        ),
+        _vllm_only("autoscaling", "autoscaling", "it scales on vLLM's request queue"),
+        Rule(
+            cel="self.engine != 'llama-cpp' || self.source.path.endsWith('.gguf')",
+            message=_GGUF_PATH,
+            field_path=".source.path",
+            failures=lambda model: (
+                [RuleFailure(("source", "path"), model.source.path, _GGUF_PATH)]
+                if model.engine is Engine.LLAMA_CPP and not model.source.path.endswith(".gguf")
+                else []
+            ),
+        ),
+        Rule(
+            cel=(
+                f"!has(self.extraArgs) || self.extraArgs.all(a, !(self.engine == 'vllm' ? "
+                f"{_cel_list(OPERATOR_OWNED_VLLM_FLAGS)} : {_cel_list(OPERATOR_OWNED_LLAMA_CPP_FLAGS)})"
+                ".exists(f, a == f || a.startsWith(f + '=')))"
+            ),
+            message="extraArgs must not set a flag the operator derives from the model's fields, or one that downloads weights",
+            message_expression=(
+                f"self.engine == 'vllm' ? {_cel_string(_OWNED_FLAG_MESSAGES[Engine.VLLM])} : "
+                f"{_cel_string(_OWNED_FLAG_MESSAGES[Engine.LLAMA_CPP])}"
+            ),
+            field_path=".extraArgs",
+            failures=_owned_flag_failures,
+        ),
+    )
+
+    @property
+    def gpus(self) -> int:
+        """GPUs of each replica as served: gpusPerReplica, 1 when vLLM's is unset, 0 on CPU engines."""
+        if self.engine is not Engine.VLLM:
+            return 0
+        return 1 if self.gpus_per_replica is None else self.gpus_per_replica
 
 
 # === spec: applications ========================================================================
@@ -855,15 +1088,31 @@ def _snake(camel: str) -> str:
 
 
 def _gpus_fit_failures(spec: SovereignStackSpec) -> Iterator[RuleFailure]:
-    per_node = {pool.name: pool.gpu.per_node for pool in spec.node_pools}
+    per_node = {pool.name: pool.gpu.per_node for pool in spec.node_pools if pool.gpu is not None}
     for index, model in enumerate(spec.models):
-        if model.node_pool in per_node and model.gpus_per_replica > per_node[model.node_pool]:
+        if model.node_pool in per_node and model.gpus > per_node[model.node_pool]:
             yield RuleFailure(
                 ("models", index, "gpusPerReplica"),
-                model.gpus_per_replica,
+                model.gpus,
                 f"must be at most gpu.perNode ({per_node[model.node_pool]}) of nodePool {model.node_pool!r}: "
                 "a replica's GPUs are all on one node",
             )
+
+
+def _engine_pool_failures(spec: SovereignStackSpec) -> Iterator[RuleFailure]:
+    has_gpus = {pool.name: pool.gpu is not None for pool in spec.node_pools}
+    for index, model in enumerate(spec.models):
+        if model.node_pool not in has_gpus or has_gpus[model.node_pool] == (model.engine is Engine.VLLM):
+            continue
+        yield RuleFailure(("models", index, "nodePool"), model.node_pool, _engine_pool_message(model.engine))
+
+
+def _engine_pool_message(engine: Engine) -> str:
+    if engine is Engine.VLLM:
+        return ("is a CPU pool (no gpu), and engine vllm needs GPUs: name a pool with gpu, "
+                "or set engine: llama-cpp to serve a GGUF file on CPU")
+    return ("is a GPU pool, and engine llama-cpp runs on CPU: name a pool without gpu "
+            "(add one to spec.nodePools), or use engine vllm")
 
 
 def _s3_region_failures(spec: SovereignStackSpec) -> Iterator[RuleFailure]:
@@ -890,26 +1139,30 @@ def _name_clash_failures(spec: SovereignStackSpec) -> Iterator[RuleFailure]:
 
 # The first model too wide for its pool, and the first S3 store outside the regions, for messages.
 _TOO_WIDE = (
-    "self.models.filter(m, self.nodePools.exists(p, p.name == m.nodePool && m.gpusPerReplica > p.gpu.perNode))[0]"
+    "self.models.filter(m, has(m.gpusPerReplica) && self.nodePools.exists(p, p.name == m.nodePool && has(p.gpu) "
+    "&& m.gpusPerReplica > p.gpu.perNode))[0]"
 )
+_MISPLACED = "self.models.filter(m, self.nodePools.exists(p, p.name == m.nodePool && has(p.gpu) != (m.engine == 'vllm')))[0]"
 _OUTSIDE = "self.dataStores.filter(d, has(d.s3) && !(d.s3.region in self.residency.regions))[0]"
 _CLASH = "self.applications.filter(a, self.models.exists(m, m.name == a.name))[0]"
 
 
 class SovereignStackSpec(ApiObject):
-    """The desired sovereign AI deployment: where it may live, its GPU node pools, data stores,
+    """The desired sovereign AI deployment: where it may live, its node pools, data stores,
     models and applications."""
 
     residency: Residency = Field(description="Where the stack's workloads and data may live.")
     node_pools: list[NodePool] = map_list(
-        max_items=MAX_NODE_POOLS, description="GPU node pools the models run on. Names are unique."
+        max_items=MAX_NODE_POOLS,
+        description="Node pools the models run on: GPU pools for vLLM, CPU pools for llama.cpp. Names are unique.",
     )
     data_stores: list[DataStore] = map_list(
         max_items=MAX_DATA_STORES,
         description="In-country stores of data and model weights: S3 buckets and volumes. Names are unique.",
     )
     models: list[ModelSpec] = map_list(
-        max_items=MAX_MODELS, description="Models served by vLLM. Names are unique."
+        max_items=MAX_MODELS,
+        description="Models served by vLLM on GPU pools or by llama.cpp on CPU pools. Names are unique.",
     )
     applications: list[Application] = map_list(
         max_items=MAX_APPLICATIONS, description="Workloads that use the models and stores. Names are unique."
@@ -920,8 +1173,8 @@ class SovereignStackSpec(ApiObject):
         _reference_rule(entries="models", ref="source.dataStore", target="dataStores", label="model"),
         Rule(
             cel=(
-                "!has(self.models) || !has(self.nodePools) || self.models.all(m, "
-                "self.nodePools.all(p, p.name != m.nodePool || m.gpusPerReplica <= p.gpu.perNode))"
+                "!has(self.models) || !has(self.nodePools) || self.models.all(m, !has(m.gpusPerReplica) || "
+                "self.nodePools.all(p, p.name != m.nodePool || !has(p.gpu) || m.gpusPerReplica <= p.gpu.perNode))"
             ),
             message="gpusPerReplica of each model must be at most gpu.perNode of its nodePool",
             message_expression=cel_format(
@@ -933,6 +1186,25 @@ class SovereignStackSpec(ApiObject):
             ),
             field_path=".models",
             failures=_gpus_fit_failures,
+        ),
+        Rule(
+            cel=(
+                "!has(self.models) || !has(self.nodePools) || self.models.all(m, "
+                "self.nodePools.all(p, p.name != m.nodePool || has(p.gpu) == (m.engine == 'vllm')))"
+            ),
+            message=(
+                "the nodePool of each model must suit its engine: a pool with gpu for vllm, "
+                "a pool without gpu for llama-cpp"
+            ),
+            message_expression=cel_format(
+                'model "%s": engine %s cannot run on nodePool "%s"; vllm needs a pool with gpu, '
+                "llama-cpp a pool without gpu",
+                f"{_MISPLACED}.name",
+                f"{_MISPLACED}.engine",
+                f"{_MISPLACED}.nodePool",
+            ),
+            field_path=".models",
+            failures=_engine_pool_failures,
         ),
         _reference_list_rule(entries="applications", ref="models", target="models", label="application"),
         _reference_list_rule(entries="applications", ref="dataStores", target="dataStores", label="application"),
@@ -1132,8 +1404,8 @@ class ObjectMeta(ApiObject):
 
 
 class SovereignStack(ApiObject):
-    """A sovereign AI deployment: GPU node pools, vLLM model servers, in-country data stores and
-    the applications that use them, kept inside one jurisdiction."""
+    """A sovereign AI deployment: node pools, model servers (vLLM on GPUs, llama.cpp on CPUs),
+    in-country data stores and the applications that use them, kept inside one jurisdiction."""
 
     api_version: Literal["sovereign.ai/v1alpha1"] = Field(default=API_VERSION, description="sovereign.ai/v1alpha1")
     kind: Literal["SovereignStack"] = Field(default=KIND, description="SovereignStack")

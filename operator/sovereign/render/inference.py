@@ -85,7 +85,7 @@ def _deployment(stack: SovereignStack, model: ModelSpec, facts: ClusterFacts) ->
     selector = names.selector_labels(stack, component=Component.INFERENCE, name=model.name)
     template_labels = {**names.labels(stack, component=Component.INFERENCE, name=model.name), names.POOL_LABEL: pool.name}
     volume, mount = _weights_volume(stack, model, store)
-    shm = {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": f"{SHM_PER_GPU_GIB * model.gpus_per_replica}Gi"}}
+    shm = {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": f"{SHM_PER_GPU_GIB * model.gpus}Gi"}}
     pod_spec: dict[str, Any] = {
         "affinity": pod.node_affinity(regions=stack.spec.residency.regions, also=placement(stack, pool)),
         "tolerations": [{"key": names.GPU_TAINT["key"], "operator": "Exists", "effect": names.GPU_TAINT["effect"]}],
@@ -167,7 +167,7 @@ def _loader(stack: SovereignStack, model: ModelSpec, store: DataStore, facts: Cl
 
 
 def _vllm(model: ModelSpec, weights_mount: dict[str, Any]) -> dict[str, Any]:
-    gpus = str(model.gpus_per_replica)
+    gpus = str(model.gpus)
     return {
         "name": "vllm",
         "image": model.image or DEFAULT_VLLM_IMAGE,

@@ -69,6 +69,35 @@ def _duplicate(list_name: str) -> Callable[[dict[str, Any]], None]:
     return change
 
 
+#: A CPU pool and a llama-cpp model on it, added to the full sample by ``with_cpu_model``: the
+#: model is spec.models[2], the pool spec.nodePools[2].
+CPU_POOL = {"name": "cpu", "provisioner": "Existing", "existing": {"nodeSelector": {"sovereign.ai/rack": "doha-2"}}}
+CPU_MODEL = {
+    "name": "tiny", "engine": "llama-cpp", "model": "tiny-llama", "nodePool": "cpu",
+    "source": {"dataStore": "corpus", "path": "models/tiny/tiny.gguf"}, "resources": {"cpu": "2", "memory": "2Gi"},
+}  # fmt: skip
+
+
+def with_cpu_model(*, pool: dict[str, Any] | None = None, **fields: Any) -> Callable[[dict[str, Any]], None]:
+    """A change adding the CPU pool (with ``pool``'s fields) and the llama-cpp model (with
+    ``fields``; None removes a field) to the spec."""
+
+    def change(spec: dict[str, Any]) -> None:
+        spec["nodePools"].append({**CPU_POOL, **(pool or {})})
+        model = {**CPU_MODEL, **fields}
+        spec["models"].append({key: value for key, value in model.items() if value is not None})
+
+    return change
+
+
+def both(*changes: Callable[[dict[str, Any]], Any]) -> Callable[[dict[str, Any]], None]:
+    def change(spec: dict[str, Any]) -> None:
+        for one in changes:
+            one(spec)
+
+    return change
+
+
 CASES = [
     Case("missing-residency", delete_value("residency"), ("spec.residency",)),
     Case("missing-jurisdiction", delete_value("residency.jurisdiction"), ("spec.residency.jurisdiction",)),
@@ -123,4 +152,25 @@ CASES = [
     Case("port-out-of-range", set_value("applications.0.port", 70000), ("spec.applications[0].port",)),
     Case("application-named-like-a-model", set_value("applications.0.name", "chat"),
          ("spec.applications", "chat", "name of a model")),
+    # Engines: each refused with the field and the fix.
+    Case("unknown-engine", set_value("models.0.engine", "tgi"), ("spec.models[0].engine", "llama-cpp")),
+    Case("llama-cpp-asks-for-gpus", with_cpu_model(gpusPerReplica=1),
+         ("spec.models[2].gpusPerReplica", "llama-cpp runs on CPU")),
+    Case("llama-cpp-on-a-gpu-pool", with_cpu_model(nodePool="h100"), ("spec.models", "nodePool", "llama-cpp")),
+    Case("vllm-on-a-cpu-pool", both(with_cpu_model(), set_value("models.1.nodePool", "cpu")),
+         ("spec.models", "nodePool", "vllm")),
+    Case("vllm-with-zero-gpus", set_value("models.0.gpusPerReplica", 0), ("spec.models[0].gpusPerReplica", "vllm")),
+    Case("llama-cpp-with-autoscaling", with_cpu_model(autoscaling={"maxReplicas": 2}),
+         ("spec.models[2].autoscaling", "engine vllm")),
+    Case("llama-cpp-without-resources", with_cpu_model(resources=None), ("spec.models[2].resources", "resources.cpu")),
+    Case("vllm-with-resources", set_value("models.0.resources", {"cpu": "8", "memory": "64Gi"}),
+         ("spec.models[0].resources",)),
+    Case("llama-cpp-path-not-a-gguf-file", with_cpu_model(source={"dataStore": "corpus", "path": "models/tiny/"}),
+         ("spec.models[2].source.path", ".gguf")),
+    Case("llama-cpp-hub-download-flag", with_cpu_model(extraArgs=["--hf-repo", "someone/model"]),
+         ("spec.models[2].extraArgs", "--hf-repo")),
+    Case("llama-cpp-owned-flag", with_cpu_model(extraArgs=["--port", "9000"]), ("spec.models[2].extraArgs", "--port")),
+    Case("gpu-limit-on-a-cpu-pool", with_cpu_model(pool={"limits": {"gpus": 8}}),
+         ("spec.nodePools[2].limits.gpus", "limits.cpu")),
+    Case("empty-pool-limits", set_value("nodePools.0.limits", {}), ("spec.nodePools[0].limits", "gpus, cpu or memory")),
 ]

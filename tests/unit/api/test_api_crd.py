@@ -86,7 +86,10 @@ def test_documented_defaults_are_in_the_schema() -> None:
 
     assert spec["residency"]["properties"]["enforcement"]["default"] == "Enforce"
     assert spec["dataStores"]["items"]["properties"]["deletionPolicy"]["default"] == "Retain"
-    assert (model["gpusPerReplica"]["default"], model["replicas"]["default"]) == (1, 1)
+    assert (model["engine"]["default"], model["replicas"]["default"]) == ("vllm", 1)
+    assert model["engine"]["enum"] == ["vllm", "llama-cpp"]
+    # No schema default: it depends on the engine (1 GPU for vllm, none for llama-cpp).
+    assert "default" not in model["gpusPerReplica"]
     assert model["startupTimeoutSeconds"]["default"] == 1800
     assert model["cache"]["default"] == {} and model["cache"]["properties"]["size"]["default"] == "200Gi"
 

@@ -27,8 +27,8 @@ from sovereign.api import (
 SAMPLES = sorted((Path(__file__).resolve().parents[3] / "manifests" / "samples").glob("*.yaml"))
 
 
-def test_the_three_samples_exist() -> None:
-    assert {path.stem for path in SAMPLES} >= {"minimal", "full", "audit"}
+def test_the_samples_exist() -> None:
+    assert {path.stem for path in SAMPLES} >= {"minimal", "full", "audit", "cpu"}
 
 
 @pytest.mark.parametrize("path", SAMPLES, ids=lambda path: path.stem)
@@ -50,7 +50,7 @@ def test_minimal_stack_gets_the_documented_defaults() -> None:
     assert spec.residency.exposure.allow_load_balancer is False
     assert spec.data_stores[0].deletion_policy is DeletionPolicy.RETAIN
     model = spec.models[0]
-    assert (model.gpus_per_replica, model.replicas, model.startup_timeout_seconds) == (1, 1, 1800)
+    assert (model.engine, model.gpus, model.replicas, model.startup_timeout_seconds) == ("vllm", 1, 1, 1800)
     assert model.cache.size == "200Gi"
     assert model.source.path == "qwen2.5-7b-instruct/"
     assert spec.applications == []

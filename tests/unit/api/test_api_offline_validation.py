@@ -50,11 +50,11 @@ def test_error_names_path_value_and_what_is_allowed() -> None:
     assert error == FieldError(
         path="spec.models[0].gpusPerReplica",
         value=3,
-        message="must be 1, 2, 4 or 8 (the tensor-parallel sizes vLLM runs within one node)",
+        message="must be 1, 2, 4 or 8 (the tensor-parallel sizes vLLM runs within one node), or 0 for llama-cpp",
     )
     assert str(error) == (
-        "spec.models[0].gpusPerReplica: must be 1, 2, 4 or 8 (the tensor-parallel sizes vLLM runs within one node)"
-        " (got 3)"
+        "spec.models[0].gpusPerReplica: must be 1, 2, 4 or 8 (the tensor-parallel sizes vLLM runs within one node),"
+        " or 0 for llama-cpp (got 3)"
     )
 
 
