@@ -103,6 +103,26 @@ def test_copies_the_model_directory_and_verifies_every_file(me, minio_bucket_nam
     assert report.summary().startswith(f"s3://{minio_bucket_name}/{PREFIX}/ -> {dest}: 6 files")
 
 
+def test_a_path_naming_one_object_copies_that_file_alone(me, minio_bucket_name, model, tmp_path):
+    """llama.cpp's weights are one GGUF file: its key as the path copies it under its base name,
+    not its neighbours, and a second run downloads nothing."""
+    client = me.client()
+    gguf = b"GGUF" + os.urandom(3 * MiB)
+    client.put_object(Bucket=minio_bucket_name, Key="models/gguf/tiny.gguf", Body=gguf)
+    client.put_object(Bucket=minio_bucket_name, Key="models/gguf/tiny.gguf.sha256", Body=b"beside it")
+    dest = tmp_path / "volume"
+
+    report = fetch_model(store=store_of(me), bucket=minio_bucket_name, path="models/gguf/tiny.gguf",
+                         dest=dest, allowed_regions=["me-central-1"])
+    again = fetch_model(store=store_of(me), bucket=minio_bucket_name, path="models/gguf/tiny.gguf",
+                        dest=dest, allowed_regions=["me-central-1"])
+
+    assert report.paths(Action.DOWNLOADED) == ["tiny.gguf"]
+    assert_same_files(dest, {"tiny.gguf": gguf})
+    assert report.summary().startswith(f"s3://{minio_bucket_name}/models/gguf/tiny.gguf -> {dest}: 1 files")
+    assert again.paths(Action.SKIPPED) == ["tiny.gguf"] and again.bytes_downloaded == 0
+
+
 def test_a_second_run_on_a_complete_directory_downloads_nothing(me, minio_bucket_name, model,
                                                                 tmp_path):
     fetch(me, minio_bucket_name, tmp_path)

@@ -13,7 +13,8 @@ The node agent (``services.node_agent``) judges every GPU and writes the verdict
 - ``Unknown``/``NoPoolNodes``, ``NoHealthReports`` or ``HealthReportsMissing``: no node, no node
   reporting, or some nodes not reporting (no node agent, or NVML unavailable on the node);
 - ``True``/``GPUsDegraded``: every node reports, some GPU is slowed down (thermal) but usable;
-- ``True``/``GPUsHealthy``.
+- ``True``/``GPUsHealthy``; ``True``/``NoGPUPools`` for a stack whose pools are all CPU pools
+  (``cpu_pools``, judged by no GPU rule: their nodes have none).
 
 Messages name the nodes and GPUs (index and UUID) and the fault, so ``kubectl describe`` tells an
 SRE which GPU to look at. A pool's ``unhealthyGPUs`` counts GPUs the agent reports Unhealthy;
@@ -23,7 +24,7 @@ reconciler (``render.status``) and by ``services.gpu_reaction``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from sovereign.api import ConditionStatus
@@ -35,6 +36,7 @@ NO_HEALTH_REPORTS = "NoHealthReports"
 HEALTH_REPORTS_MISSING = "HealthReportsMissing"
 GPUS_DEGRADED = "GPUsDegraded"
 GPUS_HEALTHY = "GPUsHealthy"
+NO_GPU_POOLS = "NoGPUPools"
 
 #: Listed items per message before "and N more": a condition message stays readable at any size.
 MAX_LISTED = 8
@@ -111,9 +113,18 @@ class StackGpuHealth:
     fatal_nodes: tuple[NodeGpus, ...] = ()
 
 
-def assess_stack_gpus(*, pools: Sequence[tuple[str, Sequence[NodeGpus]]]) -> StackGpuHealth:
+def assess_stack_gpus(
+    *, pools: Sequence[tuple[str, Sequence[NodeGpus]]], cpu_pools: Collection[str] = ()
+) -> StackGpuHealth:
     """The stack's GPU health from the nodes of each of its pools: (pool name, nodes), in spec
-    order."""
+    order. The nodes of ``cpu_pools`` (pools without GPUs) are neither counted nor judged."""
+    pools = [(name, () if name in cpu_pools else nodes) for name, nodes in pools]
+    if pools and all(name in cpu_pools for name, _ in pools):
+        return StackGpuHealth(
+            status=ConditionStatus.TRUE, reason=NO_GPU_POOLS,
+            message=f"the stack's node pools have no GPUs (CPU pools: {', '.join(name for name, _ in pools)})",
+            pools=tuple(PoolGpus(name=name, nodes=0, gpus=0, unhealthy_gpus=0) for name, _ in pools),
+            fatal_nodes=())
     counts = tuple(PoolGpus(name=name, nodes=len(nodes), gpus=sum(n.gpus for n in nodes),
                             unhealthy_gpus=sum(n.unhealthy_gpus for n in nodes))
                    for name, nodes in pools)

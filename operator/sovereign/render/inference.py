@@ -1,11 +1,19 @@
-"""Inference: per model, a vLLM Deployment and Service, a PodDisruptionBudget when it has several
-replicas, and a KEDA ScaledObject when it autoscales.
+"""Inference: per model, a Deployment of its engine and a Service, a PodDisruptionBudget when it
+has several replicas, and a KEDA ScaledObject when it autoscales.
 
-The vLLM pod serves the weights from a local path under two names, the logical name first
-(``--served-model-name chat Qwen/Qwen2.5-72B-Instruct``): applications call the logical name,
-so the model behind it can be swapped without touching them, and vLLM labels its metrics with
-the first name, which the autoscaler queries. The pod runs with hub access and usage reporting
-off, on GPU nodes of the allowed regions and of the model's pool only.
+Engine ``vllm``: the pod serves the weights from a local path under two names, the logical name
+first (``--served-model-name chat Qwen/Qwen2.5-72B-Instruct``): applications call the logical
+name, so the model behind it can be swapped without touching them, and vLLM labels its metrics
+with the first name, which the autoscaler queries. The pod runs with hub access and usage
+reporting off, on GPU nodes of the allowed regions and of the model's pool only.
+
+Engine ``llama-cpp``: llama.cpp's ``llama-server`` serves the one GGUF file ``source.path`` names,
+under the same two names (``--alias chat,<model>``), on the same port behind the same Service, so
+an application cannot tell the engines apart. It runs on CPU nodes of the model's pool with
+``resources`` as both requests and limits for every container (Guaranteed QoS; ``--threads``
+follows the CPU so the server is not throttled), offline (``LLAMA_ARG_OFFLINE``: llama-server
+downloads nothing, from a hub, a URL or a registry), as a non-root user on a read-only root
+filesystem, with Prometheus metrics on ``/metrics`` (``--metrics``).
 
 Weights come only from a declared data store. From an S3 store, an init container running the
 operator's own image (``sovereign fetch-model``) copies ``source.path`` into a per-replica
@@ -24,7 +32,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from sovereign.api import DataStore, ModelSpec, SovereignStack
+from sovereign.api import DataStore, Engine, ModelSpec, SovereignStack, parse_quantity
+from sovereign.api.engines import LLAMA_CPP_IMAGE
 from sovereign.render import names, pod, storage
 from sovereign.render.facts import ClusterFacts
 from sovereign.render.names import Component
@@ -55,13 +64,21 @@ LOADER_PATH_STYLE = "SOVEREIGN_S3_PATH_STYLE"
 #: Hub downloads and usage reporting off: weights come only from the declared store, and
 #: nothing about the deployment leaves the jurisdiction.
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
+#: llama-server's own offline switch (``--offline``: no download of any kind, from a hub, a URL or
+#: a registry), and the hub and tracking switches every inference pod carries.
+LLAMA_CPP_OFFLINE_ENV = {"LLAMA_ARG_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "DO_NOT_TRACK": "1"}
+#: Where llama.cpp's server images keep the server (ENTRYPOINT of the upstream server image).
+LLAMA_SERVER = "/app/llama-server"
+#: The user llama-server and the loader run as (the operator image's user): the weights the
+#: loader writes are the server's to read, and neither runs as root.
+RUN_AS = 65532
 
 
 def render_model(*, stack: SovereignStack, model: ModelSpec, facts: ClusterFacts) -> list[dict[str, Any]]:
     """The objects serving one model, in a stable order."""
     objects = [
         _deployment(stack, model, facts),
-        cluster_ip_service(stack=stack, name=model.name, component=Component.INFERENCE, port=names.VLLM_PORT),
+        cluster_ip_service(stack=stack, name=model.name, component=Component.INFERENCE, port=names.MODEL_PORT),
     ]
     most = model.autoscaling.max_replicas if model.autoscaling else model.replicas
     if most > 1:
@@ -75,6 +92,13 @@ def weights_path(model: ModelSpec) -> str:
     return f"{MODELS_ROOT}/{model.name}"
 
 
+def gguf_file(model: ModelSpec) -> str:
+    """Where a llama-cpp replica finds its GGUF file: the loader copies ``source.path`` (one
+    object) into the weights directory under its base name; a volume store's directory holding
+    it is mounted there instead."""
+    return f"{weights_path(model)}/{model.source.path.rpartition('/')[2]}"
+
+
 def _store(stack: SovereignStack, name: str) -> DataStore:
     return next(store for store in stack.spec.data_stores if store.name == name)
 
@@ -85,17 +109,11 @@ def _deployment(stack: SovereignStack, model: ModelSpec, facts: ClusterFacts) ->
     selector = names.selector_labels(stack, component=Component.INFERENCE, name=model.name)
     template_labels = {**names.labels(stack, component=Component.INFERENCE, name=model.name), names.POOL_LABEL: pool.name}
     volume, mount = _weights_volume(stack, model, store)
-    shm = {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": f"{SHM_PER_GPU_GIB * model.gpus}Gi"}}
-    pod_spec: dict[str, Any] = {
-        "affinity": pod.node_affinity(regions=stack.spec.residency.regions, also=placement(stack, pool)),
-        "tolerations": [{"key": names.GPU_TAINT["key"], "operator": "Exists", "effect": names.GPU_TAINT["effect"]}],
-        "automountServiceAccountToken": False,
-        "enableServiceLinks": False,
-    }
-    if store.s3 is not None:
-        pod_spec["initContainers"] = [_loader(stack, model, store, facts)]
-    pod_spec["containers"] = [_vllm(model, mount)]
-    pod_spec["volumes"] = [volume, shm]
+    if model.engine is Engine.LLAMA_CPP:
+        pod_spec = _llama_cpp_pod(stack, model, store, facts, pool_labels=placement(stack, pool),
+                                  weights=(volume, mount))
+    else:
+        pod_spec = _vllm_pod(stack, model, store, facts, pool_labels=placement(stack, pool), weights=(volume, mount))
     spec: dict[str, Any] = {}
     if model.name in facts.held_back:
         spec["replicas"] = 0
@@ -121,10 +139,99 @@ def _deployment(stack: SovereignStack, model: ModelSpec, facts: ClusterFacts) ->
     })
 
 
+def _vllm_pod(stack: SovereignStack, model: ModelSpec, store: DataStore, facts: ClusterFacts, *,
+              pool_labels: dict[str, str], weights: tuple[dict[str, Any], dict[str, Any]]) -> dict[str, Any]:
+    volume, mount = weights
+    shm = {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": f"{SHM_PER_GPU_GIB * model.gpus}Gi"}}
+    pod_spec: dict[str, Any] = {
+        "affinity": pod.node_affinity(regions=stack.spec.residency.regions, also=pool_labels),
+        "tolerations": [{"key": names.GPU_TAINT["key"], "operator": "Exists", "effect": names.GPU_TAINT["effect"]}],
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+    }
+    if store.s3 is not None:
+        pod_spec["initContainers"] = [_loader(stack, model, store, facts)]
+    pod_spec["containers"] = [_vllm(model, mount)]
+    pod_spec["volumes"] = [volume, shm]
+    return pod_spec
+
+
+def _llama_cpp_pod(stack: SovereignStack, model: ModelSpec, store: DataStore, facts: ClusterFacts, *,
+                   pool_labels: dict[str, str], weights: tuple[dict[str, Any], dict[str, Any]]) -> dict[str, Any]:
+    """A CPU pod: no GPU toleration, Guaranteed resources, non-root, read-only root filesystem."""
+    volume, mount = weights
+    resources = _cpu_resources(model)
+    pod_spec: dict[str, Any] = {
+        "affinity": pod.node_affinity(regions=stack.spec.residency.regions, also=pool_labels),
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        # fsGroup: the weights volume is created root-owned; the loader, not root, writes to it.
+        "securityContext": {"runAsNonRoot": True, "runAsUser": RUN_AS, "runAsGroup": RUN_AS, "fsGroup": RUN_AS,
+                            "seccompProfile": {"type": "RuntimeDefault"}},
+    }
+    if store.s3 is not None:
+        # The loader gets the server's resources: a Guaranteed pod needs them on every container,
+        # and an init container's run before the server's costs the node nothing extra.
+        pod_spec["initContainers"] = [{**_loader(stack, model, store, facts), "resources": resources,
+                                       "securityContext": _RESTRICTED}]
+    pod_spec["containers"] = [_llama_server(model, {**mount, "readOnly": True}, resources)]
+    pod_spec["volumes"] = [volume, {"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}}]
+    return pod_spec
+
+
+#: A container that cannot gain privileges or write outside its volumes.
+_RESTRICTED = {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]}}
+
+
+def _cpu_resources(model: ModelSpec) -> dict[str, Any]:
+    assert model.resources is not None, "api validation requires resources for llama-cpp models"
+    amounts = {"cpu": model.resources.cpu, "memory": model.resources.memory}
+    return {"requests": dict(amounts), "limits": dict(amounts)}
+
+
+def threads(model: ModelSpec) -> int:
+    """llama-server's threads: the whole CPUs of the replica, at least one (more threads than
+    the CPU limit allows only wait on each other)."""
+    assert model.resources is not None, "api validation requires resources for llama-cpp models"
+    return max(1, int(parse_quantity(model.resources.cpu)))
+
+
+def _llama_server(model: ModelSpec, weights_mount: dict[str, Any], resources: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "name": "llama-server",
+        "image": model.image or LLAMA_CPP_IMAGE,
+        "command": [LLAMA_SERVER],
+        "args": [
+            "--model", gguf_file(model),
+            "--alias", f"{model.name},{model.model}",
+            "--host", "0.0.0.0",
+            "--port", str(names.MODEL_PORT),
+            "--metrics",
+            "--threads", str(threads(model)),
+            *model.extra_args,
+        ],
+        "env": pod.sorted_env(pod.value(key, text) for key, text in LLAMA_CPP_OFFLINE_ENV.items()),
+        "ports": [{"name": "http", "containerPort": names.MODEL_PORT, "protocol": "TCP"}],
+        "resources": resources,
+        "securityContext": _RESTRICTED,
+        # /health answers 503 while the model loads, 200 once it serves: the same probes as vLLM's.
+        "startupProbe": _health_probe(
+            period=STARTUP_PERIOD_SECONDS,
+            failures=math.ceil(model.startup_timeout_seconds / STARTUP_PERIOD_SECONDS),
+        ),
+        "readinessProbe": _health_probe(period=5, failures=3),
+        "livenessProbe": _health_probe(period=10, failures=6),
+        "volumeMounts": [weights_mount, {"name": "tmp", "mountPath": "/tmp"}],
+    }
+
+
 def _weights_volume(stack: SovereignStack, model: ModelSpec, store: DataStore) -> tuple[dict[str, Any], dict[str, Any]]:
     if store.volume is not None:
+        # A GGUF path names a file: its directory is mounted, so the file has the same path as
+        # when the loader copies it.
+        directory = model.source.path.rpartition("/")[0] if model.engine is Engine.LLAMA_CPP else model.source.path
         return storage.volume_mount(
-            store, read_only=True, sub_path=model.source.path.rstrip("/"), mount_path=weights_path(model)
+            store, read_only=True, sub_path=directory.rstrip("/"), mount_path=weights_path(model)
         )
     claim: dict[str, Any] = {"accessModes": ["ReadWriteOnce"]}
     if model.cache.storage_class_name is not None:
@@ -177,11 +284,11 @@ def _vllm(model: ModelSpec, weights_mount: dict[str, Any]) -> dict[str, Any]:
             "--served-model-name", model.name, model.model,
             "--tensor-parallel-size", gpus,
             "--host", "0.0.0.0",
-            "--port", str(names.VLLM_PORT),
+            "--port", str(names.MODEL_PORT),
             *model.extra_args,
         ],
         "env": pod.sorted_env(pod.value(key, text) for key, text in OFFLINE_ENV.items()),
-        "ports": [{"name": "http", "containerPort": names.VLLM_PORT, "protocol": "TCP"}],
+        "ports": [{"name": "http", "containerPort": names.MODEL_PORT, "protocol": "TCP"}],
         "resources": {"requests": {names.GPU_RESOURCE: gpus}, "limits": {names.GPU_RESOURCE: gpus}},
         # Startup: long enough to load large weights; after that, restart only a server that stays
         # unhealthy for a minute, and stop sending it requests after 15 seconds.

@@ -43,7 +43,8 @@ GPU_RESOURCE = "nvidia.com/gpu"
 GPU_TAINT = {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}
 KARPENTER_NODEPOOL_LABEL = "karpenter.sh/nodepool"
 
-VLLM_PORT = 8000
+#: The port every engine listens on and the model's Service exposes.
+MODEL_PORT = 8000
 MAX_LABEL_VALUE = 63
 
 
@@ -98,7 +99,7 @@ def network_policy_name(stack: SovereignStack) -> str:
 
 def model_endpoint(*, namespace: str, model: str) -> str:
     """The OpenAI-compatible base URL of a model's Service inside the cluster."""
-    return f"http://{model}.{namespace}.svc:{VLLM_PORT}/v1"
+    return f"http://{model}.{namespace}.svc:{MODEL_PORT}/v1"
 
 
 def env_key(name: str) -> str:

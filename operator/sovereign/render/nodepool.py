@@ -2,11 +2,11 @@
 
 ``Karpenter``: a cluster-scoped ``karpenter.sh/v1`` NodePool whose requirements pin nodes to the
 allowed regions and the GPU product, tainted so only GPU workloads land there, with the pool's
-GPU limit and disruption settings. Karpenter copies the NodePool's name into the
+limits and disruption settings; a CPU pool (no ``gpu``) has neither GPU requirement nor taint. Karpenter copies the NodePool's name into the
 ``karpenter.sh/nodepool`` label of each node it launches; model pods require that label.
 
 ``Existing``: the nodes that carry every label of ``existing.nodeSelector`` and the GPU product
-label are the pool, minus any outside the allowed regions or claimed by another stack (those
+label (for a CPU pool: no GPU product label) are the pool, minus any outside the allowed regions or claimed by another stack (those
 are refused and reported, never labelled). Each chosen node gets ``sovereign.ai/pool=<pool>``
 and ``sovereign.ai/stack=<stack>`` labels and the owner annotation, rendered as a partial Node
 that server-side apply merges into the live node; model pods require those labels.
@@ -52,6 +52,8 @@ def placement(stack: SovereignStack, pool: NodePool) -> dict[str, str]:
         where = {names.KARPENTER_NODEPOOL_LABEL: names.nodepool_name(stack, pool.name)}
     else:
         where = {names.POOL_LABEL: pool.name, names.STACK_LABEL: names.stack_name(stack)}
+    if pool.gpu is None:
+        return where
     return {**where, names.GPU_PRODUCT_LABEL: pool.gpu.product}
 
 
@@ -89,8 +91,15 @@ def pool_nodes(*, stack: SovereignStack, pool: NodePool, facts: ClusterFacts) ->
 
 
 def _matches(pool: NodePool, node: NodeFacts) -> bool:
-    """Whether an Existing pool's selector (its labels and the GPU product) picks ``node``."""
-    selector = {**(pool.existing.node_selector if pool.existing else {}), names.GPU_PRODUCT_LABEL: pool.gpu.product}
+    """Whether an Existing pool's selector (its labels and the GPU product) picks ``node``. A CPU
+    pool never picks a GPU node (one with a GPU product label): its replicas would hold GPUs
+    a GPU pool needs, and the GPU taint keeps them off anyway."""
+    selector = dict(pool.existing.node_selector if pool.existing else {})
+    if pool.gpu is None:
+        if node.label(names.GPU_PRODUCT_LABEL) is not None:
+            return False
+    else:
+        selector[names.GPU_PRODUCT_LABEL] = pool.gpu.product
     return all(node.label(key) == value for key, value in selector.items())
 
 
@@ -106,11 +115,11 @@ def render_node_pool(*, stack: SovereignStack, pool: NodePool, facts: ClusterFac
 def _karpenter_nodepool(stack: SovereignStack, pool: NodePool) -> dict[str, Any]:
     settings = pool.karpenter
     assert settings is not None, "api validation requires karpenter settings for Karpenter pools"
-    requirements = [
-        {"key": names.REGION_LABEL, "operator": "In", "values": sorted(stack.spec.residency.regions)},
-        {"key": names.GPU_PRODUCT_LABEL, "operator": "In", "values": [pool.gpu.product]},
-        {"key": CAPACITY_TYPE_LABEL, "operator": "In", "values": sorted(t.value for t in settings.capacity_types)},
-    ]
+    requirements = [{"key": names.REGION_LABEL, "operator": "In", "values": sorted(stack.spec.residency.regions)}]
+    if pool.gpu is not None:
+        requirements.append({"key": names.GPU_PRODUCT_LABEL, "operator": "In", "values": [pool.gpu.product]})
+    requirements.append(
+        {"key": CAPACITY_TYPE_LABEL, "operator": "In", "values": sorted(t.value for t in settings.capacity_types)})
     if settings.instance_types:
         requirements.append({"key": INSTANCE_TYPE_LABEL, "operator": "In", "values": sorted(settings.instance_types)})
     spec: dict[str, Any] = {
@@ -123,7 +132,8 @@ def _karpenter_nodepool(stack: SovereignStack, pool: NodePool) -> dict[str, Any]
                     "name": settings.node_class_ref.name,
                 },
                 "requirements": requirements,
-                "taints": [dict(names.GPU_TAINT)],
+                # Only GPU workloads land on GPU nodes; a CPU pool's nodes take any pod of the regions.
+                **({"taints": [dict(names.GPU_TAINT)]} if pool.gpu is not None else {}),
             },
         },
         "disruption": {
@@ -132,7 +142,8 @@ def _karpenter_nodepool(stack: SovereignStack, pool: NodePool) -> dict[str, Any]
         },
     }
     if pool.limits is not None:
-        spec["limits"] = {names.GPU_RESOURCE: str(pool.limits.gpus)}
+        limits = {"cpu": pool.limits.cpu, "memory": pool.limits.memory, names.GPU_RESOURCE: pool.limits.gpus}
+        spec["limits"] = {key: str(value) for key, value in limits.items() if value is not None}
     return names.stamped({
         "apiVersion": KARPENTER_API_VERSION,
         "kind": "NodePool",

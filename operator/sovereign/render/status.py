@@ -41,6 +41,7 @@ from sovereign.api import (
     DataStoreStatus,
     Enforcement,
     ModelStatus,
+    NodePool,
     NodePoolStatus,
     Provisioner,
     SovereignStack,
@@ -300,12 +301,17 @@ def _node_pools(
         return _false(problems[0][0], "; ".join([message for _, message in problems] + notes)), statuses
     if not statuses:
         return _true(NO_NODE_POOLS, "the stack declares no node pools"), statuses
-    summary = ", ".join(f"{s.name}: {s.ready_nodes} node(s), {s.gpus} GPU(s)" for s in statuses)
+    cpu = {pool.name for pool in stack.spec.node_pools if pool.gpu is None}
+    summary = ", ".join(f"{s.name}: {s.ready_nodes} node(s), " + ("CPU only" if s.name in cpu else f"{s.gpus} GPU(s)")
+                        for s in statuses)
     return _true(NODE_POOLS_READY, "; ".join([summary, *notes])), statuses
 
 
-def _selector_text(pool: Any) -> str:
-    labels = {**(pool.existing.node_selector if pool.existing else {}), names.GPU_PRODUCT_LABEL: pool.gpu.product}
+def _selector_text(pool: NodePool) -> str:
+    labels = dict(pool.existing.node_selector if pool.existing else {})
+    if pool.gpu is None:
+        return ", ".join([*(f"{key}={value}" for key, value in labels.items()), f"no {names.GPU_PRODUCT_LABEL} label"])
+    labels[names.GPU_PRODUCT_LABEL] = pool.gpu.product
     return ", ".join(f"{key}={value}" for key, value in labels.items())
 
 
@@ -430,9 +436,10 @@ def stack_gpu_health(stack: SovereignStack, facts: ClusterFacts) -> StackGpuHeal
     """The GPU health of the nodes of the stack's pools (``policy.stack_gpu_health``): the
     ``GPUHealthy`` condition, the pools' GPU counts and the nodes with a fatal fault. Also what
     ``services.gpu_reaction`` compares between its checks."""
-    return assess_stack_gpus(pools=[
-        (pool.name, [_gpus_of(node) for node in pool_nodes(stack=stack, pool=pool, facts=facts).selected])
-        for pool in stack.spec.node_pools])
+    return assess_stack_gpus(
+        pools=[(pool.name, [_gpus_of(node) for node in pool_nodes(stack=stack, pool=pool, facts=facts).selected])
+               for pool in stack.spec.node_pools],
+        cpu_pools={pool.name for pool in stack.spec.node_pools if pool.gpu is None})
 
 
 def _gpus_of(node: NodeFacts) -> NodeGpus:

@@ -1,7 +1,9 @@
 """Copy model weights from ``s3://bucket/<path>/`` into the model volume, verified and resumable.
 
-The use case behind ``sovereign fetch-model`` (the Job / init container that runs before vLLM
-starts). For every object under the prefix:
+The use case behind ``sovereign fetch-model`` (the Job / init container that runs before the
+engine starts). ``path`` is a key prefix (vLLM's directory of weights) or, when nothing lies
+under it as a prefix, the key of one object (llama.cpp's single GGUF file), copied into the
+destination under its base name. For every object:
 
 - a local file that a previous run verified (the manifest ``.sovereign-fetch.json`` in the
   destination records its size, ETag and mtime) is skipped without reading it, so a re-run on
@@ -168,9 +170,16 @@ def fetch_model(
             store = _in_allowed_region(store=store, bucket=bucket, source=source,
                                        allowed_regions=allowed_regions)
         objects = store.list_objects(bucket=bucket, prefix=prefix)
+        wanted = plan_paths(objects=objects, prefix=prefix, source=source)
+        if not wanted and prefix:
+            # Nothing under it as a directory: the path may name one object (a GGUF file).
+            key = prefix.rstrip("/")
+            single = [obj for obj in store.list_objects(bucket=bucket, prefix=key) if obj.key == key]
+            if single:
+                source = f"s3://{bucket}/{key}"
+                wanted = [(key.rpartition("/")[2], single[0])]
     except BucketNotFound as err:
         raise FetchError(f"cannot fetch {source}: {err}") from None
-    wanted = plan_paths(objects=objects, prefix=prefix, source=source)
     if not wanted:
         raise EmptySource(_empty_source_message(store=store, bucket=bucket, prefix=prefix))
     dest = Path(dest)

@@ -39,6 +39,11 @@ def minimal_stack() -> SovereignStack:
 
 
 @pytest.fixture
+def cpu_stack() -> SovereignStack:
+    return stack_from(sample_document("cpu"))
+
+
+@pytest.fixture
 def facts() -> ClusterFacts:
     (listing,) = load_documents((HERE / "facts.yaml").read_text())
     return facts_from_nodes(listing["items"], operator_image="registry.gov.qa/sovereign-operator:0.1.0")

@@ -1,5 +1,5 @@
-"""Each builder's exact output for the full sample (and the whole minimal sample), against golden
-manifests a reviewer can read: what a user gets, field by field."""
+"""Each builder's exact output for the full sample (and the whole minimal and CPU samples), against
+golden manifests a reviewer can read: what a user gets, field by field."""
 
 from __future__ import annotations
 
@@ -34,3 +34,9 @@ def test_network_policy_matches_golden(full_stack, assert_golden) -> None:
 
 def test_minimal_stack_matches_golden(minimal_stack, facts, assert_golden) -> None:
     assert_golden("minimal-stack", render_stack(minimal_stack, facts))
+
+
+def test_cpu_stack_matches_golden(cpu_stack, facts, assert_golden) -> None:
+    """llama.cpp on a CPU pool: the claimed CPU node, the llama-server Deployment, its Service and
+    the application that calls it by its logical name."""
+    assert_golden("cpu-stack", render_stack(cpu_stack, facts))

@@ -83,3 +83,31 @@ def test_a_node_matching_two_existing_pools_serves_the_first(facts) -> None:
     later = pool_nodes(stack=stack, pool=_pool(stack, "rack"), facts=facts)
     assert later.selected == ()
     assert {r.node.name for r in later.refused if "pool onprem" in r.reason} == {"gpu-mec1-2", "gpu-mec1-3"}
+
+
+def test_a_karpenter_cpu_pool_has_no_gpu_requirement_no_taint_and_cpu_limits(facts) -> None:
+    document = sample_document("cpu")
+    document["spec"]["nodePools"][0] = {
+        "name": "cpu", "provisioner": "Karpenter", "limits": {"cpu": "64", "memory": "256Gi"},
+        "karpenter": {"nodeClassRef": {"name": "cpu-me-central-1"}, "instanceTypes": ["c7i.4xlarge"]},
+    }
+    stack = stack_from(document)
+    (nodepool,) = render_node_pool(stack=stack, pool=_pool(stack, "cpu"), facts=facts)
+    template = nodepool["spec"]["template"]["spec"]
+
+    assert {r["key"] for r in template["requirements"]} == {
+        "topology.kubernetes.io/region", "karpenter.sh/capacity-type", "node.kubernetes.io/instance-type"}
+    assert "taints" not in template
+    assert nodepool["spec"]["limits"] == {"cpu": "64", "memory": "256Gi"}
+
+
+def test_an_existing_cpu_pool_never_claims_a_gpu_node(facts) -> None:
+    """A CPU pool selecting every node of the region gets the CPU node, not the GPU nodes beside it."""
+    document = sample_document("cpu")
+    del document["spec"]["nodePools"][0]["existing"]
+    stack = stack_from(document)
+
+    nodes = pool_nodes(stack=stack, pool=_pool(stack, "cpu"), facts=facts)
+
+    assert [n.name for n in nodes.selected] == ["cpu-mec1-0"]
+    assert nodes.refused == ()

@@ -279,3 +279,26 @@ def test_an_invalid_spec_stalls_the_stack() -> None:
     assert conditions == {"Ready": ("False", "InvalidSpec"), "Reconciling": ("False", "Stalled"),
                           "Stalled": ("True", "InvalidSpec")}
     assert status.observed_generation == 3
+
+
+def test_a_cpu_only_stack_is_ready_and_its_gpu_health_says_it_has_no_gpus(cpu_stack, facts) -> None:
+    weights = {"weights": DataStoreStatus(name="weights", ready=True, location="s3://qa-model-weights",
+                                          region="me-central-1", reason="Compliant", message="ok")}
+    status = _status(cpu_stack, facts, _children(cpu_stack, facts), stores=weights)
+    conditions = {c.type: c for c in status.conditions}
+
+    assert (conditions["Ready"].status.value, conditions["ModelsReady"].reason) == ("True", "ModelsAvailable")
+    assert (conditions["GPUHealthy"].status.value, conditions["GPUHealthy"].reason) == ("True", "NoGPUPools")
+    assert conditions["NodePoolsReady"].message == "cpu: 1 node(s), CPU only"
+    (pool,) = status.node_pools
+    assert (pool.nodes, pool.ready_nodes, pool.gpus) == (1, 1, 0)
+    (chat,) = status.models
+    assert (chat.endpoint, chat.model) == ("http://chat.gov-qa.svc:8000/v1", "qwen2.5-0.5b-instruct-q4_k_m")
+
+
+def test_a_cpu_pool_without_nodes_says_which_nodes_it_wants(cpu_stack) -> None:
+    status = _status(cpu_stack, ClusterFacts(), {})
+    ready = next(c for c in status.conditions if c.type == "NodePoolsReady")
+
+    assert ready.reason == "NoMatchingNodes"
+    assert "node.kubernetes.io/instance-type=c7i.4xlarge, no nvidia.com/gpu.product label" in ready.message
