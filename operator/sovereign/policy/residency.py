@@ -514,12 +514,16 @@ def check_stack(*, stack: SovereignStack, body: Manifest, storage_classes: Mappi
 # --- data stores and the workloads that use them ----------------------------------------------
 
 
-def blocked_workloads(*, stack: SovereignStack, failed_stores: Mapping[str, Decision]) -> dict[str, Decision]:
-    """Models and applications that must not start because a store they use failed its checks.
+def blocked_workloads(*, stack: SovereignStack, failed_stores: Mapping[str, Decision],
+                      failed_sources: Mapping[str, Decision] | None = None) -> dict[str, Decision]:
+    """Models and applications that must not start because a store they use failed its checks,
+    or (``failed_sources``, by model name) the store holds no model where the model's
+    ``source.path`` points.
 
     ``failed_stores`` maps a data store's name to its failing decision; the result maps each
     workload's name (models and applications share the namespace's Deployment names) to a
-    ``DataStoreFailed`` decision naming the store and its failed check.
+    ``DataStoreFailed`` decision naming the store and its failed check, or to the model
+    source's own decision (its reason, such as ``ModelFileMissing``, and its message).
     """
     uses = [(model.name, "model", [model.source.data_store]) for model in stack.spec.models]
     uses += [(app.name, "application", list(app.data_stores)) for app in stack.spec.applications]
@@ -530,4 +534,7 @@ def blocked_workloads(*, stack: SovereignStack, failed_stores: Mapping[str, Deci
             said = "; ".join(f"data store {store} failed {failed_stores[store].reason}: {failed_stores[store].message}"
                              for store in failing)
             blocked[name] = Decision(False, STORE_FAILED, f"{kind} {name} is not started: {said}")
+    for name, decision in (failed_sources or {}).items():
+        if name not in blocked:
+            blocked[name] = Decision(False, decision.reason, f"model {name} is not started: {decision.message}")
     return blocked

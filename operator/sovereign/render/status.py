@@ -53,6 +53,7 @@ from sovereign.policy.stack_gpu_health import (
     StackGpuHealth,
     assess_stack_gpus,
 )
+from sovereign.policy import model_source
 from sovereign.policy import residency_store as store_reasons
 from sovereign.render import names
 from sovereign.render.facts import ClusterFacts, Hold, NodeFacts
@@ -98,7 +99,7 @@ LASTING_REASONS = frozenset({
     store_reasons.CREDENTIALS_SECRET_MISSING, store_reasons.CREDENTIALS_INVALID, store_reasons.BUCKET_MISSING,
     store_reasons.LOCATION_OUTSIDE_REGIONS, store_reasons.ENCRYPTION_OFF, store_reasons.PUBLIC_ACCESS_ALLOWED,
     store_reasons.REPLICATION_OUTSIDE_REGIONS, store_reasons.REPLICATION_REGION_UNKNOWN,
-    store_reasons.CHECK_UNSUPPORTED,
+    store_reasons.CHECK_UNSUPPORTED, model_source.MODEL_FILE_MISSING, model_source.MODEL_FILE_NOT_GGUF,
 })
 
 

@@ -163,9 +163,11 @@ def reconcile(*, kube: Kube, body: Mapping[str, Any], facts: ClusterFacts, store
 
 
 def with_store_verdicts(facts: ClusterFacts, *, stack: SovereignStack, verdicts: Sequence[StoreVerdict]) -> ClusterFacts:
-    """``facts`` with the stack's S3 stores as verified and the workloads a failed one holds back."""
+    """``facts`` with the stack's S3 stores as verified, and the workloads a failed store or a
+    missing model file holds back."""
     failed = {verdict.name: verdict.decision for verdict in verdicts if not verdict.ok}
-    held = blocked_workloads(stack=stack, failed_stores=failed)
+    missing = {model: decision for verdict in verdicts for model, decision in verdict.models.items() if not decision.ok}
+    held = blocked_workloads(stack=stack, failed_stores=failed, failed_sources=missing)
     return replace(facts, data_stores={verdict.name: verdict.status for verdict in verdicts},
                    held_back={name: Hold(decision.reason, decision.message) for name, decision in held.items()})
 

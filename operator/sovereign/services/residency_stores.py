@@ -8,7 +8,8 @@ never contain the credentials (``stores`` errors name endpoint and bucket only; 
 redacts itself).
 
 The reconciler (``services.reconcile``) asks ``StoreVerdicts`` once per pass, before rendering:
-it verifies with ``create=True`` when the stack's spec or a credentials Secret changed or a
+it verifies (with ``create=True``, and looking at the GGUF file of every llama-cpp model, which
+a missing or non-GGUF file holds back) when the stack's spec or a credentials Secret changed or a
 re-check period has passed, and otherwise gives the verdicts of the last verification, so passes
 that events trigger cost no S3 requests. The verdicts' ``status`` entries become the S3 entries
 of ``status.dataStores``; the failed ones hold back the workloads that use them
@@ -25,11 +26,12 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from sovereign.api import DataStoreStatus, SovereignStack
+from sovereign.api import DataStoreStatus, Engine, SovereignStack
 from sovereign.kube.client import Kube
 from sovereign.kube.resources import SECRET
 from sovereign.policy.residency_store import CREDENTIALS_INVALID, CREDENTIALS_SECRET_MISSING, Decision
-from sovereign.services.store_check import check_store
+from sovereign.policy.model_source import check_gguf
+from sovereign.services.store_check import check_store, probe_object
 from sovereign.stores.credentials import Credentials
 from sovereign.stores.errors import StoreError, StoreUnreachable
 from sovereign.stores.s3 import S3Store
@@ -50,6 +52,9 @@ class StoreVerdict:
     decision: Decision
     #: Every check that ran, by check name (``policy.residency_store``), in order.
     checks: dict[str, Decision] = field(default_factory=dict)
+    #: What the bucket holds at the ``source.path`` of each llama-cpp model copied from it, by
+    #: model name (``policy.model_source``); only looked at once the store passes its checks.
+    models: dict[str, Decision] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -62,9 +67,12 @@ class StoreVerdict:
                                reason=self.decision.reason, message=self.decision.message)
 
 
-def verify_data_stores(*, kube: Kube, stack: SovereignStack, create: bool) -> list[StoreVerdict]:
+def verify_data_stores(*, kube: Kube, stack: SovereignStack, create: bool,
+                       check_models: bool = False) -> list[StoreVerdict]:
     """A verdict for every S3 store of ``stack``, in spec order. ``create``: make missing
-    buckets whose store says ``s3.create`` (the reconciler; the audit only looks)."""
+    buckets whose store says ``s3.create`` (the reconciler; the audit only looks).
+    ``check_models``: also look at the GGUF file of each llama-cpp model the store serves (the
+    reconciler, which holds such a model back; residency is not at stake, so the audit does not)."""
     namespace = stack.metadata.namespace or ""
     regions = list(stack.spec.residency.regions)
     verdicts = []
@@ -92,9 +100,29 @@ def verify_data_stores(*, kube: Kube, stack: SovereignStack, create: bool) -> li
         summary = check.summary
         if created and summary.ok:
             summary = Decision(True, BUCKET_CREATED, f"created in {s3.region}; {summary.message}")
-        verdicts.append(StoreVerdict(name=entry.name, bucket=s3.bucket, region=check.readings.location or "",
-                                     decision=summary, checks=dict(check.results)))
+        location = check.readings.location or ""
+        models = {}
+        if check_models and summary.ok:
+            models = _model_files(stack, entry.name, store if location == store.region else store.with_region(location),
+                                  s3.bucket)
+        verdicts.append(StoreVerdict(name=entry.name, bucket=s3.bucket, region=location,
+                                     decision=summary, checks=dict(check.results), models=models))
     return verdicts
+
+
+def _model_files(stack: SovereignStack, store_name: str, store: S3Store, bucket: str) -> dict[str, Decision]:
+    """The decision on the GGUF file of each llama-cpp model copied from ``store_name``."""
+    decisions = {}
+    for index, model in enumerate(stack.spec.models):
+        if model.engine is not Engine.LLAMA_CPP or model.source.data_store != store_name:
+            continue
+        field = f"spec.models[{index}].source.path"
+        try:
+            decisions[model.name] = check_gguf(probe=probe_object(store=store, bucket=bucket, key=model.source.path),
+                                               field=field)
+        except StoreError as err:
+            decisions[model.name] = Decision(False, type(err).__name__, f"{field}: cannot read it: {err}")
+    return decisions
 
 
 def _credentials(kube: Kube, namespace: str, secret_name: str) -> Credentials | Decision:
@@ -155,7 +183,7 @@ class StoreVerdicts:
             last = self._verified.get((namespace, name))
         if last is not None and last.key == key and time.monotonic() - last.at < self.recheck_seconds:
             return last.verdicts
-        verdicts = verify_data_stores(kube=kube, stack=stack, create=True)
+        verdicts = verify_data_stores(kube=kube, stack=stack, create=True, check_models=True)
         if last is not None and last.key == key:
             verdicts = [_unless_unreachable(verdict, last.verdicts) for verdict in verdicts]
         with self._lock:

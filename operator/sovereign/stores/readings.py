@@ -96,6 +96,19 @@ class ObjectHead:
 
 
 @dataclass(frozen=True)
+class ObjectProbe:
+    """What a store holds at one key: whether the object exists, its size and first bytes, and
+    (for messages) the keys of the same directory that end like it."""
+
+    bucket: str
+    key: str
+    exists: bool
+    size: int = 0
+    start: bytes = b""
+    alike: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Encryption:
     """A bucket's default encryption; ``algorithm`` is None when none is configured."""
 

@@ -164,6 +164,17 @@ class S3Store:
             customer_key=bool(response.get("SSECustomerAlgorithm")),
         )
 
+    def read_start(self, *, bucket: str, key: str, length: int) -> bytes:
+        """The first ``length`` bytes of an object (fewer if it is shorter), with one ranged GET."""
+        with self._errors("GetObject", bucket=bucket, key=key):
+            response = self._client.get_object(Bucket=bucket, Key=key, Range=f"bytes=0-{length - 1}")
+        body = response["Body"]
+        try:
+            with self._errors("GetObject", bucket=bucket, key=key, streaming=True):
+                return body.read(length)
+        finally:
+            body.close()
+
     def part_sizes(self, *, bucket: str, key: str, size: int, parts_count: int) -> list[int]:
         """The size of each part of a multipart object, needed to recompute its ETag.
 
