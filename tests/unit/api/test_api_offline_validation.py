@@ -12,8 +12,9 @@ import pytest
 from click.testing import CliRunner
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+import yaml
 
-from sovereign.api import FieldError, InvalidStackError, parse_stack, validate_document
+from sovereign.api import FieldError, InvalidStackError, load_documents, parse_stack, validate_document
 from sovereign.api.types import NAME_PATTERN
 from sovereign.cli import main
 
@@ -224,3 +225,27 @@ def test_date_like_strings_stay_strings(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["validate", "-f", str(manifest)])
 
     assert result.exit_code == 0, result.output
+
+
+def test_validate_names_each_engine_mistake_with_its_field_and_fix(tmp_path: Path) -> None:
+    """A llama-cpp model asking for GPUs and autoscaling, and an engine that does not exist."""
+    cpu = load_documents((SAMPLES / "cpu.yaml").read_text())[0]
+    cpu["spec"]["models"][0] |= {"gpusPerReplica": 1, "autoscaling": {"maxReplicas": 2}}
+    unknown = copy.deepcopy(load_documents((SAMPLES / "cpu.yaml").read_text())[0])
+    unknown["metadata"]["name"] = "unknown-engine"
+    unknown["spec"]["models"][0]["engine"] = "tgi"
+    manifest = tmp_path / "stacks.yaml"
+    manifest.write_text(yaml.safe_dump_all([cpu, unknown]))
+
+    result = CliRunner().invoke(main, ["validate", "-f", str(manifest)])
+
+    assert result.exit_code == 1
+    assert result.output.splitlines() == [
+        f"{manifest} (document 1, SovereignStack cpu-assistant): spec.models[0].gpusPerReplica: engine llama-cpp "
+        "runs on CPU: remove gpusPerReplica (or set it to 0), or use engine vllm on a GPU pool (got 1)",
+        f"{manifest} (document 1, SovereignStack cpu-assistant): spec.models[0].autoscaling: autoscaling is only "
+        "for engine vllm (it scales on vLLM's request queue); remove it from a llama-cpp model "
+        '(got {"maxReplicas": 2})',
+        f"{manifest} (document 2, SovereignStack unknown-engine): spec.models[0].engine: must be 'vllm' or "
+        "'llama-cpp' (got \"tgi\")",
+    ]
