@@ -1,14 +1,19 @@
 # The two commands of the README are `make dev` (the main job: a local sovereign cluster with the
 # operator and a sample stack) and `make test` (the whole test suite). Both run `setup` first, which
 # installs everything a fresh machine lacks: the Python packages (in .venv), the Debian packages,
-# the Go builds of the control plane, KWOK and MinIO, and the container images of the real node
-# (all cached outside the repo by version or content).
+# the Go builds of the control plane, the real node, KWOK and MinIO, and the container images of
+# the real node (all cached outside the repo by version or content).
 
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-DEBIAN_PACKAGES := prometheus gcc libc6-dev mmdebstrap
+# prometheus: promtool (alert rule tests); gcc and libc6-dev build the static pause program and
+# runc (cgo, with libseccomp-dev); mmdebstrap the Debian root filesystem of the images. The real
+# node: containerd (and its ctr), the CNI bridge plugins, iptables and conntrack for kube-proxy,
+# iproute2 for the bridge.
+DEBIAN_PACKAGES := prometheus gcc libc6-dev mmdebstrap libseccomp-dev containerd \
+	containernetworking-plugins iptables conntrack iproute2
 PYTEST_ARGS ?=
 
 .PHONY: setup python-deps system-deps go-binaries images dev down test bench crds chart clean
@@ -25,8 +30,7 @@ $(VENV)/.installed: pyproject.toml
 	echo "$(CURDIR)/operator" > "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/sovereign-dev-harness.pth"
 	touch $@
 
-# promtool (alert rule tests) comes from Debian's prometheus package; gcc and libc6-dev build the
-# static pause program, mmdebstrap the Debian root filesystem of the images.
+# Installs only the packages missing, so a machine that has them all does not touch apt.
 system-deps:
 	@missing="$$(for p in $(DEBIAN_PACKAGES); do dpkg-query -W -f='$${db:Status-Status}' $$p 2>/dev/null | grep -qx installed || echo $$p; done)"; \
 	[ -z "$$missing" ] || { \

@@ -1,4 +1,4 @@
-"""Build the control-plane, KWOK and MinIO binaries from pinned Go modules, cached by version.
+"""Build the local cloud's Go binaries (control plane, real node, KWOK, MinIO) from pinned modules.
 
 Each directory under ``gomods/`` is a tiny Go module of ours whose ``tool`` directives name the
 upstream main packages and whose go.mod/go.sum pin them. ``ensure(component)`` returns the
@@ -44,6 +44,11 @@ class Component:
     assets: tuple[str, ...] = ()
     # Files of ours in the module directory that are part of the build (a main of our own).
     sources: tuple[str, ...] = ()
+    # Build tags and environment the build needs beyond Go's defaults (runc: cgo and seccomp).
+    tags: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+    # A Go string variable that should report the pinned version (`-X`), without the leading v.
+    version_var: str | None = None
 
     @property
     def moddir(self) -> Path:
@@ -75,11 +80,15 @@ class Component:
         digest = hashlib.sha256()
         for name in ("go.mod", "go.sum", *self.sources):
             digest.update((self.moddir / name).read_bytes())
+        if self.tags or self.env:
+            digest.update(repr((self.tags, self.env)).encode())
         return f"{self.name}-{self.version}-{digest.hexdigest()[:10]}"
 
     def ldflags(self) -> str:
         flags = ["-s", "-w"]
-        if self.name == "kubernetes":
+        if self.version_var:
+            flags.append(f"-X {self.version_var}={self.version.lstrip('v')}")
+        if self.upstream == "k8s.io/kubernetes":
             # Without these the binaries report v0.0.0-master, which breaks version-skew checks.
             major, minor = self.version.lstrip("v").split(".")[:2]
             for pkg in ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version"):
@@ -109,6 +118,13 @@ COMPONENTS: dict[str, Component] = {
     for c in (
         Component("etcd", "go.etcd.io/etcd/server/v3"),
         Component("kubernetes", "k8s.io/kubernetes"),
+        # The real node's kubelet and kube-proxy: the same release as the control plane, in a
+        # module of their own so adding them did not change the control plane's cache key.
+        Component("kubenode", "k8s.io/kubernetes"),
+        Component("runc", "github.com/opencontainers/runc", tags=("seccomp",),
+                  env=(("CGO_ENABLED", "1"),), version_var="main.version"),
+        # Our own main linking only the plugins cluster DNS needs (upstream's links every one).
+        Component("coredns", "github.com/coredns/coredns", sources=("main.go",)),
         # kwok ships no stages in its binary; these are the "fast" set kwokctl uses by default.
         Component("kwok", "sigs.k8s.io/kwok", assets=(
             "kustomize/stage/node/fast/node-initialize.yaml",
@@ -178,9 +194,10 @@ def _build(component: Component, target: Path, *, progress: bool) -> None:
     staging = Path(tempfile.mkdtemp(prefix=f".{component.key}.", dir=target.parent))
     command = [
         go, "build", "-v", "-trimpath", "-ldflags", component.ldflags(),
+        *(["-tags", ",".join(component.tags)] if component.tags else []),
         "-o", str(staging) + "/", *component.tools,
     ]
-    env = dict(os.environ)
+    env = {**os.environ, **dict(component.env)}
     started = time.monotonic()
     label = f"{component.name} {component.version}"
     log = staging / "build.log"

@@ -33,3 +33,29 @@ def test_every_staging_module_of_kubernetes_is_replaced_with_the_same_release():
     replaces = [line.split() for line in text.splitlines() if "=>" in line]
     assert len(replaces) > 25
     assert all(parts[-1] == minor for parts in replaces)
+
+
+def test_real_node_components_pin_the_control_plane_release_and_name_their_binaries():
+    kube, node = build.COMPONENTS["kubernetes"], build.COMPONENTS["kubenode"]
+    assert node.version == kube.version
+    assert set(node.binaries) == {"kubelet", "kube-proxy"}
+    # Same release stamped into the node binaries, so version-skew checks see v1.x, not master.
+    assert f"k8s.io/component-base/version.gitVersion={node.version}" in node.ldflags()
+    # Its own module: adding node binaries must not change the control plane's cache key.
+    assert node.key != kube.key and kube.key.startswith(f"kubernetes-{kube.version}-")
+    assert build.COMPONENTS["coredns"].binaries == ["coredns"]
+    assert build.COMPONENTS["runc"].binaries == ["runc"]
+
+
+def test_runc_builds_with_cgo_and_seccomp_and_reports_its_version():
+    runc = build.COMPONENTS["runc"]
+    assert runc.version == "v1.2.6"
+    assert runc.tags == ("seccomp",)
+    assert dict(runc.env) == {"CGO_ENABLED": "1"}
+    assert "-X main.version=1.2.6" in runc.ldflags()
+
+
+def test_build_tags_and_environment_are_part_of_the_cache_key():
+    runc = build.COMPONENTS["runc"]
+    plain = build.Component("runc", runc.upstream, version_var=runc.version_var)
+    assert plain.key != runc.key
