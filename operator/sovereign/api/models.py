@@ -771,6 +771,19 @@ _RESOURCES_FOR_LLAMA = (
     "resources.memory, such as {cpu: \"4\", memory: 8Gi}"
 )
 _RESOURCES_ONLY_LLAMA = "resources is only for engine llama-cpp (a vLLM replica is sized by gpusPerReplica); remove it"
+_SEPARATE_VALUE = (
+    "llama-server takes a flag's value as the next argument, not after '=': write the flag and its "
+    "value as two entries, such as [--ctx-size, \"4096\"]"
+)
+
+
+def _joined_value_failures(model: ModelSpec) -> Iterator[RuleFailure]:
+    if model.engine is Engine.LLAMA_CPP:
+        for index, arg in enumerate(model.extra_args):
+            if arg.startswith("-") and "=" in arg:
+                yield RuleFailure(("extraArgs", index), arg, _SEPARATE_VALUE)
+
+
 _GGUF_PATH = (
     "engine llama-cpp serves one GGUF file: source.path must name it, such as models/tiny/model.gguf"
 )
@@ -945,6 +958,15 @@ class ModelSpec(ApiObject):
             ),
             field_path=".extraArgs",
             failures=_owned_flag_failures,
+        ),
+        Rule(
+            cel=(
+                "self.engine != 'llama-cpp' || !has(self.extraArgs) || "
+                "!self.extraArgs.exists(a, a.startsWith('-') && a.contains('='))"
+            ),
+            message=_SEPARATE_VALUE,
+            field_path=".extraArgs",
+            failures=_joined_value_failures,
         ),
     )
 

@@ -207,6 +207,8 @@ def _llama_server(model: ModelSpec, weights_mount: dict[str, Any], resources: di
             "--host", "0.0.0.0",
             "--port", str(names.MODEL_PORT),
             "--metrics",
+            # An API server for applications: llama-server's built-in chat page is left out.
+            "--no-webui",
             "--threads", str(threads(model)),
             *model.extra_args,
         ],

@@ -44,7 +44,7 @@ def test_llama_server_serves_the_gguf_file_under_the_logical_name_on_the_service
     assert _flag(args, "--host") == "0.0.0.0"
     assert int(_flag(args, "--port")) == server["ports"][0]["containerPort"] == service_port["port"] == 8000
     assert service_port["targetPort"] == server["ports"][0]["name"] == "http"
-    assert "--metrics" in args
+    assert "--metrics" in args and "--no-webui" in args
     assert args[-2:] == ["--ctx-size", "4096"], "extraArgs come last, as given"
 
 
