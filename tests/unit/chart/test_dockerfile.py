@@ -1,8 +1,9 @@
-"""The Dockerfile's rules, read from the file: no engine builds the image here or in CI.
+"""The Dockerfile's rules, read from the file (``sovereign_dev.dockerfile``).
 
 The final stage is what runs in the cluster, so it is held to: a slim base, a numeric non-root
 user (runAsNonRoot can only be verified for a numeric one), no compiler or package installs, and
 ``sovereign`` as the entry point serving every role of the chart (run, agent, fetch-model).
+``tests/unit/dev/test_operator_image.py`` holds the image built locally to the same file.
 """
 
 from __future__ import annotations
@@ -10,49 +11,15 @@ from __future__ import annotations
 import re
 import shlex
 import tomllib
-from dataclasses import dataclass, field
 
 from click.testing import CliRunner
 
-from sovereign_dev.chart import REPO_ROOT
 from sovereign.cli import main
+from sovereign_dev.chart import REPO_ROOT
+from sovereign_dev.dockerfile import stages
 
-DOCKERFILE = REPO_ROOT / "Dockerfile"
 BUILD_TOOLS = re.compile(r"\b(gcc|g\+\+|cc|clang|make|build-essential|cmake|rustc|cargo|golang|"
                          r"python3?-dev|libc6?-dev)\b")
-
-
-@dataclass
-class Stage:
-    base: str
-    name: str | None
-    instructions: list[tuple[str, str]] = field(default_factory=list)
-
-    def all(self, keyword: str) -> list[str]:
-        return [argument for instruction, argument in self.instructions if instruction == keyword]
-
-
-def stages() -> list[Stage]:
-    """The Dockerfile's stages, ARG defaults substituted into their FROM lines."""
-    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
-    args: dict[str, str] = {}
-    parsed: list[Stage] = []
-    for line in text.splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        instruction, _, argument = line.partition(" ")
-        instruction = instruction.upper()
-        if instruction == "ARG" and not parsed:
-            name, _, default = argument.partition("=")
-            args[name] = default
-        elif instruction == "FROM":
-            words = argument.split()
-            base = re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], words[0])
-            parsed.append(Stage(base=base, name=words[2] if len(words) > 2 else None))
-        else:
-            parsed[-1].instructions.append((instruction, argument))
-    return parsed
 
 
 def test_the_final_stage_runs_on_a_slim_base_as_a_numeric_non_root_user():
