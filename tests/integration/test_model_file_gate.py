@@ -1,0 +1,129 @@
+"""A llama-cpp model whose GGUF path holds no model is held back by the operator until it does.
+
+Against the local control plane, a real MinIO server of me-central-1 and the operator as a real
+``sovereign run`` process: a CPU stack (a pool of the fleet's CPU nodes, a llama-cpp model, an
+application) whose ``source.path`` names a GGUF file that is not in the bucket runs no replica of
+the model (nothing is copied, nothing served) and reports ``ModelsReady=False`` and
+``Stalled=True`` with reason ``ModelFileMissing``, the message and an Event naming
+``spec.models[0].source.path``; once the file is uploaded, the next re-check starts the model and
+the stack becomes Ready. KWOK runs the pods (no container really starts here: the real node's
+tests run llama-server itself).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from sovereign.api import GROUP, PLURAL, VERSION
+from sovereign.policy import model_source as ms
+from sovereign_dev.scenario import RACK_LABEL, OperatorProcess, SimulatedCloud, delete_stack, stack_conditions
+
+STACK = "cpu"
+CPU_NODE = "cpu-mec1-0"
+KEY = "gguf/tiny.gguf"
+FIELD = "spec.models[0].source.path"
+RESYNC = 3  # seconds: the operator's resync, and so the stores' re-check period, in this test
+WAIT = 240  # seconds; generous, the machine is shared
+pytestmark = pytest.mark.minio
+
+
+@pytest.fixture
+def cloud(api_client, namespace: str, minio_servers) -> Iterator[SimulatedCloud]:
+    """Volumes for the weights cache, a bucket with its Secret, and one CPU node of the fleet in
+    rack doha-cpu (the CPU pool's selector)."""
+    core = client.CoreV1Api(api_client)
+    with SimulatedCloud(api_client, namespace, store=minio_servers["me-central-1"]) as simulated:
+        core.patch_node(CPU_NODE, {"metadata": {"labels": {RACK_LABEL: "doha-cpu"}}})
+        try:
+            yield simulated
+        finally:
+            core.patch_node(CPU_NODE, {"metadata": {"labels": {RACK_LABEL: None}}})
+
+
+@pytest.fixture
+def operator(cluster, api_client, namespace: str, cloud: SimulatedCloud, tmp_path) -> Iterator[OperatorProcess]:
+    process = OperatorProcess(kubeconfig=cluster.kubeconfig, namespaces=[namespace], log=tmp_path / "operator.log",
+                              resync_seconds=RESYNC).start()
+    yield process
+    try:
+        delete_stack(api_client, namespace, STACK)  # the finalizer releases the node
+    finally:
+        process.stop()
+
+
+def _document(namespace: str, cloud: SimulatedCloud) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}", "kind": "SovereignStack",
+        "metadata": {"name": STACK, "namespace": namespace},
+        "spec": {
+            "residency": {"jurisdiction": "QA", "regions": ["me-central-1"]},
+            "nodePools": [{"name": "cpu", "provisioner": "Existing",
+                           "existing": {"nodeSelector": {RACK_LABEL: "doha-cpu"}}}],
+            "dataStores": [{"name": "weights", "s3": {
+                "bucket": cloud.bucket, "region": "me-central-1", "endpoint": cloud.store.endpoint,
+                "forcePathStyle": True, "credentialsSecretRef": {"name": "s3-creds"}}}],
+            "models": [{"name": "chat", "engine": "llama-cpp", "model": "tiny", "nodePool": "cpu",
+                        "source": {"dataStore": "weights", "path": KEY},
+                        "resources": {"cpu": "2", "memory": "1Gi"}, "cache": {"size": "1Gi"}}],
+            "applications": [{"name": "assistant", "image": "registry.gov.qa/assistant:1", "models": ["chat"]}],
+        },
+    }
+
+
+def _wait(what: str, predicate: Callable[[], Any], operator: OperatorProcess, api_client, namespace: str) -> Any:
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline:
+        result = predicate()
+        if result:
+            return result
+        time.sleep(0.5)
+    conditions = {k: (v["status"], v["reason"], v["message"])
+                  for k, v in stack_conditions(api_client, namespace, STACK).items()}
+    pytest.fail(f"timed out after {WAIT}s waiting for {what}\nconditions: {conditions}\n"
+                f"operator log:\n{operator.tail()}")
+
+
+def _replicas(api_client, namespace: str) -> dict[str, tuple[int, int]]:
+    return {d.metadata.name: (d.spec.replicas, d.status.ready_replicas or 0)
+            for d in client.AppsV1Api(api_client).list_namespaced_deployment(namespace).items}
+
+
+def test_a_missing_gguf_file_holds_the_model_back_until_it_is_uploaded(api_client, namespace, cloud, operator):
+    client.CustomObjectsApi(api_client).create_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, _document(namespace, cloud))
+
+    def stalled() -> bool:
+        conditions = stack_conditions(api_client, namespace, STACK)
+        return (conditions.get("Stalled", {}).get("reason") == ms.MODEL_FILE_MISSING
+                and _replicas(api_client, namespace).get("assistant") == (1, 1))
+
+    _wait("Stalled with ModelFileMissing", stalled, operator, api_client, namespace)
+
+    conditions = stack_conditions(api_client, namespace, STACK)
+    missing = f"chat: model chat is not started: {FIELD}: s3://{cloud.bucket}/{KEY} does not exist"
+    assert (conditions["ModelsReady"]["status"], conditions["ModelsReady"]["reason"]) == ("False",
+                                                                                          ms.MODEL_FILE_MISSING)
+    assert conditions["ModelsReady"]["message"].startswith(missing)
+    assert conditions["ModelsReady"]["message"].endswith(f"set {FIELD} to the key of one")
+    assert (conditions["Ready"]["status"], conditions["Stalled"]["status"]) == ("False", "True")
+    assert conditions["DataStoresReady"]["status"] == "True", "the bucket itself passes its checks"
+    assert _replicas(api_client, namespace)["chat"] == (0, 0)
+    assert not client.CoreV1Api(api_client).list_namespaced_pod(
+        namespace, label_selector="app.kubernetes.io/name=chat").items, "no loader ran, nothing was copied"
+    events = client.CoreV1Api(api_client).list_namespaced_event(namespace).items
+    assert any(e.reason == ms.MODEL_FILE_MISSING and FIELD in (e.message or "") for e in events)
+
+    cloud.store.client().put_object(Bucket=cloud.bucket, Key=KEY, Body=b"GGUF" + bytes(1024))
+
+    def ready() -> bool:
+        status = stack_conditions(api_client, namespace, STACK)
+        return status.get("Ready", {}).get("status") == "True"
+
+    _wait("Ready once the GGUF file is in the bucket", ready, operator, api_client, namespace)
+    assert _replicas(api_client, namespace)["chat"] == (1, 1)
+    assert stack_conditions(api_client, namespace, STACK)["ModelsReady"]["reason"] == "ModelsAvailable"
