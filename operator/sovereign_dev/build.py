@@ -7,6 +7,10 @@ its version. The cache lives outside the repository (``$SOVEREIGN_CACHE_DIR`` or
 ``~/.cache/sovereign-stack``), keyed by component, upstream version and a hash of the pin files,
 so later runs, CI on the same machine and several checkouts share one build.
 
+One component is not Go: ``llama-server``, llama.cpp's OpenAI-compatible server (the CPU engine),
+built with CMake from the llama.cpp source that PyPI's ``llama-cpp-python`` sdist vendors; the
+sdist is fetched with pip (hash-checked) into the same cache.
+
 Called by ``devcluster.cluster``, ``devcluster.minio``, the test fixtures and
 ``python -m sovereign_dev.build`` (the set-up step of the README's commands).
 """
@@ -21,10 +25,13 @@ import re
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from sovereign.api.engines import LLAMA_CPP_BUILD, LLAMA_CPP_COMMIT
 
 GOMODS = Path(__file__).with_name("gomods")
 
@@ -101,6 +108,34 @@ class Component:
         return " ".join(flags)
 
 
+@dataclass(frozen=True)
+class CMakeComponent:
+    """One CMake target built from the C/C++ source a pinned PyPI sdist carries."""
+
+    name: str
+    # The sdist (exact version, sha256 as PyPI lists it) and the source tree inside it.
+    package: str
+    package_version: str
+    sha256: str
+    source_dir: str
+    # What the binary calls itself; names the cache entry next to the hash of everything below.
+    version: str
+    target: str
+    cmake_args: tuple[str, ...]
+    assets: tuple[str, ...] = ()
+
+    @property
+    def binaries(self) -> list[str]:
+        return [self.target]
+
+    @property
+    def key(self) -> str:
+        digest = hashlib.sha256("\n".join(
+            (self.package, self.package_version, self.sha256, self.source_dir, self.target,
+             *self.cmake_args)).encode())
+        return f"{self.name}-{self.version}-{digest.hexdigest()[:10]}"
+
+
 def _go_output_name(tool: str) -> str:
     """The file name `go build -o dir/` gives a main package (the element before a /vN suffix)."""
     parts = tool.rstrip("/").split("/")
@@ -113,7 +148,7 @@ def _binary_name(tool: str) -> str:
     return {"server": "etcd"}.get(name, name)
 
 
-COMPONENTS: dict[str, Component] = {
+COMPONENTS: dict[str, Component | CMakeComponent] = {
     c.name: c
     for c in (
         Component("etcd", "go.etcd.io/etcd/server/v3"),
@@ -138,6 +173,33 @@ COMPONENTS: dict[str, Component] = {
         # Our own main over kstatus (github.com/fluxcd/cli-utils, the copy Flux runs): the tests
         # ask it how Flux judges a stack's status. sigs.k8s.io/cli-utils is not on the proxy here.
         Component("kstatus", "github.com/fluxcd/cli-utils", sources=("main.go",)),
+        # llama-cpp-python 0.3.36 vendors llama.cpp at LLAMA_CPP_COMMIT (its CHANGELOG says so;
+        # _build_cmake checks it), which upstream released as build LLAMA_CPP_BUILD.
+        CMakeComponent(
+            "llama-server", package="llama-cpp-python", package_version="0.3.36",
+            sha256="832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e",
+            source_dir="vendor/llama.cpp", version=f"b{LLAMA_CPP_BUILD}", target="llama-server",
+            cmake_args=(
+                "-DCMAKE_BUILD_TYPE=Release",
+                # The sdist has no .git, from which llama.cpp would read its build number.
+                f"-DLLAMA_BUILD_NUMBER={LLAMA_CPP_BUILD}",
+                f"-DLLAMA_BUILD_COMMIT={LLAMA_CPP_COMMIT[:7]}",
+                # One self-contained binary for any x86-64-v3 machine (AVX2, as ggml's non-native
+                # default): no shared ggml/llama libraries, no OpenMP runtime, libstdc++ linked
+                # in, stripped; only glibc comes from the image.
+                "-DBUILD_SHARED_LIBS=OFF",
+                "-DGGML_NATIVE=OFF",
+                "-DGGML_OPENMP=OFF",
+                "-DCMAKE_EXE_LINKER_FLAGS=-static-libstdc++ -static-libgcc -s",
+                # Nothing fetched at build or run time: no HTTPS client (model downloads), no web
+                # UI (built with npm or downloaded from Hugging Face otherwise).
+                "-DLLAMA_OPENSSL=OFF",
+                "-DLLAMA_BUILD_UI=OFF",
+                "-DLLAMA_USE_PREBUILT_UI=OFF",
+                "-DLLAMA_BUILD_TESTS=OFF",
+                "-DLLAMA_BUILD_EXAMPLES=OFF",
+            ),
+        ),
     )
 }
 
@@ -147,7 +209,7 @@ def cache_root() -> Path:
     return Path(root)
 
 
-def cached_dir(component: Component) -> Path:
+def cached_dir(component: Component | CMakeComponent) -> Path:
     return cache_root() / "bin" / component.key
 
 
@@ -169,7 +231,10 @@ def ensure(name: str, *, progress: bool = True) -> Path:
     with _locked(target.parent / f".{component.name}.lock"):
         if is_cached(name):
             return target
-        _build(component, target, progress=progress)
+        if isinstance(component, CMakeComponent):
+            _build_cmake(component, target, progress=progress)
+        else:
+            _build(component, target, progress=progress)
     return target
 
 
@@ -207,12 +272,11 @@ def _build(component: Component, target: Path, *, progress: bool) -> None:
             stderr=subprocess.STDOUT, text=True,
         )
         assert proc.stdout is not None
-        _show_progress(proc.stdout, out, label=label, enabled=progress)
+        _show_progress(proc.stdout, out, label=label, unit="packages", enabled=progress)
         code = proc.wait()
     if code != 0:
-        tail = "".join(log.read_text().splitlines(keepends=True)[-40:])
         shutil.rmtree(staging, ignore_errors=True)
-        raise BuildError(f"building {label} failed (exit {code}):\n{tail}")
+        raise BuildError(f"building {label} failed (exit {code}):\n{_tail(log)}")
     for tool in component.tools:
         built, wanted = staging / _go_output_name(tool), staging / _binary_name(tool)
         if built != wanted and built.is_file():
@@ -237,8 +301,105 @@ def _copy_assets(component: Component, destination: Path, *, go: str, env: dict)
         shutil.copyfile(Path(moddir) / asset, destination / Path(asset).name)
 
 
-def _show_progress(stream, log_file, *, label: str, enabled: bool) -> None:
-    """Copy `go build -v` output to the log while showing a live count of compiled packages."""
+def _build_cmake(component: CMakeComponent, target: Path, *, progress: bool) -> None:
+    """Configure and build one target of the sdist's source tree; only the binary is kept."""
+    for tool in ("cmake", "make", "g++"):
+        if not shutil.which(tool):
+            raise BuildError(f"building {component.name} needs {tool}: install Debian's cmake, "
+                             "make and g++ (`make setup` does)")
+    started = time.monotonic()
+    label = f"{component.name} {component.version}"
+    source = _unpacked_sdist(component)
+    staging = Path(tempfile.mkdtemp(prefix=f".{component.key}.", dir=target.parent))
+    build_dir = Path(tempfile.mkdtemp(prefix=f"{component.key}.", dir=_work_dir("build")))
+    log = staging / "build.log"
+    steps = (
+        ["cmake", "-S", str(source), "-B", str(build_dir), "-G", "Unix Makefiles",
+         *component.cmake_args],
+        # Two jobs: the machines this runs on have two cores and other builds beside it.
+        ["cmake", "--build", str(build_dir), "--target", component.target, "-j2"],
+    )
+    try:
+        with open(log, "w") as out:
+            for command in steps:
+                proc = subprocess.Popen(command, stdout=subprocess.PIPE,
+                                        stderr=subprocess.STDOUT, text=True)
+                assert proc.stdout is not None
+                _show_progress(proc.stdout, out, label=label, unit="lines", enabled=progress)
+                code = proc.wait()
+                if code != 0:
+                    raise BuildError(f"building {label} failed (exit {code} from "
+                                     f"`{' '.join(command[:2])}`):\n{_tail(log)}")
+        built = build_dir / "bin" / component.target
+        if not built.is_file():
+            raise BuildError(f"building {label} produced no {built}:\n{_tail(log)}")
+        shutil.copy2(built, staging / component.target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    finally:
+        shutil.rmtree(build_dir, ignore_errors=True)
+    if target.exists():
+        shutil.rmtree(target)
+    staging.rename(target)
+    _say(f"built {label} in {time.monotonic() - started:.0f}s -> {target}", enabled=progress)
+
+
+def _unpacked_sdist(component: CMakeComponent) -> Path:
+    """The sdist's source tree under the cache, downloaded by pip with its hash checked."""
+    root = _work_dir("src") / f"{component.package}-{component.package_version}"
+    source = root / component.source_dir
+    if (root / ".unpacked").is_file():
+        return source
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir()
+    requirement = root / "requirements.txt"
+    requirement.write_text(f"{component.package}=={component.package_version} "
+                           f"--hash=sha256:{component.sha256}\n")
+    fetched = subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
+         "--require-hashes", "-r", str(requirement), "-d", str(root)],
+        capture_output=True, text=True)
+    archives = list(root.glob("*.tar.gz"))
+    if fetched.returncode != 0 or len(archives) != 1:
+        raise BuildError(f"pip could not download {component.package}=={component.package_version}"
+                         f" with sha256 {component.sha256}:\n{fetched.stdout}{fetched.stderr}")
+    prefix = f"{archives[0].name.removesuffix('.tar.gz')}/"
+    with tarfile.open(archives[0]) as archive:
+        members = [m for m in archive.getmembers() if m.name.startswith(prefix)]
+        for member in members:
+            member.name = member.name.removeprefix(prefix)
+        archive.extractall(root, members=members, filter="data")
+    _check_vendored_commit(component, root)
+    archives[0].unlink()
+    (root / ".unpacked").touch()
+    return source
+
+
+def _check_vendored_commit(component: CMakeComponent, root: Path) -> None:
+    # llama-cpp-python's changelog names the llama.cpp commit each release vendors; a pin that
+    # moves one without the other would build a binary that lies about its version.
+    changelog = (root / "CHANGELOG.md").read_text()
+    section = changelog.split(f"## [{component.package_version}]", 1)[-1].split("\n## [", 1)[0]
+    if f"llama.cpp@{LLAMA_CPP_COMMIT[:9]}" not in section:
+        raise BuildError(
+            f"{component.package} {component.package_version} does not vendor llama.cpp "
+            f"{LLAMA_CPP_COMMIT[:9]} (its CHANGELOG.md says otherwise): pin the sdist release that "
+            "vendors sovereign.api.engines.LLAMA_CPP_COMMIT, or move that pin with it")
+
+
+def _work_dir(kind: str) -> Path:
+    directory = cache_root() / kind
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory
+
+
+def _tail(log: Path) -> str:
+    return "".join(log.read_text().splitlines(keepends=True)[-40:])
+
+
+def _show_progress(stream, log_file, *, label: str, unit: str, enabled: bool) -> None:
+    """Copy a build's output to the log while showing a live count of its lines of progress."""
     if not enabled:
         for line in stream:
             log_file.write(line)
@@ -248,7 +409,7 @@ def _show_progress(stream, log_file, *, label: str, enabled: bool) -> None:
 
     console = Console(stderr=True)
     columns = (SpinnerColumn(), TextColumn("[bold]building {task.fields[label]}"),
-               TextColumn("{task.completed} packages"), TimeElapsedColumn(),
+               TextColumn(f"{{task.completed}} {unit}"), TimeElapsedColumn(),
                TextColumn("[dim]{task.fields[last]}"))
     with Progress(*columns, console=console, transient=not console.is_terminal) as bar:
         task = bar.add_task("build", total=None, label=label, last="")
@@ -256,7 +417,7 @@ def _show_progress(stream, log_file, *, label: str, enabled: bool) -> None:
             log_file.write(line)
             bar.update(task, advance=1, last=line.strip()[-60:])
             if not console.is_terminal and bar.tasks[0].completed % 500 == 0:
-                console.print(f"building {label}: {bar.tasks[0].completed} packages compiled")
+                console.print(f"building {label}: {bar.tasks[0].completed} {unit} so far")
 
 
 def _say(message: str, *, enabled: bool) -> None:

@@ -1,5 +1,8 @@
-"""The pinned Go modules name the binaries and versions the harness expects."""
+"""The pinned Go modules and the llama.cpp sdist name the binaries and versions the harness expects."""
 
+import pytest
+
+from sovereign.api.engines import LLAMA_CPP_BUILD, LLAMA_CPP_COMMIT, LLAMA_CPP_IMAGE
 from sovereign_dev import build
 
 
@@ -59,3 +62,26 @@ def test_build_tags_and_environment_are_part_of_the_cache_key():
     runc = build.COMPONENTS["runc"]
     plain = build.Component("runc", runc.upstream, version_var=runc.version_var)
     assert plain.key != runc.key
+
+
+def test_llama_server_is_built_at_the_llama_cpp_release_the_operator_renders():
+    server = build.COMPONENTS["llama-server"]
+    assert server.binaries == ["llama-server"]
+    assert server.version == f"b{LLAMA_CPP_BUILD}"
+    assert f"-DLLAMA_BUILD_NUMBER={LLAMA_CPP_BUILD}" in server.cmake_args
+    # The local engine image is tagged as the operator's default, so the tag must name this build.
+    assert LLAMA_CPP_IMAGE == f"ghcr.io/ggml-org/llama.cpp:server-{server.version}"
+    assert build.cached_dir(server).name.startswith(f"llama-server-b{LLAMA_CPP_BUILD}-")
+
+
+def test_an_sdist_that_vendors_another_llama_cpp_commit_is_refused(tmp_path):
+    server = build.COMPONENTS["llama-server"]
+    (tmp_path / "CHANGELOG.md").write_text(
+        f"## [{server.package_version}]\n\n- feat: update llama.cpp to ggml-org/llama.cpp@deadbeef1\n\n"
+        f"## [0.0.1]\n\n- feat: update llama.cpp to ggml-org/llama.cpp@{LLAMA_CPP_COMMIT[:9]}\n")
+    with pytest.raises(build.BuildError, match=f"does not vendor llama.cpp {LLAMA_CPP_COMMIT[:9]}"):
+        build._check_vendored_commit(server, tmp_path)
+
+    (tmp_path / "CHANGELOG.md").write_text(
+        f"## [{server.package_version}]\n\n- feat: update llama.cpp to ggml-org/llama.cpp@{LLAMA_CPP_COMMIT[:9]}\n")
+    build._check_vendored_commit(server, tmp_path)
