@@ -43,8 +43,10 @@ class EngineStartError(RuntimeError):
 class LlamaServer:
     """One llama-server process serving ``model`` as ``alias`` on loopback; logs under ``root``."""
 
-    def __init__(self, *, model: Path, alias: str, root: Path, threads: int = 2,
-                 ctx_size: int = 2048, binary_dir: Path | None = None) -> None:
+    def __init__(self, *, model: Path, alias: str, root: Path, threads: int = 2, ctx_size: int = 2048,
+                 binary: Path | None = None, prefix: Sequence[str] = ()) -> None:
+        """``binary`` defaults to the cached build; ``prefix`` runs it through another program
+        (``chroot --userspec=... <rootfs>``, with ``binary`` and ``model`` paths inside it)."""
         self.model = Path(model)
         self.alias = alias
         self.root = Path(root)
@@ -52,7 +54,8 @@ class LlamaServer:
         self.ctx_size = ctx_size
         self.port = 0
         self._log_start = 0
-        self._binary_dir = binary_dir
+        self._binary = binary
+        self._prefix = tuple(prefix)
         self._process: subprocess.Popen[bytes] | None = None
 
     def __repr__(self) -> str:
@@ -78,16 +81,16 @@ class LlamaServer:
     def command(self, binary: Path) -> list[str]:
         """The command line: the flags a llama.cpp pod of a stack gets, on loopback."""
         return [
-            str(binary), "--host", "127.0.0.1", "--port", "0", "--model", str(self.model),
+            *self._prefix, str(binary), "--host", "127.0.0.1", "--port", "0", "--model", str(self.model),
             "--alias", self.alias, "--ctx-size", str(self.ctx_size),
-            "--threads", str(self.threads), "--metrics", "--no-ui",
+            "--threads", str(self.threads), "--metrics", "--no-webui",
         ]
 
     def start(self, *, timeout: float = 60.0) -> None:
         """Start the server and wait until it listens and ``/health`` answers 200."""
         if self.running:
             return
-        binary = (self._binary_dir or build.ensure("llama-server")) / "llama-server"
+        binary = self._binary or build.ensure("llama-server") / "llama-server"
         self.root.mkdir(parents=True, exist_ok=True)
         command = self.command(binary)
         with open(self.log_path, "ab") as log:

@@ -19,6 +19,12 @@ unchanged image is never rebuilt and a changed one never served stale. The image
     with ``IfNotPresent``): the project installed (not editable, bytecode compiled) into the
     virtual environment the Dockerfile names, and the final stage's ENV, USER, ENTRYPOINT, CMD
     and LABELs, read from the Dockerfile itself (``sovereign_dev.dockerfile``).
+``llama-server`` (:data:`LLAMA_SERVER_IMAGE`)
+    llama.cpp's server on the base, tagged exactly as the operator's default image for engine
+    ``llama-cpp`` (``sovereign.api.engines.LLAMA_CPP_IMAGE``, the upstream server image's name),
+    so a rendered CPU model runs on the local node with ``IfNotPresent``. Laid out as upstream's
+    image: ``/app/llama-server`` as entry point, ``LLAMA_ARG_HOST=0.0.0.0``. The binary is
+    ``sovereign_dev.build``'s (built from the pinned llama.cpp source; needs only glibc).
 ``chat-client`` (:data:`CHAT_CLIENT_IMAGE`)
     The sample application (``apps/chat_client.py``): asks its model by logical name, serves
     the answer on ``/ask``. Non-root, writes nothing.
@@ -50,7 +56,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sovereign import __version__
+from sovereign.api.engines import LLAMA_CPP_BUILD, LLAMA_CPP_COMMIT, LLAMA_CPP_IMAGE
 from sovereign.render.facts import DEFAULT_OPERATOR_IMAGE
+from sovereign.render.inference import LLAMA_SERVER
 from sovereign_dev import build, dockerfile, oci
 
 SOURCES = Path(__file__).with_name("images_src")
@@ -64,6 +72,8 @@ BASE_IMAGE = "sovereign.local/base:bookworm"
 #: The operator image goes by the reference the operator renders for its loader init containers.
 OPERATOR_IMAGE = DEFAULT_OPERATOR_IMAGE
 CHAT_CLIENT_IMAGE = f"sovereign.local/chat-client:{__version__}"
+#: The CPU engine goes by the reference the operator renders for engine llama-cpp by default.
+LLAMA_SERVER_IMAGE = LLAMA_CPP_IMAGE
 
 #: Debian suite and mirrors of the base root filesystem.
 DEBIAN_SUITE = "bookworm"
@@ -306,6 +316,34 @@ def _chroot(root: Path) -> list[str]:
     return ["unshare", "--map-root-user", f"--root={root}"]
 
 
+# --------------------------------------------------------------------------------------- llama-server
+
+def _llama_server_inputs() -> list[bytes]:
+    # The build's cache key hashes the sdist, its checksum and every CMake flag: a new build of
+    # llama-server is a new image, without reading (or first building) the binary to know it.
+    return [IMAGES["base"].key().encode(), build.cached_dir(build.COMPONENTS["llama-server"]).name.encode()]
+
+
+def _write_llama_server(archive: Path, report: Report) -> None:
+    base = ensure("base", progress=False)
+    report("building llama-server (cached after the first build)")
+    component = build.COMPONENTS["llama-server"]
+    binary = build.ensure("llama-server", progress=False) / "llama-server"
+    report("writing the archive")
+    layer = oci.layer_from_files({LLAMA_SERVER: (binary.read_bytes(), 0o755)},
+                                 created_by=f"llama-server {component.version} from {component.package} "
+                                            f"{component.package_version} (sovereign_dev.build)")
+    labels = _labels(title="llama.cpp server",
+                     description=f"llama.cpp's llama-server b{LLAMA_CPP_BUILD}, built from the llama.cpp source "
+                                 f"of {component.package} {component.package_version}")
+    labels.update({"org.opencontainers.image.version": f"b{LLAMA_CPP_BUILD}",
+                   "org.opencontainers.image.revision": LLAMA_CPP_COMMIT,
+                   "org.opencontainers.image.licenses": "MIT"})
+    oci.write_image(archive=archive, reference=LLAMA_SERVER_IMAGE, base=base, layers=[layer], config=oci.ImageConfig(
+        entrypoint=(LLAMA_SERVER,), env={"LLAMA_ARG_HOST": "0.0.0.0"}, working_dir="/app", labels=labels,
+    ))
+
+
 # --------------------------------------------------------------------------------------- chat client
 
 def _client_source() -> Path:
@@ -402,6 +440,7 @@ IMAGES: dict[str, Image] = {
         Image("base", BASE_IMAGE, _base_inputs, _write_base),
         Image("operator", OPERATOR_IMAGE, _operator_inputs, _write_operator),
         Image("chat-client", CHAT_CLIENT_IMAGE, _client_inputs, _write_client),
+        Image("llama-server", LLAMA_SERVER_IMAGE, _llama_server_inputs, _write_llama_server),
     )
 }
 

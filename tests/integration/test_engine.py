@@ -38,7 +38,7 @@ def servers(binary_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
     try:
         for name in tinymodel.MODELS:
             started[name] = LlamaServer(model=tinymodel.ensure(name), alias=name, root=root,
-                                        binary_dir=binary_dir)
+                                        binary=binary_dir / "llama-server")
             started[name].start()
         yield started
     finally:
@@ -100,7 +100,7 @@ def test_metrics_count_the_tokens_of_the_requests_served(servers):
 def test_a_file_that_holds_no_model_is_refused_with_the_server_log(binary_dir: Path, tmp_path: Path):
     bogus = tmp_path / "weights.gguf"
     bogus.write_bytes(b"these bytes are not a GGUF model\n" * 64)
-    server = LlamaServer(model=bogus, alias="bogus", root=tmp_path, binary_dir=binary_dir)
+    server = LlamaServer(model=bogus, alias="bogus", root=tmp_path, binary=binary_dir / "llama-server")
 
     with pytest.raises(EngineStartError, match=r"exited with code [1-9]") as raised:
         server.start(timeout=30)
