@@ -79,11 +79,12 @@ class LlamaServer:
         return self._process is not None and self._process.poll() is None
 
     def command(self, binary: Path) -> list[str]:
-        """The command line: the flags a llama.cpp pod of a stack gets, on loopback."""
+        """The command line: a rendered pod's flags (model, alias, threads, metrics, no web page,
+        offline), on loopback, on a port the server picks, with a fixed context size."""
         return [
             *self._prefix, str(binary), "--host", "127.0.0.1", "--port", "0", "--model", str(self.model),
             "--alias", self.alias, "--ctx-size", str(self.ctx_size),
-            "--threads", str(self.threads), "--metrics", "--no-webui",
+            "--threads", str(self.threads), "--metrics", "--no-webui", "--offline",
         ]
 
     def start(self, *, timeout: float = 60.0) -> None:
@@ -97,7 +98,6 @@ class LlamaServer:
             self._log_start = log.tell()
             log.write(f"--- {time.strftime('%Y-%m-%dT%H:%M:%S')} {' '.join(command)}\n".encode())
             log.flush()
-            # Hub downloads are off in llama-server's build (no HTTPS client); nothing to unset.
             self._process = subprocess.Popen(
                 command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True,
