@@ -1,24 +1,34 @@
 """The README's main command, tried as a new user would: `sovereign dev up` in one terminal,
-kubectl and `sovereign status` in another, `sovereign dev down` at the end.
+kubectl and `sovereign status` in another, `sovereign dev down` at the end; then the ways people
+really end it (Ctrl-C, kill -9, a second `make dev`), a component that cannot start, and a fleet
+of 64 GPU nodes per region.
 
 Runs the real CLI as subprocesses (control plane, MinIO, operator, node agents on fake NVML).
+Whether every process of a run is gone is read from the run's process ledger
+(``<workdir>/processes.jsonl``), by process group.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import signal
 import subprocess
 import sys
-import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 
 from sovereign_dev import build
-from sovereign_dev.cluster import process_alive, wait_until
-from sovereign_dev.devenv import SAMPLE_NAMESPACE, SAMPLE_STACK, read_state
+from sovereign_dev.cluster import wait_until
+from sovereign_dev.devenv import LEDGER_FILE, SAMPLE_NAMESPACE, SAMPLE_STACK, read_state
+from sovereign_dev.processes import ProcessLedger, Recorded, live_groups
 
 pytestmark = pytest.mark.slow
+
+# The smallest environment: one GPU node in one region, nothing applied.
+SMALL = ("--no-sample", "--no-view", "--nodes", "1", "--regions", "me-central-1")
 
 
 def _sovereign(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -27,22 +37,54 @@ def _sovereign(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
                           text=True, timeout=timeout, env={**os.environ, "COLUMNS": "300"})
 
 
+class DevUp:
+    """One `sovereign dev up` running in the background, its output in a file."""
+
+    def __init__(self, workdir: Path, log: Path, *args: str,
+                 env: dict[str, str] | None = None) -> None:
+        self.workdir = workdir
+        self.log = log
+        with open(log, "w") as out:
+            # A session of its own: signals sent to it here reach it alone, as Ctrl-C in a
+            # terminal reaches `make` and `sovereign` but not the children they put in theirs.
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "sovereign", "dev", "up", "--workdir", str(workdir), *args],
+                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                env={**os.environ, "COLUMNS": "300", **(env or {})})
+
+    def output(self) -> str:
+        return self.log.read_text()
+
+    def wait_up(self, *, timeout: float = 300) -> dict:
+        wait_until(lambda: "kubeconfig:" in self.output() or self.process.poll() is not None,
+                   timeout=timeout, interval=1, message=f"dev up to print the kubeconfig ({self.log})")
+        assert self.process.poll() is None, f"dev up exited early:\n{self.output()}"
+        return read_state(self.workdir)
+
+    def wait_exit(self, *, timeout: float = 120) -> int:
+        try:
+            return self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            raise
+
+    def started(self) -> list[Recorded]:
+        return ProcessLedger(self.workdir / LEDGER_FILE).entries()
+
+
+def _running(entries: list[Recorded]) -> list[str]:
+    live = live_groups()
+    return [f"{e.name} (pid {e.pid})" for e in entries if e.alive(live)]
+
+
 def test_dev_up_serves_a_sample_stack_to_kubectl_and_shows_gpu_faults(tmp_path: Path):
     workdir = tmp_path / "dev"
-    log = tmp_path / "dev-up.log"
     kubectl = str(build.ensure("kubernetes") / "kubectl")
-    with open(log, "w") as out:
-        up = subprocess.Popen(
-            [sys.executable, "-m", "sovereign", "dev", "up", "--no-sample", "--no-view",
-             "--nodes", "2", "--workdir", str(workdir)],
-            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    state: dict = {}
+    up = DevUp(workdir, tmp_path / "dev-up.log", "--no-sample", "--no-view", "--nodes", "2")
     try:
-        wait_until(lambda: up.poll() is None and "kubeconfig:" in log.read_text(), timeout=600,
-                   message=f"dev up to print the kubeconfig (log: {log})")
-        state = read_state(workdir)
+        state = up.wait_up(timeout=600)
         kubeconfig = state["kubeconfig"]
-        assert kubeconfig in log.read_text()
+        assert kubeconfig in up.output()
 
         applied = subprocess.run([kubectl, "--kubeconfig", kubeconfig, "apply", "-f",
                                   state["sample"]], capture_output=True, text=True)
@@ -77,13 +119,88 @@ def test_dev_up_serves_a_sample_stack_to_kubectl_and_shows_gpu_faults(tmp_path: 
         assert "Xid79" in shown.replace(" ", "") or "XID 79" in shown
     finally:
         down = _sovereign("dev", "down", "--workdir", str(workdir), timeout=180)
-        try:
-            up.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            os.killpg(up.pid, 9)
-            raise
+        code = up.wait_exit()
     assert down.returncode == 0, down.stdout + down.stderr
-    assert "stopped" in log.read_text()
-    time.sleep(1)
-    left = [pid for pid in state.get("pids", []) if process_alive(pid)]
-    assert not left, f"processes of dev up still running after dev down: {left}"
+    assert code == 0 and "stopped." in up.output()
+    assert len(up.started()) >= 8  # control plane, two MinIO, operator, agents
+    assert not _running(up.started()), "processes of dev up still running after dev down"
+
+
+def test_dev_up_starts_again_after_ctrl_c_after_kill_9_and_twice_in_a_row(tmp_path: Path):
+    workdir = tmp_path / "dev"
+
+    first = DevUp(workdir, tmp_path / "first.log", *SMALL)
+    first.wait_up()
+    first.process.send_signal(signal.SIGINT)  # Ctrl-C
+    assert first.wait_exit() == 0, first.output()
+    assert "stopped." in first.output() and "Traceback" not in first.output()
+    assert not _running(first.started())
+
+    # The next `make dev`, in the same work directory: its cluster is a new one.
+    second = DevUp(workdir, tmp_path / "second.log", *SMALL)
+    second.wait_up()
+    left_by_second = second.started()
+    second.process.kill()  # kill -9: no teardown at all
+    second.wait_exit()
+    assert len(_running(left_by_second)) >= 7, "a killed dev up leaves its children running"
+
+    third = DevUp(workdir, tmp_path / "third.log", *SMALL)
+    state = third.wait_up()
+    assert re.search(r"stopped \d+ processes left running by an earlier run", third.output())
+    assert not _running(left_by_second)
+    nodes = subprocess.run([str(build.ensure("kubernetes") / "kubectl"), "--kubeconfig",
+                            state["kubeconfig"], "get", "nodes", "gpu-mec1-0"],
+                           capture_output=True, text=True)
+    assert nodes.returncode == 0 and " Ready " in nodes.stdout, nodes.stderr
+
+    down = _sovereign("dev", "down", "--workdir", str(workdir))
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert third.wait_exit() == 0
+    assert not _running(third.started())
+    assert _sovereign("dev", "down", "--workdir", str(workdir)).returncode == 1
+
+
+def test_a_component_that_cannot_start_is_named_and_everything_is_torn_down(tmp_path: Path):
+    # A build cache whose MinIO binary is broken; the rest is the real cache.
+    cache = tmp_path / "cache" / "bin"
+    cache.mkdir(parents=True)
+    for name in ("etcd", "kubernetes", "kwok"):
+        (cache / build.COMPONENTS[name].key).symlink_to(build.ensure(name))
+    broken = cache / build.COMPONENTS["minio"].key
+    broken.mkdir()
+    (broken / "minio").write_text("#!/bin/sh\necho 'FATAL unable to open the data directory: "
+                                  "simulated broken build' >&2\nexit 1\n")
+    (broken / "minio").chmod(0o755)
+
+    up = DevUp(tmp_path / "dev", tmp_path / "dev-up.log", *SMALL,
+               env={"SOVEREIGN_CACHE_DIR": str(tmp_path / "cache")})
+    code = up.wait_exit(timeout=300)
+
+    out = up.output()
+    assert code == 3, out
+    log = tmp_path / "dev" / "minio" / "me-central-1" / "minio.log"
+    assert f"sovereign dev up failed: minio (me-central-1) did not start (log: {log})" in out
+    assert "simulated broken build" in out
+    assert "Traceback" not in out
+    started = {entry.name for entry in up.started()}
+    assert {"etcd", "kube-apiserver", "kwok", "minio-me-central-1"} <= started
+    assert not _running(up.started())
+
+
+def test_sixty_four_gpu_nodes_per_region_come_up_each_with_its_own_agent(tmp_path: Path):
+    workdir = tmp_path / "dev"
+    up = DevUp(workdir, tmp_path / "dev-up.log", "--no-sample", "--no-view", "--nodes", "64")
+    try:
+        state = up.wait_up(timeout=600)
+        agents = state["agent_metrics"]
+        assert len(agents) == 128
+        assert len(set(agents.values())) == 128
+        # Each port is its own agent's: the metrics it serves carry its node's name.
+        for node, url in agents.items():
+            with urllib.request.urlopen(url, timeout=10) as resp:
+                assert f'Hostname="{node}"' in resp.read().decode(), (node, url)
+    finally:
+        down = _sovereign("dev", "down", "--workdir", str(workdir), timeout=300)
+        code = up.wait_exit(timeout=300)
+    assert down.returncode == 0 and code == 0, up.output()
+    assert not _running(up.started())

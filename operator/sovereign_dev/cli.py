@@ -1,9 +1,10 @@
 """``sovereign dev``: a local sovereign cloud in one command (up, down, fault).
 
-``up`` builds or reuses the control-plane binaries, starts ``devcluster.devenv.DevEnvironment``
-(control plane with simulated GPU nodes in two regions, MinIO per region, the operator, a node
-agent per GPU node on fake NVML), applies the sample stack and shows the live view until Ctrl-C,
-then tears everything down. ``down`` stops it from another terminal; ``fault`` scripts a GPU
+``up`` builds or reuses the control-plane binaries, starts ``devenv.DevEnvironment`` (control
+plane with simulated GPU nodes in two regions, MinIO per region, the operator, a node agent per
+GPU node on fake NVML), applies the sample stack and shows the live view until Ctrl-C, SIGTERM or
+a process of it dies, then tears everything down: one teardown, whatever ended the run, and one
+paragraph naming the failed component and its log instead of a traceback (exit 3). ``down`` stops it from another terminal; ``fault`` scripts a GPU
 fault into a simulated node's fake NVML so the whole health loop can be watched.
 """
 
@@ -11,18 +12,24 @@ from __future__ import annotations
 
 import signal
 import sys
+import time
+import traceback
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.panel import Panel
 
 from sovereign.cli import _view
 from sovereign_dev import build
-from sovereign_dev.cluster import ClusterError
 from sovereign_dev.devenv import (
     SAMPLE_NAMESPACE, SAMPLE_STACK, DevEnvError, DevEnvironment, default_workdir, read_state,
     stop_running)
+
+if TYPE_CHECKING:
+    from sovereign.services.overview import Overview
 from sovereign_dev import nvml_fake as fake_nvml
 
 _WORKDIR = click.option(
@@ -57,33 +64,67 @@ def up(workdir: Path, no_sample: bool, nodes: int | None, regions: str | None,
        no_view: bool) -> None:
     """Start the local sovereign cloud and watch the sample stack come up; Ctrl-C tears it down.
 
+    Each run starts afresh: what an earlier run left in the work directory (processes, even of a
+    killed run, cluster and MinIO data, logs) is cleaned up first.
+
     \b
     Example:
       sovereign dev up --nodes 2 --regions me-central-1,eu-west-1
       kubectl --kubeconfig ~/.local/state/sovereign/dev/cluster/kubeconfig get sstack -A
     \b
-    Exit codes: 0 stopped cleanly; 3 the environment could not start (the message says why
-    and where the logs are).
+    Exit codes: 0 stopped (Ctrl-C, SIGTERM or `sovereign dev down`); 3 the environment could not
+    start, or a process of it died: the message names the component, its log and the log's last
+    lines. Whatever the ending, every process the run started is stopped.
     """
     console = Console()
     env = DevEnvironment(workdir=workdir, gpu_nodes_per_region=nodes,
-                         regions=regions.split(",") if regions else None)
-    # SIGTERM (from `sovereign dev down`) ends the wait below like Ctrl-C does.
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+                         regions=regions.split(",") if regions else None,
+                         say=lambda message: console.print(message, highlight=False))
+    # SIGTERM (`sovereign dev down`) and SIGHUP (the terminal closed) end the run like Ctrl-C;
+    # SIGINT too when a shell started us in the background with it ignored (`kill -INT` works).
+    # A SIGHUP ignored on purpose (nohup) stays ignored.
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        if signum != signal.SIGHUP or signal.getsignal(signum) != signal.SIG_IGN:
+            signal.signal(signum, _interrupt)
+    failure: str | None = None
     try:
-        console.print("[bold]building or reusing the control-plane binaries[/] "
-                      f"(cache: {build.cache_root()})")
-        env.start()
-        env.wait_operator_ready()
-        if not no_sample:
-            env.apply_sample()
-    except (ClusterError, DevEnvError, build.BuildError) as err:
-        console.print(f"[red]{err}[/]")
-        env.stop()
-        sys.exit(3)
+        _run(env, console=console, no_sample=no_sample, no_view=no_view)
     except KeyboardInterrupt:
+        pass
+    except (DevEnvError, build.BuildError) as err:
+        failure = str(err)
+    except Exception as err:  # noqa: BLE001 - whatever it was, report it and tear down
+        failure = _unexpected(env, err)
+    finally:
+        # Nothing interrupts the teardown: a second Ctrl-C would leave processes behind.
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, signal.SIG_IGN)
+        if env.cluster is not None:
+            console.print("tearing down the dev environment ...")
         env.stop()
+    if failure is None:
+        console.print("stopped.")
         return
+    console.print(f"[red]error:[/] sovereign dev up failed: {escape(failure)}", highlight=False,
+                  soft_wrap=True)
+    if env.cluster is not None:
+        console.print(f"Every process it started is stopped; the logs stay in {env.logs} and "
+                      f"{env.workdir / 'cluster' / 'logs'}.", highlight=False, soft_wrap=True)
+    sys.exit(3)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _run(env: DevEnvironment, *, console: Console, no_sample: bool, no_view: bool) -> None:
+    """Start, apply the sample, then show the view (or wait) until interrupted or a process dies."""
+    console.print("[bold]building or reusing the control-plane binaries[/] "
+                  f"(cache: {build.cache_root()})")
+    env.start()
+    env.wait_operator_ready()
+    if not no_sample:
+        env.apply_sample()
     assert env.cluster is not None
     kubeconfig = env.cluster.kubeconfig
     header = Panel(
@@ -92,27 +133,41 @@ def up(workdir: Path, no_sample: bool, nodes: int | None, regions: str | None,
         f"sample stack: {env.sample_path}"
         + ("  (not applied: kubectl apply -f it)" if no_sample else
            f"  ({SAMPLE_NAMESPACE}/{SAMPLE_STACK})")
-        + f"\nlogs: {workdir / 'logs'} and {workdir / 'cluster' / 'logs'}\n"
+        + f"\nlogs: {env.logs} and {env.workdir / 'cluster' / 'logs'}\n"
         "Ctrl-C or `sovereign dev down` stops everything.",
         title="sovereign dev", title_align="left")
     # Plain and unwrapped, so scripts (and people copying it) get the path whole.
     console.print(f"kubeconfig: {kubeconfig}", soft_wrap=True, highlight=False)
-    try:
-        if no_view:
-            console.print(header)
-            signal.pause()
-        else:
-            from sovereign.kube.client import Kube
-            from sovereign.services.overview import read_overview
+    env.phase = "the running environment"
+    if no_view:
+        console.print(header)
+        while True:
+            env.check()
+            time.sleep(1)
+    else:
+        from sovereign.kube.client import Kube
+        from sovereign.services.overview import read_overview
 
-            kube = Kube.connect(kubeconfig=kubeconfig)
-            _view.watch(lambda: read_overview(kube), console=console, header=header)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        console.print("tearing down the dev environment ...")
-        env.stop()
-        console.print("stopped.")
+        kube = Kube.connect(kubeconfig=kubeconfig)
+
+        def read() -> Overview:
+            env.check()
+            return read_overview(kube)
+
+        _view.watch(read, console=console, header=header)
+
+
+def _unexpected(env: DevEnvironment, err: Exception) -> str:
+    """One paragraph for a failure nobody foresaw; the traceback goes to a file, not the screen."""
+    trace = env.logs / "dev-up-error.log"
+    first_line = (str(err).strip().splitlines() or [""])[0]
+    try:
+        trace.parent.mkdir(parents=True, exist_ok=True)
+        trace.write_text("".join(traceback.format_exception(err)))
+        where = f"; the traceback is in {trace}"
+    except OSError:
+        where = ""
+    return f"{type(err).__name__} while starting {env.phase}: {first_line}{where}"
 
 
 @command.command("down")
@@ -124,7 +179,7 @@ def down(workdir: Path) -> None:
     Example:
       sovereign dev down
     \b
-    Exit codes: 0 stopped; 1 nothing was running there.
+    Exit codes: 0 stopped (also what a killed `dev up` left running); 1 nothing was running there.
     """
     if not stop_running(workdir):
         click.echo(f"no dev environment runs from {workdir}")

@@ -2,20 +2,24 @@
 
 ``DevCluster`` runs etcd, kube-apiserver (TLS, RBAC, ServiceAccount token signing),
 kube-controller-manager, kube-scheduler and KWOK as child processes on loopback, each on a free
-port so several clusters can run side by side; it writes an admin kubeconfig, creates the fleet of
-``fleet.yaml`` and installs CRDs (the upstream ones of ``../shared/upstream-crds`` and the
-project's own). Each component logs to ``<workdir>/logs/<name>.log``; when startup fails the tails
-of those logs are part of the raised error. ``stop()`` ends every process group it started.
+port so several clusters can run side by side (a port taken by someone else before the component
+bound it is detected from its log, and the component starts again on a new one); it writes an
+admin kubeconfig, creates the fleet of ``fleet.yaml`` and installs CRDs (the upstream ones of
+``../shared/upstream-crds`` and the project's own). Each component logs to
+``<workdir>/logs/<name>.log``; when startup fails the raised ``ClusterError`` names the component,
+its log and the log's tail. ``stop()`` ends every process group it started; given a
+``processes.ProcessLedger``, every process is also recorded there the moment it exists, so a
+later run can end what a killed one left behind.
 
 Used by the pytest plugin (``pytest_plugin``), the benchmarks and ``sovereign dev up``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import signal
-import socket
+import shutil
 import ssl
 import subprocess
 import tempfile
@@ -31,20 +35,31 @@ import yaml
 
 from sovereign_dev import build, fleet as fleet_mod
 from sovereign_dev.pki import CertificateAuthority, KeyPair, service_account_keys
+from sovereign_dev.processes import (
+    ProcessLedger, Recorded, free_port, port_taken, process_alive, recorded, terminate)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SERVICE_CIDR = "10.96.0.0/16"
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 
+# How often a component is started again because its picked port was taken before it bound it.
+PORT_ATTEMPTS = 5
+# free_port and process_alive live in ``processes``; tests and benchmarks import them from here.
+__all__ = ["ClusterError", "Component", "DevCluster", "free_port", "process_alive", "wait_until"]
+
 
 class ClusterError(RuntimeError):
-    """The control plane did not come up; the message includes the relevant log tails."""
+    """The control plane did not come up; the message includes the relevant log tails.
 
+    ``component`` and ``log`` name the part that failed and where its output is, for callers
+    that report it in their own words (``sovereign dev up``).
+    """
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    def __init__(self, message: str, *, component: str | None = None,
+                 log: Path | None = None) -> None:
+        super().__init__(message)
+        self.component = component
+        self.log = log
 
 
 def upstream_crd_dir() -> Path | None:
@@ -67,62 +82,84 @@ def default_crd_paths() -> list[Path]:
 
 @dataclass
 class Component:
-    """One child process of the cluster and where its output goes."""
+    """One child process of the cluster and where its output goes.
+
+    ``repick``, for a component that cannot bind port 0 itself, returns a fresh command line on
+    newly picked ports; ``restart_if_port_taken()`` uses it when the component died because its
+    port was taken before it could bind it. ``ledger`` records the process the moment it exists.
+    """
 
     name: str
     argv: list[str]
     log: Path
     process: subprocess.Popen | None = None
+    repick: Callable[[], list[str]] | None = None
+    ledger: ProcessLedger | None = None
+    env: dict[str, str] | None = None
+    port_attempts: int = 0
+    identity: Recorded | None = None
+    _log_offset: int = 0
 
     def start(self, env: dict[str, str] | None = None) -> None:
+        if env is not None:
+            self.env = env
         self.log.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log, "ab") as out:
+            # Where this start's output begins: the tail and the port check read only this run.
+            self._log_offset = out.tell()
             # A session of its own, so stop() can end the component and anything it spawned.
             self.process = subprocess.Popen(
                 self.argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True, env={**os.environ, **(env or {})})
+                start_new_session=True, env={**os.environ, **(self.env or {})})
+        self.identity = recorded(name=self.name, pid=self.process.pid, log=self.log)
+        if self.ledger is not None:
+            self.ledger.record(self.identity)
 
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
+    def restart_if_port_taken(self) -> bool:
+        """After an exit: start again on new ports if the exit was a port taken before the
+        component bound it, at most ``PORT_ATTEMPTS`` times. False for any other exit."""
+        if (self.repick is None or self.running() or self.port_attempts >= PORT_ATTEMPTS
+                or not port_taken(self.output())):
+            return False
+        self.port_attempts += 1
+        self.stop()
+        self.argv = self.repick()
+        with open(self.log, "ab") as out:
+            out.write(f"--- port taken; starting again: {' '.join(self.argv)}\n".encode())
+        self.start()
+        return True
+
     def stop(self, *, grace: float = 10.0) -> None:
-        if self.process is None:
-            return
-        _signal_group(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            _signal_group(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=grace)
-        # Children that outlived their leader (none expected) go with the group.
-        _signal_group(self.process.pid, signal.SIGKILL)
+        stop_components([self], grace=grace)
+
+    def output(self) -> str:
+        """What the latest start of the process has written so far."""
+        if not self.log.exists():
+            return ""
+        with open(self.log, "rb") as log:
+            log.seek(self._log_offset)
+            return log.read().decode(errors="replace")
 
     def tail(self, lines: int = 25) -> str:
-        if not self.log.exists():
-            return "(no log)"
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        text = self.output().splitlines()[-lines:]
+        return "\n".join(text) if text else "(nothing logged)"
 
 
-def process_alive(pid: int) -> bool:
-    """Whether ``pid`` still runs; a zombie (exited, not yet reaped) counts as gone."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
+def stop_components(components: list[Component], *, grace: float = 10.0) -> None:
+    """End every component's process group at once (SIGTERM, SIGKILL after ``grace``), reap them.
 
-
-def _signal_group(pid: int, sig: int) -> None:
-    try:
-        os.killpg(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
+    Groups are checked against the start time recorded at start, so a component that exited
+    long ago never makes this signal a process that reuses its pid.
+    """
+    terminate([c.identity for c in components if c.identity is not None], grace=grace)
+    for component in components:
+        if component.process is not None:
+            # Already gone (the group is dead): this only collects the exit status.
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                component.process.wait(timeout=5)
 
 
 @dataclass
@@ -133,6 +170,7 @@ class DevCluster:
     fleet: dict[str, Any] | None = None
     crd_paths: list[Path] | None = None
     progress: bool = True
+    ledger: ProcessLedger | None = None
     components: dict[str, Component] = field(default_factory=dict)
     ports: dict[str, int] = field(default_factory=dict)
 
@@ -154,6 +192,10 @@ class DevCluster:
     @property
     def server(self) -> str:
         return f"https://127.0.0.1:{self.ports['apiserver']}"
+
+    @property
+    def etcd_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports['etcd']}"
 
     @property
     def bin_dirs(self) -> dict[str, Path]:
@@ -211,6 +253,7 @@ class DevCluster:
             raise
 
     def stop(self) -> None:
+        # In reverse start order: an apiserver whose etcd is already gone takes ten times longer.
         for name in reversed(list(self.components)):
             self.components[name].stop()
 
@@ -222,49 +265,58 @@ class DevCluster:
     def _start(self, *, timeout: float) -> None:
         bins = self.bin_dirs
         pki = self._pki()
-        self.ports = {name: free_port() for name in (
-            "etcd", "etcd-peer", "apiserver", "controller-manager", "scheduler", "kwok")}
         deadline = time.monotonic() + timeout
 
-        etcd_url = f"http://127.0.0.1:{self.ports['etcd']}"
-        peer_url = f"http://127.0.0.1:{self.ports['etcd-peer']}"
-        self._launch("etcd", [
-            str(bins["etcd"] / "etcd"), "--name=devcluster",
-            f"--data-dir={self.workdir / 'etcd'}",
-            f"--listen-client-urls={etcd_url}", f"--advertise-client-urls={etcd_url}",
-            f"--listen-peer-urls={peer_url}", f"--initial-advertise-peer-urls={peer_url}",
-            f"--initial-cluster=devcluster={peer_url}",
-            # A throwaway cluster: skipping fsync makes it several times faster on small disks.
-            "--unsafe-no-fsync", "--quota-backend-bytes=4294967296", "--log-level=warn",
-        ])
-        self._wait("etcd", lambda: _http_ok(f"{etcd_url}/health"), deadline)
+        def etcd() -> list[str]:
+            client, peer = (f"http://127.0.0.1:{p}" for p in self._pick("etcd", "etcd-peer"))
+            # A start that lost its port may have begun a data directory for the old URLs.
+            shutil.rmtree(self.workdir / "etcd", ignore_errors=True)
+            return [
+                str(bins["etcd"] / "etcd"), "--name=devcluster",
+                f"--data-dir={self.workdir / 'etcd'}",
+                f"--listen-client-urls={client}", f"--advertise-client-urls={client}",
+                f"--listen-peer-urls={peer}", f"--initial-advertise-peer-urls={peer}",
+                f"--initial-cluster=devcluster={peer}",
+                # A throwaway cluster: skipping fsync makes it several times faster on small disks.
+                "--unsafe-no-fsync", "--quota-backend-bytes=4294967296", "--log-level=warn",
+            ]
+
+        self._launch("etcd", etcd)
+        self._wait("etcd", lambda: _http_ok(f"{self.etcd_url}/health"), deadline)
 
         kube = bins["kubernetes"]
-        self._launch("kube-apiserver", [
-            str(kube / "kube-apiserver"),
-            "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
-            f"--secure-port={self.ports['apiserver']}",
-            f"--etcd-servers={etcd_url}",
-            f"--cert-dir={self.workdir / 'apiserver'}",
-            f"--tls-cert-file={pki['apiserver'].cert}", f"--tls-private-key-file={pki['apiserver'].key}",
-            f"--client-ca-file={pki['ca'].cert}",
-            f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
-            f"--service-account-key-file={pki['sa'].cert}",
-            f"--service-account-signing-key-file={pki['sa'].key}",
-            "--authorization-mode=Node,RBAC",
-            f"--service-cluster-ip-range={SERVICE_CIDR}",
-            "--allow-privileged=true",
-            "--enable-admission-plugins=NodeRestriction",
-            "--profiling=false",
-            f"--audit-policy-file={self._audit_policy()}",
-            f"--audit-log-path={self.audit_log}", "--audit-log-format=json",
-        ])
-        self._write_kubeconfig(self.workdir / "kubeconfig", pki["admin"], pki["ca"])
-        self._wait("kube-apiserver", self._apiserver_ready, deadline)
+        audit_policy = self._audit_policy()
 
+        def apiserver() -> list[str]:
+            (port,) = self._pick("apiserver")
+            return [
+                str(kube / "kube-apiserver"),
+                "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
+                f"--secure-port={port}",
+                f"--etcd-servers={self.etcd_url}",
+                f"--cert-dir={self.workdir / 'apiserver'}",
+                f"--tls-cert-file={pki['apiserver'].cert}",
+                f"--tls-private-key-file={pki['apiserver'].key}",
+                f"--client-ca-file={pki['ca'].cert}",
+                f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
+                f"--service-account-key-file={pki['sa'].cert}",
+                f"--service-account-signing-key-file={pki['sa'].key}",
+                "--authorization-mode=Node,RBAC",
+                f"--service-cluster-ip-range={SERVICE_CIDR}",
+                "--allow-privileged=true",
+                "--enable-admission-plugins=NodeRestriction",
+                "--profiling=false",
+                f"--audit-policy-file={audit_policy}",
+                f"--audit-log-path={self.audit_log}", "--audit-log-format=json",
+            ]
+
+        self._launch("kube-apiserver", apiserver)
+        self._wait("kube-apiserver", self._apiserver_ready, deadline)
+        # Written once the apiserver holds its port for good: kubeconfigs name it.
+        self._write_kubeconfig(self.workdir / "kubeconfig", pki["admin"], pki["ca"])
         for name in ("controller-manager", "scheduler", "kwok"):
             self._write_kubeconfig(self.workdir / f"{name}.kubeconfig", pki[name], pki["ca"])
-        self._launch("kube-controller-manager", [
+        self._launch("kube-controller-manager", lambda: [
             str(kube / "kube-controller-manager"), *self._controller_flags("controller-manager"),
             f"--service-account-private-key-file={pki['sa'].key}",
             f"--root-ca-file={pki['ca'].cert}",
@@ -274,7 +326,8 @@ class DevCluster:
             f"--service-cluster-ip-range={SERVICE_CIDR}",
             "--controllers=*",
         ])
-        self._launch("kube-scheduler", [str(kube / "kube-scheduler"), *self._controller_flags("scheduler")])
+        self._launch("kube-scheduler", lambda: [
+            str(kube / "kube-scheduler"), *self._controller_flags("scheduler")])
         kwok_config = self.workdir / "kwok.yaml"
         kwok_config.write_text(yaml.safe_dump({
             "apiVersion": "config.kwok.x-k8s.io/v1alpha1", "kind": "KwokConfiguration",
@@ -282,7 +335,7 @@ class DevCluster:
             "options": {"nodeLeaseParallelism": 4, "nodePlayStageParallelism": 4,
                         "podPlayStageParallelism": 8, "podsOnNodeSyncParallelism": 4}}))
         stages = sorted((bins["kwok"] / "assets").glob("*.yaml"))
-        self._launch("kwok", [
+        self._launch("kwok", lambda: [
             str(bins["kwok"] / "kwok"), f"--config={kwok_config}",
             *(f"--config={stage}" for stage in stages),
             f"--kubeconfig={self.workdir / 'kwok.kubeconfig'}",
@@ -290,11 +343,11 @@ class DevCluster:
             "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
             "--node-lease-duration-seconds=40",
             "--cidr=10.244.0.0/16", "--node-ip=10.0.0.1",
-            f"--server-address=127.0.0.1:{self.ports['kwok']}",
+            f"--server-address=127.0.0.1:{self._pick('kwok')[0]}",
         ])
         for name in ("kube-controller-manager", "kube-scheduler"):
-            port = self.ports[name.removeprefix("kube-")]
-            self._wait(name, lambda p=port: _http_ok(f"https://127.0.0.1:{p}/healthz"), deadline)
+            self._wait(name, lambda n=name: _http_ok(
+                f"https://127.0.0.1:{self.ports[n.removeprefix('kube-')]}/healthz"), deadline)
         self._wait("kwok", lambda: _http_ok(f"http://127.0.0.1:{self.ports['kwok']}/healthz"),
                    deadline)
 
@@ -329,11 +382,13 @@ class DevCluster:
         }
 
     def _controller_flags(self, name: str) -> list[str]:
-        """Flags the controller-manager and the scheduler share: loopback, their own port,
-        kubeconfig (also for delegated authn/authz) and serving-cert directory, no election."""
+        """Flags the controller-manager and the scheduler share: loopback, their own (newly
+        picked) port, kubeconfig (also for delegated authn/authz) and serving-cert directory, no
+        election."""
         kubeconfig = self.workdir / f"{name}.kubeconfig"
+        (port,) = self._pick(name)
         return [
-            "--bind-address=127.0.0.1", "--leader-elect=false", f"--secure-port={self.ports[name]}",
+            "--bind-address=127.0.0.1", "--leader-elect=false", f"--secure-port={port}",
             f"--kubeconfig={kubeconfig}", f"--authentication-kubeconfig={kubeconfig}",
             f"--authorization-kubeconfig={kubeconfig}", f"--cert-dir={self.workdir / name}",
         ]
@@ -350,25 +405,40 @@ class DevCluster:
         }))
         path.chmod(0o600)
 
-    def _launch(self, name: str, argv: list[str]) -> None:
-        component = Component(name, argv, self.workdir / "logs" / f"{name}.log")
+    def _pick(self, *names: str) -> list[int]:
+        """New ports for ``names`` (kept in ``ports``), in order."""
+        for name in names:
+            self.ports[name] = free_port()
+        return [self.ports[name] for name in names]
+
+    def _launch(self, name: str, argv: list[str] | Callable[[], list[str]]) -> None:
+        """Start component ``name``. Given a function, the command line is what it builds from
+        freshly picked ports, and ``_wait`` calls it again if another process took a port first;
+        a fixed list suits components on fixed or self-chosen ports."""
+        repick = argv if callable(argv) else None
+        component = Component(name, repick() if repick else list(argv),
+                              self.workdir / "logs" / f"{name}.log", repick=repick,
+                              ledger=self.ledger)
         self.components[name] = component
         component.start()
 
     def _wait(self, name: str, ready: Callable[[], bool], deadline: float, *,
               what: str | None = None) -> None:
         while time.monotonic() < deadline:
-            dead = [c for c in self.components.values() if not c.running()]
+            dead = [c for c in self.components.values()
+                    if not c.running() and not c.restart_if_port_taken()]
             if dead:
                 raise ClusterError(self._report(f"{dead[0].name} exited with code "
-                                                f"{dead[0].process.returncode}", dead[0].name))
+                                                f"{dead[0].process.returncode}", dead[0].name),
+                                   component=dead[0].name, log=dead[0].log)
             try:
                 if ready():
                     return
             except Exception:  # noqa: BLE001 - any failure of a probe means "not ready yet"
                 pass
             time.sleep(0.25)
-        raise ClusterError(self._report(f"timed out waiting for {what or name}", name))
+        raise ClusterError(self._report(f"timed out waiting for {what or name}", name),
+                           component=name, log=self.components[name].log)
 
     def _report(self, headline: str, focus: str) -> str:
         parts = [f"local control plane failed to start: {headline} (logs in {self.workdir / 'logs'})"]
@@ -425,7 +495,9 @@ class DevCluster:
                     ext.create_custom_resource_definition(doc)
                 except ApiException as err:
                     message = json.loads(err.body).get("message", err.body) if err.body else err
-                    raise ClusterError(f"the apiserver rejected the CRD in {path}: {message}") from None
+                    raise ClusterError(f"the apiserver rejected the CRD in {path}: {message}",
+                                       component="kube-apiserver",
+                                       log=self.components["kube-apiserver"].log) from None
                 names.append(doc["metadata"]["name"])
 
         def established() -> bool:

@@ -2,35 +2,56 @@
 
 ``DevEnvironment`` starts, in order: the control plane with the simulated GPU fleet
 (``cluster.DevCluster``), one MinIO per region with a seeded model bucket in the first
-(in-country) region (``minio.MinioFleet``), a simulated volume provisioner (``provisioner``), the operator (``sovereign run``) and one node agent
-per simulated GPU node on a fake NVML scenario file (``sovereign agent --fake-nvml``); then it
-writes the sample stack (endpoint and credentials filled in) and, unless told not to, applies it.
-Everything lives under one work directory, whose ``dev.json`` lets ``sovereign dev down`` and
-``sovereign dev fault`` find the running environment from another terminal.
+(in-country) region (``minio.MinioFleet``), a simulated volume provisioner (``provisioner``), the
+operator (``sovereign run``) and one node agent per simulated GPU node on a fake NVML scenario file
+(``sovereign agent --fake-nvml``); then it writes the sample stack (endpoint and credentials filled
+in) and, unless told not to, applies it. Everything lives under one work directory, whose
+``dev.json`` lets ``sovereign dev down`` and ``sovereign dev fault`` find the running environment
+from another terminal.
 
-Called by ``cli.dev`` and the end-to-end tests.
+Robust by construction, because people stop it every way there is:
+- one run per work directory, held by a lock (``dev.lock``) that dies with the process;
+- every process is recorded in ``processes.jsonl`` (``processes.ProcessLedger``) the moment it
+  exists, so ``stop()`` (whatever made the run end) and, after a run that was SIGKILLed, the next
+  ``start()`` or ``sovereign dev down`` end every process group of it;
+- a new run starts from a clean slate: what the previous run left in the work directory (etcd
+  data, MinIO data, logs) is removed first, so nothing "already exists" in the new cluster;
+- a failure raises ``StartError`` naming the component, its log and the log's tail.
+
+Called by ``cli`` (``sovereign dev``) and the end-to-end tests.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
+import shutil
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import yaml
 
 from sovereign_dev import fleet as fleet_mod
-from sovereign_dev.cluster import Component, DevCluster, free_port, process_alive, wait_until
-from sovereign_dev.minio import MinioFleet
-from sovereign_dev.provisioner import SimulatedProvisioner
 from sovereign_dev import nvml_fake as fake_nvml
+from sovereign_dev.cluster import ClusterError, Component, DevCluster, stop_components
+from sovereign_dev.gpu_scenario import AGENT_PORT_LINE
+from sovereign_dev.minio import MinioFleet, MinioStartError
+from sovereign_dev.processes import ProcessLedger, free_port, process_alive, reported_port
+from sovereign_dev.provisioner import SimulatedProvisioner
 
 STATE_FILE = "dev.json"
+LEDGER_FILE = "processes.jsonl"
+LOCK_FILE = "dev.lock"
+# What a run creates in its work directory: a new run removes these, and nothing else there,
+# because --workdir may name a directory that holds other files too.
+RUN_ENTRIES = ("cluster", "minio", "logs", "nvml", "agent.yaml", "sample-stack.yaml", STATE_FILE)
 SAMPLE_TEMPLATE = Path(__file__).with_name("dev-stack.yaml")
 SAMPLE_NAMESPACE = "sovereign-demo"
 SAMPLE_STACK = "citizen-services"
@@ -48,16 +69,39 @@ class DevEnvError(RuntimeError):
     """The environment could not start or be found; the message says what to do."""
 
 
+class StartError(DevEnvError):
+    """A component of the environment failed: which one, where its log is, and what it said."""
+
+    def __init__(self, *, component: str, reason: str, log: Path | None,
+                 detail: str | None = None) -> None:
+        self.component = component
+        self.reason = reason
+        self.log = log
+        self.detail = detail
+        where = f" (log: {log})" if log else ""
+        super().__init__(f"{component} {reason}{where}" + (f"\n{detail}" if detail else ""))
+
+    @classmethod
+    def of(cls, component: Component, reason: str) -> StartError:
+        return cls(component=component.name, reason=reason, log=component.log,
+                   detail=f"last lines of {component.log}:\n{component.tail()}")
+
+
 @dataclass
 class DevEnvironment:
     workdir: Path
     gpu_nodes_per_region: int | None = None
     regions: list[str] | None = None
     progress: bool = True
+    # Where start() says what it does (the CLI prints it); silent by default.
+    say: Callable[[str], None] = field(default=lambda message: None)
     cluster: DevCluster | None = None
     minio: MinioFleet | None = None
     provisioner: SimulatedProvisioner | None = None
     processes: dict[str, Component] = field(default_factory=dict)
+    # The part being started, named in the error of an unexpected failure.
+    phase: str = "the work directory"
+    _lock: IO[str] | None = None
 
     @property
     def state_path(self) -> Path:
@@ -67,42 +111,100 @@ class DevEnvironment:
     def sample_path(self) -> Path:
         return self.workdir / "sample-stack.yaml"
 
+    @property
+    def logs(self) -> Path:
+        return self.workdir / "logs"
+
+    @property
+    def ledger(self) -> ProcessLedger:
+        return ProcessLedger(self.workdir / LEDGER_FILE)
+
     def start(self) -> None:
-        running = read_state(self.workdir)
-        if running and process_alive(running["pid"]):
-            raise DevEnvError(f"a dev environment already runs from {self.workdir} (pid "
-                              f"{running['pid']}); stop it with `sovereign dev down` first")
+        """Claim the work directory, clean up after any earlier run, start everything.
+
+        Raises ``DevEnvError`` when another run holds the directory, ``StartError`` naming the
+        component that failed; on any failure (or interrupt) everything started is stopped.
+        """
         self.workdir.mkdir(parents=True, exist_ok=True)
+        self._claim()
         try:
+            self._clean_previous_run()
             self._start()
         except BaseException:
             self.stop()
             raise
 
+    def _claim(self) -> None:
+        lock = open(self.workdir / LOCK_FILE, "a+")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            running = read_state(self.workdir) or {}
+            pid = f" (pid {running['pid']})" if running.get("pid") else ""
+            raise DevEnvError(
+                f"a dev environment already runs from {self.workdir}{pid}; stop it with "
+                f"`sovereign dev down --workdir {self.workdir}`, or give another --workdir") from None
+        self._lock = lock
+
+    def _clean_previous_run(self) -> None:
+        # Leftovers of a killed run: their data is about to go, a short grace is enough.
+        leftovers = self.ledger.terminate(grace=2)
+        if leftovers:
+            self.say(f"stopped {len(leftovers)} processes left running by an earlier run "
+                     f"({', '.join(sorted({e.name for e in leftovers})[:5])}, ...)")
+        self.ledger.clear()
+        for name in RUN_ENTRIES:
+            path = self.workdir / name
+            if path.is_dir():
+                mounted = _mounts_under(path)
+                if mounted:
+                    raise DevEnvError(f"{mounted[0]} is still mounted from an earlier run; "
+                                      f"unmount it (umount -R {mounted[0]}) and start again")
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
+
     def _start(self) -> None:
         fleet = fleet_mod.scaled(fleet_mod.load(), gpu_nodes_per_region=self.gpu_nodes_per_region,
                                  regions=self.regions)
-        regions = sorted({g["region"] for g in fleet["groups"]},
-                         key=lambda r: [g["region"] for g in fleet["groups"]].index(r))
+        regions = list(dict.fromkeys(g["region"] for g in fleet["groups"]))
+        ledger = self.ledger
+        self.phase = "the control plane"
         self.cluster = DevCluster(workdir=self.workdir / "cluster", fleet=fleet,
-                                  progress=self.progress)
-        self.cluster.start()
+                                  progress=self.progress, ledger=ledger)
+        try:
+            self.cluster.start(timeout=180 + 2 * len(fleet_mod.nodes(fleet)))
+        except ClusterError as err:
+            raise StartError(component=err.component or "the control plane",
+                             reason="did not start", log=err.log, detail=str(err)) from None
+        self.phase = "the simulated volume provisioner"
         self.provisioner = SimulatedProvisioner(self.cluster.api_client(), region=regions[0])
         self.provisioner.start()
         # One object store per region: the first is in-country, the others are what the
         # residency checks must refuse.
-        self.minio = MinioFleet(root=self.workdir / "minio", regions=regions)
-        servers = self.minio.start()
+        self.phase = "MinIO"
+        self.minio = MinioFleet(root=self.workdir / "minio", regions=regions, ledger=ledger)
+        try:
+            servers = self.minio.start()
+        except MinioStartError as err:
+            failed = next((s for s in self.minio.servers.values() if str(s.log_path) in str(err)),
+                          None)
+            raise StartError(component=f"minio ({failed.region})" if failed else "minio",
+                             reason="did not start", log=failed.log_path if failed else None,
+                             detail=str(err)) from None
         home = servers[regions[0]]
+        self.phase = f"the model bucket in minio ({regions[0]})"
         _seed_model_bucket(home)
 
         env = {"KUBECONFIG": self.cluster.kubeconfig}
-        # Loopback and free ports, so two environments (or a test run) never collide; short
-        # periods, so what a user does shows within seconds.
-        self._spawn("operator", [
+        self.phase = "the operator"
+        # Loopback only. The metrics server binds port 0 itself; Kopf's webhook server needs its
+        # port up front, so that one is picked, and picked again if it was taken meanwhile.
+        self._spawn("operator", lambda: [
             sys.executable, "-m", "sovereign", "run", "--all-namespaces", "--standalone",
             "--resync-seconds", "15", "--audit-seconds", "10",
-            "--metrics-address", "127.0.0.1", "--metrics-port", str(free_port()),
+            "--metrics-address", "127.0.0.1", "--metrics-port", "0",
             "--webhook-address", "127.0.0.1", "--webhook-port", str(free_port()),
             "--webhook-host", "127.0.0.1"], env)
         agent_config = self.workdir / "agent.yaml"
@@ -111,20 +213,23 @@ class DevEnvironment:
             {"health": {"xid_quiet_window_s": 20, "recovery_clean_polls": 2}}))
         gpu_nodes = [n["metadata"]["name"] for n in fleet_mod.nodes(fleet)
                      if fleet["gpu"]["resource"] in n["status"]["capacity"]]
+        self.phase = "the node agents"
         for node in gpu_nodes:
             scenario = self.nvml_path(node)
             fake_nvml.write_scenario(scenario, fake_nvml.healthy_node(seed=node))
+            # Port 0: each agent binds its own metrics port and logs it (AGENT_PORT_LINE).
             self._spawn(f"agent-{node}", [
                 sys.executable, "-m", "sovereign", "agent", "--node", node,
                 "--kubeconfig", self.cluster.kubeconfig, "--fake-nvml", str(scenario),
                 "--config", str(agent_config),
-                "--metrics-address", "127.0.0.1", "--metrics-port", str(free_port()),
+                "--metrics-address", "127.0.0.1", "--metrics-port", "0",
                 "--interval", "2"], env)
         self.sample_path.write_text(SAMPLE_TEMPLATE.read_text().format(
             namespace=SAMPLE_NAMESPACE, region=regions[0],
             jurisdiction=JURISDICTIONS.get(regions[0], "QA"), endpoint=home.endpoint,
             bucket=MODEL_BUCKET, model_path=MODEL_PATH, access_key=home.access_key,
             secret_key=home.secret_key))
+        self.phase = "the work directory"
         self._write_state(regions=regions, servers=servers, gpu_nodes=gpu_nodes)
 
     def nvml_path(self, node: str) -> Path:
@@ -132,46 +237,101 @@ class DevEnvironment:
 
     def apply_sample(self) -> None:
         assert self.cluster is not None
+        self.phase = "the sample stack"
         result = self.cluster.kubectl("apply", "--server-side", "-f", str(self.sample_path))
         if result.returncode != 0:
             raise DevEnvError(f"applying {self.sample_path} failed: {result.stderr.strip()}")
 
-    def wait_operator_ready(self, timeout: float = 120) -> None:
-        """Wait until every agent marked its node and the operator process is still alive."""
+    def check(self) -> None:
+        """Raise ``StartError`` for the first process of the environment that is no longer
+        running (one that lost its picked port to another process is started again instead)."""
+        components = list(self.processes.values())
+        if self.cluster is not None:
+            components += self.cluster.components.values()
+        for component in components:
+            if not component.running() and not component.restart_if_port_taken():
+                code = component.process.returncode if component.process else None
+                raise StartError.of(component, f"exited with code {code}")
+        if self.minio is not None:
+            for server in self.minio.servers.values():
+                if not server.running:
+                    raise StartError(component=f"minio ({server.region})", reason="exited",
+                                     log=server.log_path, detail=server.log_tail())
+
+    def wait_operator_ready(self, timeout: float | None = None) -> None:
+        """Wait until every agent marked its node, while checking every process still runs.
+
+        The default timeout grows with the fleet: on two cores a hundred agents take a while
+        to import and make their first poll. On timeout, ``StartError`` names the agents that
+        have not reported, with the log of the first.
+        """
         assert self.cluster is not None
-        api = self.cluster.api_client()
         from kubernetes import client
 
+        self.phase = "the node agents"
+        agents = {name.removeprefix("agent-"): c for name, c in self.processes.items()
+                  if name.startswith("agent-")}
+        deadline = time.monotonic() + (timeout if timeout is not None else 120 + len(agents))
+        api = self.cluster.api_client()
         core = client.CoreV1Api(api)
-
-        def marked() -> bool:
-            for name, proc in self.processes.items():
-                if not proc.running():
-                    raise DevEnvError(f"{name} exited; its log:\n{proc.tail()}")
-            nodes = [n for n in core.list_node().items
-                     if "nvidia.com/gpu" in (n.status.capacity or {})]
-            return all(any(c.type == "GPUHealthy" for c in n.status.conditions or [])
-                       for n in nodes)
-
+        silent = sorted(agents)
         try:
-            wait_until(marked, timeout=timeout, message="node agents to report GPU health")
+            while True:
+                self.check()
+                try:
+                    marked = {n.metadata.name for n in core.list_node().items
+                              if any(c.type == "GPUHealthy" for c in n.status.conditions or [])}
+                    silent = [node for node in sorted(agents) if node not in marked]
+                except client.ApiException:
+                    pass  # the apiserver busy or restarting: the next pass asks again
+                if not silent:
+                    break
+                if time.monotonic() > deadline:
+                    first = agents[silent[0]]
+                    raise StartError(
+                        component=first.name,
+                        reason=f"did not report GPU health in time ({len(silent)} of "
+                               f"{len(agents)} agents silent: {', '.join(silent[:8])}"
+                               f"{', ...' if len(silent) > 8 else ''})",
+                        log=first.log, detail=f"last lines of {first.log}:\n{first.tail()}")
+                time.sleep(1)
         finally:
             api.close()
+        self._write_state_agents(agents)
 
     def stop(self) -> None:
-        for name in reversed(list(self.processes)):
-            self.processes[name].stop()
-        if self.provisioner is not None:
-            self.provisioner.stop()
-        if self.minio is not None:
-            self.minio.stop()
-        if self.cluster is not None:
-            self.cluster.stop()
-        if self.state_path.exists():
-            self.state_path.unlink()
+        """End everything this run started, whatever state the start got to; idempotent.
 
-    def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> None:
-        component = Component(name, argv, self.workdir / "logs" / f"{name}.log")
+        Clients of the apiserver first, while it still answers (Kopf stops in half a second
+        then, in seconds once it is gone): the provisioner thread, then operator and agents all
+        at once. Then MinIO, then the control plane in reverse start order; last, any process
+        the ledger recorded that is still running. Every step runs even when an earlier one fails.
+        """
+        steps: list[Callable[[], object]] = [
+            lambda: self.provisioner.stop() if self.provisioner is not None else None,
+            lambda: stop_components(list(self.processes.values())),
+            lambda: self.minio.stop() if self.minio is not None else None,
+            lambda: self.cluster.stop() if self.cluster is not None else None,
+        ]
+        if self._lock is not None:
+            # Only the run that holds the work directory may touch what the ledger names.
+            steps.append(lambda: self.ledger.terminate(grace=5))
+        for step in steps:
+            try:
+                step()
+            except Exception as err:  # noqa: BLE001 - the remaining steps must still run
+                self.say(f"while stopping: {type(err).__name__}: {err}")
+        if self._lock is not None:
+            # The ledger stays: it says what the run started, and the next run checks it again.
+            self.state_path.unlink(missing_ok=True)
+            self._lock.close()
+            self._lock = None
+
+    def _spawn(self, name: str, argv: list[str] | Callable[[], list[str]],
+               env: dict[str, str]) -> None:
+        repick = argv if callable(argv) else None
+        component = Component(name, repick() if repick else argv,
+                              self.logs / f"{name}.log", repick=repick, ledger=self.ledger)
         self.processes[name] = component
         component.start(env=env)
 
@@ -186,10 +346,19 @@ class DevEnvironment:
             "minio": {region: s.endpoint for region, s in servers.items()},
             "nvml": {node: str(self.nvml_path(node)) for node in gpu_nodes},
             "sample": str(self.sample_path),
-            "logs": str(self.workdir / "logs"),
-            "pids": self.cluster.pids + [p.process.pid for p in self.processes.values()
-                                         if p.process is not None],
+            "logs": str(self.logs),
+            "processes": str(self.ledger.path),
         }
+        self.state_path.write_text(json.dumps(state, indent=2))
+
+    def _write_state_agents(self, agents: dict[str, Component]) -> None:
+        """Add each agent's metrics address, as the agent logged it, to ``dev.json``."""
+        state = read_state(self.workdir)
+        if state is None:
+            return
+        ports = {node: reported_port(c.output(), AGENT_PORT_LINE) for node, c in agents.items()}
+        state["agent_metrics"] = {node: f"http://127.0.0.1:{port}/metrics"
+                                  for node, port in ports.items() if port}
         self.state_path.write_text(json.dumps(state, indent=2))
 
 
@@ -197,30 +366,38 @@ def read_state(workdir: Path) -> dict[str, Any] | None:
     path = workdir / STATE_FILE
     if not path.exists():
         return None
-    return json.loads(path.read_text())
+    try:
+        return json.loads(path.read_text())
+    except ValueError:
+        return None  # cut short by a crash while it was written: no usable state
 
 
 def stop_running(workdir: Path, *, timeout: float = 60) -> bool:
-    """Ask the ``dev up`` process of ``workdir`` to tear down; kill what is left after ``timeout``.
+    """Ask the ``dev up`` process of ``workdir`` to tear down; end what is left after ``timeout``.
 
-    Returns False when no environment was running there.
+    Also ends what a ``dev up`` that was killed (SIGKILL) left running. Returns False when
+    nothing of a dev environment was running there.
     """
-    state = read_state(workdir)
-    if not state:
-        return False
-    if process_alive(state["pid"]):
-        os.kill(state["pid"], signal.SIGTERM)
+    state = read_state(workdir) or {}
+    pid = state.get("pid")
+    asked = bool(pid) and process_alive(pid)
+    if asked:
+        os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
-        while process_alive(state["pid"]) and time.monotonic() < deadline:
+        while process_alive(pid) and time.monotonic() < deadline:
             time.sleep(0.2)
-    for pid in state["pids"]:
-        if process_alive(pid):
-            try:
-                os.killpg(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+    leftovers = ProcessLedger(workdir / LEDGER_FILE).terminate(grace=5)
     (workdir / STATE_FILE).unlink(missing_ok=True)
-    return True
+    return asked or bool(leftovers)
+
+
+def _mounts_under(path: Path) -> list[str]:
+    """Mount points at or below ``path`` (a real node's leftovers), so none is deleted through."""
+    root = str(path.resolve())
+    with contextlib.suppress(OSError), open("/proc/self/mountinfo") as info:
+        points = [line.split()[4] for line in info]
+        return [p for p in points if p == root or p.startswith(root + "/")]
+    return []
 
 
 def _seed_model_bucket(server: Any) -> None:

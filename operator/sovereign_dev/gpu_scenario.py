@@ -25,7 +25,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from sovereign_dev.scenario import RACK_LABEL, delete_stack, stack_conditions
 from sovereign.api import API_VERSION, GROUP, KIND, PLURAL, VERSION
 from sovereign_dev import fleet
-from sovereign_dev.cluster import free_port, wait_until
+from sovereign_dev.cluster import wait_until
+from sovereign_dev.processes import reported_port
 from sovereign.kube.nodes import GPU_HEALTHY_CONDITION, GPU_UNHEALTHY_TAINT_KEY
 from sovereign_dev.nvml_fake import clear_faults, healthy_node, inject_xid, write_scenario
 from sovereign.render.names import COMPONENT_LABEL, STACK_LABEL
@@ -34,6 +35,9 @@ from sovereign.render.names import COMPONENT_LABEL, STACK_LABEL
 #: after a few seconds instead of five minutes, so one run can script several faults.
 FAULT_CONFIG = {"health": {"xid_quiet_window_s": 3, "recovery_clean_polls": 1}}
 WAIT = 120
+#: The line ``sovereign agent`` logs once its metrics server listens: with ``--metrics-port 0``
+#: the agent binds a free port itself, and this is where it says which.
+AGENT_PORT_LINE = r"metrics on [\d.]+:(\d+)/metrics"
 
 
 class GpuNodes:
@@ -70,14 +74,14 @@ class GpuNodes:
 
 
 class AgentProcess:
-    """``sovereign agent`` for one node on a fake NVML scenario file, as a subprocess."""
+    """``sovereign agent`` for one node on a fake NVML scenario file, as a subprocess; its
+    metrics server binds a port of its own choosing (``port`` reads it from the log)."""
 
     def __init__(self, *, kubeconfig: str, node: str, workdir: Path, interval: float = 1.0,
                  config: dict[str, Any] | None = None) -> None:
         self.node = node
         self.scenario = workdir / f"{node}.nvml.json"
         self.log = workdir / f"{node}.agent.log"
-        self.port = free_port()
         write_scenario(self.scenario, healthy_node(seed=node))
         config_path = workdir / f"{node}.agent.yaml"
         config_path.write_text(yaml.safe_dump(config or {}))
@@ -85,10 +89,17 @@ class AgentProcess:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "sovereign", "agent", "--node", node, "--kubeconfig", kubeconfig,
                  "--config", str(config_path), "--interval", str(interval), "--fake-nvml", str(self.scenario),
-                 "--metrics-address", "127.0.0.1", "--metrics-port", str(self.port)],
+                 "--metrics-address", "127.0.0.1", "--metrics-port", "0"],
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         wait_until(lambda: self._alive() and self.polls() >= 1, timeout=WAIT,
                    message=f"the agent of {node} to finish its first poll (log: {self.log})")
+
+    @property
+    def port(self) -> int:
+        port = reported_port(self.log.read_text(errors="replace"), AGENT_PORT_LINE)
+        if port is None:
+            raise RuntimeError(f"the agent of {self.node} serves no metrics yet (log: {self.log})")
+        return port
 
     def scrape(self) -> str:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=10) as resp:

@@ -1,7 +1,7 @@
 """Real MinIO servers on loopback, one per region: the object stores of the tests and the dev cluster.
 
 Each ``MinioServer`` is one ``minio server`` process with its own data directory, a free
-loopback port, its own root credentials and ``MINIO_REGION``/``MINIO_SITE_REGION`` set to its
+loopback port (``processes.free_port``; started again on a new one if another process takes it first), its own root credentials and ``MINIO_REGION``/``MINIO_SITE_REGION`` set to its
 region, so GetBucketLocation answers with that region as an in-country store would. By
 default a static KMS key is configured (``MINIO_KMS_SECRET_KEY``), because without a KMS MinIO
 refuses default bucket encryption; ``kms=False`` gives a plain server for the "unsupported"
@@ -9,7 +9,8 @@ paths. ``MinioFleet`` starts one server per region and stops them all.
 
 The binary comes from ``devcluster.build.ensure("minio")`` (built once from its pinned Go
 module). Processes run in their own session and are stopped by process group (SIGTERM, then
-SIGKILL), so none is left behind. Used by ``devcluster.minio_fixtures`` and ``sovereign dev up``.
+SIGKILL), so none is left behind; given a ``processes.ProcessLedger``, each start is recorded
+there too, for a later run to clean up after a killed one. Used by ``devcluster.minio_fixtures`` and ``sovereign dev up``.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -31,6 +31,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
+
+from sovereign_dev.processes import ProcessLedger, free_port, port_taken, recorded
 
 DEFAULT_REGIONS = ("me-central-1", "eu-west-1")
 KMS_KEY_NAME = "sovereign-dev"  # the static key's name, for SSE-KMS requests (SSEKMSKeyId)
@@ -58,6 +60,7 @@ class MinioServer:
         secret_key: str | None = None,
         kms: bool = True,
         binary_dir: Path | None = None,
+        ledger: ProcessLedger | None = None,
     ) -> None:
         self.region = region
         self.root = Path(root)
@@ -66,6 +69,7 @@ class MinioServer:
         self.kms = kms
         self.port = 0
         self._binary_dir = binary_dir
+        self._ledger = ledger
         self._process: subprocess.Popen[bytes] | None = None
 
     def __repr__(self) -> str:
@@ -149,14 +153,14 @@ class MinioServer:
             return
         binary = self._binary()
         for attempt in range(1, _PORT_ATTEMPTS + 1):
-            self.port = _free_port()
+            self.port = free_port()
             self._spawn(binary)
             try:
                 self._wait_ready(timeout=timeout)
                 return
             except MinioStartError as err:
                 self.stop()
-                if "address already in use" not in str(err) or attempt == _PORT_ATTEMPTS:
+                if not port_taken(str(err)) or attempt == _PORT_ATTEMPTS:
                     raise
 
     def stop(self, *, grace: float = 15.0) -> None:
@@ -213,6 +217,9 @@ class MinioServer:
                 command, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
+        if self._ledger is not None:
+            self._ledger.record(recorded(name=f"minio-{self.region}", pid=self._process.pid,
+                                         log=self.log_path))
         atexit.register(self.stop)
 
     def _kms_key(self) -> str:
@@ -230,7 +237,7 @@ class MinioServer:
             if self._process.poll() is not None:
                 raise MinioStartError(
                     f"MinIO for {self.region} exited with code {self._process.returncode} before "
-                    f"it was ready; {self._log_tail()}")
+                    f"it was ready; {self.log_tail()}")
             try:
                 with urllib.request.urlopen(url, timeout=5) as response:
                     if response.status == 200:
@@ -240,10 +247,11 @@ class MinioServer:
             if time.monotonic() > deadline:
                 raise MinioStartError(
                     f"MinIO for {self.region} was not ready at {url} after {timeout:.0f}s; "
-                    f"{self._log_tail()}")
+                    f"{self.log_tail()}")
             time.sleep(0.2)
 
-    def _log_tail(self) -> str:
+    def log_tail(self) -> str:
+        """The last lines of the log, headed by its path, for error messages."""
         lines = self.log_path.read_text(errors="replace").splitlines()[-_LOG_TAIL_LINES:]
         return f"last lines of {self.log_path}:\n" + "\n".join(lines)
 
@@ -252,9 +260,9 @@ class MinioFleet:
     """One ``MinioServer`` per region under ``root/<region>``, started and stopped together."""
 
     def __init__(self, *, root: Path, regions: Sequence[str] = DEFAULT_REGIONS,
-                 kms: bool = True) -> None:
+                 kms: bool = True, ledger: ProcessLedger | None = None) -> None:
         self.servers = {
-            region: MinioServer(region=region, root=Path(root) / region, kms=kms)
+            region: MinioServer(region=region, root=Path(root) / region, kms=kms, ledger=ledger)
             for region in regions
         }
 
@@ -298,9 +306,3 @@ def _madmin_encrypt(password: str, data: bytes) -> bytes:
     sealed = aead.encrypt(nonce + (1).to_bytes(4, "little"), data, b"\x80" + header_tag)
     return salt + bytes([0x02]) + nonce + sealed
 
-
-def _free_port() -> int:
-    """A loopback port the kernel says is free now (bound to port 0, then released)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]

@@ -40,7 +40,9 @@ log = logging.getLogger("sovereign.agent")
               help="Seconds between NVML polls (overrides poll_interval_s of --config).")
 @click.option("--metrics-address", default="0.0.0.0", help="Address of the /metrics server.")
 @click.option("--metrics-port", type=click.IntRange(0, 65535), default=9401,
-              help="Port of the /metrics server (dcgm-exporter's is 9400).")
+              help="Port of the /metrics server (dcgm-exporter's is 9400); 0 lets the agent "
+                   "bind any free port and name it in its log line 'metrics on ADDR:PORT/metrics' "
+                   "(how the local cloud runs a hundred agents on one machine).")
 @click.option("--fake-nvml", type=click.Path(dir_okay=False, path_type=Path),
               envvar="SOVEREIGN_FAKE_NVML",
               help="Read GPUs from this fake NVML scenario file instead of the driver; it is "
