@@ -73,8 +73,12 @@ class DevUp:
 
 
 def _running(entries: list[Recorded]) -> list[str]:
+    return [f"{e.name} (pid {e.pid})" for e in _alive_of(entries)]
+
+
+def _alive_of(entries: list[Recorded]) -> list[Recorded]:
     live = live_groups()
-    return [f"{e.name} (pid {e.pid})" for e in entries if e.alive(live)]
+    return [e for e in entries if e.alive(live)]
 
 
 def test_dev_up_serves_a_sample_stack_to_kubectl_and_shows_gpu_faults(tmp_path: Path):
@@ -143,11 +147,21 @@ def test_dev_up_starts_again_after_ctrl_c_after_kill_9_and_twice_in_a_row(tmp_pa
     second.process.kill()  # kill -9: no teardown at all
     second.wait_exit()
     assert len(_running(left_by_second)) >= 7, "a killed dev up leaves its children running"
+    # What a killed real node leaves too: a container file system still mounted in the workdir.
+    leftover_mount = workdir / "cluster" / "rootfs"
+    leftover_mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(leftover_mount)], check=True)
 
     third = DevUp(workdir, tmp_path / "third.log", *SMALL)
     state = third.wait_up()
     assert re.search(r"stopped \d+ processes left running by an earlier run", third.output())
     assert not _running(left_by_second)
+    assert str(leftover_mount) not in Path("/proc/self/mountinfo").read_text()
+    # A second `make dev` while this one runs is refused, and leaves this one alone.
+    again = _sovereign("dev", "up", "--workdir", str(workdir), *SMALL)
+    assert again.returncode == 3
+    assert f"a dev environment already runs from {workdir} (pid {third.process.pid})" in again.stdout
+    assert third.process.poll() is None and not set(third.started()) - set(_alive_of(third.started()))
     nodes = subprocess.run([str(build.ensure("kubernetes") / "kubectl"), "--kubeconfig",
                             state["kubeconfig"], "get", "nodes", "gpu-mec1-0"],
                            capture_output=True, text=True)

@@ -23,12 +23,13 @@ Called by ``cli`` (``sovereign dev``) and the end-to-end tests.
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import json
 import os
+import re
 import shutil
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -157,10 +158,7 @@ class DevEnvironment:
         for name in RUN_ENTRIES:
             path = self.workdir / name
             if path.is_dir():
-                mounted = _mounts_under(path)
-                if mounted:
-                    raise DevEnvError(f"{mounted[0]} is still mounted from an earlier run; "
-                                      f"unmount it (umount -R {mounted[0]}) and start again")
+                _release_mounts(path)
                 shutil.rmtree(path)
             else:
                 path.unlink(missing_ok=True)
@@ -391,13 +389,21 @@ def stop_running(workdir: Path, *, timeout: float = 60) -> bool:
     return asked or bool(leftovers)
 
 
-def _mounts_under(path: Path) -> list[str]:
-    """Mount points at or below ``path`` (a real node's leftovers), so none is deleted through."""
+def _release_mounts(path: Path) -> None:
+    """Detach every mount at or below ``path`` (a killed real node's container file systems), so
+    deleting ``path`` never reaches into what they mount; deepest first."""
     root = str(path.resolve())
-    with contextlib.suppress(OSError), open("/proc/self/mountinfo") as info:
-        points = [line.split()[4] for line in info]
-        return [p for p in points if p == root or p.startswith(root + "/")]
-    return []
+    with open("/proc/self/mountinfo") as info:
+        # Field 5 is the mount point, with blanks and backslashes written as octal escapes.
+        points = [re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), line.split()[4])
+                  for line in info]
+    for point in sorted((p for p in points if p == root or p.startswith(root + "/")),
+                        key=len, reverse=True):
+        detached = subprocess.run(["umount", "--lazy", point], capture_output=True, text=True)
+        if detached.returncode != 0:
+            raise DevEnvError(f"{point} is still mounted from an earlier run and could not be "
+                              f"unmounted ({detached.stderr.strip()}); unmount it "
+                              f"(umount -R {point}) and start again")
 
 
 def _seed_model_bucket(server: Any) -> None:
