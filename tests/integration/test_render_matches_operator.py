@@ -29,12 +29,17 @@ SAMPLES = sorted((REPO_ROOT / "manifests" / "samples").glob("*.yaml"))
 
 
 def _in_cloud(document: dict[str, Any], cloud: SimulatedCloud) -> dict[str, Any]:
-    """The sample with every S3 store pointed at the cloud's bucket and credentials."""
+    """The sample with every S3 store pointed at the cloud's bucket and credentials, holding a
+    GGUF file where each llama-cpp model expects one (the operator holds the model back otherwise,
+    which an offline render cannot know)."""
     for store in document["spec"].get("dataStores", []):
         if "s3" in store:
             store["s3"] |= {"bucket": cloud.bucket, "endpoint": cloud.store.endpoint,
                             "region": cloud.store.region, "forcePathStyle": True,
                             "credentialsSecretRef": {"name": "s3-creds"}}
+    for model in document["spec"].get("models", []):
+        if model.get("engine") == "llama-cpp":
+            cloud.store.client().put_object(Bucket=cloud.bucket, Key=model["source"]["path"], Body=b"GGUF" + bytes(64))
     return document
 
 

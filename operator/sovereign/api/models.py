@@ -638,11 +638,16 @@ class ModelCache(ApiObject):
         default=DEFAULT_CACHE_SIZE,
         description=(
             f"Capacity of the weights volume of each replica. Default "
-            f"{DEFAULT_CACHE_SIZE}; at least the size of the weights."
+            f"{DEFAULT_CACHE_SIZE}; at least the size of the weights. For engine llama-cpp, the size "
+            "limit of the emptyDir on the replica's node that holds the GGUF file."
         ),
     )
     storage_class_name: DnsSubdomain | None = Field(
-        default=None, description="StorageClass of the weights volume. Unset: the cluster's default class."
+        default=None,
+        description=(
+            "StorageClass of the weights volume. Unset: the cluster's default class. Engine vllm only "
+            "(a llama-cpp replica's weights are in an emptyDir)."
+        ),
     )
 
 
@@ -784,6 +789,10 @@ def _joined_value_failures(model: ModelSpec) -> Iterator[RuleFailure]:
                 yield RuleFailure(("extraArgs", index), arg, _SEPARATE_VALUE)
 
 
+_CACHE_CLASS = (
+    "cache.storageClassName is only for engine vllm: a llama-cpp replica keeps its GGUF file in an "
+    "emptyDir on its node, sized by cache.size; remove it"
+)
 _GGUF_PATH = (
     "engine llama-cpp serves one GGUF file: source.path must name it, such as models/tiny/model.gguf"
 )
@@ -935,6 +944,16 @@ class ModelSpec(ApiObject):
             ),
         ),
         _vllm_only("autoscaling", "autoscaling", "it scales on vLLM's request queue"),
+        Rule(
+            cel="self.engine != 'llama-cpp' || !has(self.cache.storageClassName)",
+            message=_CACHE_CLASS,
+            field_path=".cache.storageClassName",
+            failures=lambda model: (
+                [RuleFailure(("cache", "storageClassName"), model.cache.storage_class_name, _CACHE_CLASS)]
+                if model.engine is Engine.LLAMA_CPP and model.cache.storage_class_name is not None
+                else []
+            ),
+        ),
         Rule(
             cel="self.engine != 'llama-cpp' || self.source.path.endsWith('.gguf')",
             message=_GGUF_PATH,

@@ -17,8 +17,9 @@ filesystem, with Prometheus metrics on ``/metrics`` (``--metrics``).
 
 Weights come only from a declared data store. From an S3 store, an init container running the
 operator's own image (``sovereign fetch-model``) copies ``source.path`` into a per-replica
-volume (a generic ephemeral volume sized by ``cache``: it outlives container restarts, and a
-rolled pod starts on a fresh one, so two replicas never write the same files). From a volume
+volume (a generic ephemeral volume sized by ``cache``, for llama-cpp an ``emptyDir`` of that
+size: it outlives container restarts, and a rolled pod starts on a fresh one, so two replicas
+never write the same files). From a volume
 store, the store's claim is mounted read-only at the same path instead: nothing to copy.
 
 With ``autoscaling`` the Deployment leaves ``replicas`` out, so server-side apply never claims
@@ -235,6 +236,12 @@ def _weights_volume(stack: SovereignStack, model: ModelSpec, store: DataStore) -
         return storage.volume_mount(
             store, read_only=True, sub_path=directory.rstrip("/"), mount_path=weights_path(model)
         )
+    if model.engine is Engine.LLAMA_CPP:
+        # One GGUF file of a CPU model: node-local disk, which every cluster has (no storage
+        # class or CSI driver needed, as small CPU deployments often lack them), world-writable
+        # for the non-root loader, and like the claim below it outlives container restarts.
+        return {"name": "weights", "emptyDir": {"sizeLimit": model.cache.size}}, {"name": "weights",
+                                                                                  "mountPath": MODELS_ROOT}
     claim: dict[str, Any] = {"accessModes": ["ReadWriteOnce"]}
     if model.cache.storage_class_name is not None:
         claim["storageClassName"] = model.cache.storage_class_name

@@ -172,6 +172,8 @@ CASES = [
     Case("llama-cpp-owned-flag", with_cpu_model(extraArgs=["--port", "9000"]), ("spec.models[2].extraArgs", "--port")),
     Case("llama-cpp-flag-value-after-equals", with_cpu_model(extraArgs=["--ctx-size=4096"]),
          ("spec.models[2].extraArgs", "two entries")),
+    Case("llama-cpp-cache-storage-class", with_cpu_model(cache={"storageClassName": "regional-ssd"}),
+         ("spec.models[2].cache.storageClassName", "emptyDir")),
     Case("gpu-limit-on-a-cpu-pool", with_cpu_model(pool={"limits": {"gpus": 8}}),
          ("spec.nodePools[2].limits.gpus", "limits.cpu")),
     Case("empty-pool-limits", set_value("nodePools.0.limits", {}), ("spec.nodePools[0].limits", "gpus, cpu or memory")),

@@ -126,6 +126,13 @@ def test_loader_copies_the_one_gguf_file_where_the_server_reads_it(cpu_stack, fa
     assert model_path == f"{context.params['dest']}/qwen2.5-0.5b-instruct-q4_k_m.gguf"
 
 
+def test_the_gguf_file_is_kept_in_a_node_local_volume_sized_by_the_cache(cpu_stack, facts) -> None:
+    """No storage class or CSI driver needed: an emptyDir, which outlives container restarts."""
+    volumes = {v["name"]: v for v in _pod(_objects(cpu_stack, facts))["volumes"]}
+
+    assert volumes["weights"] == {"name": "weights", "emptyDir": {"sizeLimit": "2Gi"}}
+
+
 def test_gguf_on_a_volume_store_is_read_from_its_directory_without_a_loader(facts) -> None:
     document = sample_document("cpu")
     document["spec"]["dataStores"].append({"name": "disk", "volume": {"size": "10Gi"}})
