@@ -216,9 +216,9 @@ def gpu_health() -> Dashboard:
             Panel("XIDs", "timeseries",
                   [Query(f"sum by (node, gpu, xid) (increase(sovereign_gpu_xid_total{{{GPUS}}}"
                          f"[{RATE}]))", "{{node}} GPU {{gpu}} XID {{xid}}")],
-                  f"XID events by code. {_xids(HEALTH.fatal_xids)} are fatal by default (the "
-                  f"agent taints the node); {_xids(HEALTH.application_xids)} end one "
-                  "application.",
+                  f"XID events by code. {_xids(HEALTH.reset_xids)} need a GPU reset and "
+                  f"{_xids(HEALTH.reboot_xids)} a reboot (the agent taints the node until it sees "
+                  f"one); {_xids(HEALTH.application_xids)} end one application.",
                   width=24, red_from=1),
             Panel("Temperature", "timeseries",
                   [Query(f"DCGM_FI_DEV_GPU_TEMP{{{GPUS}}}", "{{node}} GPU {{gpu}}"),

@@ -6,19 +6,25 @@ scripted from outside a running agent: ``sovereign agent --fake-nvml PATH`` read
 anything (a test, ``sovereign dev fault``) rewrites it with the functions at the bottom:
 
     write_scenario(path, healthy_node(seed="gpu-mec1-0"))   # eight healthy H100s
-    inject_xid(path, gpu=3, xid=79)                         # one XID 79 event on GPU 3
+    inject_xid(path, gpu=3, xid=79)                         # one XID 79 event on GPU 3 (and,
+                                                            # as the driver does, a recovery action)
     inject_xid(path, gpu=0, xid=13, count=500)              # an XID storm
     set_fault(path, gpu=1, fault="ecc-dbe")                 # a preset from FAULTS
     update_gpu(path, gpu=2, temperature_c=88)               # any reading, by field name
     set_driver(path, loaded=False)                          # NVML fails as a whole
-    clear_faults(path)                                      # every GPU healthy again, XIDs gone
+    clear_faults(path)                                      # every GPU reset: healthy, XIDs gone,
+                                                            # recovery action back to None
 
 Writes are atomic (temp file + rename), so the agent never reads half a file; an invalid file
 written while the agent runs is logged and the last good scenario stays in force.
 
 Fidelity to NVML: a reading set to null raises ``NVMLError_NotSupported``; ``lost: true`` makes
 every call on that GPU raise ``NVMLError_GpuIsLost``; ``driver_loaded: false`` makes ``nvmlInit``
-and every later call fail with ``NVMLError_DriverNotLoaded``; XID events listed in the file before the agent registered for events are not delivered
+and every later call fail with ``NVMLError_DriverNotLoaded``; ``recovery_action`` is
+``NVML_FI_DEV_GET_GPU_RECOVERY_ACTION`` through ``nvmlDeviceGetFieldValues`` (null: a driver
+without the field, which answers that field NotSupported); an XID whose catalogue action is a
+GPU reset or a reboot sets it as the driver does (XID 154 linkage), and a reset (``clear_faults``)
+puts it back to None; XID events listed in the file before the agent registered for events are not delivered
 (NVML reports only events that happen after registration), later ones once each, in order.
 """
 
@@ -38,6 +44,8 @@ from typing import Any, Literal
 import pynvml
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from sovereign.policy.gpu_health import GpuHealthSettings
 
 log = logging.getLogger(__name__)
 
@@ -105,12 +113,14 @@ class FakeGpu(_Model):
     pcie_replay_count: int | None = 0
     nvlink: FakeNvlink | None = Field(default_factory=FakeNvlink)
     mig_mode: bool | None = False
+    recovery_action: int | None = pynvml.NVML_GPU_RECOVERY_ACTION_NONE
     xid_events_supported: bool = True
     xid_events: list[FakeXid] = Field(default_factory=list)
 
 
 class FakeScenario(_Model):
     driver_loaded: bool = True
+    driver_version: str = "580.95.05"
     gpus: list[FakeGpu] = Field(default_factory=list)
 
 
@@ -120,9 +130,10 @@ class FakeScenarioError(ValueError):
 
 # Readings a fault changes; clear_faults() puts these back to the FakeGpu defaults.
 FAULT_FIELDS = ("lost", "temperature_c", "ecc_uncorrected_volatile", "remapped_rows",
-                "retired_pages", "clock_event_reasons", "xid_events")
+                "retired_pages", "clock_event_reasons", "xid_events", "recovery_action")
 
-FaultName = Literal["ecc-dbe", "remap-pending", "remap-failure", "thermal-slowdown", "gpu-lost"]
+FaultName = Literal["ecc-dbe", "remap-pending", "remap-failure", "thermal-slowdown", "gpu-lost",
+                    "reset-required", "reboot-required", "drain-p2p"]
 
 
 def _ecc_dbe(gpu: FakeGpu) -> FakeGpu:
@@ -150,7 +161,27 @@ FAULTS: dict[str, Callable[[FakeGpu], FakeGpu]] = {
     "remap-failure": lambda gpu: _remap(gpu, failure=True),
     "thermal-slowdown": _thermal_slowdown,
     "gpu-lost": lambda gpu: gpu.model_copy(update={"lost": True}),
+    "reset-required": lambda gpu: _recovery(gpu, pynvml.NVML_GPU_RECOVERY_ACTION_GPU_RESET),
+    "reboot-required": lambda gpu: _recovery(gpu, pynvml.NVML_GPU_RECOVERY_ACTION_NODE_REBOOT),
+    "drain-p2p": lambda gpu: _recovery(gpu, pynvml.NVML_GPU_RECOVERY_ACTION_DRAIN_P2P),
 }
+
+
+def _recovery(gpu: FakeGpu, action: int) -> FakeGpu:
+    """The driver asks for ``action``, on a driver that has the field (else nothing changes)."""
+    if gpu.recovery_action is None:
+        return gpu
+    return gpu.model_copy(update={"recovery_action": action})
+
+
+def _xid_recovery(xid: int) -> int | None:
+    """The recovery action a driver sets with an XID, after the catalogue's immediate action."""
+    classes = GpuHealthSettings()
+    if xid in classes.reset_xids:
+        return pynvml.NVML_GPU_RECOVERY_ACTION_GPU_RESET
+    if xid in classes.reboot_xids:
+        return pynvml.NVML_GPU_RECOVERY_ACTION_NODE_REBOOT
+    return None
 
 
 # -- the NVML surface -----------------------------------------------------------------------------
@@ -176,6 +207,21 @@ class _Memory:
 class _Utilization:
     gpu: int
     memory: int
+
+
+@dataclass(frozen=True)
+class _FieldValueUnion:
+    uiVal: int
+
+
+@dataclass(frozen=True)
+class _FieldValue:
+    """One entry of nvmlDeviceGetFieldValues' answer (the parts of c_nvmlFieldValue_t read)."""
+
+    fieldId: int
+    nvmlReturn: int
+    valueType: int = pynvml.NVML_VALUE_TYPE_UNSIGNED_INT
+    value: _FieldValueUnion = _FieldValueUnion(0)
 
 
 @dataclass(frozen=True)
@@ -328,6 +374,22 @@ class FakeNvml:
         mode = int(_supported(self._gpu(device).mig_mode))
         return [mode, mode]
 
+    def nvmlDeviceGetFieldValues(self, handle: _Handle, fieldIds: list[int]) -> list[_FieldValue]:
+        gpu = self._gpu(handle)
+        answers = []
+        for field_id in fieldIds:
+            if field_id == pynvml.NVML_FI_DEV_GET_GPU_RECOVERY_ACTION and \
+                    gpu.recovery_action is not None:
+                answers.append(_FieldValue(field_id, pynvml.NVML_SUCCESS,
+                                           value=_FieldValueUnion(gpu.recovery_action)))
+            else:
+                answers.append(_FieldValue(field_id, pynvml.NVML_ERROR_NOT_SUPPORTED))
+        return answers
+
+    def nvmlSystemGetDriverVersion(self) -> str:
+        self._check_initialized()
+        return self._scenario.driver_version
+
     # events
     def nvmlEventSetCreate(self) -> _EventSet:
         self._check_initialized()
@@ -465,11 +527,23 @@ def set_fault(path: str | Path, *, gpu: int, fault: FaultName) -> None:
 
 
 def inject_xid(path: str | Path, *, gpu: int, xid: int, count: int = 1) -> None:
-    """Append ``count`` XID ``xid`` events for GPU ``gpu``; the fake delivers each once."""
+    """Append ``count`` XID ``xid`` events for GPU ``gpu``; the fake delivers each once.
+
+    An XID that needs a GPU reset or a reboot also sets the GPU's recovery action, as drivers
+    with the field do, unless a more drastic action is already pending.
+    """
     stamp = time.time_ns()
-    _edit(path, gpu, lambda current: current.model_copy(update={"xid_events": [
-        *current.xid_events,
-        *(FakeXid(id=f"{stamp}-{n}", xid=xid) for n in range(count))]}))
+
+    def add(current: FakeGpu) -> FakeGpu:
+        events = [*current.xid_events,
+                  *(FakeXid(id=f"{stamp}-{n}", xid=xid) for n in range(count))]
+        action = _xid_recovery(xid)
+        changed = {"xid_events": events}
+        if action is not None and current.recovery_action in (
+                pynvml.NVML_GPU_RECOVERY_ACTION_NONE, pynvml.NVML_GPU_RECOVERY_ACTION_GPU_RESET):
+            changed["recovery_action"] = action
+        return current.model_copy(update=changed)
+    _edit(path, gpu, add)
 
 
 def set_driver(path: str | Path, *, loaded: bool) -> None:
@@ -479,14 +553,20 @@ def set_driver(path: str | Path, *, loaded: bool) -> None:
 
 
 def clear_faults(path: str | Path, *, gpu: int | None = None) -> None:
-    """Put the FAULT_FIELDS of GPU ``gpu`` (every GPU when None) back to healthy defaults."""
+    """Reset GPU ``gpu`` (every GPU when None): its FAULT_FIELDS back to healthy defaults, and
+    its recovery action back to None (a driver without the field keeps answering NotSupported)."""
     scenario = load_scenario(path)
     if gpu is not None:
         _check_index(path, scenario, gpu)
     healthy = {name: FakeGpu.model_fields[name].get_default(call_default_factory=True)
                for name in FAULT_FIELDS}
-    gpus = [g.model_copy(update=healthy) if gpu in (None, i) else g
-            for i, g in enumerate(scenario.gpus)]
+
+    def reset(current: FakeGpu) -> FakeGpu:
+        fields = dict(healthy)
+        if current.recovery_action is None:
+            fields["recovery_action"] = None
+        return current.model_copy(update=fields)
+    gpus = [reset(g) if gpu in (None, i) else g for i, g in enumerate(scenario.gpus)]
     write_scenario(path, scenario.model_copy(update={"gpus": gpus}))
 
 

@@ -41,7 +41,8 @@ from sovereign.kube.nodes import (
 from sovereign.nvml import open_reader
 from sovereign_dev.nvml_fake import healthy_node, inject_xid, write_scenario
 from sovereign.services.facts import read_cluster_facts
-from sovereign.services.node_agent import AgentSettings, GpuMetrics, NodeAgent
+from sovereign.services.gpu_metrics import GpuMetrics
+from sovereign.services.node_agent import AgentSettings, NodeAgent
 from sovereign.services.reconcile import finalize, reconcile
 from sovereign.services.residency_stores import StoreVerdicts
 

@@ -2,22 +2,26 @@
 
 Each test gets a fresh simulated GPU node shaped like the fleet's (so no other test's node is
 tainted) and runs ``sovereign agent`` as a process, the way simulated nodes of the dev cluster
-run it, scripting faults through the agent's fake NVML scenario file.
+run it, scripting faults through the agent's fake NVML scenario file: XIDs held until a reset
+(the fake's recovery action back to None) or a reboot (a new boot ID), and the NoExecute taint
+that makes the control plane's taint manager evict every pod that does not tolerate it.
 """
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+import time
 import urllib.request
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 from kubernetes import client
-from prometheus_client.parser import text_string_to_metric_families
 
 from sovereign_dev import fleet
 from sovereign_dev.cluster import free_port, wait_until
@@ -40,6 +44,7 @@ from sovereign_dev.nvml_fake import (
     inject_xid,
     set_driver,
     set_fault,
+    update_gpu,
     write_scenario,
 )
 
@@ -92,11 +97,20 @@ class Agent:
     log: Path
 
     def metrics(self) -> dict[tuple[str, frozenset], float]:
-        """Scrape /metrics: {(sample name, frozenset of label items): value}."""
+        """Scrape /metrics: {(sample name, frozenset of label items): value}.
+
+        Read line by line, as Prometheus reads it: prometheus_client's own parser would rename
+        dcgm-exporter's counters (DCGM_FI_DEV_PCIE_REPLAY_COUNTER) to <name>_total.
+        """
         with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as resp:
             text = resp.read().decode()
-        return {(s.name, frozenset(s.labels.items())): s.value
-                for family in text_string_to_metric_families(text) for s in family.samples}
+        samples = {}
+        for line in text.splitlines():
+            match = re.match(r"^(\w+)(?:\{(.*)\})? (\S+)$", line)
+            if match:
+                labels = re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', match.group(2) or "")
+                samples[(match.group(1), frozenset(labels))] = float(match.group(3))
+        return samples
 
     def value(self, name: str, **labels: str) -> float | None:
         wanted = set(labels.items())
@@ -117,10 +131,10 @@ def start_agent(cluster, gpu_node, scenario, tmp_path):
     """Start ``sovereign agent`` for ``gpu_node`` with short timings; stop it after the test."""
     agents: list[Agent] = []
 
-    def start(*, xid_quiet_window_s: float = 8) -> Agent:
+    def start(*, xid_quiet_window_s: float = 8, **options: Any) -> Agent:
         config = tmp_path / f"agent-{len(agents)}.yaml"
         config.write_text(yaml.safe_dump({
-            "poll_interval_s": 0.5, "xid_settle_s": 0.2, "resync_interval_s": 2,
+            "poll_interval_s": 0.5, "xid_settle_s": 0.2, "resync_interval_s": 2, **options,
             "health": {"xid_quiet_window_s": xid_quiet_window_s, "recovery_clean_polls": 2}}))
         port = free_port()
         log = tmp_path / f"agent-{len(agents)}.log"
@@ -208,8 +222,8 @@ def wait_healthy(api_client, node: str) -> None:
 
 # -- tests ----------------------------------------------------------------------------------------
 
-def test_xid_79_marks_the_node_until_the_fault_clears(api_client, gpu_node, scenario,
-                                                      start_agent):
+def test_xid_79_holds_the_node_past_the_quiet_window_until_the_gpu_is_reset(
+        api_client, gpu_node, scenario, start_agent):
     agent = start_agent()
     wait_healthy(api_client, gpu_node)
     settled = agent.polls()
@@ -240,18 +254,27 @@ def test_xid_79_marks_the_node_until_the_fault_clears(api_client, gpu_node, scen
                                   timeout=WAIT, message="a GPUUnhealthy event")
     assert unhealthy_events[0]["type"] == "Warning"
     assert uuid_of(gpu_node, 3) in unhealthy_events[0]["message"]
+    assert "held until the node reboots" in condition["message"]
 
-    clear_faults(scenario)
+    # Time alone releases nothing: well past the 8 s quiet window the GPU is still held.
+    polls = agent.polls()
+    time.sleep(10)
+    assert agent.polls() > polls + 5
+    assert condition_of(api_client, gpu_node)["reason"] == "Xid79OnGPU3"
+
+    clear_faults(scenario)  # the reset: NVML's recovery action goes back to None
 
     wait_healthy(api_client, gpu_node)
     assert node_of(api_client, gpu_node)["metadata"]["labels"][GPU_HEALTH_LABEL] == "Healthy"
     recovered = wait_until(lambda: events_about(api_client, gpu_node, "GPURecovered"),
                            timeout=WAIT, message="a GPURecovered event")
     assert "healthy again after Xid79" in recovered[0]["message"]
-    # One write of each part per change (down, then up), not one per poll.
+    # One write of each part per change, not one per poll: down, then up; and the record (an
+    # annotation, metadata) once more when the reset is seen, before the clean polls are done.
     assert {part: agent.value("sovereign_gpu_agent_node_writes_total", part=part)
             for part in ("metadata", "status")} == {
-        part: count + 2 for part, count in writes_before.items()}
+        "metadata": writes_before["metadata"] + 3, "status": writes_before["status"] + 2}
+    assert GpuHealthRecord.from_node(node_of(api_client, gpu_node)).gpus[3].resets == 1
 
 
 def test_a_steady_node_costs_no_writes(api_client, gpu_node, start_agent):
@@ -347,12 +370,79 @@ def test_gpu_condition_survives_kwok_status_updates_and_agent_restarts(
     assert our_taints(api_client, gpu_node) == [
         {"key": GPU_UNHEALTHY_TAINT_KEY, "value": "Xid48", "effect": "NoSchedule"}]
 
-    # A restarted agent remembers the XID from the node instead of declaring the GPU healthy.
-    restarted = start_agent(xid_quiet_window_s=4)
+    # A restarted agent (same boot) keeps holding the XID, past its quiet window, until a reset.
+    restarted = start_agent(xid_quiet_window_s=1)
     assert restarted.value("sovereign_gpu_health", gpu="0", state="Unhealthy") == 1
+    polls = restarted.polls()
+    wait_until(lambda: restarted.polls() > polls + 6, timeout=WAIT, message="six more polls")
     assert condition_of(api_client, gpu_node)["reason"] == "Xid48OnGPU0"
-    # ... and lets it recover once the quiet window has passed.
+    clear_faults(scenario)
     wait_healthy(api_client, gpu_node)
+
+
+def _set_boot_id(api_client, node: str, boot_id: str) -> None:
+    client.CoreV1Api(api_client).patch_node_status(
+        node, {"status": {"nodeInfo": {"bootID": boot_id}}},
+        _content_type="application/strategic-merge-patch+json")
+
+
+def test_a_reboot_releases_what_only_a_reboot_can_clear(api_client, gpu_node, scenario,
+                                                        start_agent):
+    _set_boot_id(api_client, gpu_node, "boot-1")
+    # A driver without the recovery-action field: the reboot is the only signal there is.
+    update_gpu(scenario, gpu=2, recovery_action=None)
+    agent = start_agent()
+    inject_xid(scenario, gpu=2, xid=62)
+    wait_until(lambda: node_with_condition(api_client, gpu_node, reason="Xid62OnGPU2"),
+               timeout=WAIT, message="GPUHealthy=False/Xid62OnGPU2")
+    assert GpuHealthRecord.from_node(node_of(api_client, gpu_node)).boot_id == "boot-1"
+    agent.stop()
+
+    clear_faults(scenario)  # a reset no reading shows: the same boot would still hold it
+    _set_boot_id(api_client, gpu_node, "boot-2")
+    start_agent()
+
+    wait_healthy(api_client, gpu_node)
+    cleared = wait_until(lambda: events_about(api_client, gpu_node, "GPUFaultsClearedByReboot"),
+                         timeout=WAIT, message="a GPUFaultsClearedByReboot event")
+    assert cleared[0]["message"].endswith("cleared for GPUs 2")
+
+
+def test_a_fatal_fault_with_noexecute_evicts_every_pod_that_does_not_tolerate_it(
+        api_client, gpu_node, scenario, start_agent, namespace):
+    core = client.CoreV1Api(api_client)
+    tolerates = [{"key": GPU_UNHEALTHY_TAINT_KEY, "operator": "Exists", "effect": "NoExecute"}]
+    pods = {"plain": [], "tolerating": tolerates,
+            "gpu-only": [{"key": "nvidia.com/gpu", "operator": "Exists"}]}
+    for name, tolerations in pods.items():
+        core.create_namespaced_pod(namespace, {
+            "metadata": {"name": name},
+            "spec": {"nodeName": gpu_node, "tolerations": tolerations,
+                     "containers": [{"name": "c", "image": "example:1"}]}})
+    for name in pods:
+        wait_until(lambda n=name: core.read_namespaced_pod(n, namespace).status.phase == "Running",
+                   timeout=WAIT, message=f"pod {name} Running")
+    start_agent(fatal_taint_effect="NoExecute")
+
+    inject_xid(scenario, gpu=5, xid=79)
+
+    wait_until(lambda: {"key": GPU_UNHEALTHY_TAINT_KEY, "value": "Xid79", "effect": "NoExecute"}
+               in our_taints(api_client, gpu_node), timeout=WAIT, message="the NoExecute taint")
+
+    def evicted(name: str) -> bool:
+        try:
+            pod = core.read_namespaced_pod(name, namespace)
+        except client.ApiException as err:
+            return err.status == 404
+        return pod.metadata.deletion_timestamp is not None
+
+    wait_until(lambda: evicted("plain") and evicted("gpu-only"), timeout=WAIT,
+               message="the taint manager to evict the pods without a toleration")
+    survivor = core.read_namespaced_pod("tolerating", namespace)
+    assert (survivor.metadata.deletion_timestamp, survivor.status.phase) == (None, "Running")
+    deletions = [e for e in core.list_namespaced_event(namespace).items
+                 if e.reason == "TaintManagerEviction"]
+    assert {e.involved_object.name for e in deletions} >= {"plain", "gpu-only"}
 
 
 def test_metrics_have_dcgm_exporter_names_and_labels(gpu_node, scenario, start_agent):
@@ -363,11 +453,12 @@ def test_metrics_have_dcgm_exporter_names_and_labels(gpu_node, scenario, start_a
 
     metrics = agent.metrics()
     gpu1 = {"gpu": "1", "UUID": uuid_of(gpu_node, 1), "pci_bus_id": "00000000:28:00.0",
-            "device": "nvidia1", "modelName": "NVIDIA H100 80GB HBM3", "Hostname": gpu_node}
+            "device": "nvidia1", "modelName": "NVIDIA H100 80GB HBM3", "Hostname": gpu_node,
+            "DCGM_FI_DRIVER_VERSION": "580.95.05"}
     expected = {
         "DCGM_FI_DEV_GPU_TEMP": 34, "DCGM_FI_DEV_POWER_USAGE": 72, "DCGM_FI_DEV_GPU_UTIL": 0,
         "DCGM_FI_DEV_FB_USED": 0, "DCGM_FI_DEV_FB_FREE": 81559, "DCGM_FI_DEV_FB_TOTAL": 81559,
-        "DCGM_FI_DEV_XID_ERRORS": 13, "DCGM_FI_DEV_ECC_DBE_VOL_TOTAL": 0,
+        "DCGM_FI_DEV_ECC_DBE_VOL_TOTAL": 0,
         "DCGM_FI_DEV_ECC_SBE_VOL_TOTAL": 0, "DCGM_FI_DEV_ECC_DBE_AGG_TOTAL": 0,
         "DCGM_FI_DEV_SLOWDOWN_TEMP": 89, "DCGM_FI_DEV_SHUTDOWN_TEMP": 92,
         "DCGM_FI_DEV_ENFORCED_POWER_LIMIT": 700, "DCGM_FI_DEV_ROW_REMAP_PENDING": 0,
@@ -377,6 +468,8 @@ def test_metrics_have_dcgm_exporter_names_and_labels(gpu_node, scenario, start_a
     }
     for name, value in expected.items():
         assert metrics.get((name, frozenset(gpu1.items()))) == value, name
+    xid_labels = {**gpu1, "err_code": "13", "err_msg": "graphics engine exception in an application"}
+    assert metrics.get(("DCGM_FI_DEV_XID_ERRORS", frozenset(xid_labels.items()))) == 13
     temperatures = [labels for name, labels in metrics if name == "DCGM_FI_DEV_GPU_TEMP"]
     assert sorted(dict(labels)["gpu"] for labels in temperatures) == [str(i) for i in range(8)]
     # H100s retire no pages (NotSupported): no sample, as dcgm-exporter does.

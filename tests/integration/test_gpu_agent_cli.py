@@ -37,5 +37,5 @@ def test_a_bad_config_stops_the_agent_naming_the_field(tmp_path):
     result = run_agent("--node", "gpu-0", "--config", str(config))
 
     assert result.returncode == 1
-    assert f"agent config {config} is invalid: health: Value error, fatal_xids and " \
+    assert f"agent config {config} is invalid: health: Value error, reboot_xids and " \
            "application_xids both list XID 79; remove it from one of them" in result.stderr

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
 from pydantic.alias_generators import to_camel
 from pydantic.fields import FieldInfo
 
+from sovereign.api import vllm
 from sovereign.api.types import (
     LABEL_KEY_PATTERN,
     VALIDATIONS,
@@ -58,15 +59,10 @@ MAX_APPLICATIONS = 32
 MAX_REFERENCES = 16
 MAX_REPLICAS = 128
 
-#: vLLM flags the operator derives from the model's fields; ``extraArgs`` may not set them.
-OPERATOR_OWNED_VLLM_FLAGS = (
-    "--model",
-    "--served-model-name",
-    "--tensor-parallel-size",
-    "--host",
-    "--port",
-    "--download-dir",
-)
+#: vLLM flags ``extraArgs`` may not set, long forms and aliases (``api.vllm`` says why, and which
+#: spellings vLLM's parser accepts for each).
+OPERATOR_OWNED_VLLM_FLAGS = tuple(
+    spelling for flag, aliases in vllm.OWNED_FLAGS.items() for spelling in (flag, *aliases))
 #: llama-server flags the operator derives from the model's fields, and the ones that would fetch
 #: weights from outside the model's source (a hub, a URL, a registry): ``extraArgs`` may set
 #: neither. llama-server reads ``--a_b`` as ``--a-b``, so both spellings are listed.
@@ -715,40 +711,44 @@ class ModelResources(ApiObject):
     )
 
 
-def _owned_flags(engine: Engine) -> tuple[str, ...]:
-    return OPERATOR_OWNED_VLLM_FLAGS if engine is Engine.VLLM else OPERATOR_OWNED_LLAMA_CPP_FLAGS
-
-
 def _owns(arg: str, flags: tuple[str, ...]) -> bool:
     return any(arg == flag or arg.startswith(flag + "=") for flag in flags)
 
 
-def _owned_flag_failures(model: ModelSpec) -> Iterator[RuleFailure]:
-    flags = _owned_flags(model.engine)
-    for index, arg in enumerate(model.extra_args):
-        if _owns(arg, flags):
-            yield RuleFailure(("extraArgs", index), arg, _OWNED_FLAG_MESSAGES[model.engine])
+_LLAMA_CPP_OWNED_FLAG_MESSAGE = (
+    "must not set " + ", ".join(_LLAMA_CPP_DERIVED_FLAGS) + " (the operator derives them from the model's "
+    "fields) nor a flag that downloads weights (" + ", ".join(_LLAMA_CPP_DOWNLOAD_FLAGS) + "): weights "
+    "come only from source"
+)
 
 
-_OWNED_FLAG_MESSAGES = {
-    Engine.VLLM: (
-        "must not set " + ", ".join(OPERATOR_OWNED_VLLM_FLAGS) + ": the operator derives them from the "
-        "model's fields"
-    ),
-    Engine.LLAMA_CPP: (
-        "must not set " + ", ".join(_LLAMA_CPP_DERIVED_FLAGS) + " (the operator derives them from the model's "
-        "fields) nor a flag that downloads weights (" + ", ".join(_LLAMA_CPP_DOWNLOAD_FLAGS) + "): weights "
-        "come only from source"
-    ),
-}
+def _llama_cpp_owned_flag_failures(model: ModelSpec) -> Iterator[RuleFailure]:
+    if model.engine is Engine.LLAMA_CPP:
+        for index, arg in enumerate(model.extra_args):
+            if _owns(arg, OPERATOR_OWNED_LLAMA_CPP_FLAGS):
+                yield RuleFailure(("extraArgs", index), arg, _LLAMA_CPP_OWNED_FLAG_MESSAGE)
+
+
+def _vllm_owned_flag_rule(rule: vllm.FlagRule) -> Rule:
+    """One of ``vllm.OWNED_FLAG_RULES`` as a rule of a vLLM model (the apiserver limits each
+    rule's estimated cost, hence several rules; the Python side checks the same flags)."""
+
+    def failures(model: ModelSpec) -> Iterator[RuleFailure]:
+        if model.engine is Engine.VLLM:
+            for index, arg in enumerate(model.extra_args):
+                if vllm.owned_flag(arg) in rule.flags:
+                    yield RuleFailure(("extraArgs", index), arg, vllm.OWNED_FLAG_MESSAGE)
+
+    return Rule(
+        cel=f"self.engine != 'vllm' || !has(self.extraArgs) || self.extraArgs.all(a, !{rule.cel})",
+        message=vllm.OWNED_FLAG_MESSAGE,
+        field_path=".extraArgs",
+        failures=failures,
+    )
 
 
 def _cel_list(flags: tuple[str, ...]) -> str:
     return "[" + ", ".join(f"'{flag}'" for flag in flags) + "]"
-
-
-def _cel_string(text: str) -> str:
-    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def _vllm_only(field: str, wire: str, why: str) -> Rule:
@@ -966,18 +966,14 @@ class ModelSpec(ApiObject):
         ),
         Rule(
             cel=(
-                f"!has(self.extraArgs) || self.extraArgs.all(a, !(self.engine == 'vllm' ? "
-                f"{_cel_list(OPERATOR_OWNED_VLLM_FLAGS)} : {_cel_list(OPERATOR_OWNED_LLAMA_CPP_FLAGS)})"
-                ".exists(f, a == f || a.startsWith(f + '=')))"
+                "self.engine != 'llama-cpp' || !has(self.extraArgs) || self.extraArgs.all(a, "
+                f"!{_cel_list(OPERATOR_OWNED_LLAMA_CPP_FLAGS)}.exists(f, a == f || a.startsWith(f + '=')))"
             ),
-            message="extraArgs must not set a flag the operator derives from the model's fields, or one that downloads weights",
-            message_expression=(
-                f"self.engine == 'vllm' ? {_cel_string(_OWNED_FLAG_MESSAGES[Engine.VLLM])} : "
-                f"{_cel_string(_OWNED_FLAG_MESSAGES[Engine.LLAMA_CPP])}"
-            ),
+            message=_LLAMA_CPP_OWNED_FLAG_MESSAGE,
             field_path=".extraArgs",
-            failures=_owned_flag_failures,
+            failures=_llama_cpp_owned_flag_failures,
         ),
+        *(_vllm_owned_flag_rule(rule) for rule in vllm.OWNED_FLAG_RULES),
         Rule(
             cel=(
                 "self.engine != 'llama-cpp' || !has(self.extraArgs) || "

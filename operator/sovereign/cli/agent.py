@@ -16,12 +16,12 @@ import threading
 from pathlib import Path
 
 import click
-from prometheus_client import CollectorRegistry, start_http_server
 
 from sovereign.kube.client import load_api_client
 from sovereign.kube.nodes import NodeError
 from sovereign.nvml import open_reader
-from sovereign.services.node_agent import AgentSettings, GpuMetrics, NodeAgent
+from sovereign.services.gpu_metrics import GpuMetrics, serve_metrics
+from sovereign.services.node_agent import AgentSettings, NodeAgent
 
 log = logging.getLogger("sovereign.agent")
 
@@ -74,11 +74,9 @@ def command(node: str, kubeconfig: str | None, config_path: str | None, interval
         fake.write_scenario(fake_nvml, fake.healthy_node(seed=node))
 
     metrics = GpuMetrics(hostname=node)
-    registry = CollectorRegistry()
-    registry.register(metrics)
     reader = open_reader(fake_scenario=fake_nvml)
     api = load_api_client(kubeconfig=kubeconfig)
-    server, _ = start_http_server(metrics_port, addr=metrics_address, registry=registry)
+    server = serve_metrics(metrics=metrics, address=metrics_address, port=metrics_port)
     log.info("GPU agent for node %s; metrics on %s:%d/metrics", node, metrics_address,
              server.server_port)
     stop = threading.Event()

@@ -91,10 +91,19 @@ class GpuRecord(BaseModel):
     reason: str
     message: str
     fatal: bool = False
+    # What a restarted agent needs to carry on: XIDs held until a reset or reboot, resets seen
+    # since boot (the remediation cap) and the XID that made the device plugin withdraw the GPU.
+    held_xids: tuple[int, ...] = ()
+    resets: int = 0
+    device_plugin_xid: int | None = None
 
 
 class GpuHealthRecord(BaseModel):
-    """The ``sovereign.ai/gpu-health`` annotation: the node's state and every GPU's verdict."""
+    """The ``sovereign.ai/gpu-health`` annotation: the node's state and every GPU's verdict.
+
+    ``boot_id`` is the node's ``status.nodeInfo.bootID`` when the record was written: an agent
+    that starts under another boot ID knows the node rebooted, which clears every held fault.
+    """
 
     model_config = ConfigDict(frozen=True, extra="ignore")
 
@@ -102,6 +111,7 @@ class GpuHealthRecord(BaseModel):
     healthy: int
     total: int
     gpus: tuple[GpuRecord, ...] = ()
+    boot_id: str = ""
 
     def to_annotation(self) -> str:
         # Compact and key-sorted: the same health always gives the same text, so no needless write.

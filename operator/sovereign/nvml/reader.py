@@ -50,6 +50,16 @@ _NVLINK_COUNTERS = {
     "recovery": pynvml.NVML_NVLINK_ERROR_DL_RECOVERY,
 }
 _MIB = 1024 * 1024
+# Which member of an nvmlValue_t union holds a field value, by its valueType.
+_VALUE_MEMBERS = {
+    pynvml.NVML_VALUE_TYPE_DOUBLE: "dVal",
+    pynvml.NVML_VALUE_TYPE_UNSIGNED_INT: "uiVal",
+    pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG: "ulVal",
+    pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG: "ullVal",
+    pynvml.NVML_VALUE_TYPE_SIGNED_LONG_LONG: "sllVal",
+    pynvml.NVML_VALUE_TYPE_SIGNED_INT: "siVal",
+    pynvml.NVML_VALUE_TYPE_UNSIGNED_SHORT: "usVal",
+}
 
 
 class NvmlLibrary(Protocol):
@@ -78,6 +88,8 @@ class NvmlLibrary(Protocol):
     def nvmlDeviceGetNvLinkState(self, device: Any, link: int) -> int: ...
     def nvmlDeviceGetNvLinkErrorCounter(self, device: Any, link: int, counter: int) -> int: ...
     def nvmlDeviceGetMigMode(self, device: Any) -> list[int]: ...
+    def nvmlDeviceGetFieldValues(self, handle: Any, fieldIds: list[int]) -> Any: ...
+    def nvmlSystemGetDriverVersion(self) -> str: ...
     def nvmlEventSetCreate(self) -> Any: ...
     def nvmlDeviceRegisterEvents(self, handle: Any, eventTypes: int, eventSet: Any) -> None: ...
     def nvmlEventSetWait_v2(self, eventSet: Any, timeoutms: int) -> Any: ...
@@ -113,10 +125,16 @@ class NvmlReader:
         self._index_by_handle: dict[Any, int] = {}
         self._event_set: Any | None = None
         self._open = False
+        self._driver_version = ""
 
     @property
     def identities(self) -> tuple[GpuIdentity, ...]:
         return tuple(self._identities)
+
+    @property
+    def driver_version(self) -> str:
+        """The driver's version as NVML reports it ("" until opened, or if it cannot say)."""
+        return self._driver_version
 
     def open(self) -> None:
         """Initialise NVML, learn each GPU's identity and register for XID events."""
@@ -137,6 +155,10 @@ class NvmlReader:
             raise NvmlUnavailable("NVML could not list the GPUs", nvml_error=err) from err
         self._index_by_handle = {_handle_key(h): i for i, h in enumerate(self._handles)
                                  if h is not None}
+        try:
+            self._driver_version = _text(self._lib.nvmlSystemGetDriverVersion())
+        except pynvml.NVMLError as err:
+            log.warning("NVML does not say the driver version: %s", err)
         self._event_set = self._register_xid_events()
 
     def close(self) -> None:
@@ -268,6 +290,7 @@ class NvmlReader:
                 pcie_replay_count=probe("pcie_replay", lib.nvmlDeviceGetPcieReplayCounter, handle),
                 nvlink=self._nvlink(probe, handle),
                 mig_enabled=mig[0] == pynvml.NVML_DEVICE_MIG_ENABLE if mig is not None else None,
+                recovery_action=self._recovery_action(probe, handle),
                 errors=tuple(errors),
             )
         except _GpuLost:
@@ -302,6 +325,30 @@ class NvmlReader:
                         self._lib.nvmlDeviceGetRetiredPagesPendingStatus, handle)
         return RetiredPages(single_bit=len(single), double_bit=len(double or []),
                             pending=bool(pending))
+
+    def _recovery_action(self, probe: _Probe, handle: Any) -> int | None:
+        """NVML_FI_DEV_GET_GPU_RECOVERY_ACTION; None where the driver does not have the field.
+
+        Field values carry their own return code: an old driver answers the call as a whole but
+        marks this one field NotSupported (or the whole call FunctionNotFound, before R450).
+        """
+        values = probe("recovery_action", self._lib.nvmlDeviceGetFieldValues, handle,
+                       [pynvml.NVML_FI_DEV_GET_GPU_RECOVERY_ACTION])
+        if not values:
+            return None
+        value = values[0]
+        if value.nvmlReturn == pynvml.NVML_ERROR_GPU_IS_LOST:
+            raise _GpuLost
+        if value.nvmlReturn != pynvml.NVML_SUCCESS:
+            if value.nvmlReturn not in (pynvml.NVML_ERROR_NOT_SUPPORTED,
+                                        pynvml.NVML_ERROR_FUNCTION_NOT_FOUND):
+                probe.errors.append(f"recovery_action: {pynvml.NVMLError(value.nvmlReturn)}")
+            return None
+        member = _VALUE_MEMBERS.get(value.valueType)
+        if member is None:
+            probe.errors.append(f"recovery_action: unexpected value type {value.valueType}")
+            return None
+        return int(getattr(value.value, member))
 
     def _nvlink(self, probe: _Probe, handle: Any) -> NvlinkErrors | None:
         totals: dict[str, int | None] = dict.fromkeys(_NVLINK_COUNTERS)

@@ -26,8 +26,9 @@ class GpuIdentity:
 
     @property
     def device(self) -> str:
-        """The ``/dev/nvidiaN`` name dcgm-exporter puts in its ``device`` label."""
-        return f"nvidia{self.minor_number}" if self.minor_number is not None else ""
+        """dcgm-exporter's ``device`` label: ``nvidia<NVML index>`` (it formats the GPU index,
+        not the /dev minor number, which can differ)."""
+        return f"nvidia{self.index}"
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,9 @@ class GpuReading:
     pcie_replay_count: int | None = None
     nvlink: NvlinkErrors | None = None
     mig_enabled: bool | None = None
+    # NVML_FI_DEV_GET_GPU_RECOVERY_ACTION (an nvmlDeviceGpuRecoveryAction_t value): what the
+    # driver asks for before the GPU is fit again; None on drivers without the field.
+    recovery_action: int | None = None
     # Readings that failed for a reason other than NotSupported/GpuIsLost, as "field: error",
     # so the agent can log them; they are absent above and do not affect health.
     errors: tuple[str, ...] = field(default=())

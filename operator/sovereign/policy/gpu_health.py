@@ -3,18 +3,38 @@
 Called by ``services.node_agent`` on every poll; later by the operator, which reads the same
 reasons back from the node (condition, taint, label, annotation written by ``kube.nodes``).
 
-The rules follow NVIDIA's XID catalogue and memory-error guidance rather than "any XID is fatal":
-- XIDs are sorted into four configurable classes. *Application* XIDs (13, 31, 43, 45, 68, 94)
-  end one process and leave the GPU fit for the next; *informational* ones (63: a row remap or
-  page retirement was recorded; 92: high single-bit ECC rate) leave it Healthy; *fatal* ones
-  (48 double-bit ECC, 62 micro-controller halt, 64 remap/retirement recording failure, 74 NVLink,
-  79 fallen off the bus, 95 uncontained ECC, 119/120 GSP) make it Unhealthy until no such XID
-  has been seen for ``xid_quiet_window_s``; anything else is *unclassified* (Degraded by default).
+The rules follow NVIDIA's XID catalogue (its "Resolution Bucket (Immediate Action)" column,
+https://docs.nvidia.com/deploy/xid-errors/analyzing-xid-catalog.html) and its memory-error
+guidance, rather than "any XID is fatal":
+- XIDs are sorted into the catalogue's classes (configurable). *Application* XIDs (RESTART_APP:
+  13, 31, 43, 45, 68, 94, ...) end one process and leave the GPU fit for the next;
+  *informational* ones (63 a row remap or page retirement recorded, 92 high single-bit ECC rate)
+  leave it Healthy; *reset* XIDs (RESET_GPU: 48, 62, 64, 74, 95, 109, 110, 119, 120, 136, 140,
+  143, 154, 155, 156, 158) and *reboot* XIDs (RESTART_BM: 79) make it Unhealthy and fatal and are
+  **held until the recovery NVIDIA prescribes is observed**, never released by time alone. An
+  XID the catalogue table here does not list gets ``unclassified_xid_state`` (Degraded by
+  default) until ``xid_quiet_window_s`` passes without another.
+- Observing a recovery: NVML's recovery-action field (``NVML_FI_DEV_GET_GPU_RECOVERY_ACTION``,
+  drivers R555 and newer) reads GPU_RESET / NODE_REBOOT / ... while the driver wants one and
+  None again once it was done; a change from an action back to None releases the held XIDs.
+  Without that field (older drivers), only a node reboot releases them: the agent records the
+  node's boot ID with the held XIDs and a different boot ID at start means the node rebooted
+  (``restore_memory(rebooted=True)``). A GPU reset that no reading shows stays unseen, so the
+  GPU stays held: the safe side.
+- Remediation stops at a cap: after ``max_resets`` observed resets since the node booted, a GPU
+  whose faults come back is not returned to service again (``RepeatedFaults``) until a reboot,
+  so a failing GPU cannot cycle fault -> reset -> fault.
+- The recovery action itself is a reading: GPU_RESET / DRAIN_AND_RESET / BUS_RESET and
+  NODE_REBOOT / SYSTEM_REBOOT are fatal, DRAIN_P2P and RECOVER_IMEX_DOMAIN Unhealthy.
 - Readings: a lost GPU, uncorrectable volatile ECC errors and a failed row remap are fatal; a row
   remap or page retirement waiting for a reset, or a temperature near shutdown, is Unhealthy but
   not fatal (keep new work off so the GPU can be drained and reset); thermal slowdown, or a
   temperature close to the slowdown threshold, is Degraded. A reading the GPU does not support
   (None) never counts against it.
+- The NVIDIA device plugin's view: it marks a GPU unhealthy, for good (until it restarts), on
+  any XID but the few it skips (13, 31, 43, 45, 68, 109 in k8s-device-plugin v0.20.0). A GPU
+  this agent calls usable that the plugin has withdrawn (63, 92, 94, ...) is named in the node
+  condition's message, so the allocatable GPU count and the condition do not silently disagree.
 - Hysteresis: a GPU gets worse at once but gets better only after ``recovery_clean_polls``
   consecutive polls that are all better than what is published, so it does not flap.
 
@@ -43,10 +63,13 @@ class HealthState(StrEnum):
 
 
 class XidClass(StrEnum):
-    APPLICATION = "Application"
-    INFORMATIONAL = "Informational"
-    FATAL = "Fatal"
-    UNCLASSIFIED = "Unclassified"
+    """An XID's class, after the catalogue's immediate action."""
+
+    APPLICATION = "Application"  # RESTART_APP
+    INFORMATIONAL = "Informational"  # IGNORE
+    RESET = "Reset"  # RESET_GPU: held until a GPU reset (or a reboot) is observed
+    REBOOT = "Reboot"  # RESTART_BM: held until the node reboots
+    UNCLASSIFIED = "Unclassified"  # not in the table: unclassified_xid_state for a quiet window
 
 
 REASON_HEALTHY = "Healthy"
@@ -58,6 +81,11 @@ REASON_RETIRED_PAGES_PENDING = "RetiredPagesPending"
 REASON_THERMAL_NEAR_SHUTDOWN = "ThermalNearShutdown"
 REASON_THERMAL_SLOWDOWN = "ThermalSlowdown"
 REASON_THERMAL_MARGIN_LOW = "ThermalMarginLow"
+REASON_RESET_REQUIRED = "GPUResetRequired"
+REASON_REBOOT_REQUIRED = "NodeRebootRequired"
+REASON_DRAIN_P2P = "DrainP2P"
+REASON_RECOVER_IMEX = "RecoverIMEXDomain"
+REASON_REPEATED_FAULTS = "RepeatedFaults"
 # Node-level reasons.
 REASON_ALL_HEALTHY = "AllGPUsHealthy"
 REASON_NVML_UNAVAILABLE = "NVMLUnavailable"
@@ -67,6 +95,8 @@ _XID_REASON = re.compile(r"^Xid(\d+)$")
 
 # Short descriptions for messages, in our words, after NVIDIA's XID catalogue.
 XID_DESCRIPTIONS: Mapping[int, str] = {
+    8: "GPU stopped processing (an application's channel timed out)",
+    11: "invalid or corrupted push buffer stream",
     13: "graphics engine exception in an application",
     31: "GPU memory page fault in an application",
     43: "an application hit an error and its GPU work was stopped",
@@ -81,9 +111,39 @@ XID_DESCRIPTIONS: Mapping[int, str] = {
     92: "high single-bit ECC error rate",
     94: "contained uncorrectable ECC error (the affected application was stopped)",
     95: "uncontained uncorrectable ECC error",
+    109: "context switch timeout",
+    110: "security fault",
     119: "GSP firmware did not answer (RPC timeout)",
     120: "GSP firmware error",
+    136: "link training failed (GPU reset required)",
+    140: "unrecovered ECC error in an internal engine",
+    143: "GPU initialisation failed",
+    154: "GPU recovery action changed (the driver asks for a reset or a reboot)",
+    155: "NVLink link down",
+    156: "resource retirement event",
+    158: "GPU fatal timeout",
 }
+
+# NVML recovery actions (nvmlDeviceGpuRecoveryAction_t), by what they ask of the operator.
+RECOVERY_ACTION_NAMES: Mapping[int, str] = {
+    pynvml.NVML_GPU_RECOVERY_ACTION_NONE: "None",
+    pynvml.NVML_GPU_RECOVERY_ACTION_GPU_RESET: "GPU reset",
+    pynvml.NVML_GPU_RECOVERY_ACTION_NODE_REBOOT: "node reboot",
+    pynvml.NVML_GPU_RECOVERY_ACTION_DRAIN_P2P: "drain peer-to-peer traffic",
+    pynvml.NVML_GPU_RECOVERY_ACTION_DRAIN_AND_RESET: "drain peer-to-peer traffic, then GPU reset",
+    pynvml.NVML_GPU_RECOVERY_ACTION_RECOVER_IMEX_DOMAIN: "recover the IMEX domain",
+    pynvml.NVML_GPU_RECOVERY_ACTION_BUS_RESET: "PCIe bus reset",
+    pynvml.NVML_GPU_RECOVERY_ACTION_SYSTEM_REBOOT: "system reboot",
+}
+_RESET_ACTIONS = frozenset({pynvml.NVML_GPU_RECOVERY_ACTION_GPU_RESET,
+                            pynvml.NVML_GPU_RECOVERY_ACTION_DRAIN_AND_RESET,
+                            pynvml.NVML_GPU_RECOVERY_ACTION_BUS_RESET})
+_REBOOT_ACTIONS = frozenset({pynvml.NVML_GPU_RECOVERY_ACTION_NODE_REBOOT,
+                             pynvml.NVML_GPU_RECOVERY_ACTION_SYSTEM_REBOOT})
+
+#: XIDs the NVIDIA k8s-device-plugin (v0.20.0, internal/rm/health.go) does not count against a
+#: GPU; every other XID makes it withdraw the GPU from allocatable until the plugin restarts.
+DEVICE_PLUGIN_SKIPPED_XIDS = frozenset({13, 31, 43, 45, 68, 109})
 
 # Clock-event reasons that mean "slowed down because it is too hot".
 _THERMAL_CLOCK_EVENTS = (pynvml.nvmlClocksEventReasonSwThermalSlowdown
@@ -95,11 +155,17 @@ class GpuHealthSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    fatal_xids: frozenset[int] = Field(
-        default=frozenset({48, 62, 64, 74, 79, 95, 119, 120}),
-        description="XIDs that make a GPU Unhealthy (fatal) until the quiet window passes.")
+    reset_xids: frozenset[int] = Field(
+        default=frozenset({48, 62, 64, 74, 95, 109, 110, 119, 120, 136, 140, 143, 154, 155, 156,
+                           158}),
+        description="XIDs whose catalogue action is RESET_GPU: Unhealthy (fatal) until a GPU "
+                    "reset or a node reboot is observed.")
+    reboot_xids: frozenset[int] = Field(
+        default=frozenset({79}),
+        description="XIDs whose catalogue action is RESTART_BM: Unhealthy (fatal) until the node "
+                    "reboots (or NVML's recovery action returns to None).")
     application_xids: frozenset[int] = Field(
-        default=frozenset({13, 31, 43, 45, 68, 94}),
+        default=frozenset({8, 11, 13, 31, 43, 45, 68, 94}),
         description="XIDs that end one application and leave the GPU Healthy (counted only).")
     informational_xids: frozenset[int] = Field(
         default=frozenset({63, 92}),
@@ -109,7 +175,11 @@ class GpuHealthSettings(BaseModel):
         description="State for an XID in none of the lists: Healthy, Degraded or Unhealthy.")
     xid_quiet_window_s: float = Field(
         default=300, gt=0,
-        description="A fatal or unclassified XID counts until this long after its last event.")
+        description="An unclassified XID counts until this long after its last event.")
+    max_resets: int = Field(
+        default=3, ge=0,
+        description="Observed resets per boot after which a GPU whose faults return stays "
+                    "Unhealthy (RepeatedFaults) until the node reboots.")
     recovery_clean_polls: int = Field(
         default=3, ge=1,
         description="Consecutive better polls before a GPU is published as better again.")
@@ -122,13 +192,18 @@ class GpuHealthSettings(BaseModel):
     thermal_shutdown_margin_c: int = Field(
         default=2, ge=0,
         description="Unhealthy when the temperature is this close to the shutdown threshold.")
+    device_plugin_skipped_xids: frozenset[int] | None = Field(
+        default=DEVICE_PLUGIN_SKIPPED_XIDS,
+        description="XIDs the NVIDIA device plugin ignores (its built-in list plus "
+                    "DP_DISABLE_HEALTHCHECKS); null when no device plugin runs on the node.")
 
     @model_validator(mode="after")
     def _xid_classes_are_disjoint(self) -> GpuHealthSettings:
         if self.unclassified_xid_state == HealthState.UNKNOWN:
             raise ValueError("unclassified_xid_state: Unknown is for nodes; use Healthy, "
                              "Degraded or Unhealthy")
-        lists = {"fatal_xids": self.fatal_xids, "application_xids": self.application_xids,
+        lists = {"reset_xids": self.reset_xids, "reboot_xids": self.reboot_xids,
+                 "application_xids": self.application_xids,
                  "informational_xids": self.informational_xids}
         names = list(lists)
         for i, first in enumerate(names):
@@ -141,18 +216,30 @@ class GpuHealthSettings(BaseModel):
         return self
 
     def xid_class(self, xid: int) -> XidClass:
-        if xid in self.fatal_xids:
-            return XidClass.FATAL
+        if xid in self.reset_xids:
+            return XidClass.RESET
+        if xid in self.reboot_xids:
+            return XidClass.REBOOT
         if xid in self.application_xids:
             return XidClass.APPLICATION
         if xid in self.informational_xids:
             return XidClass.INFORMATIONAL
         return XidClass.UNCLASSIFIED
 
+    def withdrawn_by_device_plugin(self, xid: int) -> bool:
+        return self.device_plugin_skipped_xids is not None and \
+            xid not in self.device_plugin_skipped_xids
+
 
 @dataclass(frozen=True)
 class GpuVerdict:
-    """The published health of one GPU; ``reason``/``message`` feed the node condition verbatim."""
+    """The published health of one GPU; ``reason``/``message`` feed the node condition verbatim.
+
+    ``held_xids`` are the reset/reboot-class XIDs holding it down, ``resets`` the resets
+    observed since the node booted, ``device_plugin_xid`` the first XID that made the NVIDIA
+    device plugin withdraw it (None while the plugin still offers it): all three are stored on
+    the node, so a restarted agent carries on where the last one stopped.
+    """
 
     index: int
     uuid: str
@@ -160,6 +247,9 @@ class GpuVerdict:
     reason: str
     message: str
     fatal: bool = False
+    held_xids: tuple[int, ...] = ()
+    resets: int = 0
+    device_plugin_xid: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -172,8 +262,16 @@ class GpuMemory:
 
     verdict: GpuVerdict
     clean_polls: int = 0
-    # Fatal or unclassified XID -> when it was last seen (the caller's monotonic clock).
+    # Unclassified XID -> when it was last seen (the caller's monotonic clock).
     xids_seen: Mapping[int, float] = field(default_factory=dict)
+    # Reset/reboot-class XIDs, held until a recovery is observed.
+    held: frozenset[int] = frozenset()
+    # The recovery action read last time (None: never read, or the driver has no such field).
+    recovery_action: int | None = None
+    resets: int = 0
+    # Faults came back after max_resets resets: not released again until a reboot.
+    retired: bool = False
+    device_plugin_xid: int | None = None
 
 
 @dataclass(frozen=True)
@@ -229,33 +327,86 @@ def assess_gpu(reading: GpuReading, *, xids: Sequence[int], memory: GpuMemory | 
     (None on the first poll).
     """
     seen = dict(memory.xids_seen) if memory else {}
+    held = set(memory.held) if memory else set()
+    resets = memory.resets if memory else 0
+    retired = memory.retired if memory else False
+    plugin_xid = memory.device_plugin_xid if memory else None
+
+    # A recovery the driver asked for was done: its action went back to None. Resets are counted
+    # first, so XIDs of this same poll (raised after the reset) are held again.
+    before = memory.recovery_action if memory else None
+    action = reading.recovery_action if not reading.lost else before
+    if before not in (None, pynvml.NVML_GPU_RECOVERY_ACTION_NONE) and \
+            action == pynvml.NVML_GPU_RECOVERY_ACTION_NONE:
+        if held and resets >= settings.max_resets:
+            retired = True
+        else:
+            resets += 1
+            held = set()
+
     for xid in xids:
-        if settings.xid_class(xid) in (XidClass.FATAL, XidClass.UNCLASSIFIED):
+        kind = settings.xid_class(xid)
+        if kind in (XidClass.RESET, XidClass.REBOOT):
+            held.add(xid)
+        elif kind == XidClass.UNCLASSIFIED:
             seen[xid] = now
+        if plugin_xid is None and settings.withdrawn_by_device_plugin(xid):
+            plugin_xid = xid
     seen = {xid: at for xid, at in seen.items() if now - at < settings.xid_quiet_window_s}
 
     # Order breaks ties between equally serious findings: lost, then XIDs, then other readings.
     findings = [_LOST] if reading.lost else []
-    findings += [_xid_finding(xid, settings) for xid in sorted(seen)]
+    if retired:
+        findings.append(_Finding(
+            HealthState.UNHEALTHY, REASON_REPEATED_FAULTS,
+            f"faults came back after {resets} GPU resets since the node booted; not returned to "
+            f"service again until the node reboots (have it serviced)", fatal=True))
+    findings += [_held_finding(xid, settings) for xid in sorted(held)]
+    findings += [_unclassified_finding(xid, settings) for xid in sorted(seen)]
     if not reading.lost:
         findings += _reading_findings(reading, settings)
     raw = _worst(findings)
     identity = reading.identity
     fresh = GpuVerdict(index=identity.index, uuid=identity.uuid, state=raw.state,
-                       reason=raw.reason, message=raw.message, fatal=raw.fatal)
+                       reason=raw.reason, message=raw.message, fatal=raw.fatal,
+                       held_xids=tuple(sorted(held)), resets=resets,
+                       device_plugin_xid=plugin_xid)
+    kept = {"xids_seen": seen, "held": frozenset(held), "recovery_action": action,
+            "resets": resets, "retired": retired, "device_plugin_xid": plugin_xid}
     if memory is None or raw.severity >= _verdict_severity(memory.verdict):
-        return fresh, GpuMemory(verdict=fresh, xids_seen=seen)
+        return fresh, GpuMemory(verdict=fresh, **kept)
     clean = memory.clean_polls + 1
     if clean >= settings.recovery_clean_polls:
-        return fresh, GpuMemory(verdict=fresh, xids_seen=seen)
-    return memory.verdict, GpuMemory(verdict=memory.verdict, clean_polls=clean, xids_seen=seen)
+        return fresh, GpuMemory(verdict=fresh, **kept)
+    # Still publishing the worse verdict, but with what is held now.
+    published = GpuVerdict(**{**memory.verdict.__dict__, "held_xids": fresh.held_xids,
+                              "resets": resets, "device_plugin_xid": plugin_xid})
+    return published, GpuMemory(verdict=published, clean_polls=clean, **kept)
 
 
-def restore_memory(verdict: GpuVerdict, *, now: float) -> GpuMemory:
-    """Memory for a GPU whose last published verdict is known (an agent restart): a GPU that was
-    down for an XID stays down for a full quiet window from now, since the XID event is gone."""
+def restore_memory(verdict: GpuVerdict, *, now: float, rebooted: bool,
+                   settings: GpuHealthSettings) -> GpuMemory | None:
+    """Memory for a GPU whose last published verdict is known (an agent restart).
+
+    After a reboot (the node's boot ID changed) every held fault, the reset count and the device
+    plugin's withdrawal (the plugin restarted too) are gone: None, a fresh start. Otherwise held
+    XIDs stay held, and an unclassified XID counts for a full quiet window from now, since the
+    XID event itself is gone.
+    """
+    if rebooted:
+        return None
+    held = set(verdict.held_xids)
+    seen: dict[int, float] = {}
     match = _XID_REASON.match(verdict.reason)
-    return GpuMemory(verdict=verdict, xids_seen={int(match.group(1)): now} if match else {})
+    if match:
+        xid = int(match.group(1))
+        if settings.xid_class(xid) in (XidClass.RESET, XidClass.REBOOT):
+            held.add(xid)  # a record written before held XIDs were stored
+        elif settings.xid_class(xid) == XidClass.UNCLASSIFIED:
+            seen[xid] = now
+    return GpuMemory(verdict=verdict, xids_seen=seen, held=frozenset(held),
+                     resets=verdict.resets, retired=verdict.reason == REASON_REPEATED_FAULTS,
+                     device_plugin_xid=verdict.device_plugin_xid)
 
 
 def summarize_node(verdicts: Sequence[GpuVerdict]) -> NodeGpuHealth:
@@ -266,10 +417,11 @@ def summarize_node(verdicts: Sequence[GpuVerdict]) -> NodeGpuHealth:
     bad = sorted((v for v in gpus if not v.ok),
                  key=lambda v: (-_RANK[v.state], not v.fatal, v.index))
     counts = f"{len(gpus) - len(bad)} of {len(gpus)} GPUs healthy"
+    plugin = _device_plugin_note(gpus)
     if not bad:
         return NodeGpuHealth(state=HealthState.HEALTHY, condition_status="True",
-                             reason=REASON_ALL_HEALTHY, message=counts, taint_reason=None,
-                             fatal=False, gpus=gpus)
+                             reason=REASON_ALL_HEALTHY, message=counts + plugin,
+                             taint_reason=None, fatal=False, gpus=gpus)
     worst = bad[0]
     unhealthy = [v for v in bad if v.state == HealthState.UNHEALTHY]
     details = "; ".join(f"GPU {v.index} ({v.uuid or 'unknown UUID'}) {v.state}: {v.message}"
@@ -278,7 +430,7 @@ def summarize_node(verdicts: Sequence[GpuVerdict]) -> NodeGpuHealth:
         state=worst.state,
         condition_status="False" if unhealthy else "True",
         reason=f"{worst.reason}OnGPU{worst.index}",
-        message=f"{counts}; {details}",
+        message=f"{counts}; {details}{plugin}",
         taint_reason=worst.reason if unhealthy else None,
         fatal=any(v.fatal for v in unhealthy),
         gpus=gpus)
@@ -292,9 +444,26 @@ def unknown_node(*, reason: str, message: str) -> NodeGpuHealth:
 
 # -- rules --------------------------------------------------------------------------------------
 
+def _device_plugin_note(gpus: Sequence[GpuVerdict]) -> str:
+    """Where the device plugin and these rules disagree about a GPU being usable, say so: the
+    node's allocatable nvidia.com/gpu then differs from its count of healthy GPUs."""
+    withdrawn = [v for v in gpus if v.device_plugin_xid is not None
+                 and v.state != HealthState.UNHEALTHY]
+    if not withdrawn:
+        return ""
+    listed = ", ".join(f"GPU {v.index} (since {describe_xid(v.device_plugin_xid or 0)})"
+                       for v in withdrawn)
+    return (f"; the NVIDIA device plugin has withdrawn {listed} from allocatable nvidia.com/gpu "
+            f"although this agent finds it usable; it offers it again only when the device "
+            f"plugin pod restarts")
+
+
 def _reading_findings(reading: GpuReading, settings: GpuHealthSettings) -> list[_Finding]:
     """Findings from the readings of a GPU that answered, most serious kind first."""
     found: list[_Finding] = []
+    action = reading.recovery_action
+    if action is not None and action != pynvml.NVML_GPU_RECOVERY_ACTION_NONE:
+        found.append(_recovery_finding(action))
     ecc = reading.ecc_uncorrected_volatile
     if ecc is not None and ecc > settings.max_uncorrectable_volatile_ecc:
         found.append(_Finding(HealthState.UNHEALTHY, REASON_UNCORRECTABLE_ECC,
@@ -331,12 +500,35 @@ def _reading_findings(reading: GpuReading, settings: GpuHealthSettings) -> list[
     return found
 
 
-def _xid_finding(xid: int, settings: GpuHealthSettings) -> _Finding:
-    fatal = settings.xid_class(xid) == XidClass.FATAL
-    state = HealthState.UNHEALTHY if fatal else settings.unclassified_xid_state
-    return _Finding(state, xid_reason(xid),
-                    f"{describe_xid(xid)}; clears {settings.xid_quiet_window_s:g}s after the "
-                    f"last one", fatal=fatal)
+def _recovery_finding(action: int) -> _Finding:
+    asked = RECOVERY_ACTION_NAMES.get(action, f"recovery action {action}")
+    message = f"the driver asks for a {asked} (NVML recovery action {action})"
+    if action in _RESET_ACTIONS:
+        return _Finding(HealthState.UNHEALTHY, REASON_RESET_REQUIRED, message, fatal=True)
+    if action in _REBOOT_ACTIONS:
+        return _Finding(HealthState.UNHEALTHY, REASON_REBOOT_REQUIRED, message, fatal=True)
+    if action == pynvml.NVML_GPU_RECOVERY_ACTION_RECOVER_IMEX_DOMAIN:
+        return _Finding(HealthState.UNHEALTHY, REASON_RECOVER_IMEX, message)
+    # DRAIN_P2P, and any action newer than this table: keep new work off, leave running pods.
+    return _Finding(HealthState.UNHEALTHY, REASON_DRAIN_P2P if action ==
+                    pynvml.NVML_GPU_RECOVERY_ACTION_DRAIN_P2P else f"RecoveryAction{action}",
+                    message)
+
+
+def _held_finding(xid: int, settings: GpuHealthSettings) -> _Finding:
+    if settings.xid_class(xid) == XidClass.REBOOT:
+        needs = "needs a node reboot; held until the node reboots"
+    else:
+        needs = ("needs a GPU reset; held until NVML's recovery action returns to None or the "
+                 "node reboots")
+    return _Finding(HealthState.UNHEALTHY, xid_reason(xid), f"{describe_xid(xid)}; {needs}",
+                    fatal=True)
+
+
+def _unclassified_finding(xid: int, settings: GpuHealthSettings) -> _Finding:
+    return _Finding(settings.unclassified_xid_state, xid_reason(xid),
+                    f"{describe_xid(xid)}, not in the XID catalogue of this agent; clears "
+                    f"{settings.xid_quiet_window_s:g}s after the last one")
 
 
 def _worst(findings: Sequence[_Finding]) -> _Finding:

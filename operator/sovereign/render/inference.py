@@ -33,7 +33,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from sovereign.api import DataStore, Engine, ModelSpec, SovereignStack, parse_quantity
+from sovereign.api import DataStore, Engine, ModelSpec, SovereignStack, parse_quantity, vllm
 from sovereign.api.engines import LLAMA_CPP_IMAGE
 from sovereign.render import names, pod, storage
 from sovereign.render.facts import ClusterFacts
@@ -42,7 +42,7 @@ from sovereign.render.service import cluster_ip_service
 from sovereign.render.nodepool import placement
 
 #: The vLLM image pinned by this operator release; ``spec.models[].image`` overrides it.
-DEFAULT_VLLM_IMAGE = "docker.io/vllm/vllm-openai:v0.10.1.1"
+DEFAULT_VLLM_IMAGE = vllm.DEFAULT_VLLM_IMAGE
 MODELS_ROOT = "/models"
 #: Shared memory for NCCL between tensor-parallel workers and for vLLM's input processing.
 SHM_PER_GPU_GIB = 4

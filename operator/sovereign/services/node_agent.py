@@ -7,7 +7,9 @@ Event for every GPU whose verdict changed, and, when the result changed, make th
 through ``kube.nodes.publish_gpu_health``, which writes only what differs from the live node.
 
 On start the agent reads its node's ``sovereign.ai/gpu-health`` annotation, so a restarted agent
-keeps a GPU that was down for an XID down for a full quiet window instead of forgetting it.
+keeps holding a GPU whose XID needs a reset or a reboot (and its reset count and the device
+plugin's view) instead of forgetting it; if the node's boot ID differs from the one in the
+annotation, the node rebooted, which is the recovery those faults wait for: they are cleared.
 
 Between changes the agent makes no API call at all, except a resync every
 ``resync_interval_s`` that compares the live node with the health and repairs what differs.
@@ -21,14 +23,12 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal
 
 import yaml
 from kubernetes import client
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from sovereign.kube.nodes import (
@@ -45,6 +45,7 @@ from sovereign.kube.nodes import (
 )
 from sovereign.nvml.reader import NvmlReader, NvmlUnavailable
 from sovereign.nvml.readings import GpuIdentity, GpuReading, XidEvent
+from sovereign.services.gpu_metrics import GpuMetrics
 from sovereign.policy.gpu_health import (
     REASON_NVML_UNAVAILABLE,
     GpuHealthSettings,
@@ -66,6 +67,7 @@ EVENT_REASONS = {HealthState.UNHEALTHY: "GPUUnhealthy", HealthState.DEGRADED: "G
                  HealthState.HEALTHY: "GPURecovered"}
 EVENT_NVML_UNAVAILABLE = "NVMLUnavailable"
 EVENT_NVML_BACK = "NVMLAvailable"
+EVENT_REBOOTED = "GPUFaultsClearedByReboot"
 
 
 class AgentSettings(BaseModel):
@@ -117,6 +119,8 @@ class NodeAgent:
         self._clock = clock
         self._memories: dict[int, GpuMemory] = {}
         self._to_restore: dict[str, GpuRecord] = {}
+        self._boot_id = ""
+        self._rebooted = False
         self._nvml_down = False
         self._published: GpuNodeMarks | None = None
         self._synced_at = float("-inf")
@@ -126,9 +130,17 @@ class NodeAgent:
 
         Raises ``kube.nodes.NodeError`` (not found, forbidden, unreachable) for the caller to report.
         """
-        record = GpuHealthRecord.from_node(read_node(self._api, name=self._node))
-        self._to_restore = {g.uuid: g for g in (record.gpus if record else ())
-                            if g.uuid and g.state != HealthState.HEALTHY}
+        node = read_node(self._api, name=self._node)
+        self._boot_id = ((node.get("status") or {}).get("nodeInfo") or {}).get("bootID") or ""
+        record = GpuHealthRecord.from_node(node)
+        self._rebooted = bool(record and record.boot_id and self._boot_id
+                              and record.boot_id != self._boot_id)
+        self._to_restore = {g.uuid: g for g in (record.gpus if record else ()) if g.uuid}
+        held = [g for g in self._to_restore.values() if g.held_xids or g.state != HealthState.HEALTHY]
+        if self._rebooted and held:
+            self._event(EVENT_REBOOTED, "the node rebooted (boot ID changed): faults held until "
+                        "a reboot are cleared for GPUs " + ", ".join(str(g.index) for g in held),
+                        warning=False)
 
     def run(self, *, stop: threading.Event) -> None:
         """Poll until ``stop`` is set."""
@@ -159,7 +171,8 @@ class NodeAgent:
             verdicts.append(verdict)
             self._report_change(reading.identity, before.verdict if before else None, verdict)
         health = summarize_node(verdicts)
-        self._metrics.observe(readings=readings, verdicts=verdicts)
+        self._metrics.observe(readings=readings, verdicts=verdicts,
+                              driver_version=self._reader.driver_version)
         self._publish(self._marks(health, known=True))
         return health
 
@@ -184,9 +197,14 @@ class NodeAgent:
         index = reading.identity.index
         if index not in self._memories and reading.identity.uuid in self._to_restore:
             record = self._to_restore.pop(reading.identity.uuid)
-            self._memories[index] = restore_memory(GpuVerdict(
+            restored = restore_memory(GpuVerdict(
                 index=index, uuid=record.uuid, state=HealthState(record.state),
-                reason=record.reason, message=record.message, fatal=record.fatal), now=now)
+                reason=record.reason, message=record.message, fatal=record.fatal,
+                held_xids=record.held_xids, resets=record.resets,
+                device_plugin_xid=record.device_plugin_xid),
+                now=now, rebooted=self._rebooted, settings=self._settings.health)
+            if restored is not None:
+                self._memories[index] = restored
         return self._memories.get(index)
 
     def _report_change(self, identity: GpuIdentity, before: GpuVerdict | None,
@@ -220,7 +238,10 @@ class NodeAgent:
         record = GpuHealthRecord(
             state=health.state, healthy=health.healthy_gpus, total=len(health.gpus),
             gpus=tuple(GpuRecord(index=g.index, uuid=g.uuid, state=g.state, reason=g.reason,
-                                 message=g.message, fatal=g.fatal) for g in health.gpus))
+                                 message=g.message, fatal=g.fatal, held_xids=g.held_xids,
+                                 resets=g.resets, device_plugin_xid=g.device_plugin_xid)
+                       for g in health.gpus),
+            boot_id=self._boot_id)
         return GpuNodeMarks(
             condition=Condition(status=health.condition_status, reason=health.reason,
                                 message=health.message),
@@ -248,172 +269,6 @@ class NodeAgent:
                             warning=warning)
         except NodeError as err:
             log.warning("could not record event %s: %s", reason, err)
-
-
-# -- metrics --------------------------------------------------------------------------------------
-
-# dcgm-exporter's label set, so existing GPU dashboards and alerts work unchanged.
-DCGM_LABELS = ("gpu", "UUID", "pci_bus_id", "device", "modelName", "Hostname")
-
-_Reading = Callable[[GpuReading], float | int | bool | None]
-
-
-def _rows(attribute: str) -> _Reading:
-    return lambda r: getattr(r.remapped_rows, attribute) if r.remapped_rows else None
-
-
-def _pages(attribute: str) -> _Reading:
-    return lambda r: getattr(r.retired_pages, attribute) if r.retired_pages else None
-
-
-def _nvlink(attribute: str) -> _Reading:
-    return lambda r: getattr(r.nvlink, attribute) if r.nvlink else None
-
-
-# (DCGM field name, help, reading). Every family is exposed as a gauge under the exact DCGM name:
-# dcgm-exporter declares some of them counters, but the Python client would rename a counter to
-# <name>_total and break the queries dashboards already have.
-DCGM_FIELDS: tuple[tuple[str, str, _Reading], ...] = (
-    ("DCGM_FI_DEV_GPU_TEMP", "GPU temperature (in C).", lambda r: r.temperature_c),
-    ("DCGM_FI_DEV_SLOWDOWN_TEMP", "Slowdown temperature threshold (in C).",
-     lambda r: r.slowdown_temp_c),
-    ("DCGM_FI_DEV_SHUTDOWN_TEMP", "Shutdown temperature threshold (in C).",
-     lambda r: r.shutdown_temp_c),
-    ("DCGM_FI_DEV_POWER_USAGE", "Power draw (in W).", lambda r: r.power_usage_w),
-    ("DCGM_FI_DEV_ENFORCED_POWER_LIMIT", "Power limit the driver enforces (in W).",
-     lambda r: r.power_limit_w),
-    ("DCGM_FI_DEV_GPU_UTIL", "GPU utilization (in %).", lambda r: r.gpu_util_pct),
-    ("DCGM_FI_DEV_MEM_COPY_UTIL", "Memory utilization (in %).", lambda r: r.mem_copy_util_pct),
-    ("DCGM_FI_DEV_FB_TOTAL", "Framebuffer memory total (in MiB).", lambda r: r.fb_total_mib),
-    ("DCGM_FI_DEV_FB_USED", "Framebuffer memory used (in MiB).", lambda r: r.fb_used_mib),
-    ("DCGM_FI_DEV_FB_FREE", "Framebuffer memory free (in MiB).", lambda r: r.fb_free_mib),
-    ("DCGM_FI_DEV_ECC_SBE_VOL_TOTAL", "Total number of single-bit volatile ECC errors.",
-     lambda r: r.ecc_corrected_volatile),
-    ("DCGM_FI_DEV_ECC_DBE_VOL_TOTAL", "Total number of double-bit volatile ECC errors.",
-     lambda r: r.ecc_uncorrected_volatile),
-    ("DCGM_FI_DEV_ECC_SBE_AGG_TOTAL", "Total number of single-bit persistent ECC errors.",
-     lambda r: r.ecc_corrected_aggregate),
-    ("DCGM_FI_DEV_ECC_DBE_AGG_TOTAL", "Total number of double-bit persistent ECC errors.",
-     lambda r: r.ecc_uncorrected_aggregate),
-    ("DCGM_FI_DEV_CORRECTABLE_REMAPPED_ROWS", "Number of remapped rows for correctable errors",
-     _rows("correctable")),
-    ("DCGM_FI_DEV_UNCORRECTABLE_REMAPPED_ROWS",
-     "Number of remapped rows for uncorrectable errors", _rows("uncorrectable")),
-    ("DCGM_FI_DEV_ROW_REMAP_PENDING", "Whether remapping of rows is pending (needs a reset)",
-     _rows("pending")),
-    ("DCGM_FI_DEV_ROW_REMAP_FAILURE", "Whether remapping of rows has failed", _rows("failure")),
-    ("DCGM_FI_DEV_RETIRED_SBE", "Total number of retired pages due to single-bit errors.",
-     _pages("single_bit")),
-    ("DCGM_FI_DEV_RETIRED_DBE", "Total number of retired pages due to double-bit errors.",
-     _pages("double_bit")),
-    ("DCGM_FI_DEV_RETIRED_PENDING", "Whether pages are pending retirement.", _pages("pending")),
-    ("DCGM_FI_DEV_CLOCKS_EVENT_REASONS", "Current clock event (throttle) reasons, NVML bitmask.",
-     lambda r: r.clock_event_reasons),
-    ("DCGM_FI_DEV_PCIE_REPLAY_COUNTER", "Total number of PCIe retries.",
-     lambda r: r.pcie_replay_count),
-    ("DCGM_FI_DEV_NVLINK_CRC_FLIT_ERROR_COUNT_TOTAL",
-     "Total number of NVLink flow-control CRC errors.", _nvlink("crc_flit")),
-    ("DCGM_FI_DEV_NVLINK_CRC_DATA_ERROR_COUNT_TOTAL", "Total number of NVLink data CRC errors.",
-     _nvlink("crc_data")),
-    ("DCGM_FI_DEV_NVLINK_REPLAY_ERROR_COUNT_TOTAL", "Total number of NVLink retries.",
-     _nvlink("replay")),
-    ("DCGM_FI_DEV_NVLINK_RECOVERY_ERROR_COUNT_TOTAL", "Total number of NVLink recovery errors.",
-     _nvlink("recovery")),
-    ("DCGM_FI_DEV_MIG_MODE", "MIG mode (1 enabled, 0 disabled).", lambda r: r.mig_enabled),
-)
-_HEALTH_STATES = (HealthState.HEALTHY, HealthState.DEGRADED, HealthState.UNHEALTHY)
-
-
-class GpuMetrics(Collector):
-    """The agent's Prometheus collector: dcgm-exporter names plus ``sovereign_gpu_*``.
-
-    Updated by the poll loop, read by the metrics HTTP thread; snapshots are swapped under a lock.
-    """
-
-    def __init__(self, *, hostname: str) -> None:
-        self._hostname = hostname
-        self._lock = threading.Lock()
-        self._readings: tuple[GpuReading, ...] = ()
-        self._verdicts: tuple[GpuVerdict, ...] = ()
-        self._xids: Counter[tuple[int, str, int]] = Counter()
-        self._last_xid: dict[int, int] = {}
-        self._nvml_up = 0
-        self._polls = 0
-        self._writes: Counter[str] = Counter()
-
-    def observe(self, *, readings: Sequence[GpuReading], verdicts: Sequence[GpuVerdict]) -> None:
-        with self._lock:
-            self._readings, self._verdicts = tuple(readings), tuple(verdicts)
-            self._nvml_up = 1
-
-    def nvml_down(self) -> None:
-        with self._lock:
-            self._readings, self._verdicts, self._nvml_up = (), (), 0
-
-    def count_xids(self, events: Sequence[XidEvent], identities: Sequence[GpuIdentity]) -> None:
-        with self._lock:
-            for event in events:
-                for identity in identities:
-                    if event.gpu_index in (identity.index, None):
-                        self._xids[(identity.index, identity.uuid, event.xid)] += 1
-                        self._last_xid[identity.index] = event.xid
-
-    def count_poll(self, result: PublishResult | None) -> None:
-        """A finished poll and the node writes it made (None: the node could not be written)."""
-        with self._lock:
-            self._polls += 1
-            if result is not None:
-                self._writes["metadata"] += int(result.metadata_written)
-                self._writes["status"] += int(result.status_written)
-
-    def collect(self) -> Iterator[Metric]:
-        with self._lock:
-            readings, verdicts = self._readings, self._verdicts
-            xids, last_xid = dict(self._xids), dict(self._last_xid)
-            nvml_up, polls, writes = self._nvml_up, self._polls, dict(self._writes)
-        labels = {r.identity.index: self._labels(r.identity) for r in readings}
-        for name, documentation, value_of in DCGM_FIELDS:
-            family = GaugeMetricFamily(name, documentation, labels=DCGM_LABELS)
-            for reading in readings:
-                value = value_of(reading)
-                if value is not None:  # NotSupported: no sample, as dcgm-exporter does
-                    family.add_metric(labels[reading.identity.index], float(value))
-            yield family
-        xid_gauge = GaugeMetricFamily("DCGM_FI_DEV_XID_ERRORS",
-                                      "Value of the last XID error encountered.",
-                                      labels=DCGM_LABELS)
-        for reading in readings:
-            xid_gauge.add_metric(labels[reading.identity.index],
-                                 last_xid.get(reading.identity.index, 0))
-        yield xid_gauge
-        health = GaugeMetricFamily("sovereign_gpu_health",
-                                   "1 for the GPU's current health state, 0 for the others.",
-                                   labels=("gpu", "UUID", "state"))
-        for verdict in verdicts:
-            for state in _HEALTH_STATES:
-                health.add_metric([str(verdict.index), verdict.uuid, state],
-                                  1 if verdict.state == state else 0)
-        yield health
-        xid_total = CounterMetricFamily("sovereign_gpu_xid",
-                                        "XID events seen since the agent started, by code.",
-                                        labels=("gpu", "UUID", "xid"))
-        for (index, uuid, xid), count in sorted(xids.items()):
-            xid_total.add_metric([str(index), uuid, str(xid)], count)
-        yield xid_total
-        yield GaugeMetricFamily("sovereign_gpu_agent_nvml_up",
-                                "1 if the last NVML poll succeeded, else 0.", value=nvml_up)
-        yield CounterMetricFamily("sovereign_gpu_agent_polls", "Polls the agent has finished.",
-                                  value=polls)
-        node_writes = CounterMetricFamily("sovereign_gpu_agent_node_writes",
-                                          "Patches of the agent's node, by part; a steady node "
-                                          "costs none.", labels=("part",))
-        for part in ("metadata", "status"):
-            node_writes.add_metric([part], writes.get(part, 0))
-        yield node_writes
-
-    def _labels(self, identity: GpuIdentity) -> list[str]:
-        return [str(identity.index), identity.uuid, identity.pci_bus_id, identity.device,
-                identity.name, self._hostname]
 
 
 def _describe_xids(events: Sequence[XidEvent]) -> str:

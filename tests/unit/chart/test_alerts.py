@@ -75,4 +75,4 @@ def test_the_fatal_xid_alert_knows_the_agents_fatal_xids():
     lists = set(re.findall(r'xid=~"([0-9|]+)"', rule["expr"]))
 
     assert len(lists) == 1, "every selector of the expression names the same XIDs"
-    assert {int(xid) for xid in lists.pop().split("|")} == GpuHealthSettings().fatal_xids
+    assert {int(xid) for xid in lists.pop().split("|")} == GpuHealthSettings().reset_xids | GpuHealthSettings().reboot_xids

@@ -14,22 +14,24 @@ import re
 import promql_parser
 import pytest
 import yaml
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client import generate_latest
 
 from sovereign_dev import chart, dashboards
 from sovereign.metrics import REGISTRY
 from sovereign.nvml import open_reader
 from sovereign_dev.nvml_fake import healthy_node, write_scenario
 from sovereign.nvml.readings import XidEvent
-from sovereign.services.node_agent import GpuMetrics
+from sovereign.services.gpu_metrics import GpuMetrics
 
 #: Series Prometheus itself records for every target.
 SCRAPE_SERIES = {"up"}
 #: Grafana's placeholders, replaced by something PromQL parses.
 GRAFANA = {dashboards.RATE: "5m", dashboards.RANGE: "1h"}
-SUFFIXES = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_sum", "_count", "_created"),
-            "gauge": ("",), "summary": ("", "_sum", "_count", "_created"), "unknown": ("",)}
+#: Sample names a family of each type carries, after the name on its TYPE line (in the
+#: Prometheus text format a counter's TYPE line already names its samples, _total or not).
+SUFFIXES = {"counter": ("",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",),
+            "summary": ("", "_sum", "_count"), "untyped": ("",)}
+TYPE_LINE = re.compile(r"^# TYPE (\S+) (\S+)$", re.MULTILINE)
 ALERTS = [rule for group in yaml.safe_load((chart.CHART / "files" / "alerts.yaml").read_text())["groups"]
           for rule in group["rules"]]
 
@@ -37,8 +39,8 @@ ALERTS = [rule for group in yaml.safe_load((chart.CHART / "files" / "alerts.yaml
 def exposed(text: str) -> set[str]:
     """Sample names an exposition text can carry, from each family's name and type (a labelled
     metric with no series yet shows only its HELP and TYPE lines)."""
-    return {f"{family.name}{suffix}" for family in text_string_to_metric_families(text)
-            for suffix in SUFFIXES[family.type]}
+    return {f"{name}{suffix}" for name, kind in TYPE_LINE.findall(text)
+            for suffix in SUFFIXES[kind]}
 
 
 @pytest.fixture(scope="module")
@@ -50,9 +52,7 @@ def exposition(tmp_path_factory) -> set[str]:
     readings = reader.read()
     metrics.observe(readings=readings, verdicts=[])
     metrics.count_xids([XidEvent(gpu_index=0, xid=79)], reader.identities)
-    agent = CollectorRegistry()
-    agent.register(metrics)
-    return exposed(generate_latest(REGISTRY).decode()) | exposed(generate_latest(agent).decode())
+    return exposed(generate_latest(REGISTRY).decode()) | exposed(metrics.exposition())
 
 
 def metric_names(expr: str) -> set[str]:

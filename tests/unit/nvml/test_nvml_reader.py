@@ -39,6 +39,25 @@ def test_reads_identity_and_every_reading_in_agent_units(reader):
                                         recovery=0)
     assert (first.retired_pages, first.mig_enabled, first.lost, first.errors) == (
         None, False, False, ())
+    assert (first.recovery_action, reader.driver_version) == (0, "580.95.05")
+
+
+def test_the_recovery_action_field_is_read_and_absent_on_drivers_without_it(scenario, reader):
+    set_fault(scenario, gpu=0, fault="reboot-required")
+    update_gpu(scenario, gpu=1, recovery_action=None)
+
+    readings = reader.read()
+
+    assert [r.recovery_action for r in readings] == [2, None, 0, 0]
+    assert readings[1].errors == ()
+
+
+def test_a_reset_class_xid_sets_the_recovery_action_as_the_driver_does(scenario, reader):
+    reader.open()
+    inject_xid(scenario, gpu=2, xid=119)
+    inject_xid(scenario, gpu=3, xid=13)
+
+    assert [r.recovery_action for r in reader.read()] == [0, 0, 1, 0]
 
 
 def test_unsupported_calls_leave_readings_absent_without_errors(scenario, reader):

@@ -79,3 +79,21 @@ def test_waiting_for_xid_events_returns_within_the_timeout():
         reader.close()
 
     assert all(e.gpu_index is None or e.gpu_index >= 0 for e in events)
+
+
+def test_the_recovery_action_field_reads_none_on_a_healthy_gpu_or_is_absent(readings):
+    # R555+ drivers answer NVML_FI_DEV_GET_GPU_RECOVERY_ACTION; a healthy GPU then needs no action.
+    for reading in readings:
+        assert reading.recovery_action in (None, pynvml.NVML_GPU_RECOVERY_ACTION_NONE), reading
+        assert not [e for e in reading.errors if e.startswith("recovery_action")], reading.errors
+
+
+def test_the_driver_version_is_read_for_dcgm_exporters_label():
+    reader = open_reader()
+    try:
+        reader.open()
+        version = reader.driver_version
+    finally:
+        reader.close()
+
+    assert version.count(".") >= 1 and version.split(".")[0].isdigit(), version

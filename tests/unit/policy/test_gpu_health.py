@@ -1,9 +1,12 @@
-"""The GPU health rules: XID classes, reading rules, hysteresis and the node summary."""
+"""The GPU health rules: XID classes after NVIDIA's catalogue, holding until a reset or reboot,
+recovery actions, the remediation cap, the device plugin's view, reading rules, hysteresis and the
+node summary."""
 
 from __future__ import annotations
 
 import dataclasses
 
+import pynvml
 import pytest
 from pydantic import ValidationError
 
@@ -47,7 +50,12 @@ def test_a_healthy_gpu_is_healthy():
     assert (verdict.state, verdict.reason, verdict.ok) == (HealthState.HEALTHY, "Healthy", True)
 
 
-@pytest.mark.parametrize("xid", [13, 31, 43, 45, 68, 94])
+NONE = pynvml.NVML_GPU_RECOVERY_ACTION_NONE
+RESET = pynvml.NVML_GPU_RECOVERY_ACTION_GPU_RESET
+REBOOT = pynvml.NVML_GPU_RECOVERY_ACTION_NODE_REBOOT
+
+
+@pytest.mark.parametrize("xid", [8, 11, 13, 31, 43, 45, 68, 94])
 def test_application_xids_leave_the_gpu_healthy(xid):
     verdict, _ = assess(h100(), xids=[xid])
 
@@ -61,15 +69,103 @@ def test_informational_xids_leave_the_gpu_healthy(xid):
     assert verdict.state == HealthState.HEALTHY
 
 
-@pytest.mark.parametrize("xid, words", [
-    (48, "double-bit"), (62, "micro-controller"), (64, "could not be recorded"),
-    (74, "NVLink"), (79, "fallen off the bus"), (95, "uncontained"), (119, "GSP"), (120, "GSP")])
-def test_fatal_xids_make_the_gpu_unhealthy_with_a_reason_naming_the_xid(xid, words):
-    verdict, _ = assess(h100(), xids=[xid])
+RESET_CLASS = [48, 62, 64, 74, 95, 109, 110, 119, 120, 136, 140, 143, 154, 155, 156, 158]
 
-    assert (verdict.state, verdict.fatal, verdict.reason) == (HealthState.UNHEALTHY, True,
-                                                             f"Xid{xid}")
-    assert f"XID {xid}" in verdict.message and words in verdict.message
+
+@pytest.mark.parametrize("xid", RESET_CLASS)
+def test_reset_class_xids_hold_the_gpu_unhealthy_until_a_reset_is_observed(xid):
+    verdict, memory = assess(h100(recovery_action=NONE), xids=[xid], now=0)
+    # Days later, with every reading clean: still held, time alone releases nothing.
+    later, memory = assess(h100(recovery_action=NONE), now=86400 * 3, memory=memory)
+
+    assert (verdict.state, verdict.fatal, verdict.reason) == ("Unhealthy", True, f"Xid{xid}")
+    assert f"XID {xid}" in verdict.message and "needs a GPU reset" in verdict.message
+    assert (later.state, later.reason, later.held_xids) == ("Unhealthy", f"Xid{xid}", (xid,))
+
+
+def test_the_reboot_class_xid_79_says_it_needs_a_reboot_and_holds():
+    verdict, memory = assess(h100(), xids=[79], now=0)
+    later, _ = assess(h100(), now=10_000, memory=memory)
+
+    assert (verdict.reason, verdict.fatal) == ("Xid79", True)
+    assert "fallen off the bus" in verdict.message and "held until the node reboots" in \
+        verdict.message
+    assert later.state == "Unhealthy"
+
+
+def test_a_reset_seen_through_the_recovery_action_releases_the_held_xid_after_clean_polls():
+    _, memory = assess(h100(recovery_action=RESET), xids=[48], now=0)
+    states = []
+    for now in (10, 20, 30, 40):
+        verdict, memory = assess(h100(recovery_action=NONE), now=now, memory=memory)
+        states.append((verdict.state, verdict.reason))
+
+    # The action went back to None at 10: released, then three clean polls publish Healthy.
+    assert states == [("Unhealthy", "Xid48"), ("Unhealthy", "Xid48"), ("Healthy", "Healthy"),
+                      ("Healthy", "Healthy")]
+    assert (verdict.held_xids, verdict.resets) == ((), 1)
+
+
+def test_without_the_recovery_action_field_only_a_reboot_releases_a_held_xid():
+    _, memory = assess(h100(recovery_action=None), xids=[62], now=0)
+    for now in range(1, 10):
+        verdict, memory = assess(h100(recovery_action=None), now=now, memory=memory)
+    assert (verdict.state, verdict.reason) == ("Unhealthy", "Xid62")
+
+    after_reboot = restore_memory(verdict, now=100, rebooted=True, settings=SETTINGS)
+    fresh, _ = assess(h100(recovery_action=None), now=100, memory=after_reboot)
+
+    assert (after_reboot, fresh.state) == (None, "Healthy")
+
+
+def test_an_action_that_stays_none_after_the_xid_is_no_evidence_of_a_reset():
+    _, memory = assess(h100(recovery_action=NONE), xids=[119], now=0)
+    for now in range(1, 6):
+        verdict, memory = assess(h100(recovery_action=NONE), now=now, memory=memory)
+
+    assert (verdict.state, verdict.reason) == ("Unhealthy", "Xid119")
+
+
+@pytest.mark.parametrize("action, state, reason, fatal", [
+    (pynvml.NVML_GPU_RECOVERY_ACTION_GPU_RESET, "Unhealthy", "GPUResetRequired", True),
+    (pynvml.NVML_GPU_RECOVERY_ACTION_NODE_REBOOT, "Unhealthy", "NodeRebootRequired", True),
+    (pynvml.NVML_GPU_RECOVERY_ACTION_DRAIN_P2P, "Unhealthy", "DrainP2P", False),
+    (pynvml.NVML_GPU_RECOVERY_ACTION_DRAIN_AND_RESET, "Unhealthy", "GPUResetRequired", True),
+    (pynvml.NVML_GPU_RECOVERY_ACTION_RECOVER_IMEX_DOMAIN, "Unhealthy", "RecoverIMEXDomain", False),
+    (pynvml.NVML_GPU_RECOVERY_ACTION_BUS_RESET, "Unhealthy", "GPUResetRequired", True),
+    (pynvml.NVML_GPU_RECOVERY_ACTION_SYSTEM_REBOOT, "Unhealthy", "NodeRebootRequired", True),
+    (42, "Unhealthy", "RecoveryAction42", False),
+    (pynvml.NVML_GPU_RECOVERY_ACTION_NONE, "Healthy", "Healthy", False),
+    (None, "Healthy", "Healthy", False),
+])
+def test_each_recovery_action_and_what_it_makes_of_the_gpu(action, state, reason, fatal):
+    verdict, _ = assess(h100(recovery_action=action))
+
+    assert (verdict.state, verdict.reason, verdict.fatal) == (state, reason, fatal)
+    if action not in (None, NONE):
+        assert f"NVML recovery action {action}" in verdict.message
+
+
+def test_a_gpu_whose_faults_return_after_max_resets_stays_down_until_a_reboot():
+    capped = GpuHealthSettings(max_resets=2, recovery_clean_polls=1)
+    memory, now = None, 0
+    for _ in range(2):  # two faults, each released by a reset
+        _, memory = assess(h100(recovery_action=RESET), xids=[95], now=now, memory=memory,
+                           settings=capped)
+        released, memory = assess(h100(recovery_action=NONE), now=now + 1, memory=memory,
+                                  settings=capped)
+        assert released.state == "Healthy"
+        now += 10
+    _, memory = assess(h100(recovery_action=RESET), xids=[95], now=now, memory=memory,
+                       settings=capped)
+    verdict, memory = assess(h100(recovery_action=NONE), now=now + 1, memory=memory,
+                             settings=capped)
+    later, _ = assess(h100(recovery_action=NONE), now=now + 1000, memory=memory, settings=capped)
+
+    assert (verdict.state, verdict.reason, verdict.fatal) == ("Unhealthy", "RepeatedFaults", True)
+    assert "after 2 GPU resets" in verdict.message and "until the node reboots" in verdict.message
+    assert later.reason == "RepeatedFaults"
+    assert restore_memory(later, now=0, rebooted=True, settings=capped) is None
 
 
 def test_an_application_xid_storm_does_not_mark_the_gpu():
@@ -80,6 +176,7 @@ def test_an_application_xid_storm_does_not_mark_the_gpu():
 
 def test_an_unclassified_xid_degrades_by_default_and_can_be_configured_unhealthy():
     degraded, _ = assess(h100(), xids=[999])
+    assert "not in the XID catalogue" in degraded.message
     strict = GpuHealthSettings(unclassified_xid_state="Unhealthy")
     unhealthy, _ = assess(h100(), xids=[999], settings=strict)
 
@@ -144,25 +241,25 @@ def test_the_most_serious_finding_wins():
     assert verdict.reason == "UncorrectableECC"
 
 
-def test_a_fatal_xid_holds_for_the_quiet_window_then_needs_clean_polls():
-    verdict, memory = assess(h100(), xids=[79], now=0)
+def test_an_unclassified_xid_holds_for_the_quiet_window_then_needs_clean_polls():
+    verdict, memory = assess(h100(), xids=[999], now=0)
     timeline = []
     for now in (10, 30, 59, 61, 62, 63, 64):
         verdict, memory = assess(h100(), memory=memory, now=now)
         timeline.append((now, verdict.state))
 
-    # Unhealthy through the 60 s window; after it, three clean polls (61, 62, 63) publish Healthy.
-    assert timeline == [(10, "Unhealthy"), (30, "Unhealthy"), (59, "Unhealthy"),
-                        (61, "Unhealthy"), (62, "Unhealthy"), (63, "Healthy"), (64, "Healthy")]
+    # Degraded through the 60 s window; after it, three clean polls (61, 62, 63) publish Healthy.
+    assert timeline == [(10, "Degraded"), (30, "Degraded"), (59, "Degraded"),
+                        (61, "Degraded"), (62, "Degraded"), (63, "Healthy"), (64, "Healthy")]
 
 
-def test_a_new_fatal_xid_restarts_the_quiet_window():
-    _, memory = assess(h100(), xids=[79], now=0)
-    _, memory = assess(h100(), xids=[79], now=50, memory=memory)
+def test_a_new_unclassified_xid_restarts_the_quiet_window():
+    _, memory = assess(h100(), xids=[999], now=0)
+    _, memory = assess(h100(), xids=[999], now=50, memory=memory)
 
     verdict, _ = assess(h100(), now=100, memory=memory)
 
-    assert verdict.state == HealthState.UNHEALTHY
+    assert verdict.state == HealthState.DEGRADED
 
 
 def test_a_gpu_gets_worse_at_once_but_better_only_after_consecutive_clean_polls():
@@ -189,16 +286,62 @@ def test_an_equally_serious_new_fault_replaces_the_reason_at_once():
     assert verdict.reason == "GPULost"
 
 
-def test_a_restarted_agent_keeps_an_xid_verdict_for_a_full_quiet_window():
+def test_a_restarted_agent_on_the_same_boot_keeps_holding_a_reset_class_xid():
     published = GpuVerdict(index=0, uuid="GPU-x", state=HealthState.UNHEALTHY, reason="Xid79",
-                           message="XID 79", fatal=True)
-    memory = restore_memory(published, now=1000)
+                           message="XID 79", fatal=True, held_xids=(48, 79), resets=1)
+    memory = restore_memory(published, now=1000, rebooted=False, settings=SETTINGS)
+
+    for now in (1001, 5000, 90000):
+        held, memory = assess(h100(), now=now, memory=memory)
+
+    assert (held.state, held.held_xids, held.resets) == ("Unhealthy", (48, 79), 1)
+
+
+def test_a_restarted_agent_keeps_an_unclassified_xid_for_a_full_quiet_window():
+    published = GpuVerdict(index=0, uuid="GPU-x", state=HealthState.DEGRADED, reason="Xid999",
+                           message="XID 999")
+    memory = restore_memory(published, now=1000, rebooted=False, settings=SETTINGS)
 
     held, memory = assess(h100(), now=1059, memory=memory)
     for now in (1061, 1062, 1063):
         released, memory = assess(h100(), now=now, memory=memory)
 
-    assert (held.state, released.state) == (HealthState.UNHEALTHY, HealthState.HEALTHY)
+    assert (held.state, released.state) == (HealthState.DEGRADED, HealthState.HEALTHY)
+
+
+@pytest.mark.parametrize("xid", [63, 92, 94, 79, 48])
+def test_the_device_plugin_withdraws_the_gpu_for_every_xid_it_does_not_skip(xid):
+    verdict, _ = assess(h100(), xids=[xid])
+
+    assert verdict.device_plugin_xid == xid
+
+
+@pytest.mark.parametrize("xid", [13, 31, 43, 45, 68, 109])
+def test_the_device_plugin_ignores_the_xids_it_skips(xid):
+    verdict, _ = assess(h100(), xids=[xid])
+
+    assert verdict.device_plugin_xid is None
+
+
+def test_the_node_condition_says_when_the_device_plugin_withdrew_a_gpu_this_agent_finds_usable():
+    _, memory = assess(h100(2), xids=[63], now=0)
+    healthy_here, _ = assess(h100(2), now=1, memory=memory)  # 63 is informational here
+
+    node = summarize_node([verdict(0), verdict(1), healthy_here])
+
+    assert (node.condition_status, node.reason) == ("True", "AllGPUsHealthy")
+    assert node.message == (
+        "3 of 3 GPUs healthy; the NVIDIA device plugin has withdrawn GPU 2 (since XID 63 (memory "
+        "row remap or page retirement recorded)) from allocatable nvidia.com/gpu although this "
+        "agent finds it usable; it offers it again only when the device plugin pod restarts")
+
+
+def test_no_device_plugin_no_note():
+    alone = GpuHealthSettings(device_plugin_skipped_xids=None)
+
+    verdict, _ = assess(h100(), xids=[63], settings=alone)
+
+    assert verdict.device_plugin_xid is None
 
 
 def verdict(index: int, state: str = "Healthy", reason: str = "Healthy", fatal: bool = False,
@@ -251,8 +394,8 @@ def test_a_node_without_gpus_is_unknown():
 
 
 def test_settings_reject_an_xid_in_two_classes_naming_both_lists():
-    with pytest.raises(ValidationError, match="fatal_xids and application_xids both list XID 79"):
-        GpuHealthSettings(fatal_xids=[79], application_xids=[13, 79])
+    with pytest.raises(ValidationError, match="reboot_xids and application_xids both list XID 79"):
+        GpuHealthSettings(reboot_xids=[79], application_xids=[13, 79])
 
 
 def test_settings_reject_unknown_fields():
