@@ -46,6 +46,7 @@ import contextlib
 import hashlib
 import importlib.metadata
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -155,7 +156,21 @@ def ensure(name: str, *, progress: bool = True) -> Path:
             IMAGES[name].write(target, report)
         _say(f"built image {name} ({IMAGES[name].reference}) in {time.monotonic() - started:.0f}s -> {target}",
              enabled=progress)
+        _prune(name, keep=target)
     return target
+
+
+#: Archives kept per image besides the newest: another checkout (a branch, a worktree) may still
+#: use an older content key; beyond that they only fill the disk (an operator image is ~100 MB).
+KEEP_OLDER = 2
+
+
+def _prune(name: str, *, keep: Path) -> None:
+    pattern = re.compile(rf"{re.escape(name)}-[0-9a-f]{{16}}\.tar")
+    older = sorted((p for p in cache_dir().iterdir() if pattern.fullmatch(p.name) and p != keep),
+                   key=lambda p: p.stat().st_mtime, reverse=True)
+    for stale in older[KEEP_OLDER:]:
+        stale.unlink(missing_ok=True)
 
 
 def import_images(*, address: str, names: list[str] | None = None, namespace: str = "k8s.io",
