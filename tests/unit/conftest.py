@@ -1,4 +1,4 @@
-"""Fixtures shared by the unit tests: a fake NVML on a scenario file.
+"""Fixtures shared by the unit tests: a fake NVML on a scenario file, and Hypothesis's profile.
 
 A test module that needs GPUs defines ``scenario``, usually ``healthy_gpus(gpus=N, seed=...)``;
 ``reader`` opens the agent's NVML reader on that file and closes it after the test.
@@ -10,6 +10,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# A test never fails because the machine is slow (CI shares two cores with builds): Hypothesis's
+# per-example deadline is a timing assertion, so it is off; speed is the benchmarks' business.
+settings.register_profile("sovereign", deadline=None)
+settings.load_profile("sovereign")
 
 from sovereign.nvml import open_reader
 from sovereign_dev.nvml_fake import healthy_node, write_scenario
