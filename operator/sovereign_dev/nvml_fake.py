@@ -94,14 +94,22 @@ class FakeGpu(_Model):
     minor_number: int | None = None
     lost: bool = False
     temperature_c: int | None = 34
+    memory_temp_c: int | None = 30
     slowdown_temp_c: int | None = 89
     shutdown_temp_c: int | None = 92
     power_usage_w: float | None = 72.0
     power_limit_w: float | None = 700.0
     gpu_util_pct: int | None = 0
     mem_copy_util_pct: int | None = 0
+    enc_util_pct: int | None = 0
+    dec_util_pct: int | None = 0
+    sm_clock_mhz: int | None = 1980
+    mem_clock_mhz: int | None = 2619
+    total_energy_mj: int | None = 1_000_000
     fb_total_mib: int | None = 81559
     fb_used_mib: int = 0
+    # Reserved by the driver: NVML's v2 memory info only (v1 counts it as used).
+    fb_reserved_mib: int | None = 0
     ecc_corrected_volatile: int | None = 0
     ecc_uncorrected_volatile: int | None = 0
     ecc_corrected_aggregate: int | None = 0
@@ -201,6 +209,7 @@ class _Memory:
     total: int
     free: int
     used: int
+    reserved: int = 0
 
 
 @dataclass(frozen=True)
@@ -318,11 +327,31 @@ class FakeNvml:
         return _Utilization(gpu=_supported(gpu.gpu_util_pct),
                             memory=_supported(gpu.mem_copy_util_pct))
 
-    def nvmlDeviceGetMemoryInfo(self, handle: _Handle) -> _Memory:
+    def nvmlDeviceGetMemoryInfo(self, handle: _Handle, version: int | None = None) -> _Memory:
         gpu = self._gpu(handle)
         total = _supported(gpu.fb_total_mib) * _MIB
         used = gpu.fb_used_mib * _MIB
-        return _Memory(total=total, free=total - used, used=used)
+        if version is None:
+            return _Memory(total=total, free=total - used, used=used)
+        reserved = _supported(gpu.fb_reserved_mib) * _MIB
+        return _Memory(total=total, free=total - used, used=used - reserved, reserved=reserved)
+
+    def nvmlDeviceGetClockInfo(self, handle: _Handle, type: int) -> int:  # noqa: A002
+        gpu = self._gpu(handle)
+        if type == pynvml.NVML_CLOCK_SM:
+            return _supported(gpu.sm_clock_mhz)
+        if type == pynvml.NVML_CLOCK_MEM:
+            return _supported(gpu.mem_clock_mhz)
+        raise _not_supported()
+
+    def nvmlDeviceGetTotalEnergyConsumption(self, handle: _Handle) -> int:
+        return _supported(self._gpu(handle).total_energy_mj)
+
+    def nvmlDeviceGetEncoderUtilization(self, handle: _Handle) -> list[int]:
+        return [_supported(self._gpu(handle).enc_util_pct), 167_000]
+
+    def nvmlDeviceGetDecoderUtilization(self, handle: _Handle) -> list[int]:
+        return [_supported(self._gpu(handle).dec_util_pct), 167_000]
 
     def nvmlDeviceGetTotalEccErrors(self, handle: _Handle, errorType: int,
                                     counterType: int) -> int:
@@ -378,12 +407,13 @@ class FakeNvml:
         gpu = self._gpu(handle)
         answers = []
         for field_id in fieldIds:
-            if field_id == pynvml.NVML_FI_DEV_GET_GPU_RECOVERY_ACTION and \
-                    gpu.recovery_action is not None:
-                answers.append(_FieldValue(field_id, pynvml.NVML_SUCCESS,
-                                           value=_FieldValueUnion(gpu.recovery_action)))
-            else:
+            value = {pynvml.NVML_FI_DEV_GET_GPU_RECOVERY_ACTION: gpu.recovery_action,
+                     pynvml.NVML_FI_DEV_MEMORY_TEMP: gpu.memory_temp_c}.get(field_id)
+            if value is None:
                 answers.append(_FieldValue(field_id, pynvml.NVML_ERROR_NOT_SUPPORTED))
+            else:
+                answers.append(_FieldValue(field_id, pynvml.NVML_SUCCESS,
+                                           value=_FieldValueUnion(value)))
         return answers
 
     def nvmlSystemGetDriverVersion(self) -> str:

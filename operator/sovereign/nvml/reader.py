@@ -50,6 +50,11 @@ _NVLINK_COUNTERS = {
     "recovery": pynvml.NVML_NVLINK_ERROR_DL_RECOVERY,
 }
 _MIB = 1024 * 1024
+# NVML field values read per GPU, by the name a failed reading is logged under.
+_FIELDS = {
+    pynvml.NVML_FI_DEV_GET_GPU_RECOVERY_ACTION: "recovery_action",
+    pynvml.NVML_FI_DEV_MEMORY_TEMP: "memory_temp",
+}
 # Which member of an nvmlValue_t union holds a field value, by its valueType.
 _VALUE_MEMBERS = {
     pynvml.NVML_VALUE_TYPE_DOUBLE: "dVal",
@@ -78,7 +83,11 @@ class NvmlLibrary(Protocol):
     def nvmlDeviceGetPowerUsage(self, handle: Any) -> int: ...
     def nvmlDeviceGetEnforcedPowerLimit(self, handle: Any) -> int: ...
     def nvmlDeviceGetUtilizationRates(self, handle: Any) -> Any: ...
-    def nvmlDeviceGetMemoryInfo(self, handle: Any) -> Any: ...
+    def nvmlDeviceGetMemoryInfo(self, handle: Any, version: int | None = None) -> Any: ...
+    def nvmlDeviceGetClockInfo(self, handle: Any, type: int) -> int: ...  # noqa: A002 - pynvml's name
+    def nvmlDeviceGetTotalEnergyConsumption(self, handle: Any) -> int: ...
+    def nvmlDeviceGetEncoderUtilization(self, handle: Any) -> list[int]: ...
+    def nvmlDeviceGetDecoderUtilization(self, handle: Any) -> list[int]: ...
     def nvmlDeviceGetTotalEccErrors(self, handle: Any, errorType: int, counterType: int) -> int: ...
     def nvmlDeviceGetRemappedRows(self, device: Any) -> tuple[int, int, int, int]: ...
     def nvmlDeviceGetRetiredPages(self, device: Any, sourceFilter: int) -> list[int]: ...
@@ -263,10 +272,16 @@ class NvmlReader:
             power = probe("power_usage", lib.nvmlDeviceGetPowerUsage, handle)
             limit = probe("power_limit", lib.nvmlDeviceGetEnforcedPowerLimit, handle)
             mig = probe("mig_mode", lib.nvmlDeviceGetMigMode, handle)
+            fields = self._fields(probe, handle)
+            memory_v2 = probe("memory_v2", lib.nvmlDeviceGetMemoryInfo, handle,
+                              pynvml.nvmlMemory_v2)
+            encoder = probe("encoder_util", lib.nvmlDeviceGetEncoderUtilization, handle)
+            decoder = probe("decoder_util", lib.nvmlDeviceGetDecoderUtilization, handle)
             reading = GpuReading(
                 identity=identity,
                 temperature_c=probe("temperature", lib.nvmlDeviceGetTemperature, handle,
                                     pynvml.NVML_TEMPERATURE_GPU),
+                memory_temp_c=fields.get(pynvml.NVML_FI_DEV_MEMORY_TEMP),
                 slowdown_temp_c=probe("slowdown_temp", lib.nvmlDeviceGetTemperatureThreshold,
                                       handle, pynvml.NVML_TEMPERATURE_THRESHOLD_SLOWDOWN),
                 shutdown_temp_c=probe("shutdown_temp", lib.nvmlDeviceGetTemperatureThreshold,
@@ -275,9 +290,18 @@ class NvmlReader:
                 power_limit_w=limit / 1000 if limit is not None else None,
                 gpu_util_pct=utilization.gpu if utilization is not None else None,
                 mem_copy_util_pct=utilization.memory if utilization is not None else None,
+                enc_util_pct=encoder[0] if encoder is not None else None,
+                dec_util_pct=decoder[0] if decoder is not None else None,
+                sm_clock_mhz=probe("sm_clock", lib.nvmlDeviceGetClockInfo, handle,
+                                   pynvml.NVML_CLOCK_SM),
+                mem_clock_mhz=probe("mem_clock", lib.nvmlDeviceGetClockInfo, handle,
+                                    pynvml.NVML_CLOCK_MEM),
+                total_energy_mj=probe("total_energy", lib.nvmlDeviceGetTotalEnergyConsumption,
+                                      handle),
                 fb_total_mib=memory.total // _MIB if memory is not None else None,
                 fb_used_mib=memory.used // _MIB if memory is not None else None,
                 fb_free_mib=memory.free // _MIB if memory is not None else None,
+                fb_reserved_mib=memory_v2.reserved // _MIB if memory_v2 is not None else None,
                 ecc_corrected_volatile=self._ecc(probe, handle, corrected=True, volatile=True),
                 ecc_uncorrected_volatile=self._ecc(probe, handle, corrected=False, volatile=True),
                 ecc_corrected_aggregate=self._ecc(probe, handle, corrected=True, volatile=False),
@@ -290,7 +314,7 @@ class NvmlReader:
                 pcie_replay_count=probe("pcie_replay", lib.nvmlDeviceGetPcieReplayCounter, handle),
                 nvlink=self._nvlink(probe, handle),
                 mig_enabled=mig[0] == pynvml.NVML_DEVICE_MIG_ENABLE if mig is not None else None,
-                recovery_action=self._recovery_action(probe, handle),
+                recovery_action=fields.get(pynvml.NVML_FI_DEV_GET_GPU_RECOVERY_ACTION),
                 errors=tuple(errors),
             )
         except _GpuLost:
@@ -326,29 +350,30 @@ class NvmlReader:
         return RetiredPages(single_bit=len(single), double_bit=len(double or []),
                             pending=bool(pending))
 
-    def _recovery_action(self, probe: _Probe, handle: Any) -> int | None:
-        """NVML_FI_DEV_GET_GPU_RECOVERY_ACTION; None where the driver does not have the field.
+    def _fields(self, probe: _Probe, handle: Any) -> dict[int, int]:
+        """The NVML field values the agent reads, in one call: the recovery action the driver
+        asks for and the memory temperature. A field the driver does not have is left out.
 
         Field values carry their own return code: an old driver answers the call as a whole but
-        marks this one field NotSupported (or the whole call FunctionNotFound, before R450).
+        marks one field NotSupported (or the whole call FunctionNotFound, before R450).
         """
-        values = probe("recovery_action", self._lib.nvmlDeviceGetFieldValues, handle,
-                       [pynvml.NVML_FI_DEV_GET_GPU_RECOVERY_ACTION])
-        if not values:
-            return None
-        value = values[0]
-        if value.nvmlReturn == pynvml.NVML_ERROR_GPU_IS_LOST:
-            raise _GpuLost
-        if value.nvmlReturn != pynvml.NVML_SUCCESS:
-            if value.nvmlReturn not in (pynvml.NVML_ERROR_NOT_SUPPORTED,
-                                        pynvml.NVML_ERROR_FUNCTION_NOT_FOUND):
-                probe.errors.append(f"recovery_action: {pynvml.NVMLError(value.nvmlReturn)}")
-            return None
-        member = _VALUE_MEMBERS.get(value.valueType)
-        if member is None:
-            probe.errors.append(f"recovery_action: unexpected value type {value.valueType}")
-            return None
-        return int(getattr(value.value, member))
+        values = probe("field_values", self._lib.nvmlDeviceGetFieldValues, handle, list(_FIELDS))
+        found: dict[int, int] = {}
+        for value in values or ():
+            name = _FIELDS.get(value.fieldId, str(value.fieldId))
+            if value.nvmlReturn == pynvml.NVML_ERROR_GPU_IS_LOST:
+                raise _GpuLost
+            if value.nvmlReturn != pynvml.NVML_SUCCESS:
+                if value.nvmlReturn not in (pynvml.NVML_ERROR_NOT_SUPPORTED,
+                                            pynvml.NVML_ERROR_FUNCTION_NOT_FOUND):
+                    probe.errors.append(f"{name}: {pynvml.NVMLError(value.nvmlReturn)}")
+                continue
+            member = _VALUE_MEMBERS.get(value.valueType)
+            if member is None:
+                probe.errors.append(f"{name}: unexpected value type {value.valueType}")
+                continue
+            found[value.fieldId] = int(getattr(value.value, member))
+        return found
 
     def _nvlink(self, probe: _Probe, handle: Any) -> NvlinkErrors | None:
         totals: dict[str, int | None] = dict.fromkeys(_NVLINK_COUNTERS)

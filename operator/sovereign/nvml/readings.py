@@ -63,20 +63,27 @@ class NvlinkErrors:
 
 @dataclass(frozen=True)
 class GpuReading:
-    """One poll of one GPU. Units: Celsius, watts, percent, MiB."""
+    """One poll of one GPU. Units: Celsius, watts, percent, MiB, MHz, millijoules."""
 
     identity: GpuIdentity
     lost: bool = False
     temperature_c: int | None = None
+    memory_temp_c: int | None = None
     slowdown_temp_c: int | None = None
     shutdown_temp_c: int | None = None
     power_usage_w: float | None = None
     power_limit_w: float | None = None
     gpu_util_pct: int | None = None
     mem_copy_util_pct: int | None = None
+    enc_util_pct: int | None = None
+    dec_util_pct: int | None = None
+    sm_clock_mhz: int | None = None
+    mem_clock_mhz: int | None = None
+    total_energy_mj: int | None = None
     fb_total_mib: int | None = None
     fb_used_mib: int | None = None
     fb_free_mib: int | None = None
+    fb_reserved_mib: int | None = None
     ecc_corrected_volatile: int | None = None
     ecc_uncorrected_volatile: int | None = None
     ecc_corrected_aggregate: int | None = None

@@ -13,7 +13,8 @@ dcgm-exporter 4.5.3-4.8.2 (``etc/default-counters.csv`` and its exposition templ
                          DCGM_FI_DRIVER_VERSION="580.95.05"} 34
 
 ``DCGM_FI_DEV_XID_ERRORS`` (a gauge of the last XID) adds ``err_code`` and ``err_msg``. Fields
-dcgm-exporter has but NVML cannot give the agent are left out rather than faked; fields it does
+dcgm-exporter has but NVML alone cannot give (DCP profiling, NVLink bandwidth, vGPU licences) are
+left out rather than faked; fields it does
 not list in its files (thresholds, framebuffer total, clock-event reasons, MIG mode) are DCGM
 fields exposed as gauges. ``sovereign_gpu_*`` are this agent's own.
 
@@ -69,6 +70,12 @@ def _nvlink(attribute: str) -> _Reading:
 
 
 DCGM_FIELDS: tuple[DcgmField, ...] = (
+    DcgmField("DCGM_FI_DEV_SM_CLOCK", "gauge", "SM clock frequency (in MHz).",
+              lambda r: r.sm_clock_mhz),
+    DcgmField("DCGM_FI_DEV_MEM_CLOCK", "gauge", "Memory clock frequency (in MHz).",
+              lambda r: r.mem_clock_mhz),
+    DcgmField("DCGM_FI_DEV_MEMORY_TEMP", "gauge", "Memory temperature (in C).",
+              lambda r: r.memory_temp_c),
     DcgmField("DCGM_FI_DEV_GPU_TEMP", "gauge", "GPU temperature (in C).",
               lambda r: r.temperature_c),
     DcgmField("DCGM_FI_DEV_SLOWDOWN_TEMP", "gauge", "Slowdown temperature threshold (in C).",
@@ -76,18 +83,26 @@ DCGM_FIELDS: tuple[DcgmField, ...] = (
     DcgmField("DCGM_FI_DEV_SHUTDOWN_TEMP", "gauge", "Shutdown temperature threshold (in C).",
               lambda r: r.shutdown_temp_c),
     DcgmField("DCGM_FI_DEV_POWER_USAGE", "gauge", "Power draw (in W).", lambda r: r.power_usage_w),
+    DcgmField("DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION", "counter",
+              "Total energy consumption since boot (in mJ).", lambda r: r.total_energy_mj),
     DcgmField("DCGM_FI_DEV_ENFORCED_POWER_LIMIT", "gauge",
               "Power limit the driver enforces (in W).", lambda r: r.power_limit_w),
     DcgmField("DCGM_FI_DEV_GPU_UTIL", "gauge", "GPU utilization (in %).",
               lambda r: r.gpu_util_pct),
     DcgmField("DCGM_FI_DEV_MEM_COPY_UTIL", "gauge", "Memory utilization (in %).",
               lambda r: r.mem_copy_util_pct),
+    DcgmField("DCGM_FI_DEV_ENC_UTIL", "gauge", "Encoder utilization (in %).",
+              lambda r: r.enc_util_pct),
+    DcgmField("DCGM_FI_DEV_DEC_UTIL", "gauge", "Decoder utilization (in %).",
+              lambda r: r.dec_util_pct),
     DcgmField("DCGM_FI_DEV_FB_TOTAL", "gauge", "Framebuffer memory total (in MiB).",
               lambda r: r.fb_total_mib),
     DcgmField("DCGM_FI_DEV_FB_FREE", "gauge", "Framebuffer memory free (in MiB).",
               lambda r: r.fb_free_mib),
     DcgmField("DCGM_FI_DEV_FB_USED", "gauge", "Framebuffer memory used (in MiB).",
               lambda r: r.fb_used_mib),
+    DcgmField("DCGM_FI_DEV_FB_RESERVED", "gauge", "Framebuffer memory reserved (in MiB).",
+              lambda r: r.fb_reserved_mib),
     DcgmField("DCGM_FI_DEV_ECC_SBE_VOL_TOTAL", "counter",
               "Total number of single-bit volatile ECC errors.",
               lambda r: r.ecc_corrected_volatile),

@@ -40,6 +40,18 @@ def test_reads_identity_and_every_reading_in_agent_units(reader):
     assert (first.retired_pages, first.mig_enabled, first.lost, first.errors) == (
         None, False, False, ())
     assert (first.recovery_action, reader.driver_version) == (0, "580.95.05")
+    assert (first.sm_clock_mhz, first.mem_clock_mhz, first.memory_temp_c, first.total_energy_mj,
+            first.enc_util_pct, first.dec_util_pct, first.fb_reserved_mib) == (
+        1980, 2619, 30, 1_000_000, 0, 0, 0)
+
+
+def test_field_values_a_driver_lacks_are_absent_and_the_others_still_read(scenario, reader):
+    update_gpu(scenario, gpu=0, memory_temp_c=None, fb_reserved_mib=None, sm_clock_mhz=None)
+
+    first = reader.read()[0]
+
+    assert (first.memory_temp_c, first.fb_reserved_mib, first.sm_clock_mhz) == (None, None, None)
+    assert (first.recovery_action, first.mem_clock_mhz, first.errors) == (0, 2619, ())
 
 
 def test_the_recovery_action_field_is_read_and_absent_on_drivers_without_it(scenario, reader):

@@ -81,6 +81,13 @@ def test_waiting_for_xid_events_returns_within_the_timeout():
     assert all(e.gpu_index is None or e.gpu_index >= 0 for e in events)
 
 
+def test_clocks_and_energy_read_as_dcgm_exporter_reports_them(readings):
+    for reading in readings:
+        assert 0 < reading.sm_clock_mhz < 4000 and 0 < reading.mem_clock_mhz < 10000
+        assert reading.total_energy_mj is None or reading.total_energy_mj > 0
+        assert reading.fb_reserved_mib is None or 0 <= reading.fb_reserved_mib < reading.fb_total_mib
+
+
 def test_the_recovery_action_field_reads_none_on_a_healthy_gpu_or_is_absent(readings):
     # R555+ drivers answer NVML_FI_DEV_GET_GPU_RECOVERY_ACTION; a healthy GPU then needs no action.
     for reading in readings:
