@@ -174,6 +174,22 @@ def test_dev_up_starts_again_after_ctrl_c_after_kill_9_and_twice_in_a_row(tmp_pa
     assert _sovereign("dev", "down", "--workdir", str(workdir)).returncode == 1
 
 
+def test_dev_down_while_dev_up_is_still_starting_stops_it(tmp_path: Path):
+    workdir = tmp_path / "dev"
+    up = DevUp(workdir, tmp_path / "dev-up.log", *SMALL)
+    wait_until(lambda: (read_state(workdir) or {}).get("pid") == up.process.pid
+               and any(e.name == "etcd" for e in up.started()),
+               timeout=120, interval=0.2, message="dev up to start etcd")
+
+    down = _sovereign("dev", "down", "--workdir", str(workdir))
+
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert up.wait_exit() == 0
+    assert "kubeconfig:" not in up.output(), "the start finished before dev down came"
+    assert "stopped." in up.output() and "Traceback" not in up.output()
+    assert not _running(up.started())
+
+
 def test_a_component_that_cannot_start_is_named_and_everything_is_torn_down(tmp_path: Path):
     # A build cache whose MinIO binary is broken; the rest is the real cache.
     cache = tmp_path / "cache" / "bin"

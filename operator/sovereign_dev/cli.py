@@ -211,8 +211,9 @@ def fault(node: str, workdir: Path, gpu: int, xid: int | None, preset: str | Non
     if sum(bool(x) for x in (xid is not None, preset, clear)) != 1:
         raise click.UsageError("give exactly one of --xid, --fault or --clear")
     state = read_state(workdir)
-    if not state:
-        click.echo(f"no dev environment runs from {workdir}: start one with `sovereign dev up`")
+    if not state or "nvml" not in state:
+        click.echo(f"no dev environment runs from {workdir} (or it is still starting): start "
+                   "one with `sovereign dev up`")
         sys.exit(1)
     scenario = state["nvml"].get(node)
     if scenario is None:

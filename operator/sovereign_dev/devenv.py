@@ -130,6 +130,9 @@ class DevEnvironment:
         self._claim()
         try:
             self._clean_previous_run()
+            # From now on `sovereign dev down` finds this process, even while it starts.
+            self._update_state(pid=os.getpid(), logs=str(self.logs),
+                               processes=str(self.ledger.path))
             self._start()
         except BaseException:
             self.stop()
@@ -152,8 +155,15 @@ class DevEnvironment:
         # Leftovers of a killed run: their data is about to go, a short grace is enough.
         leftovers = self.ledger.terminate(grace=2)
         if leftovers:
+            names = sorted({entry.name for entry in leftovers})
             self.say(f"stopped {len(leftovers)} processes left running by an earlier run "
-                     f"({', '.join(sorted({e.name for e in leftovers})[:5])}, ...)")
+                     f"({', '.join(names[:5])}{', ...' if len(names) > 5 else ''})")
+        unkillable = self.ledger.alive()
+        if unkillable:
+            raise DevEnvError(
+                "processes of an earlier run survived SIGKILL: " + ", ".join(
+                    f"{e.name} (pid {e.pid})" for e in unkillable)
+                + f"; they are listed in {self.ledger.path}, end them and start again")
         self.ledger.clear()
         for name in RUN_ENTRIES:
             path = self.workdir / name
@@ -228,7 +238,11 @@ class DevEnvironment:
             bucket=MODEL_BUCKET, model_path=MODEL_PATH, access_key=home.access_key,
             secret_key=home.secret_key))
         self.phase = "the work directory"
-        self._write_state(regions=regions, servers=servers, gpu_nodes=gpu_nodes)
+        self._update_state(
+            kubeconfig=self.cluster.kubeconfig, server=self.cluster.server, regions=regions,
+            minio={region: s.endpoint for region, s in servers.items()},
+            nvml={node: str(self.nvml_path(node)) for node in gpu_nodes},
+            sample=str(self.sample_path))
 
     def nvml_path(self, node: str) -> Path:
         return self.workdir / "nvml" / f"{node}.json"
@@ -295,7 +309,9 @@ class DevEnvironment:
                 time.sleep(1)
         finally:
             api.close()
-        self._write_state_agents(agents)
+        ports = {node: reported_port(c.output(), AGENT_PORT_LINE) for node, c in agents.items()}
+        self._update_state(agent_metrics={node: f"http://127.0.0.1:{port}/metrics"
+                                          for node, port in ports.items() if port})
 
     def stop(self) -> None:
         """End everything this run started, whatever state the start got to; idempotent.
@@ -333,31 +349,12 @@ class DevEnvironment:
         self.processes[name] = component
         component.start(env=env)
 
-    def _write_state(self, *, regions: list[str], servers: dict[str, Any],
-                     gpu_nodes: list[str]) -> None:
-        assert self.cluster is not None
-        state = {
-            "pid": os.getpid(),
-            "kubeconfig": self.cluster.kubeconfig,
-            "server": self.cluster.server,
-            "regions": regions,
-            "minio": {region: s.endpoint for region, s in servers.items()},
-            "nvml": {node: str(self.nvml_path(node)) for node in gpu_nodes},
-            "sample": str(self.sample_path),
-            "logs": str(self.logs),
-            "processes": str(self.ledger.path),
-        }
-        self.state_path.write_text(json.dumps(state, indent=2))
-
-    def _write_state_agents(self, agents: dict[str, Component]) -> None:
-        """Add each agent's metrics address, as the agent logged it, to ``dev.json``."""
-        state = read_state(self.workdir)
-        if state is None:
-            return
-        ports = {node: reported_port(c.output(), AGENT_PORT_LINE) for node, c in agents.items()}
-        state["agent_metrics"] = {node: f"http://127.0.0.1:{port}/metrics"
-                                  for node, port in ports.items() if port}
-        self.state_path.write_text(json.dumps(state, indent=2))
+    def _update_state(self, **fields: Any) -> None:
+        """Merge ``fields`` into ``dev.json``, replaced whole so a reader never sees half of it."""
+        state = {**(read_state(self.workdir) or {}), **fields}
+        partial = self.state_path.with_suffix(".json.tmp")
+        partial.write_text(json.dumps(state, indent=2))
+        partial.replace(self.state_path)
 
 
 def read_state(workdir: Path) -> dict[str, Any] | None:
