@@ -9,7 +9,9 @@ admin kubeconfig, creates the fleet of ``fleet.yaml`` and installs CRDs (the ups
 ``<workdir>/logs/<name>.log``; when startup fails the raised ``ClusterError`` names the component,
 its log and the log's tail. ``stop()`` ends every process group it started; given a
 ``processes.ProcessLedger``, every process is also recorded there the moment it exists, so a
-later run can end what a killed one left behind.
+later run can end what a killed one left behind. With ``real_node=<region>`` a
+``realnode.RealNode`` (kubelet, containerd, kube-proxy, CoreDNS) joins the fleet in that region,
+where containers really run.
 
 Used by the pytest plugin (``pytest_plugin``), the benchmarks and ``sovereign dev up``.
 """
@@ -29,7 +31,7 @@ import urllib.request
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -37,6 +39,9 @@ from sovereign_dev import build, fleet as fleet_mod
 from sovereign_dev.pki import CertificateAuthority, KeyPair, service_account_keys
 from sovereign_dev.processes import (
     ProcessLedger, Recorded, free_port, port_taken, process_alive, recorded, terminate)
+
+if TYPE_CHECKING:  # realnode builds on this module's Component, so it is imported when needed
+    from sovereign_dev.realnode import RealNode
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SERVICE_CIDR = "10.96.0.0/16"
@@ -78,6 +83,20 @@ def default_crd_paths() -> list[Path]:
         paths += sorted(upstream.glob("*.yaml"))
     paths += sorted((REPO_ROOT / "crds").glob("*.yaml"))
     return paths
+
+
+def write_kubeconfig(path: Path, *, server: str, user: KeyPair, ca: KeyPair) -> None:
+    """A kubeconfig (context ``sovereign-dev``) for ``user``'s client certificate at ``server``."""
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "sovereign-dev",
+        "clusters": [{"name": "sovereign-dev", "cluster": {
+            "server": server, "certificate-authority": str(ca.cert)}}],
+        "users": [{"name": "sovereign-dev", "user": {
+            "client-certificate": str(user.cert), "client-key": str(user.key)}}],
+        "contexts": [{"name": "sovereign-dev", "context": {
+            "cluster": "sovereign-dev", "user": "sovereign-dev"}}],
+    }))
+    path.chmod(0o600)
 
 
 @dataclass
@@ -171,8 +190,13 @@ class DevCluster:
     crd_paths: list[Path] | None = None
     progress: bool = True
     ledger: ProcessLedger | None = None
+    # A region of the fleet: run a real node (containers really run) there, next to KWOK's.
+    real_node: str | None = None
+    # Images (``images.py`` names) imported into the real node's containerd besides pause.
+    real_node_images: tuple[str, ...] = ()
     components: dict[str, Component] = field(default_factory=dict)
     ports: dict[str, int] = field(default_factory=dict)
+    node: RealNode | None = None
 
     def __post_init__(self) -> None:
         self._owns_workdir = self.workdir is None
@@ -196,6 +220,14 @@ class DevCluster:
     @property
     def etcd_url(self) -> str:
         return f"http://127.0.0.1:{self.ports['etcd']}"
+
+    @property
+    def pod_reachable_host(self) -> str:
+        """The host address that both this machine and the real node's pods can reach; servers
+        pods must call (MinIO, ...) bind to it. Loopback when there is no real node."""
+        from sovereign_dev.realnode import GATEWAY
+
+        return GATEWAY if self.real_node else "127.0.0.1"
 
     @property
     def bin_dirs(self) -> dict[str, Path]:
@@ -253,6 +285,9 @@ class DevCluster:
             raise
 
     def stop(self) -> None:
+        # The node first: its kubelet must not outlive the apiserver it reports to.
+        if self.node is not None:
+            self.node.stop()
         # In reverse start order: an apiserver whose etcd is already gone takes ten times longer.
         for name in reversed(list(self.components)):
             self.components[name].stop()
@@ -291,7 +326,10 @@ class DevCluster:
             (port,) = self._pick("apiserver")
             return [
                 str(kube / "kube-apiserver"),
-                "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
+                # With a real node, its pods reach the apiserver through the `kubernetes`
+                # Service, whose endpoint is the advertised address: the node's gateway.
+                f"--bind-address={'0.0.0.0' if self.real_node else '127.0.0.1'}",
+                f"--advertise-address={self.pod_reachable_host}",
                 f"--secure-port={port}",
                 f"--etcd-servers={self.etcd_url}",
                 f"--cert-dir={self.workdir / 'apiserver'}",
@@ -308,6 +346,11 @@ class DevCluster:
                 "--profiling=false",
                 f"--audit-policy-file={audit_policy}",
                 f"--audit-log-path={self.audit_log}", "--audit-log-format=json",
+                # How it authenticates to a real node's kubelet (logs, exec, port-forward), and
+                # how it dials it: node names do not resolve here, their InternalIP does.
+                f"--kubelet-client-certificate={pki['kubelet-client'].cert}",
+                f"--kubelet-client-key={pki['kubelet-client'].key}",
+                "--kubelet-preferred-address-types=InternalIP,Hostname",
             ]
 
         self._launch("kube-apiserver", apiserver)
@@ -360,12 +403,24 @@ class DevCluster:
             # The ServiceAccount controller is the last piece pods need (admission requires `default`).
             self._wait("kube-controller-manager", lambda: self._default_sa(api, "default"),
                        deadline, what="ServiceAccount default/default")
+            if self.real_node:
+                self._start_real_node(api, deadline)
         finally:
             api.close()
 
+    def _start_real_node(self, api, deadline: float) -> None:
+        from sovereign_dev.realnode import RealNode
+
+        labels = fleet_mod.real_node_labels(self.fleet, region=self.real_node)
+        self.node = RealNode(
+            name=f"real-{self.real_node}", labels=labels, workdir=self.workdir / "realnode",
+            server=self.server, ca=self._ca, logs_dir=self.workdir / "logs",
+            images=self.real_node_images, ledger=self.ledger, progress=self.progress)
+        self.node.start(api=api, deadline=deadline)
+
     def _pki(self) -> dict[str, KeyPair]:
         directory = self.workdir / "pki"
-        ca = CertificateAuthority(directory)
+        ca = self._ca = CertificateAuthority(directory)
         names = ("127.0.0.1", "localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc",
                  "kubernetes.default.svc.cluster.local", "10.96.0.1")
         return {
@@ -378,6 +433,8 @@ class DevCluster:
             "scheduler": ca.issue("scheduler", common_name="system:kube-scheduler"),
             # KWOK acts as every kubelet at once; there is no narrower bootstrap role for that.
             "kwok": ca.issue("kwok", common_name="kwok-controller", organization="system:masters"),
+            "kubelet-client": ca.issue("kubelet-client", common_name="kube-apiserver-kubelet-client",
+                                       organization="system:masters"),
             "sa": service_account_keys(directory),
         }
 
@@ -394,16 +451,7 @@ class DevCluster:
         ]
 
     def _write_kubeconfig(self, path: Path, user: KeyPair, ca: KeyPair) -> None:
-        path.write_text(yaml.safe_dump({
-            "apiVersion": "v1", "kind": "Config", "current-context": "sovereign-dev",
-            "clusters": [{"name": "sovereign-dev", "cluster": {
-                "server": self.server, "certificate-authority": str(ca.cert)}}],
-            "users": [{"name": "sovereign-dev", "user": {
-                "client-certificate": str(user.cert), "client-key": str(user.key)}}],
-            "contexts": [{"name": "sovereign-dev", "context": {
-                "cluster": "sovereign-dev", "user": "sovereign-dev"}}],
-        }))
-        path.chmod(0o600)
+        write_kubeconfig(path, server=self.server, user=user, ca=ca)
 
     def _pick(self, *names: str) -> list[int]:
         """New ports for ``names`` (kept in ``ports``), in order."""

@@ -42,6 +42,17 @@ def scaled(fleet: dict[str, Any], *, gpu_nodes_per_region: int | None = None,
     return result
 
 
+def real_node_labels(fleet: dict[str, Any], *, region: str) -> dict[str, str]:
+    """The labels a real node in ``region`` registers with: the region and the first zone the
+    fleet gives that region, like its KWOK nodes (the kubelet adds hostname, os and arch)."""
+    zones = [zone for group in fleet["groups"] if group["region"] == region for zone in group["zones"]]
+    if not zones:
+        regions = sorted({group["region"] for group in fleet["groups"]})
+        raise ValueError(f"real_node: region {region!r} is not in the fleet; choose one of {regions}")
+    return {REGION_LABEL: region, ZONE_LABEL: zones[0],
+            "node.kubernetes.io/instance-type": "real-cpu", "type": "real"}
+
+
 def nodes(fleet: dict[str, Any]) -> list[dict[str, Any]]:
     """The Node manifests of ``fleet``, in a stable order."""
     gpu = fleet["gpu"]

@@ -1,5 +1,8 @@
 """Real MinIO servers on loopback, one per region: the object stores of the tests and the dev cluster.
 
+A server can listen on another host address instead (``host``): the real node's gateway
+(``DevCluster.pod_reachable_host``), where its pods and this machine both reach it.
+
 Each ``MinioServer`` is one ``minio server`` process with its own data directory, a free
 loopback port (``processes.free_port``; started again on a new one if another process takes it first), its own root credentials and ``MINIO_REGION``/``MINIO_SITE_REGION`` set to its
 region, so GetBucketLocation answers with that region as an in-country store would. By
@@ -61,7 +64,10 @@ class MinioServer:
         kms: bool = True,
         binary_dir: Path | None = None,
         ledger: ProcessLedger | None = None,
+        host: str = "127.0.0.1",
     ) -> None:
+        # Loopback by default; the real node's gateway when its pods must reach the server too.
+        self.host = host
         self.region = region
         self.root = Path(root)
         self.access_key = access_key or f"sov-{secrets.token_hex(6)}"
@@ -78,7 +84,7 @@ class MinioServer:
 
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     @property
     def log_path(self) -> Path:
@@ -119,7 +125,7 @@ class MinioServer:
         ``arn:minio:replication:<region>:<id>:<bucket>``.
         """
         body = json.dumps({
-            "endpoint": f"127.0.0.1:{target.port}", "secure": False, "type": "replication",
+            "endpoint": f"{target.host}:{target.port}", "secure": False, "type": "replication",
             "targetbucket": target_bucket, "region": target.region, "api": "s3v4",
             "credentials": {"accessKey": target.access_key, "secretKey": target.secret_key},
         }).encode()
@@ -153,7 +159,7 @@ class MinioServer:
             return
         binary = self._binary()
         for attempt in range(1, _PORT_ATTEMPTS + 1):
-            self.port = free_port()
+            self.port = free_port(host=self.host)
             self._spawn(binary)
             try:
                 self._wait_ready(timeout=timeout)
@@ -196,7 +202,7 @@ class MinioServer:
     def _spawn(self, binary: Path) -> None:
         for directory in (self.root / "data", self.root / "certs"):
             directory.mkdir(parents=True, exist_ok=True)
-        command = [str(binary), "server", "--address", f"127.0.0.1:{self.port}",
+        command = [str(binary), "server", "--address", f"{self.host}:{self.port}",
                    "--certs-dir", str(self.root / "certs"), str(self.root / "data")]
         # Start from the caller's environment minus any MinIO settings it happens to carry.
         env = {k: v for k, v in os.environ.items() if not k.startswith("MINIO_")}
@@ -260,9 +266,11 @@ class MinioFleet:
     """One ``MinioServer`` per region under ``root/<region>``, started and stopped together."""
 
     def __init__(self, *, root: Path, regions: Sequence[str] = DEFAULT_REGIONS,
-                 kms: bool = True, ledger: ProcessLedger | None = None) -> None:
+                 kms: bool = True, ledger: ProcessLedger | None = None,
+                 host: str = "127.0.0.1") -> None:
         self.servers = {
-            region: MinioServer(region=region, root=Path(root) / region, kms=kms, ledger=ledger)
+            region: MinioServer(region=region, root=Path(root) / region, kms=kms, ledger=ledger,
+                                host=host)
             for region in regions
         }
 

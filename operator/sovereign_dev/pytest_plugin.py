@@ -4,7 +4,11 @@ Loaded for every test run through the ``pytest11`` entry point of ``pyproject.to
 ``cluster`` (one DevCluster per session, started on first use), ``api_client`` and ``namespace``
 (a fresh namespace per test, deleted afterwards), and the MinIO fixtures of
 ``minio_fixtures`` (``minio_servers``: one real MinIO per region). Tests that use them get the ``cluster`` marker,
-so ``-m "not cluster"`` runs the pure tests alone. The ``gpu`` marker skips tests unless NVML
+so ``-m "not cluster"`` runs the pure tests alone. ``real_cluster`` is a second control plane
+with a real node in me-central-1 (kubelet, containerd, kube-proxy, CoreDNS; the ``base`` image
+imported), ``real_api_client`` and ``real_namespace`` its counterparts, ``real_minio_servers``
+MinIO per region bound where the node's pods reach it; their tests also get the ``realnode``
+marker (needs root). The ``gpu`` marker skips tests unless NVML
 finds a GPU.
 """
 
@@ -18,10 +22,13 @@ from collections.abc import Iterator
 import pytest
 
 from sovereign_dev.cluster import DevCluster, wait_until
+from sovereign_dev.minio import DEFAULT_REGIONS, MinioFleet, MinioServer
 from sovereign_dev.minio_fixtures import *  # noqa: F403 - minio_servers and friends
 from sovereign_dev.minio_fixtures import mark_minio_items
 
-_CLUSTER_FIXTURES = {"cluster", "api_client", "namespace"}
+_REAL_NODE_FIXTURES = {"real_cluster", "real_api_client", "real_namespace", "real_minio_servers"}
+_CLUSTER_FIXTURES = {"cluster", "api_client", "namespace", *_REAL_NODE_FIXTURES}
+REAL_NODE_REGION = "me-central-1"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -30,6 +37,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if _CLUSTER_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.cluster)
+        if _REAL_NODE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.realnode)
+        if "real_minio_servers" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.minio)
         if "gpu" in item.keywords and not has_gpu:
             item.add_marker(pytest.mark.skip(reason="no NVIDIA GPU visible to NVML on this machine"))
 
@@ -67,8 +78,55 @@ def api_client(cluster: DevCluster):
     client.close()
 
 
+@pytest.fixture(scope="session")
+def real_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevCluster]:
+    """The fleet plus a real node in ``REAL_NODE_REGION``: its pods run in real containers.
+
+    Pods reach host services at ``real_cluster.pod_reachable_host``. At the end the node must
+    leave nothing on the host; what it left fails the session's last test.
+    """
+    workdir = tmp_path_factory.mktemp("realcluster")
+    dev = DevCluster(workdir=workdir, progress=True, real_node=REAL_NODE_REGION,
+                     real_node_images=("base",))
+    dev.start()
+    try:
+        yield dev
+    finally:
+        dev.stop()
+        if not os.environ.get("SOVEREIGN_KEEP_CLUSTER"):
+            shutil.rmtree(workdir / "etcd", ignore_errors=True)
+    left = dev.node.leftovers() if dev.node else []
+    assert not left, f"the real node left these behind on the host: {left}"
+
+
+@pytest.fixture(scope="session")
+def real_minio_servers(real_cluster: DevCluster,
+                       tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, MinioServer]]:
+    """region -> a MinIO server bound to the real node's gateway, reachable from its pods and
+    from this machine alike (``server.endpoint``)."""
+    with MinioFleet(root=tmp_path_factory.mktemp("minio-real"), regions=DEFAULT_REGIONS,
+                    host=real_cluster.pod_reachable_host) as fleet:
+        yield fleet.servers
+
+
+@pytest.fixture(scope="session")
+def real_api_client(real_cluster: DevCluster):
+    client = real_cluster.api_client()
+    yield client
+    client.close()
+
+
 @pytest.fixture
 def namespace(api_client, request: pytest.FixtureRequest) -> Iterator[str]:
+    yield from _test_namespace(api_client, request)
+
+
+@pytest.fixture
+def real_namespace(real_api_client, request: pytest.FixtureRequest) -> Iterator[str]:
+    yield from _test_namespace(real_api_client, request)
+
+
+def _test_namespace(api_client, request: pytest.FixtureRequest) -> Iterator[str]:
     from kubernetes import client
 
     core = client.CoreV1Api(api_client)

@@ -32,3 +32,18 @@ def test_node_names_are_unique_and_stable():
     first = [n["metadata"]["name"] for n in fleet.nodes(fleet.load())]
     assert len(first) == len(set(first))
     assert first == [n["metadata"]["name"] for n in fleet.nodes(fleet.load())]
+
+
+def test_real_node_takes_the_region_and_first_zone_the_fleet_gives_that_region():
+    labels = fleet.real_node_labels(fleet.load(), region="eu-west-1")
+    assert labels[fleet.REGION_LABEL] == "eu-west-1"
+    assert labels[fleet.ZONE_LABEL] == "eu-west-1a"
+    assert labels["type"] == "real"
+
+
+def test_real_node_in_a_region_without_nodes_is_refused_with_the_choices():
+    import pytest
+
+    with pytest.raises(ValueError, match=r"real_node: region 'us-east-1' is not in the fleet; "
+                                         r"choose one of \['eu-west-1', 'me-central-1'\]"):
+        fleet.real_node_labels(fleet.load(), region="us-east-1")
