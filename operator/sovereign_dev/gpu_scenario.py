@@ -31,8 +31,9 @@ from sovereign.kube.nodes import GPU_HEALTHY_CONDITION, GPU_UNHEALTHY_TAINT_KEY
 from sovereign_dev.nvml_fake import clear_faults, healthy_node, inject_xid, write_scenario
 from sovereign.render.names import COMPONENT_LABEL, STACK_LABEL
 
-#: Agent settings of the fault runs: the shipped ones, except that a cleared XID stops counting
-#: after a few seconds instead of five minutes, so one run can script several faults.
+#: Agent settings of the fault runs: the shipped ones, except that an unclassified XID stops
+#: counting after a few seconds instead of five minutes and one clean poll publishes a recovery,
+#: so one run can script several faults (a fatal XID is held until ``clear_faults``, the reset).
 FAULT_CONFIG = {"health": {"xid_quiet_window_s": 3, "recovery_clean_polls": 1}}
 WAIT = 120
 #: The line ``sovereign agent`` logs once its metrics server listens: with ``--metrics-port 0``
