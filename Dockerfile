@@ -13,6 +13,9 @@
 # root filesystem: the bytecode is compiled at build time and the chart mounts an emptyDir on
 # /tmp, so the pods run with readOnlyRootFilesystem: true.
 # tests/unit/chart/test_dockerfile.py checks these rules, since no engine builds the image in CI.
+# Without an engine, `python -m sovereign_dev.images` writes the same image for the local real
+# node: it reads the venv path and the final stage's ENV, USER, ENTRYPOINT, CMD and LABELs from
+# this file, so change them here only (tests/unit/dev/test_operator_image.py compares the two).
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
