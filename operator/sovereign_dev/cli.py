@@ -195,7 +195,8 @@ def down(workdir: Path) -> None:
               "off the bus; 13: an application error).")
 @click.option("--fault", "preset", type=click.Choice(sorted(fake_nvml.FAULTS)),
               help="Set a preset fault on the GPU.")
-@click.option("--clear", is_flag=True, help="Clear every fault of the node.")
+@click.option("--clear", is_flag=True, help="Reset every GPU of the node: faults cleared and NVML's "
+              "recovery action back to None, which releases XIDs held until a reset.")
 def fault(node: str, workdir: Path, gpu: int, xid: int | None, preset: str | None,
           clear: bool) -> None:
     """Script a GPU fault on a simulated node; its agent reports it within a poll.
