@@ -24,18 +24,33 @@ from rich.panel import Panel
 
 from sovereign.cli import _view
 from sovereign_dev import build
+from sovereign_dev import fleet as fleet_mod
 from sovereign_dev.devenv import (
     SAMPLE_NAMESPACE, SAMPLE_STACK, DevEnvError, DevEnvironment, default_workdir, read_state,
     stop_running)
+from sovereign_dev import nvml_fake as fake_nvml
 
 if TYPE_CHECKING:
     from sovereign.services.overview import Overview
-from sovereign_dev import nvml_fake as fake_nvml
 
 _WORKDIR = click.option(
     "--workdir", type=click.Path(file_okay=False, path_type=Path), default=default_workdir,
     show_default="~/.local/state/sovereign/dev",
     help="Where the cluster, MinIO data, logs and dev.json live.")
+
+
+def _regions(ctx: click.Context, param: click.Parameter, value: str | None) -> list[str] | None:
+    """``--regions``: a comma-separated list of regions that ``fleet.yaml`` simulates."""
+    if value is None:
+        return None
+    known = list(dict.fromkeys(group["region"] for group in fleet_mod.load()["groups"]))
+    regions = [region.strip() for region in value.split(",") if region.strip()]
+    unknown = [region for region in regions if region not in known]
+    if unknown or not regions:
+        raise click.BadParameter(
+            f"{', '.join(unknown) or 'no region'}: the simulated fleet has regions "
+            f"{', '.join(known)}; give one or more of them, in-country first", param_hint="--regions")
+    return regions
 
 
 @click.group("dev")
@@ -56,11 +71,11 @@ def command() -> None:
               "written to <workdir>/sample-stack.yaml for you to apply).")
 @click.option("--nodes", type=click.IntRange(1, 64), default=None,
               help="GPU nodes per region (default: as in fleet.yaml).")
-@click.option("--regions", default=None, metavar="R1,R2",
+@click.option("--regions", default=None, metavar="R1,R2", callback=_regions,
               help="Regions to simulate, in-country first (default: me-central-1,eu-west-1).")
 @click.option("--no-view", is_flag=True, help="Print the kubeconfig and wait, without the live "
               "view (for scripts and CI).")
-def up(workdir: Path, no_sample: bool, nodes: int | None, regions: str | None,
+def up(workdir: Path, no_sample: bool, nodes: int | None, regions: list[str] | None,
        no_view: bool) -> None:
     """Start the local sovereign cloud and watch the sample stack come up; Ctrl-C tears it down.
 
@@ -78,7 +93,7 @@ def up(workdir: Path, no_sample: bool, nodes: int | None, regions: str | None,
     """
     console = Console()
     env = DevEnvironment(workdir=workdir, gpu_nodes_per_region=nodes,
-                         regions=regions.split(",") if regions else None,
+                         regions=regions,
                          say=lambda message: console.print(message, highlight=False))
     # SIGTERM (`sovereign dev down`) and SIGHUP (the terminal closed) end the run like Ctrl-C;
     # SIGINT too when a shell started us in the background with it ignored (`kill -INT` works).
