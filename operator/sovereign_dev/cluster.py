@@ -236,7 +236,13 @@ class DevCluster:
 
     @property
     def pids(self) -> list[int]:
-        return [c.process.pid for c in self.components.values() if c.process is not None]
+        return [c.process.pid for c in self.all_components if c.process is not None]
+
+    @property
+    def all_components(self) -> list[Component]:
+        """Every process of the cluster: the control plane's and, if any, the real node's."""
+        node = list(self.node.processes.values()) if self.node is not None else []
+        return [*self.components.values(), *node]
 
     @property
     def audit_log(self) -> Path:

@@ -259,7 +259,7 @@ class DevEnvironment:
         running (one that lost its picked port to another process is started again instead)."""
         components = list(self.processes.values())
         if self.cluster is not None:
-            components += self.cluster.components.values()
+            components += self.cluster.all_components
         for component in components:
             if not component.running() and not component.restart_if_port_taken():
                 code = component.process.returncode if component.process else None
