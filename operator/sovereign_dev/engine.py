@@ -14,12 +14,9 @@ up`` seed the in-country MinIO with it.
 from __future__ import annotations
 
 import atexit
-import contextlib
 import hashlib
 import json
-import os
 import re
-import signal
 import subprocess
 import time
 import urllib.error
@@ -30,6 +27,7 @@ from types import TracebackType
 from typing import Any
 
 from sovereign_dev import build, tinymodel
+from sovereign_dev.processes import stop_process_group
 
 MODELS_PREFIX = "models"
 _LOG_TAIL_LINES = 40
@@ -115,14 +113,7 @@ class LlamaServer:
         if process is None:
             return
         atexit.unregister(self.stop)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        stop_process_group(process, grace=grace)
 
     def __enter__(self) -> LlamaServer:
         self.start()

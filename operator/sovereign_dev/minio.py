@@ -20,12 +20,10 @@ from __future__ import annotations
 
 import atexit
 import base64
-import contextlib
 import hashlib
 import json
 import os
 import secrets
-import signal
 import subprocess
 import time
 import urllib.error
@@ -35,7 +33,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from sovereign_dev.processes import ProcessLedger, free_port, port_taken, recorded
+from sovereign_dev.processes import ProcessLedger, free_port, port_taken, recorded, stop_process_group
 
 DEFAULT_REGIONS = ("me-central-1", "eu-west-1")
 KMS_KEY_NAME = "sovereign-dev"  # the static key's name, for SSE-KMS requests (SSEKMSKeyId)
@@ -175,14 +173,7 @@ class MinioServer:
         if process is None:
             return
         atexit.unregister(self.stop)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        stop_process_group(process, grace=grace)
 
     def __enter__(self) -> MinioServer:
         self.start()

@@ -26,6 +26,7 @@ import random
 import re
 import signal
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterable
@@ -139,6 +140,17 @@ def signal_group(pgid: int, sig: int) -> None:
         os.killpg(pgid, sig)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def stop_process_group(process: subprocess.Popen, *, grace: float = 10.0) -> None:
+    """SIGTERM the group led by ``process`` (started with ``start_new_session``), SIGKILL it after
+    ``grace`` seconds, and reap it. For one server a harness object owns (MinIO, llama-server)."""
+    signal_group(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        signal_group(process.pid, signal.SIGKILL)
+        process.wait()
 
 
 @dataclass(frozen=True)
