@@ -87,9 +87,9 @@ def up(workdir: Path, no_sample: bool, nodes: int | None, regions: list[str] | N
       sovereign dev up --nodes 2 --regions me-central-1,eu-west-1
       kubectl --kubeconfig ~/.local/state/sovereign/dev/cluster/kubeconfig get sstack -A
     \b
-    Exit codes: 0 stopped (Ctrl-C, SIGTERM or `sovereign dev down`); 3 the environment could not
-    start, or a process of it died: the message names the component, its log and the log's last
-    lines. Whatever the ending, every process the run started is stopped.
+    Exit codes: 0 stopped (Ctrl-C, SIGTERM or `sovereign dev down`); 2 bad options; 3 the
+    environment could not start, or a process of it died: the message names the component, its
+    log and the log's last lines. Whatever the ending, every process the run started is stopped.
     """
     console = Console()
     env = DevEnvironment(workdir=workdir, gpu_nodes_per_region=nodes,
