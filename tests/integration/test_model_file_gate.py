@@ -12,23 +12,21 @@ tests run llama-server itself).
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from gate_helpers import operator, wait_for  # noqa: F401 - the fixture
 from kubernetes import client
 
 from sovereign.api import GROUP, PLURAL, VERSION
 from sovereign.policy import model_source as ms
-from sovereign_dev.scenario import RACK_LABEL, OperatorProcess, SimulatedCloud, delete_stack, stack_conditions
+from sovereign_dev.scenario import RACK_LABEL, SimulatedCloud, stack_conditions
 
 STACK = "cpu"
 CPU_NODE = "cpu-mec1-0"
 KEY = "gguf/tiny.gguf"
 FIELD = "spec.models[0].source.path"
-RESYNC = 3  # seconds: the operator's resync, and so the stores' re-check period, in this test
-WAIT = 240  # seconds; generous, the machine is shared
 pytestmark = pytest.mark.minio
 
 
@@ -45,15 +43,6 @@ def cloud(api_client, namespace: str, minio_servers) -> Iterator[SimulatedCloud]
             core.patch_node(CPU_NODE, {"metadata": {"labels": {RACK_LABEL: None}}})
 
 
-@pytest.fixture
-def operator(cluster, api_client, namespace: str, cloud: SimulatedCloud, tmp_path) -> Iterator[OperatorProcess]:
-    process = OperatorProcess(kubeconfig=cluster.kubeconfig, namespaces=[namespace], log=tmp_path / "operator.log",
-                              resync_seconds=RESYNC).start()
-    yield process
-    try:
-        delete_stack(api_client, namespace, STACK)  # the finalizer releases the node
-    finally:
-        process.stop()
 
 
 def _document(namespace: str, cloud: SimulatedCloud) -> dict[str, Any]:
@@ -75,17 +64,6 @@ def _document(namespace: str, cloud: SimulatedCloud) -> dict[str, Any]:
     }
 
 
-def _wait(what: str, predicate: Callable[[], Any], operator: OperatorProcess, api_client, namespace: str) -> Any:
-    deadline = time.monotonic() + WAIT
-    while time.monotonic() < deadline:
-        result = predicate()
-        if result:
-            return result
-        time.sleep(0.5)
-    conditions = {k: (v["status"], v["reason"], v["message"])
-                  for k, v in stack_conditions(api_client, namespace, STACK).items()}
-    pytest.fail(f"timed out after {WAIT}s waiting for {what}\nconditions: {conditions}\n"
-                f"operator log:\n{operator.tail()}")
 
 
 def _replicas(api_client, namespace: str) -> dict[str, tuple[int, int]]:
@@ -102,7 +80,7 @@ def test_a_missing_gguf_file_holds_the_model_back_until_it_is_uploaded(api_clien
         return (conditions.get("Stalled", {}).get("reason") == ms.MODEL_FILE_MISSING
                 and _replicas(api_client, namespace).get("assistant") == (1, 1))
 
-    _wait("Stalled with ModelFileMissing", stalled, operator, api_client, namespace)
+    wait_for("Stalled with ModelFileMissing", stalled, operator, api_client, namespace, stack=STACK)
 
     conditions = stack_conditions(api_client, namespace, STACK)
     missing = f"chat: model chat is not started: {FIELD}: s3://{cloud.bucket}/{KEY} does not exist"
@@ -124,6 +102,6 @@ def test_a_missing_gguf_file_holds_the_model_back_until_it_is_uploaded(api_clien
         status = stack_conditions(api_client, namespace, STACK)
         return status.get("Ready", {}).get("status") == "True"
 
-    _wait("Ready once the GGUF file is in the bucket", ready, operator, api_client, namespace)
+    wait_for("Ready once the GGUF file is in the bucket", ready, operator, api_client, namespace, stack=STACK)
     assert _replicas(api_client, namespace)["chat"] == (1, 1)
     assert stack_conditions(api_client, namespace, STACK)["ModelsReady"]["reason"] == "ModelsAvailable"

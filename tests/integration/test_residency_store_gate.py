@@ -16,21 +16,15 @@ endpoint that stops answering keeps the verdict it had.
 from __future__ import annotations
 
 import copy
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from gate_helpers import operator, wait_for  # noqa: F401 - the fixture
 from kubernetes import client
 from sovereign.api import GROUP, PLURAL, VERSION, parse_stack
 from sovereign_dev.minio import MinioServer
-from sovereign_dev.scenario import (
-    RACK_LABEL,
-    OperatorProcess,
-    SimulatedCloud,
-    delete_stack,
-    stack_conditions,
-)
+from sovereign_dev.scenario import RACK_LABEL, SimulatedCloud, stack_conditions
 from sovereign.kube.client import Kube
 from sovereign.policy import residency_store as rs
 from sovereign.services.residency_stores import StoreVerdicts
@@ -38,8 +32,6 @@ from sovereign.services.residency_stores import StoreVerdicts
 STACK = "citizen"
 pytestmark = pytest.mark.minio
 
-RESYNC = 3  # seconds: the operator's resync and audit period in these tests
-WAIT = 240  # seconds; generous, the machine is shared
 
 
 def _put_secret(api_client, namespace: str, name: str, server: MinioServer) -> None:
@@ -93,29 +85,8 @@ def cloud(api_client, namespace: str, minio_servers) -> Iterator[SimulatedCloud]
         yield simulated
 
 
-@pytest.fixture
-def operator(cluster, api_client, namespace: str, cloud: SimulatedCloud, tmp_path) -> Iterator[OperatorProcess]:
-    process = OperatorProcess(kubeconfig=cluster.kubeconfig, namespaces=[namespace], log=tmp_path / "operator.log",
-                              resync_seconds=RESYNC).start()
-    yield process
-    try:
-        delete_stack(api_client, namespace, STACK)  # the finalizer releases the node
-    finally:
-        process.stop()
 
 
-def _wait(what: str, predicate: Callable[[], Any], operator: OperatorProcess, api_client, namespace: str) -> Any:
-    """Poll ``predicate``; on timeout fail with the stack's conditions and the operator's log."""
-    deadline = time.monotonic() + WAIT
-    while time.monotonic() < deadline:
-        result = predicate()
-        if result:
-            return result
-        time.sleep(0.5)
-    conditions = {k: (v["status"], v["reason"], v["message"]) for k, v in stack_conditions(
-        api_client, namespace, STACK).items()}
-    pytest.fail(f"timed out after {WAIT}s waiting for {what}\nconditions: {conditions}\n"
-                f"operator log:\n{operator.tail()}")
 
 
 def _stack(api_client, namespace: str) -> dict[str, Any]:
@@ -143,7 +114,7 @@ def test_a_bucket_outside_the_regions_holds_back_its_workloads_until_the_store_m
         return (conditions.get("DataStoresReady", {}).get("reason") == rs.LOCATION_OUTSIDE_REGIONS
                 and replicas.get("portal") == (1, 1))
 
-    _wait("the store's failure in status and portal running", held_back, operator, api_client, namespace)
+    wait_for("the store's failure in status and portal running", held_back, operator, api_client, namespace, stack=STACK)
 
     status = _stack(api_client, namespace)["status"]
     conditions = {c["type"]: c for c in status["conditions"]}
@@ -177,7 +148,7 @@ def test_a_bucket_outside_the_regions_holds_back_its_workloads_until_the_store_m
         ready = next((c for c in status.get("conditions") or [] if c["type"] == "Ready"), {})
         return status.get("observedGeneration") == 2 and ready.get("status") == "True"
 
-    _wait("Ready=True once the store is in the region", ready, operator, api_client, namespace)
+    wait_for("Ready=True once the store is in the region", ready, operator, api_client, namespace, stack=STACK)
     status = _stack(api_client, namespace)["status"]
     (corpus,) = status["dataStores"]
     assert (corpus["ready"], corpus["location"], corpus["region"], corpus["reason"]) == (
