@@ -217,6 +217,27 @@ def test_a_component_that_cannot_start_is_named_and_everything_is_torn_down(tmp_
     assert not _running(up.started())
 
 
+def test_an_unforeseen_failure_is_one_paragraph_and_its_traceback_goes_to_a_file(tmp_path: Path):
+    # An upstream CRD file that is not YAML: nothing in dev up expects that.
+    crds = tmp_path / "crds"
+    crds.mkdir()
+    (crds / "broken.yaml").write_text("kind: [CustomResourceDefinition\n")
+
+    up = DevUp(tmp_path / "dev", tmp_path / "dev-up.log", *SMALL,
+               env={"SOVEREIGN_UPSTREAM_CRDS": str(crds)})
+    code = up.wait_exit(timeout=300)
+
+    out = up.output()
+    trace = tmp_path / "dev" / "logs" / "dev-up-error.log"
+    assert code == 3, out
+    assert re.search(r"sovereign dev up failed: \w+Error while starting the control plane: .+; "
+                     rf"the traceback is in {re.escape(str(trace))}", out), out
+    assert "expected ',' or ']'" in out and "Traceback" not in out
+    assert trace.read_text().startswith("Traceback (most recent call last)")
+    assert {"etcd", "kube-apiserver"} <= {entry.name for entry in up.started()}
+    assert not _running(up.started())
+
+
 def _available_gib() -> float:
     for line in Path("/proc/meminfo").read_text().splitlines():
         if line.startswith("MemAvailable:"):

@@ -153,7 +153,7 @@ def _run(env: DevEnvironment, *, console: Console, no_sample: bool, no_view: boo
         title="sovereign dev", title_align="left")
     # Plain and unwrapped, so scripts (and people copying it) get the path whole.
     console.print(f"kubeconfig: {kubeconfig}", soft_wrap=True, highlight=False)
-    env.phase = "the running environment"
+    env.phase = "watching the running environment"
     if no_view:
         console.print(header)
         while True:
@@ -175,14 +175,16 @@ def _run(env: DevEnvironment, *, console: Console, no_sample: bool, no_view: boo
 def _unexpected(env: DevEnvironment, err: Exception) -> str:
     """One paragraph for a failure nobody foresaw; the traceback goes to a file, not the screen."""
     trace = env.logs / "dev-up-error.log"
-    first_line = (str(err).strip().splitlines() or [""])[0]
+    # Its message on one line, cut short: the whole of it is in the file.
+    said = " ".join(str(err).split())
+    said = said if len(said) <= 400 else said[:400] + " ..."
     try:
         trace.parent.mkdir(parents=True, exist_ok=True)
         trace.write_text("".join(traceback.format_exception(err)))
         where = f"; the traceback is in {trace}"
     except OSError:
         where = ""
-    return f"{type(err).__name__} while starting {env.phase}: {first_line}{where}"
+    return f"{type(err).__name__} while {env.phase}: {said}{where}"
 
 
 @command.command("down")

@@ -100,8 +100,8 @@ class DevEnvironment:
     minio: MinioFleet | None = None
     provisioner: SimulatedProvisioner | None = None
     processes: dict[str, Component] = field(default_factory=dict)
-    # The part being started, named in the error of an unexpected failure.
-    phase: str = "the work directory"
+    # What the run is doing, named in the error of an unexpected failure.
+    phase: str = "preparing the work directory"
     _lock: IO[str] | None = None
 
     @property
@@ -178,7 +178,7 @@ class DevEnvironment:
                                  regions=self.regions)
         regions = list(dict.fromkeys(g["region"] for g in fleet["groups"]))
         ledger = self.ledger
-        self.phase = "the control plane"
+        self.phase = "starting the control plane"
         self.cluster = DevCluster(workdir=self.workdir / "cluster", fleet=fleet,
                                   progress=self.progress, ledger=ledger)
         try:
@@ -186,12 +186,12 @@ class DevEnvironment:
         except ClusterError as err:
             raise StartError(component=err.component or "the control plane",
                              reason="did not start", log=err.log, detail=str(err)) from None
-        self.phase = "the simulated volume provisioner"
+        self.phase = "starting the simulated volume provisioner"
         self.provisioner = SimulatedProvisioner(self.cluster.api_client(), region=regions[0])
         self.provisioner.start()
         # One object store per region: the first is in-country, the others are what the
         # residency checks must refuse.
-        self.phase = "MinIO"
+        self.phase = "starting MinIO"
         self.minio = MinioFleet(root=self.workdir / "minio", regions=regions, ledger=ledger)
         try:
             servers = self.minio.start()
@@ -202,11 +202,11 @@ class DevEnvironment:
                              reason="did not start", log=failed.log_path if failed else None,
                              detail=str(err)) from None
         home = servers[regions[0]]
-        self.phase = f"the model bucket in minio ({regions[0]})"
+        self.phase = f"seeding the model bucket in minio ({regions[0]})"
         _seed_model_bucket(home)
 
         env = {"KUBECONFIG": self.cluster.kubeconfig}
-        self.phase = "the operator"
+        self.phase = "starting the operator"
         # Loopback only. The metrics server binds port 0 itself; Kopf's webhook server needs its
         # port up front, so that one is picked, and picked again if it was taken meanwhile.
         self._spawn("operator", lambda: [
@@ -221,7 +221,7 @@ class DevEnvironment:
             {"health": {"xid_quiet_window_s": 20, "recovery_clean_polls": 2}}))
         gpu_nodes = [n["metadata"]["name"] for n in fleet_mod.nodes(fleet)
                      if fleet["gpu"]["resource"] in n["status"]["capacity"]]
-        self.phase = "the node agents"
+        self.phase = "starting the node agents"
         for node in gpu_nodes:
             scenario = self.nvml_path(node)
             fake_nvml.write_scenario(scenario, fake_nvml.healthy_node(seed=node))
@@ -237,7 +237,7 @@ class DevEnvironment:
             jurisdiction=JURISDICTIONS.get(regions[0], "QA"), endpoint=home.endpoint,
             bucket=MODEL_BUCKET, model_path=MODEL_PATH, access_key=home.access_key,
             secret_key=home.secret_key))
-        self.phase = "the work directory"
+        self.phase = "writing dev.json"
         self._update_state(
             kubeconfig=self.cluster.kubeconfig, server=self.cluster.server, regions=regions,
             minio={region: s.endpoint for region, s in servers.items()},
@@ -249,7 +249,7 @@ class DevEnvironment:
 
     def apply_sample(self) -> None:
         assert self.cluster is not None
-        self.phase = "the sample stack"
+        self.phase = "applying the sample stack"
         result = self.cluster.kubectl("apply", "--server-side", "-f", str(self.sample_path))
         if result.returncode != 0:
             raise DevEnvError(f"applying {self.sample_path} failed: {result.stderr.strip()}")
@@ -280,7 +280,7 @@ class DevEnvironment:
         assert self.cluster is not None
         from kubernetes import client
 
-        self.phase = "the node agents"
+        self.phase = "waiting for the node agents"
         agents = {name.removeprefix("agent-"): c for name, c in self.processes.items()
                   if name.startswith("agent-")}
         deadline = time.monotonic() + (timeout if timeout is not None else 120 + len(agents))
