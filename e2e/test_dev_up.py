@@ -174,20 +174,35 @@ def test_dev_up_starts_again_after_ctrl_c_after_kill_9_and_twice_in_a_row(tmp_pa
     assert _sovereign("dev", "down", "--workdir", str(workdir)).returncode == 1
 
 
-def test_dev_down_while_dev_up_is_still_starting_stops_it(tmp_path: Path):
-    workdir = tmp_path / "dev"
-    up = DevUp(workdir, tmp_path / "dev-up.log", *SMALL)
-    wait_until(lambda: (read_state(workdir) or {}).get("pid") == up.process.pid
+def _started_etcd(up: DevUp) -> None:
+    wait_until(lambda: (read_state(up.workdir) or {}).get("pid") == up.process.pid
                and any(e.name == "etcd" for e in up.started()),
                timeout=120, interval=0.2, message="dev up to start etcd")
+
+
+def test_dev_down_stops_a_dev_up_that_is_still_starting_or_was_killed(tmp_path: Path):
+    workdir = tmp_path / "dev"
+    starting = DevUp(workdir, tmp_path / "starting.log", *SMALL)
+    _started_etcd(starting)
 
     down = _sovereign("dev", "down", "--workdir", str(workdir))
 
     assert down.returncode == 0, down.stdout + down.stderr
-    assert up.wait_exit() == 0
-    assert "kubeconfig:" not in up.output(), "the start finished before dev down came"
-    assert "stopped." in up.output() and "Traceback" not in up.output()
-    assert not _running(up.started())
+    assert starting.wait_exit() == 0
+    assert "kubeconfig:" not in starting.output(), "the start finished before dev down came"
+    assert "stopped." in starting.output() and "Traceback" not in starting.output()
+    assert not _running(starting.started())
+
+    killed = DevUp(workdir, tmp_path / "killed.log", *SMALL)
+    _started_etcd(killed)
+    killed.process.kill()
+    killed.wait_exit()
+    assert _running(killed.started())
+
+    down = _sovereign("dev", "down", "--workdir", str(workdir))
+
+    assert down.returncode == 0 and "stopped." in down.stdout, down.stdout + down.stderr
+    assert not _running(killed.started())
 
 
 def test_a_component_that_cannot_start_is_named_and_everything_is_torn_down(tmp_path: Path):

@@ -44,7 +44,8 @@ from sovereign_dev import nvml_fake as fake_nvml
 from sovereign_dev.cluster import ClusterError, Component, DevCluster, stop_components
 from sovereign_dev.gpu_scenario import AGENT_PORT_LINE
 from sovereign_dev.minio import MinioFleet, MinioStartError
-from sovereign_dev.processes import ProcessLedger, free_port, process_alive, reported_port
+from sovereign_dev.processes import (
+    ProcessLedger, free_port, process_alive, reported_port, start_time)
 from sovereign_dev.provisioner import SimulatedProvisioner
 
 STATE_FILE = "dev.json"
@@ -131,8 +132,8 @@ class DevEnvironment:
         try:
             self._clean_previous_run()
             # From now on `sovereign dev down` finds this process, even while it starts.
-            self._update_state(pid=os.getpid(), logs=str(self.logs),
-                               processes=str(self.ledger.path))
+            self._update_state(pid=os.getpid(), started=start_time(os.getpid()),
+                               logs=str(self.logs), processes=str(self.ledger.path))
             self._start()
         except BaseException:
             self.stop()
@@ -375,7 +376,8 @@ def stop_running(workdir: Path, *, timeout: float = 60) -> bool:
     """
     state = read_state(workdir) or {}
     pid = state.get("pid")
-    asked = bool(pid) and process_alive(pid)
+    # A dev up killed with SIGKILL leaves its pid behind for another process to reuse.
+    asked = bool(pid) and process_alive(pid) and start_time(pid) == state.get("started")
     if asked:
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
