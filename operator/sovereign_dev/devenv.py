@@ -91,6 +91,9 @@ class StartError(DevEnvError):
 
 @dataclass
 class DevEnvironment:
+    """One local cloud in ``workdir``: ``start()``, ``wait_operator_ready()``, optionally
+    ``apply_sample()``, ``check()`` while it runs, and ``stop()`` however it ended."""
+
     workdir: Path
     gpu_nodes_per_region: int | None = None
     regions: list[str] | None = None
@@ -279,6 +282,7 @@ class DevEnvironment:
         have not reported, with the log of the first.
         """
         assert self.cluster is not None
+        import urllib3
         from kubernetes import client
 
         self.phase = "waiting for the node agents"
@@ -295,8 +299,8 @@ class DevEnvironment:
                     marked = {n.metadata.name for n in core.list_node().items
                               if any(c.type == "GPUHealthy" for c in n.status.conditions or [])}
                     silent = [node for node in sorted(agents) if node not in marked]
-                except client.ApiException:
-                    pass  # the apiserver busy or restarting: the next pass asks again
+                except (client.ApiException, urllib3.exceptions.HTTPError):
+                    pass  # the apiserver busy or slow to answer: the next pass asks again
                 if not silent:
                     break
                 if time.monotonic() > deadline:
