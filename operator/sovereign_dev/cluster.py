@@ -419,8 +419,7 @@ class DevCluster:
 
         labels = fleet_mod.real_node_labels(self.fleet, region=self.real_node)
         self.node = RealNode(
-            name=f"real-{self.real_node}", labels=labels, workdir=self.workdir / "realnode",
-            server=self.server, ca=self._ca, logs_dir=self.workdir / "logs",
+            name=f"real-{self.real_node}", labels=labels, server=self.server, ca=self._ca, logs_dir=self.workdir / "logs",
             images=self.real_node_images, ledger=self.ledger, progress=self.progress)
         self.node.start(api=api, deadline=deadline)
 

@@ -10,11 +10,14 @@ must reach them. The node registers itself with the region and zone labels of th
 nodes, and is not managed by KWOK.
 
 One real node per machine: kube-proxy and the bridge own host-wide state (iptables chains, a
-link), so a host lock (``/run/sovereign-stack/realnode.lock``) refuses a second one with the
-owner's workdir. What the node adds to the host (iptables chains, network namespaces, cgroups,
-shim sockets, CNI result files, container log links, sysctls) is recorded before start in
-``/run/sovereign-stack/realnode.json`` and removed by ``stop()``, whatever went wrong; a start
-after a crashed harness sweeps the previous run's leftovers first.
+link), so a host lock (``/run/sovereign-stack/realnode.lock``) refuses a second one, naming the
+owner's logs. The node's own files (containerd's root, state and sockets, the kubelet's root
+directory, CNI and pod logs) live in ``NODE_DIR``, a short fixed path because unix socket paths
+are limited to about 100 bytes and a test's workdir can be longer; its processes log to the
+cluster's ``logs/``. What the node adds to the host (that directory and its mounts, iptables
+chains, cgroups, shim sockets, CNI result files, container log links, sysctls) is recorded before
+start in ``/run/sovereign-stack/realnode.json`` and removed by ``stop()``, whatever went wrong; a
+start after a killed harness sweeps the previous run's leftovers first.
 
 Used by ``cluster.DevCluster`` (``real_node=<region>``) and, through it, the pytest plugin's
 ``real_cluster`` fixture.
@@ -56,7 +59,7 @@ CLUSTER_DOMAIN = "cluster.local"
 CNI_BIN_DIR = Path("/usr/lib/cni")
 HOST_DIR = Path("/run/sovereign-stack")
 CGROUP_ROOT = Path("/sys/fs/cgroup")
-NETNS_DIR = Path("/run/netns")
+NODE_DIR = Path("/var/lib/sovereign-stack/realnode")
 SHIM_SOCKET_DIR = Path("/run/containerd/s")
 CNI_CACHE_DIR = Path("/var/lib/cni")
 CONTAINER_LOG_LINKS = Path("/var/log/containers")
@@ -84,19 +87,19 @@ class RealNode:
 
     name: str
     labels: dict[str, str]
-    workdir: Path
     server: str
     ca: CertificateAuthority
     logs_dir: Path
     images: tuple[str, ...] = ()
     ledger: ProcessLedger | None = None
     progress: bool = True
+    node_dir: Path = NODE_DIR
     processes: dict[str, Component] = field(default_factory=dict)
     ports: dict[str, int] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.workdir = Path(self.workdir)
+        self.node_dir = Path(self.node_dir)
         self._lock: int | None = None
         self._state: dict[str, Any] | None = None
 
@@ -104,7 +107,7 @@ class RealNode:
 
     @property
     def containerd_address(self) -> str:
-        return str(self.workdir / "containerd" / "containerd.sock")
+        return str(self.node_dir / "containerd" / "containerd.sock")
 
     @property
     def cgroup_parent(self) -> str:
@@ -134,7 +137,7 @@ class RealNode:
             if name in self.processes:
                 self.processes[name].stop()
         state = _read_state()
-        if state is not None and state.get("workdir") == str(self.workdir):
+        if state is not None and state.get("owner") == str(self.logs_dir):
             state = self._state = {**(self._state or {}), **state}
             errors = _sweep(state, containerd=self.processes.get("containerd"))
             if errors:
@@ -153,13 +156,11 @@ class RealNode:
             return []
         found = [f"process {p.name} (pid {p.process.pid})" for p in self.processes.values()
                  if p.running()]
-        found += [f"process {pid} ({arg})" for arg in (state["containerd_address"],
-                                                        str(self.workdir / "containerd.toml"))
+        found += [f"process {pid} ({arg})" for arg in _process_marks(state)
                   for pid in _pids_with_arg(arg)]
-        new_netns = _new(NETNS_DIR, state["netns"])
-        found += [f"network namespace {n}" for n in new_netns]
-        found += [f"mount {m}" for m in _mount_points()
-                  if m.startswith(str(self.workdir) + "/") or m in {str(NETNS_DIR / n) for n in new_netns}]
+        found += [f"mount {m}" for m in _mount_points() if m.startswith(str(self.node_dir) + "/")]
+        if self.node_dir.exists():
+            found.append(f"directory {self.node_dir}")
         found += [f"cgroup {h / state['cgroup'].lstrip('/')}" for h in _cgroup_hierarchies()
                   if (h / state["cgroup"].lstrip("/")).exists()]
         if Path(f"/sys/class/net/{state['bridge']}").exists():
@@ -187,13 +188,14 @@ class RealNode:
         previous = _read_state()
         if previous is not None:
             # The owner of that record is gone (we hold the lock): its leftovers go first.
-            self._say(f"sweeping what a previous real node ({previous.get('workdir')}) left behind")
+            self._say(f"sweeping what a previous real node (logs in {previous.get('owner')}) left behind")
             _sweep(previous, containerd=None)
             _remove_state()
-        for sub in ("containerd", "kubelet", "cni", "pods"):
-            shutil.rmtree(self.workdir / sub, ignore_errors=True)
+        shutil.rmtree(self.node_dir, ignore_errors=True)
+        # Recorded before the node creates anything, so the sweep knows which directories were ours.
         self._state = self._snapshot()
         _write_state(self._state)
+        self.node_dir.mkdir(parents=True)
         self.ports = {name: free_port() for name in (
             "kubelet", "kubelet-healthz", "kube-proxy-healthz", "kube-proxy-metrics",
             "coredns-health", "coredns-ready")}
@@ -212,7 +214,7 @@ class RealNode:
         self._launch("kubelet", [
             str(bins["kubenode"] / "kubelet"), f"--config={self._kubelet_config(pki)}",
             f"--kubeconfig={self._kubeconfig('kubelet', pki['kubelet'])}",
-            f"--root-dir={self.workdir / 'kubelet'}", f"--cert-dir={self.workdir / 'kubelet' / 'pki'}",
+            f"--root-dir={self.node_dir / 'kubelet'}", f"--cert-dir={self.node_dir / 'kubelet' / 'pki'}",
             f"--hostname-override={self.name}", f"--node-ip={GATEWAY}",
             "--node-labels=" + ",".join(f"{k}={v}" for k, v in sorted(self.labels.items())),
         ])
@@ -232,16 +234,17 @@ class RealNode:
     def _snapshot(self) -> dict[str, Any]:
         """What the host looks like before the node touches it; the sweep removes the rest."""
         return {
-            "workdir": str(self.workdir), "pid": os.getpid(), "cgroup": self.cgroup_parent,
+            "owner": str(self.logs_dir), "node_dir": str(self.node_dir), "pid": os.getpid(),
+            "cgroup": self.cgroup_parent,
             "containerd_address": self.containerd_address, "bridge": BRIDGE,
             "sysctls": {name: _read_sysctl(name) for name in _SYSCTLS},
             "chains": {tool: _chains(tool) for tool in ("iptables", "ip6tables")},
-            "netns": _listing(NETNS_DIR),
             "cni_results": _listing(CNI_CACHE_DIR / "results"),
-            "created_dirs": [str(p) for p in (SHIM_SOCKET_DIR.parent, SHIM_SOCKET_DIR, NETNS_DIR,
+            "created_dirs": [str(p) for p in (SHIM_SOCKET_DIR.parent, SHIM_SOCKET_DIR,
                                              CNI_CACHE_DIR, CNI_CACHE_DIR / "results",
-                                             CONTAINER_LOG_LINKS) if not p.exists()],
-            "pod_logs": str(self.workdir / "pods"),
+                                             CONTAINER_LOG_LINKS, self.node_dir.parent)
+                             if not p.exists()],
+            "pod_logs": str(self.node_dir / "pods"),
         }
 
     def _network(self) -> None:
@@ -255,7 +258,7 @@ class RealNode:
         # ClusterIP answered by a pod on the same bridge is un-NATed on its way back.
         for name in _SYSCTLS:
             _write_sysctl(name, "1")
-        conf_dir = self.workdir / "cni"
+        conf_dir = self.node_dir / "cni"
         conf_dir.mkdir(parents=True, exist_ok=True)
         (conf_dir / "10-sovereign.conflist").write_text(json.dumps({
             "cniVersion": "1.0.0", "name": CNI_NETWORK,
@@ -263,7 +266,7 @@ class RealNode:
                 {"type": "bridge", "bridge": BRIDGE, "isGateway": True, "hairpinMode": True,
                  "ipam": {"type": "host-local", "ranges": [[{"subnet": POD_CIDR, "gateway": GATEWAY}]],
                           "routes": [{"dst": "0.0.0.0/0"}],
-                          "dataDir": str(self.workdir / "cni" / "ipam")}},
+                          "dataDir": str(self.node_dir / "cni" / "ipam")}},
                 {"type": "loopback"},
             ],
         }, indent=2))
@@ -288,20 +291,22 @@ class RealNode:
         }
 
     def _kubeconfig(self, name: str, user: KeyPair) -> Path:
-        path = self.workdir / f"{name}.kubeconfig"
+        path = self.node_dir / f"{name}.kubeconfig"
         write_kubeconfig(path, server=self.server, user=user, ca=self.ca.pair)
         return path
 
     def _containerd_config(self, bins: dict[str, Path]) -> Path:
         from sovereign_dev import images
 
-        root = self.workdir / "containerd"
+        root = self.node_dir / "containerd"
         cri = {
             "sandbox_image": images.PAUSE_IMAGE,
             # Without it every sandbox fails: `write to /proc/self/oom_score_adj: Permission denied`.
             "restrict_oom_score_adj": True,
             "stream_server_address": "127.0.0.1", "stream_server_port": "0",
             "enable_selinux": False,
+            # Pods' network namespaces in our state directory, not the host-wide /run/netns.
+            "netns_mounts_under_state_dir": True,
             "containerd": {
                 "snapshotter": "overlayfs", "default_runtime_name": "runc",
                 "runtimes": {"runc": {
@@ -312,7 +317,7 @@ class RealNode:
                                 "Root": str(root / "runc")},
                 }},
             },
-            "cni": {"bin_dir": str(CNI_BIN_DIR), "conf_dir": str(self.workdir / "cni"),
+            "cni": {"bin_dir": str(CNI_BIN_DIR), "conf_dir": str(self.node_dir / "cni"),
                     "max_conf_num": 1},
         }
         config = {
@@ -327,7 +332,7 @@ class RealNode:
             "plugins": {"io.containerd.grpc.v1.cri": cri,
                         "io.containerd.internal.v1.opt": {"path": str(root / "opt")}},
         }
-        path = self.workdir / "containerd.toml"
+        path = self.node_dir / "containerd.toml"
         path.write_text(_toml(config))
         return path
 
@@ -346,7 +351,7 @@ class RealNode:
 
     def _corefile(self, user: KeyPair) -> Path:
         kubeconfig = self._kubeconfig("coredns", user)
-        path = self.workdir / "Corefile"
+        path = self.node_dir / "Corefile"
         path.write_text(
             ".:53 {\n"
             f"    bind {GATEWAY}\n"
@@ -388,7 +393,7 @@ class RealNode:
                     raise
 
     def _kubelet_config(self, pki: dict[str, KeyPair]) -> Path:
-        path = self.workdir / "kubelet.yaml"
+        path = self.node_dir / "kubelet.yaml"
         path.write_text(yaml.safe_dump({
             "apiVersion": "kubelet.config.k8s.io/v1beta1", "kind": "KubeletConfiguration",
             # This machine kind has cgroup v1 (hybrid); kubelet 1.35+ refuses it unless told.
@@ -404,7 +409,7 @@ class RealNode:
             "authorization": {"mode": "Webhook"},
             "clusterDNS": [GATEWAY], "clusterDomain": CLUSTER_DOMAIN,
             "resolvConf": "/etc/resolv.conf",
-            "podLogsDir": str(self.workdir / "pods"),
+            "podLogsDir": str(self.node_dir / "pods"),
             "failSwapOn": False,
             # Images are imported, not pulled: garbage-collecting one would lose it for good.
             "imageGCHighThresholdPercent": 100, "imageGCLowThresholdPercent": 99,
@@ -416,7 +421,7 @@ class RealNode:
         return path
 
     def _kube_proxy_config(self, user: KeyPair) -> Path:
-        path = self.workdir / "kube-proxy.yaml"
+        path = self.node_dir / "kube-proxy.yaml"
         path.write_text(yaml.safe_dump({
             "apiVersion": "kubeproxy.config.k8s.io/v1alpha1", "kind": "KubeProxyConfiguration",
             "mode": "iptables", "hostnameOverride": self.name, "clusterCIDR": POD_CIDR,
@@ -475,7 +480,7 @@ class RealNode:
                 f"another real node runs on this machine ({owner}); one real node per machine: "
                 "stop that cluster (`sovereign dev down`, or end its test session) first") from None
         os.ftruncate(fd, 0)
-        os.write(fd, f"pid {os.getpid()}, workdir {self.workdir}".encode())
+        os.write(fd, f"pid {os.getpid()}, logs in {self.logs_dir}".encode())
         self._lock = fd
 
     def _release_lock(self) -> None:
@@ -506,20 +511,23 @@ def _sweep(state: dict[str, Any], *, containerd: Component | None) -> list[str]:
         except Exception as err:  # noqa: BLE001 - every step runs, failures are reported together
             errors.append(f"{what}: {err}")
 
-    workdir = Path(state["workdir"])
-    address = state["containerd_address"]
+    node_dir = Path(state["node_dir"])
     # Read before the node's directories go: the shims' socket names derive from task ids.
     state["shim_socket_paths"] = [str(s) for s in _shim_sockets(state)]
-    # Containers first (every process in the node's cgroups, exec sessions included), then the
-    # shims that watched them, then containerd: nothing is left to restart anything.
+    # A harness killed outright leaves its children running: the kubelet first, so nothing
+    # restarts containers; then the containers (every process in the node's cgroups, exec
+    # sessions included), the shims that watched them, and containerd.
+    kubelet, kube_proxy, coredns, shims, containerd_mark = _process_marks(state)
+    step("kubelet, kube-proxy, CoreDNS", lambda: [_kill_processes_with_arg(mark) for mark in
+                                                  (kubelet, kube_proxy, coredns)])
     step("container processes", lambda: _kill_cgroup_tree(state["cgroup"]))
-    step("containerd shims", lambda: _kill_processes_with_arg(address))
+    step("containerd shims", lambda: _kill_processes_with_arg(shims))
     if containerd is not None:
         step("containerd", containerd.stop)
-    step("containerd", lambda: _kill_processes_with_arg(str(workdir / "containerd.toml")))
-    new_netns = [NETNS_DIR / name for name in _new(NETNS_DIR, state["netns"])]
-    step("mounts", lambda: _unmount_under([workdir, *new_netns]))
-    step("network namespaces", lambda: _remove_new(NETNS_DIR, state["netns"]))
+    step("containerd", lambda: _kill_processes_with_arg(containerd_mark))
+    # Container file systems, /dev/shm of sandboxes, volumes and network namespaces all mount in
+    # the node's directory; the veth pairs go with the namespaces.
+    step("mounts", lambda: _unmount_under([node_dir]))
     step("cgroups", lambda: _remove_cgroup_tree(state["cgroup"]))
     step("iptables", lambda: _remove_new_chains(state["chains"]))
     step("bridge", lambda: _delete_link(state["bridge"]))
@@ -529,11 +537,16 @@ def _sweep(state: dict[str, Any], *, containerd: Component | None) -> list[str]:
                                  for name in _new(CNI_CACHE_DIR / "results", state["cni_results"])
                                  if name.startswith(_CNI_RESULT_PREFIXES)])
     step("container log links", lambda: _remove_links_into(CONTAINER_LOG_LINKS, Path(state["pod_logs"])))
+    step("node directory", lambda: shutil.rmtree(node_dir) if node_dir.exists() else None)
     step("host directories", lambda: [_rmdir_if_empty(Path(p)) for p in reversed(state["created_dirs"])])
-    step("node directories", lambda: [shutil.rmtree(workdir / sub, ignore_errors=False)
-                                      for sub in ("containerd", "kubelet", "cni", "pods")
-                                      if (workdir / sub).exists()])
     return errors
+
+
+def _process_marks(state: dict[str, Any]) -> tuple[str, str, str, str, str]:
+    """An argument only this node's kubelet, kube-proxy, CoreDNS, shims and containerd carry."""
+    node_dir = Path(state["node_dir"])
+    return (f"--config={node_dir / 'kubelet.yaml'}", f"--config={node_dir / 'kube-proxy.yaml'}",
+            str(node_dir / "Corefile"), state["containerd_address"], str(node_dir / "containerd.toml"))
 
 
 def _shim_sockets(state: dict[str, Any]) -> list[Path]:
@@ -543,7 +556,7 @@ def _shim_sockets(state: dict[str, Any]) -> list[Path]:
     directory, named by the sha256 of ``<containerd address>/<namespace>/<task id>``; computing
     the names keeps another containerd's sockets there untouched.
     """
-    tasks = Path(state["workdir"]) / "containerd" / "state" / "io.containerd.runtime.v2.task" / "k8s.io"
+    tasks = Path(state["node_dir"]) / "containerd" / "state" / "io.containerd.runtime.v2.task" / "k8s.io"
     known = [Path(s) for s in state.get("shim_socket_paths", [])]
     if not tasks.is_dir():
         return known
@@ -697,15 +710,6 @@ def _listing(directory: Path) -> list[str]:
 
 def _new(directory: Path, before: list[str]) -> list[str]:
     return [name for name in _listing(directory) if name not in set(before)]
-
-
-def _remove_new(directory: Path, before: list[str]) -> None:
-    for name in _new(directory, before):
-        path = directory / name
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        else:
-            path.unlink(missing_ok=True)
 
 
 def _remove_links_into(directory: Path, target: Path) -> None:

@@ -208,7 +208,7 @@ def test_a_second_real_node_on_the_machine_is_refused_and_leaves_the_first_alone
     with pytest.raises(RealNodeError) as refused:
         second.start()
     assert "another real node runs on this machine" in str(refused.value)
-    assert str(real_cluster.node.workdir) in str(refused.value)
+    assert str(real_cluster.node.logs_dir) in str(refused.value)
     assert not any(c.running() for c in second.components.values())
     # The refused cluster's teardown touched nothing of the running node: a pod still runs there.
     core = client.CoreV1Api(real_api_client)
@@ -245,3 +245,87 @@ def test_stopping_the_node_leaves_nothing_on_the_host_and_it_starts_again(
     wait_until(lambda: any(c.type == "Ready" and c.status == "True" for c in
                            core.read_namespaced_pod(server, real_namespace).status.conditions or []),
                timeout=120, message="pod web-0 Ready again after the node restarted")
+
+
+_KILLED_HARNESS = """
+import sys, time
+from pathlib import Path
+from sovereign_dev import images
+from sovereign_dev.cluster import DevCluster, wait_until
+from sovereign_dev.processes import ProcessLedger
+
+dev = DevCluster(workdir=Path(sys.argv[1]), real_node="me-central-1", progress=False,
+                 ledger=ProcessLedger(Path(sys.argv[2])))
+dev.start()
+dev.kubectl("run", "sleeper", f"--image={images.PAUSE_IMAGE}", "--image-pull-policy=Never",
+            "--overrides", '{"spec": {"nodeSelector": {"type": "real"}}}', check=True)
+wait_until(lambda: "Running" in dev.kubectl("get", "pod", "sleeper").stdout, timeout=120)
+print("running", flush=True)
+time.sleep(3600)
+"""
+
+
+def test_a_node_whose_harness_was_killed_is_swept_by_the_next_start(
+        real_cluster: DevCluster, real_api_client, tmp_path) -> None:
+    """SIGKILL leaves containers, shims, mounts and rules behind; the next real node removes
+    them before it starts (what `dev up` after a killed `dev up` relies on)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from sovereign_dev.processes import ProcessLedger
+
+    node = real_cluster.node
+    node.stop()
+    script, workdir, ledger = tmp_path / "harness.py", tmp_path / "killed", tmp_path / "ledger"
+    script.write_text(_KILLED_HARNESS)
+    harness = subprocess.Popen([sys.executable, str(script), str(workdir), str(ledger)],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        line = harness.stdout.readline()
+        assert line.strip() == "running", line + harness.stdout.read()
+        harness.send_signal(signal.SIGKILL)
+        harness.wait()
+        # What `dev up`/`dev down` do after a killed run: end every process group it recorded.
+        ProcessLedger(ledger).terminate()
+        left = _pids_mentioning(node.node_dir) | _pids_in_cgroup(node.cgroup_parent)
+        assert left, "the killed run should have left its containers and shims running"
+        # Those named by the killed run's pods, sandboxes and namespaces (a new node reuses the
+        # kubelet's own directory mount, not these).
+        mounts = [m for m in _mount_points() if m.startswith(f"{node.node_dir}/")
+                  and any(part in m for part in ("/pods/", "/k8s.io/", "/netns/"))]
+        assert mounts, "the killed run should have left its container file systems mounted"
+    finally:
+        node.start(api=real_api_client, deadline=time.monotonic() + 180)
+
+    assert not [pid for pid in left if os.path.exists(f"/proc/{pid}")]
+    assert not set(mounts) & set(_mount_points())
+
+
+def _pids_mentioning(path) -> set[int]:
+    from pathlib import Path
+
+    pids = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if str(path).encode() in (entry / "cmdline").read_bytes():
+                    pids.add(int(entry.name))
+            except OSError:
+                continue
+    return pids
+
+
+def _pids_in_cgroup(cgroup: str) -> set[int]:
+    from pathlib import Path
+
+    root = Path("/sys/fs/cgroup/pids") / cgroup.lstrip("/")
+    return {int(p) for procs in root.rglob("cgroup.procs") for p in procs.read_text().split()}
+
+
+def _mount_points() -> list[str]:
+    from pathlib import Path
+
+    return [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()]
