@@ -53,6 +53,7 @@ def main() -> None:
     \b
     Examples:
       sovereign dev up                      # a local sovereign cluster with a sample stack
+      sovereign chat chat-cpu "Say hello"   # ask a stack's model, by its logical name
       sovereign validate -f stack.yaml      # check a SovereignStack offline
       sovereign render -f stack.yaml        # the exact manifests the operator would apply
     """

@@ -9,6 +9,7 @@ manifest from ``render`` goes to the apiserver exactly as rendered:
   before and leaves out now are removed. ``apply_status`` does the same on ``/status``.
 - ``get``, ``list`` (by label selector), ``delete`` (background propagation, guarded by uid).
 - ``record_event``: a core/v1 Event about an object.
+- ``post_to_service``: a request to a Service through the apiserver's proxy (``sovereign chat``).
 
 Every request identifies as ``sovereign-operator/<version>`` (the apiserver's audit log shows
 it) and every failure is one of ``kube.errors``. Created once by the CLI (``sovereign run``) or
@@ -141,6 +142,20 @@ class Kube:
         self._request("POST", EVENT.path(namespace=namespace), body=event, content_type="application/json",
                       action="record an event about", what=f"{regarding['kind']} {namespace}/{meta['name']}")
 
+    def post_to_service(self, *, namespace: str, service: str, port: int, path: str,
+                        body: Mapping[str, Any], timeout: float = READ_TIMEOUT) -> Manifest:
+        """POST JSON ``body`` to ``path`` of a Service through the apiserver's service proxy.
+
+        ``/api/v1/namespaces/<ns>/services/<svc>:<port>/proxy/<path>``: the apiserver forwards the
+        request to one ready endpoint of the Service, so a caller needs nothing but a kubeconfig
+        (no port-forward, no ingress). Errors are ``kube.errors`` as for every request; the
+        apiserver answers 503 when the Service has no ready endpoint.
+        """
+        what = f"Service {namespace}/{service}:{port}"
+        return self._request("POST", f"/api/v1/namespaces/{namespace}/services/{service}:{port}/proxy/"
+                             f"{path.lstrip('/')}", body=dict(body), content_type="application/json",
+                             action=f"POST /{path.lstrip('/')} to", what=what, timeout=timeout)
+
     # -- internals ------------------------------------------------------------------------------
 
     def _apply(self, obj: Mapping[str, Any], *, subresource: str | None, dry_run: bool) -> Manifest:
@@ -162,7 +177,8 @@ class Kube:
         )
 
     def _request(self, method: str, path: str, *, action: str, what: str, query: Sequence[tuple[str, str]] = (),
-                 body: Any = None, content_type: str | None = None) -> Manifest:
+                 body: Any = None, content_type: str | None = None,
+                 timeout: float = READ_TIMEOUT) -> Manifest:
         headers = {"Accept": "application/json"}
         if content_type:
             headers["Content-Type"] = content_type
@@ -171,7 +187,7 @@ class Kube:
                 method, path, query_params=list(query), header_params=headers, body=body, auth_settings=["BearerToken"]
             )
             response = self.api.call_api(method, url, header_params=headers, body=body,
-                                         _request_timeout=(CONNECT_TIMEOUT, READ_TIMEOUT))
+                                         _request_timeout=(CONNECT_TIMEOUT, timeout))
             data = response.read()
         except ApiException as err:
             # The client raises only for transport trouble here (TLS), never for an HTTP status.
