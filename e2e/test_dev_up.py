@@ -1,7 +1,8 @@
 """The README's main command, tried as a new user would: `sovereign dev up` in one terminal,
 kubectl and `sovereign status` in another, `sovereign dev down` at the end; then the ways people
 really end it (Ctrl-C, kill -9, a second `make dev`), a component that cannot start, and a fleet
-of 64 GPU nodes per region.
+of 64 GPU nodes per region (all on simulated nodes only, `--no-real-node`); last, the default run
+with the real node, whose CPU model answers `sovereign chat` and the printed curl.
 
 Runs the real CLI as subprocesses (control plane, MinIO, operator, node agents on fake NVML).
 Whether every process of a run is gone is read from the run's process ledger
@@ -10,11 +11,13 @@ Whether every process of a run is gone is read from the run's process ledger
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
@@ -22,13 +25,15 @@ import pytest
 
 from sovereign_dev import build
 from sovereign_dev.cluster import wait_until
-from sovereign_dev.devenv import LEDGER_FILE, SAMPLE_NAMESPACE, SAMPLE_STACK, read_state
+from sovereign_dev.devenv import (
+    CPU_MODEL, CPU_MODEL_SOURCE, LEDGER_FILE, SAMPLE_NAMESPACE, SAMPLE_STACK, read_state)
 from sovereign_dev.processes import ProcessLedger, Recorded, live_groups
 
 pytestmark = pytest.mark.slow
 
-# The smallest environment: one GPU node in one region, nothing applied.
-SMALL = ("--no-sample", "--no-view", "--nodes", "1", "--regions", "me-central-1")
+# The smallest environment: one GPU node in one region, nothing applied. These tests are about
+# the harness's robustness, which a real node would only slow down (e2e/test_dev_chat.py runs one).
+SMALL = ("--no-sample", "--no-view", "--nodes", "1", "--regions", "me-central-1", "--no-real-node")
 
 
 def _sovereign(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -84,7 +89,8 @@ def _alive_of(entries: list[Recorded]) -> list[Recorded]:
 def test_dev_up_serves_a_sample_stack_to_kubectl_and_shows_gpu_faults(tmp_path: Path):
     workdir = tmp_path / "dev"
     kubectl = str(build.ensure("kubernetes") / "kubectl")
-    up = DevUp(workdir, tmp_path / "dev-up.log", "--no-sample", "--no-view", "--nodes", "2")
+    up = DevUp(workdir, tmp_path / "dev-up.log", "--no-sample", "--no-view", "--nodes", "2",
+               "--no-real-node")
     try:
         state = up.wait_up(timeout=600)
         kubeconfig = state["kubeconfig"]
@@ -264,7 +270,8 @@ def _available_gib() -> float:
 @pytest.mark.skipif(_available_gib() < 12, reason="--nodes 64 runs 128 agent processes: ~10 GiB")
 def test_sixty_four_gpu_nodes_per_region_come_up_each_with_its_own_agent(tmp_path: Path):
     workdir = tmp_path / "dev"
-    up = DevUp(workdir, tmp_path / "dev-up.log", "--no-sample", "--no-view", "--nodes", "64")
+    up = DevUp(workdir, tmp_path / "dev-up.log", "--no-sample", "--no-view", "--nodes", "64",
+               "--no-real-node")
     try:
         state = up.wait_up(timeout=600)
         agents = state["agent_metrics"]
@@ -279,3 +286,56 @@ def test_sixty_four_gpu_nodes_per_region_come_up_each_with_its_own_agent(tmp_pat
         code = up.wait_exit(timeout=300)
     assert down.returncode == 0 and code == 0, up.output()
     assert not _running(up.started())
+
+
+@pytest.mark.realnode
+def test_dev_up_with_the_real_node_answers_sovereign_chat_and_curl(tmp_path: Path):
+    """The README's promise: `make dev`, then `sovereign chat` gets an answer from the CPU model
+    that really runs on the real node; the printed curl gets one too. Prints the time from
+    `dev up` to the first answer (the bench's figure; not asserted here)."""
+    workdir = tmp_path / "dev"
+    began = time.monotonic()
+    up = DevUp(workdir, tmp_path / "dev-up.log", "--no-view", "--nodes", "1",
+               "--regions", "me-central-1")
+    try:
+        state = up.wait_up(timeout=600)
+        kubeconfig = state["kubeconfig"]
+        environment_s = time.monotonic() - began
+
+        def answered() -> subprocess.CompletedProcess | None:
+            chat = _sovereign("chat", CPU_MODEL, "Say hello", "--json", "--kubeconfig", kubeconfig)
+            return chat if chat.returncode == 0 else None
+
+        chat = wait_until(answered, timeout=300, interval=2,
+                          message=f"`sovereign chat {CPU_MODEL}` to answer ({up.log})")
+        print(f"\ndev up -> environment up {environment_s:.0f}s, -> first chat answer "
+              f"{time.monotonic() - began:.0f}s")
+        reply = json.loads(chat.stdout)
+        assert reply["model"] == CPU_MODEL and reply["servedBy"] == CPU_MODEL_SOURCE
+        assert (reply["namespace"], reply["stack"]) == (SAMPLE_NAMESPACE, SAMPLE_STACK)
+        assert reply["answer"].strip()
+        # The plain form prints the answer, and says what served it on stderr.
+        plain = _sovereign("chat", CPU_MODEL, "Say hello", "--kubeconfig", kubeconfig)
+        assert plain.returncode == 0 and plain.stdout.strip()
+        assert f"-- {CPU_MODEL} ({SAMPLE_NAMESPACE}/{SAMPLE_STACK}), served by {CPU_MODEL_SOURCE}" \
+            in plain.stderr
+        # The curl dev up prints, as a user would paste it.
+        curl = next(line.removeprefix("chat with curl: ") for line in up.output().splitlines()
+                    if line.startswith("chat with curl: "))
+        completion = json.loads(subprocess.run(["bash", "-c", curl], capture_output=True,
+                                               text=True, timeout=60, check=True).stdout)
+        assert completion["object"] == "chat.completion"
+        assert completion["choices"][0]["message"]["content"].strip()
+        # A model the sample does not have is named, with those it has.
+        unknown = _sovereign("chat", "summariser", "hi", "--kubeconfig", kubeconfig)
+        assert unknown.returncode == 1
+        assert (f"no stack in any namespace declares a model named 'summariser'; the models there: "
+                f"chat ({SAMPLE_NAMESPACE}/{SAMPLE_STACK}), {CPU_MODEL} "
+                f"({SAMPLE_NAMESPACE}/{SAMPLE_STACK})") in unknown.stderr
+    finally:
+        down = _sovereign("dev", "down", "--workdir", str(workdir), timeout=300)
+        code = up.wait_exit(timeout=300)
+    assert down.returncode == 0 and code == 0, up.output()
+    assert not _running(up.started())
+    # The real node took its host-wide state with it.
+    assert not Path("/run/sovereign-stack/realnode.json").exists()

@@ -1,8 +1,8 @@
 """``sovereign dev``: a local sovereign cloud in one command (up, down, fault).
 
 ``up`` builds or reuses the control-plane binaries, starts ``devenv.DevEnvironment`` (control
-plane with simulated GPU nodes in two regions, MinIO per region, the operator, a node agent per
-GPU node on fake NVML), applies the sample stack and shows the live view until Ctrl-C, SIGTERM or
+plane with simulated GPU nodes in two regions, a real node in the first where containers run,
+MinIO per region, the operator, a node agent per GPU node on fake NVML), applies the sample stack and shows the live view until Ctrl-C, SIGTERM or
 a process of it dies, then tears everything down: one teardown, whatever ended the run, and one
 paragraph naming the failed component and its log instead of a traceback (exit 3). ``down`` stops it from another terminal; ``fault`` scripts a GPU
 fault into a simulated node's fake NVML so the whole health loop can be watched.
@@ -26,7 +26,7 @@ from sovereign.cli import _view
 from sovereign_dev import build
 from sovereign_dev import fleet as fleet_mod
 from sovereign_dev.devenv import (
-    SAMPLE_NAMESPACE, SAMPLE_STACK, DevEnvError, DevEnvironment, default_workdir, read_state,
+    CPU_MODEL, SAMPLE_NAMESPACE, SAMPLE_STACK, DevEnvError, DevEnvironment, default_workdir, read_state,
     stop_running)
 from sovereign_dev import nvml_fake as fake_nvml
 
@@ -55,11 +55,12 @@ def _regions(ctx: click.Context, param: click.Parameter, value: str | None) -> l
 
 @click.group("dev")
 def command() -> None:
-    """A local sovereign cluster: real control plane, simulated GPU nodes, MinIO, the operator.
+    """A local sovereign cluster: real control plane, a real node, simulated GPU nodes, MinIO, the operator.
 
     \b
     Examples:
       sovereign dev up                    # everything, plus a sample stack, with a live view
+      sovereign chat chat-cpu "Say hello" # the sample's CPU model answers (on the real node)
       sovereign dev fault gpu-mec1-0 --xid 79
       sovereign dev down
     """
@@ -75,10 +76,16 @@ def command() -> None:
               help="Regions to simulate, in-country first (default: me-central-1,eu-west-1).")
 @click.option("--no-view", is_flag=True, help="Print the kubeconfig and wait, without the live "
               "view (for scripts and CI).")
+@click.option("--no-real-node", is_flag=True, help="Simulated nodes only: no real node (which "
+              "needs root), so no container runs and the sample's CPU model and chat-client are "
+              "left out; nothing answers a chat request.")
 def up(workdir: Path, no_sample: bool, nodes: int | None, regions: list[str] | None,
-       no_view: bool) -> None:
+       no_view: bool, no_real_node: bool) -> None:
     """Start the local sovereign cloud and watch the sample stack come up; Ctrl-C tears it down.
 
+    By default a real node (kubelet, containerd, CNI, kube-proxy, CoreDNS; needs root) joins the
+    first region, and the sample's CPU-engine model `chat-cpu` really runs there and answers
+    `sovereign chat chat-cpu "Say hello"`; the GPU model `chat` stays on the simulated H100s.
     Each run starts afresh: what an earlier run left in the work directory (processes, even of a
     killed run, cluster and MinIO data, logs) is cleaned up first.
 
@@ -94,6 +101,7 @@ def up(workdir: Path, no_sample: bool, nodes: int | None, regions: list[str] | N
     console = Console()
     env = DevEnvironment(workdir=workdir, gpu_nodes_per_region=nodes,
                          regions=regions,
+                         real_node=not no_real_node,
                          say=lambda message: console.print(message, highlight=False))
     # SIGTERM (`sovereign dev down`) and SIGHUP (the terminal closed) end the run like Ctrl-C;
     # SIGINT too when a shell started us in the background with it ignored (`kill -INT` works).
@@ -148,11 +156,17 @@ def _run(env: DevEnvironment, *, console: Console, no_sample: bool, no_view: boo
         f"sample stack: {env.sample_path}"
         + ("  (not applied: kubectl apply -f it)" if no_sample else
            f"  ({SAMPLE_NAMESPACE}/{SAMPLE_STACK})")
+        + (f"\nask the CPU model on the real node ({CPU_MODEL}), once it is Ready:\n"
+           f"  {escape(env.chat_commands()['sovereign'])}" if env.real_node and not no_sample else "")
         + f"\nlogs: {env.logs} and {env.workdir / 'cluster' / 'logs'}\n"
         "Ctrl-C or `sovereign dev down` stops everything.",
         title="sovereign dev", title_align="left")
     # Plain and unwrapped, so scripts (and people copying it) get the path whole.
     console.print(f"kubeconfig: {kubeconfig}", soft_wrap=True, highlight=False)
+    if env.real_node and not no_sample:
+        # Whole and unwrapped, to be copied: the same question with curl, through the apiserver.
+        console.print(f"chat with curl: {env.chat_commands()['curl']}", soft_wrap=True,
+                      highlight=False, markup=False)
     env.phase = "watching the running environment"
     if no_view:
         console.print(header)

@@ -1,11 +1,15 @@
-"""The local sovereign cloud of ``sovereign dev up``: control plane, MinIO, operator and agents.
+"""The local sovereign cloud of ``sovereign dev up``: control plane, real node, MinIO, operator, agents.
 
-``DevEnvironment`` starts, in order: the control plane with the simulated GPU fleet
-(``cluster.DevCluster``), one MinIO per region with a seeded model bucket in the first
-(in-country) region (``minio.MinioFleet``), a simulated volume provisioner (``provisioner``), the
-operator (``sovereign run``) and one node agent per simulated GPU node on a fake NVML scenario file
-(``sovereign agent --fake-nvml``); then it writes the sample stack (endpoint and credentials filled
-in) and, unless told not to, applies it. Everything lives under one work directory, whose
+``DevEnvironment`` starts, in order: the control plane with the simulated GPU fleet and, unless
+told not to, a real node in the first (in-country) region with the images imported into its
+containerd (``cluster.DevCluster(real_node=...)``; it takes the place of that region's simulated
+CPU nodes, so pods without a GPU really run), one MinIO per region bound where the real node's
+pods reach it, with a seeded model bucket in the first region (``minio.MinioFleet``; the tiny
+GGUF model of the CPU engine too, ``engine.seed_models``), a simulated volume provisioner
+(``provisioner``), the operator (``sovereign run``) and one node agent per simulated GPU node on a
+fake NVML scenario file (``sovereign agent --fake-nvml``); then it writes the sample stack
+(endpoint and credentials filled in; its CPU-engine model and the application calling it only
+with a real node) and, unless told not to, applies it. Everything lives under one work directory, whose
 ``dev.json`` lets ``sovereign dev down`` and ``sovereign dev fault`` find the running environment
 from another terminal.
 
@@ -39,6 +43,8 @@ from typing import IO, Any
 
 import yaml
 
+from sovereign.render.names import MODEL_PORT
+from sovereign_dev import engine, images
 from sovereign_dev import fleet as fleet_mod
 from sovereign_dev import nvml_fake as fake_nvml
 from sovereign_dev.cluster import ClusterError, Component, DevCluster, stop_components
@@ -47,6 +53,7 @@ from sovereign_dev.minio import MinioFleet, MinioStartError
 from sovereign_dev.processes import (
     ProcessLedger, free_port, process_alive, reported_port, start_time)
 from sovereign_dev.provisioner import SimulatedProvisioner
+from sovereign_dev.realnode import RealNodeError
 
 STATE_FILE = "dev.json"
 LEDGER_FILE = "processes.jsonl"
@@ -60,6 +67,13 @@ SAMPLE_STACK = "citizen-services"
 MODEL_BUCKET = "sovereign-models"
 MODEL_PATH = "models/qwen2.5-7b-instruct/"
 JURISDICTIONS = {"me-central-1": "QA", "eu-west-1": "IE"}
+# The sample's model on the real node, the tiny generated model behind it, and what the sample
+# keeps only when a real node runs (nothing else could run them).
+CPU_MODEL = "chat-cpu"
+CPU_MODEL_SOURCE = "tiny-llama-a"
+REAL_NODE_ENTRIES = {"nodePools": "cpu", "models": CPU_MODEL, "applications": "chat-client"}
+# The loader runs in the operator image, the engine in llama-server's, the sample app in chat-client's.
+REAL_NODE_IMAGES = ("operator", "llama-server", "chat-client")
 
 
 def default_workdir() -> Path:
@@ -97,6 +111,8 @@ class DevEnvironment:
     workdir: Path
     gpu_nodes_per_region: int | None = None
     regions: list[str] | None = None
+    # Run a real node in the first region (needs root); without one every node is simulated.
+    real_node: bool = True
     progress: bool = True
     # Where start() says what it does (the CLI prints it); silent by default.
     say: Callable[[str], None] = field(default=lambda message: None)
@@ -181,14 +197,28 @@ class DevEnvironment:
         fleet = fleet_mod.scaled(fleet_mod.load(), gpu_nodes_per_region=self.gpu_nodes_per_region,
                                  regions=self.regions)
         regions = list(dict.fromkeys(g["region"] for g in fleet["groups"]))
+        if self.real_node:
+            if os.geteuid() != 0:
+                raise DevEnvError("a real node needs root (containers, mounts, iptables, a bridge): "
+                                  "run as root, or `sovereign dev up --no-real-node` for simulated "
+                                  "nodes only (nothing then answers a chat request)")
+            # The real node is the in-country region's CPU node: with KWOK's CPU nodes beside it,
+            # the scheduler would put the sample's application where nothing runs.
+            fleet = {**fleet, "groups": [g for g in fleet["groups"]
+                                         if "gpu" in g or g["region"] != regions[0]]}
         ledger = self.ledger
-        self.phase = "starting the control plane"
+        self.phase = "starting the control plane" + (f" and the real node ({regions[0]})" if self.real_node else "")
         self.cluster = DevCluster(workdir=self.workdir / "cluster", fleet=fleet,
-                                  progress=self.progress, ledger=ledger)
+                                  progress=self.progress, ledger=ledger,
+                                  real_node=regions[0] if self.real_node else None,
+                                  real_node_images=REAL_NODE_IMAGES if self.real_node else ())
         try:
-            self.cluster.start(timeout=180 + 2 * len(fleet_mod.nodes(fleet)))
+            # A real node adds containerd, kubelet, kube-proxy and CoreDNS, and its images' import.
+            self.cluster.start(timeout=180 + 2 * len(fleet_mod.nodes(fleet))
+                               + (180 if self.real_node else 0))
         except ClusterError as err:
-            raise StartError(component=err.component or "the control plane",
+            fallback = f"the real node ({regions[0]})" if isinstance(err, RealNodeError) else "the control plane"
+            raise StartError(component=err.component or fallback,
                              reason="did not start", log=err.log, detail=str(err)) from None
         self.phase = "starting the simulated volume provisioner"
         self.provisioner = SimulatedProvisioner(self.cluster.api_client(), region=regions[0])
@@ -196,7 +226,8 @@ class DevEnvironment:
         # One object store per region: the first is in-country, the others are what the
         # residency checks must refuse.
         self.phase = "starting MinIO"
-        self.minio = MinioFleet(root=self.workdir / "minio", regions=regions, ledger=ledger)
+        self.minio = MinioFleet(root=self.workdir / "minio", regions=regions, ledger=ledger,
+                                host=self.cluster.pod_reachable_host)
         try:
             servers = self.minio.start()
         except MinioStartError as err:
@@ -208,6 +239,8 @@ class DevEnvironment:
         home = servers[regions[0]]
         self.phase = f"seeding the model bucket in minio ({regions[0]})"
         _seed_model_bucket(home)
+        if self.real_node:
+            engine.seed_models(client=home.client(), bucket=MODEL_BUCKET, names=[CPU_MODEL_SOURCE])
 
         env = {"KUBECONFIG": self.cluster.kubeconfig}
         self.phase = "starting the operator"
@@ -236,8 +269,8 @@ class DevEnvironment:
                 "--config", str(agent_config),
                 "--metrics-address", "127.0.0.1", "--metrics-port", "0",
                 "--interval", "2"], env)
-        self.sample_path.write_text(SAMPLE_TEMPLATE.read_text().format(
-            namespace=SAMPLE_NAMESPACE, region=regions[0],
+        self.sample_path.write_text(sample_stack(
+            real_node=self.real_node, namespace=SAMPLE_NAMESPACE, region=regions[0],
             jurisdiction=JURISDICTIONS.get(regions[0], "QA"), endpoint=home.endpoint,
             bucket=MODEL_BUCKET, model_path=MODEL_PATH, access_key=home.access_key,
             secret_key=home.secret_key))
@@ -246,7 +279,21 @@ class DevEnvironment:
             kubeconfig=self.cluster.kubeconfig, server=self.cluster.server, regions=regions,
             minio={region: s.endpoint for region, s in servers.items()},
             nvml={node: str(self.nvml_path(node)) for node in gpu_nodes},
-            sample=str(self.sample_path))
+            sample=str(self.sample_path), chat=self.chat_commands() if self.real_node else None)
+
+    def chat_commands(self) -> dict[str, str]:
+        """How a user asks the sample's CPU model: ``sovereign chat`` and the same with curl (through
+        the apiserver's service proxy, with the cluster admin's certificate)."""
+        assert self.cluster is not None
+        pki = self.workdir / "cluster" / "pki"
+        body = json.dumps({"model": CPU_MODEL, "max_tokens": 32,
+                           "messages": [{"role": "user", "content": "Say hello"}]})
+        return {
+            "sovereign": f"sovereign chat {CPU_MODEL} 'Say hello' --kubeconfig {self.cluster.kubeconfig}",
+            "curl": (f"curl -s --cacert {pki / 'ca.crt'} --cert {pki / 'admin.crt'} --key {pki / 'admin.key'} "
+                     f"{self.cluster.server}/api/v1/namespaces/{SAMPLE_NAMESPACE}/services/{CPU_MODEL}:{MODEL_PORT}"
+                     f"/proxy/v1/chat/completions -H 'Content-Type: application/json' -d '{body}'"),
+        }
 
     def nvml_path(self, node: str) -> Path:
         return self.workdir / "nvml" / f"{node}.json"
@@ -434,6 +481,23 @@ def _seed_model_bucket(server: Any) -> None:
     for name, body in files.items():
         s3.put_object(Bucket=MODEL_BUCKET, Key=f"{MODEL_PATH}{name}",
                       Body=body.encode() if isinstance(body, str) else body)
+
+
+def sample_stack(*, real_node: bool, **values: str) -> str:
+    """The sample stack's YAML from ``dev-stack.yaml`` with ``values`` filled in; without a real
+    node, the entries that only it can run (``REAL_NODE_ENTRIES``) are left out."""
+    text = SAMPLE_TEMPLATE.read_text().format(
+        cpu_model=CPU_MODEL_SOURCE, cpu_model_path=engine.model_key(CPU_MODEL_SOURCE),
+        chat_client_image=images.CHAT_CLIENT_IMAGE, **values)
+    if real_node:
+        return text
+    documents = [d for d in yaml.safe_load_all(text) if d]
+    for document in documents:
+        spec = document.get("spec") if document.get("kind") == "SovereignStack" else None
+        for key, name in REAL_NODE_ENTRIES.items():
+            if spec is not None:
+                spec[key] = [entry for entry in spec.get(key, []) if entry["name"] != name]
+    return yaml.safe_dump_all(documents, sort_keys=False)
 
 
 def sample_documents(path: Path) -> list[dict[str, Any]]:

@@ -511,7 +511,7 @@ def _sweep(state: dict[str, Any], *, containerd: Component | None) -> list[str]:
         except Exception as err:  # noqa: BLE001 - every step runs, failures are reported together
             errors.append(f"{what}: {err}")
 
-    node_dir = _node_dir(state)
+    node_dir = Path(state["node_dir"])
     # Read before the node's directories go: the shims' socket names derive from task ids.
     state["shim_socket_paths"] = [str(s) for s in _shim_sockets(state)]
     # A harness killed outright leaves its children running: the kubelet first, so nothing
@@ -542,15 +542,9 @@ def _sweep(state: dict[str, Any], *, containerd: Component | None) -> list[str]:
     return errors
 
 
-def _node_dir(state: dict[str, Any]) -> Path:
-    # Records of the first version (before the node's directory was fixed) call it ``workdir``;
-    # such a record on a shared machine must still be swept, not stop every later start.
-    return Path(state.get("node_dir") or state["workdir"])
-
-
 def _process_marks(state: dict[str, Any]) -> tuple[str, str, str, str, str]:
     """An argument only this node's kubelet, kube-proxy, CoreDNS, shims and containerd carry."""
-    node_dir = _node_dir(state)
+    node_dir = Path(state["node_dir"])
     return (f"--config={node_dir / 'kubelet.yaml'}", f"--config={node_dir / 'kube-proxy.yaml'}",
             str(node_dir / "Corefile"), state["containerd_address"], str(node_dir / "containerd.toml"))
 
@@ -562,7 +556,7 @@ def _shim_sockets(state: dict[str, Any]) -> list[Path]:
     directory, named by the sha256 of ``<containerd address>/<namespace>/<task id>``; computing
     the names keeps another containerd's sockets there untouched.
     """
-    tasks = _node_dir(state) / "containerd" / "state" / "io.containerd.runtime.v2.task" / "k8s.io"
+    tasks = Path(state["node_dir"]) / "containerd" / "state" / "io.containerd.runtime.v2.task" / "k8s.io"
     known = [Path(s) for s in state.get("shim_socket_paths", [])]
     if not tasks.is_dir():
         return known
