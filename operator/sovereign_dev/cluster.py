@@ -204,6 +204,8 @@ class DevCluster:
         self.workdir.mkdir(parents=True, exist_ok=True)
         if self.fleet is None:
             self.fleet = fleet_mod.load()
+        if self.real_node:
+            self.fleet = fleet_mod.with_real_node(self.fleet, region=self.real_node)
         if self.crd_paths is None:
             self.crd_paths = default_crd_paths()
 

@@ -42,6 +42,21 @@ def scaled(fleet: dict[str, Any], *, gpu_nodes_per_region: int | None = None,
     return result
 
 
+def with_real_node(fleet: dict[str, Any], *, region: str) -> dict[str, Any]:
+    """A copy of ``fleet`` in which the real node is the only CPU node of ``region``: KWOK's CPU
+    groups there get no nodes (their zones stay, for ``real_node_labels``).
+
+    A stack pins its applications' pods to its regions only (an application names no pool), so
+    with a KWOK CPU node beside the real one the scheduler could put an application where no
+    container ever runs. GPU nodes stay: they are tainted, and only GPU pods go there.
+    """
+    result = copy.deepcopy(fleet)
+    for group in result["groups"]:
+        if group["region"] == region and "gpu" not in group:
+            group["count"] = 0
+    return result
+
+
 def real_node_labels(fleet: dict[str, Any], *, region: str) -> dict[str, str]:
     """The labels a real node in ``region`` registers with: the region and the first zone the
     fleet gives that region, like its KWOK nodes (the kubelet adds hostname, os and arch)."""

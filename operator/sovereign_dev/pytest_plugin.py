@@ -78,12 +78,14 @@ def api_client(cluster: DevCluster):
     client.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def real_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevCluster]:
     """The fleet plus a real node in ``REAL_NODE_REGION``: its pods run in real containers.
 
-    Pods reach host services at ``real_cluster.pod_reachable_host``. At the end the node must
-    leave nothing on the host; what it left fails the session's last test.
+    Pods reach host services at ``real_cluster.pod_reachable_host``. One per test module, not
+    per session: a machine has one real node at a time (a host lock), and a later module (such
+    as an end-to-end run of ``sovereign dev up``) may need to start its own. At the end the node
+    must leave nothing on the host; what it left fails the module's last test.
     """
     workdir = tmp_path_factory.mktemp("realcluster")
     dev = DevCluster(workdir=workdir, progress=True, real_node=REAL_NODE_REGION,
@@ -99,7 +101,7 @@ def real_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevCluste
     assert not left, f"the real node left these behind on the host: {left}"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def real_minio_servers(real_cluster: DevCluster,
                        tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, MinioServer]]:
     """region -> a MinIO server bound to the real node's gateway, reachable from its pods and
@@ -109,7 +111,7 @@ def real_minio_servers(real_cluster: DevCluster,
         yield fleet.servers
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def real_api_client(real_cluster: DevCluster):
     client = real_cluster.api_client()
     yield client

@@ -1,7 +1,8 @@
 """The project's own tiny chat models: llama-architecture GGUF files with random weights.
 
 Nothing is fetched from a model hub: each model is generated from a seed with the ``gguf``
-package, small enough (about half a megabyte) that llama-server loads it in milliseconds. The
+package, small enough (about half a megabyte) that llama-server loads it in milliseconds; the
+``SIZED_MODELS`` are the same kind of model made large (about 1 GiB) for the benchmarks. The
 file carries everything llama.cpp's loader needs (the llama hyper-parameters, a byte-level BPE
 tokenizer in the ``gpt2`` format and a ChatML chat template), so ``/v1/chat/completions`` answers
 with real, if meaningless, text. Two models with different seeds and names stand in for
@@ -72,6 +73,15 @@ class TinyModel:
 MODELS: dict[str, TinyModel] = {
     m.name: m for m in (TinyModel("tiny-llama-a", seed=1), TinyModel("tiny-llama-b", seed=2))
 }
+#: Models of the same kind, sized for the first-token benchmark (``bench/first_token.py``): with a
+#: tiny model Kubernetes' fixed costs are all there is to see, with about a GiB of weights the
+#: copy and the load weigh too. Generated only when named, never by default (``make models``).
+SIZED_MODELS: dict[str, TinyModel] = {
+    m.name: m for m in (
+        # 6 layers of 44M f32 parameters: 1.0 GiB.
+        TinyModel("bench-llama-1g", seed=3, n_embd=2048, n_layer=6, n_head=16, n_head_kv=4, n_ff=5504),
+    )
+}
 
 
 class TinyModelError(ValueError):
@@ -79,9 +89,10 @@ class TinyModelError(ValueError):
 
 
 def model(name: str) -> TinyModel:
-    if name not in MODELS:
-        raise TinyModelError(f"no tiny model named {name!r}: choose one of {sorted(MODELS)}")
-    return MODELS[name]
+    known = {**MODELS, **SIZED_MODELS}
+    if name not in known:
+        raise TinyModelError(f"no tiny model named {name!r}: choose one of {sorted(known)}")
+    return known[name]
 
 
 def ensure(name: str) -> Path:

@@ -47,6 +47,13 @@ MODELS_ROOT = "/models"
 #: Shared memory for NCCL between tensor-parallel workers and for vLLM's input processing.
 SHM_PER_GPU_GIB = 4
 STARTUP_PERIOD_SECONDS = 10
+#: llama-server's probes run every second: a CPU model of a few GB loads in seconds, and each
+#: probe period is time between "the server answers" and "the Service sends it requests" (the
+#: startup probe's period, then the readiness probe's), which on a small model is most of its
+#: start. /health is a cheap in-memory answer, so probing it often costs the server nothing.
+LLAMA_CPP_PROBE_PERIOD_SECONDS = 1
+#: Failed readiness probes before a llama-server replica stops getting requests (5 seconds).
+LLAMA_CPP_READINESS_FAILURES = 5
 #: Extra time a rollout may take beyond the startup window, for the weights to be copied first.
 COPY_ALLOWANCE_SECONDS = 600
 WAITING_REQUESTS_METRIC = "vllm:num_requests_waiting"
@@ -124,7 +131,11 @@ def _deployment(stack: SovereignStack, model: ModelSpec, facts: ClusterFacts) ->
         "selector": {"matchLabels": selector},
         "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
         "progressDeadlineSeconds": model.startup_timeout_seconds + COPY_ALLOWANCE_SECONDS,
-        "template": {"metadata": {"labels": template_labels}, "spec": pod_spec},
+        # The model on the pod too: `kubectl get pod -o yaml` tells which model a replica serves,
+        # while a swap of model: rolls the replicas one by one.
+        "template": {"metadata": {"labels": template_labels,
+                                  "annotations": {names.MODEL_ID_ANNOTATION: model.model}},
+                     "spec": pod_spec},
     }
     return names.stamped({
         "apiVersion": "apps/v1",
@@ -217,12 +228,13 @@ def _llama_server(model: ModelSpec, weights_mount: dict[str, Any], resources: di
         "ports": [{"name": "http", "containerPort": names.MODEL_PORT, "protocol": "TCP"}],
         "resources": resources,
         "securityContext": _RESTRICTED,
-        # /health answers 503 while the model loads, 200 once it serves: the same probes as vLLM's.
+        # /health answers 503 while the model loads, 200 once it serves: vLLM's probes, on
+        # a one-second period for startup and readiness (LLAMA_CPP_PROBE_PERIOD_SECONDS).
         "startupProbe": _health_probe(
-            period=STARTUP_PERIOD_SECONDS,
-            failures=math.ceil(model.startup_timeout_seconds / STARTUP_PERIOD_SECONDS),
+            period=LLAMA_CPP_PROBE_PERIOD_SECONDS,
+            failures=math.ceil(model.startup_timeout_seconds / LLAMA_CPP_PROBE_PERIOD_SECONDS),
         ),
-        "readinessProbe": _health_probe(period=5, failures=3),
+        "readinessProbe": _health_probe(period=LLAMA_CPP_PROBE_PERIOD_SECONDS, failures=LLAMA_CPP_READINESS_FAILURES),
         "livenessProbe": _health_probe(period=10, failures=6),
         "volumeMounts": [weights_mount, {"name": "tmp", "mountPath": "/tmp"}],
     }

@@ -47,3 +47,19 @@ def test_real_node_in_a_region_without_nodes_is_refused_with_the_choices():
     with pytest.raises(ValueError, match=r"real_node: region 'us-east-1' is not in the fleet; "
                                          r"choose one of \['eu-west-1', 'me-central-1'\]"):
         fleet.real_node_labels(fleet.load(), region="us-east-1")
+
+
+def test_with_a_real_node_the_region_has_no_kwok_cpu_node_and_keeps_its_gpu_nodes_and_zones():
+    """Applications name no pool: the real node must be the only CPU node of its region, or an
+    application could be scheduled where no container runs."""
+    whole = fleet.load()
+    shaped = fleet.with_real_node(whole, region="me-central-1")
+    by_region = {}
+    for node in fleet.nodes(shaped):
+        gpu = "nvidia.com/gpu" in node["status"]["capacity"]
+        by_region.setdefault((node["metadata"]["labels"][fleet.REGION_LABEL], gpu), []).append(node)
+    assert ("me-central-1", False) not in by_region
+    assert by_region[("me-central-1", True)] and by_region[("eu-west-1", False)]
+    assert fleet.real_node_labels(shaped, region="me-central-1") == fleet.real_node_labels(
+        whole, region="me-central-1")
+    assert whole == fleet.load(), "the fleet given is not changed in place"

@@ -79,3 +79,11 @@ def test_ensure_caches_the_file_under_the_cache_dir(tmp_path, monkeypatch):
 def test_an_unknown_model_name_lists_the_known_ones():
     with pytest.raises(tinymodel.TinyModelError, match=r"no tiny model named 'tiny-llama-z'.*tiny-llama-a"):
         tinymodel.ensure("tiny-llama-z")
+
+
+def test_the_benchmark_model_is_known_by_name_but_never_generated_by_default():
+    """`make models` (all of MODELS) stays small; the 1 GiB model is made when a benchmark names it."""
+    sized = tinymodel.model("bench-llama-1g")
+    assert sized.name not in tinymodel.MODELS and sized.file_name == "bench-llama-1g.gguf"
+    with pytest.raises(tinymodel.TinyModelError, match="bench-llama-1g"):
+        tinymodel.model("no-such-model")
