@@ -202,10 +202,6 @@ class DevEnvironment:
                 raise DevEnvError("a real node needs root (containers, mounts, iptables, a bridge): "
                                   "run as root, or `sovereign dev up --no-real-node` for simulated "
                                   "nodes only (nothing then answers a chat request)")
-            # The real node is the in-country region's CPU node: with KWOK's CPU nodes beside it,
-            # the scheduler would put the sample's application where nothing runs.
-            fleet = {**fleet, "groups": [g for g in fleet["groups"]
-                                         if "gpu" in g or g["region"] != regions[0]]}
         ledger = self.ledger
         self.phase = "starting the control plane" + (f" and the real node ({regions[0]})" if self.real_node else "")
         self.cluster = DevCluster(workdir=self.workdir / "cluster", fleet=fleet,
