@@ -36,10 +36,10 @@ from kubernetes import client
 
 from bench.result import Result
 from sovereign_dev import build, engine, tinymodel
+from sovereign_dev.fleet import REAL_NODE_REGION
 from sovereign_dev.cluster import DevCluster, wait_until
 from sovereign_dev.datapath import MODEL, STACK, DataPath, ModelResources
 from sovereign_dev.minio import MinioServer
-from sovereign_dev.pytest_plugin import REAL_NODE_REGION
 from sovereign_dev.scenario import OperatorProcess, delete_stack
 
 RUNS = int(os.environ.get("SOVEREIGN_BENCH_FIRST_TOKEN_RUNS", 3))

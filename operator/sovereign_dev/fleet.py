@@ -21,6 +21,8 @@ GPU_COUNT_LABEL = "nvidia.com/gpu.count"
 GPU_MEMORY_LABEL = "nvidia.com/gpu.memory"
 # KWOK only manages nodes carrying this annotation (see --manage-nodes-with-annotation-selector).
 KWOK_ANNOTATION = {"kwok.x-k8s.io/node": "fake"}
+#: The in-country region where the tests and benchmarks run their real node.
+REAL_NODE_REGION = "me-central-1"
 
 
 def load(path: Path = FLEET_FILE) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from sovereign_dev import fleet
 from sovereign_dev.cluster import DevCluster, wait_until
 from sovereign_dev.minio import DEFAULT_REGIONS, MinioFleet, MinioServer
 from sovereign_dev.minio_fixtures import *  # noqa: F403 - minio_servers and friends
@@ -28,7 +29,7 @@ from sovereign_dev.minio_fixtures import mark_minio_items
 
 _REAL_NODE_FIXTURES = {"real_cluster", "real_api_client", "real_namespace", "real_minio_servers"}
 _CLUSTER_FIXTURES = {"cluster", "api_client", "namespace", *_REAL_NODE_FIXTURES}
-REAL_NODE_REGION = "me-central-1"
+REAL_NODE_REGION = fleet.REAL_NODE_REGION
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
