@@ -47,7 +47,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sovereign.api import GROUP, PLURAL, VERSION
 from sovereign_dev import build
 from sovereign_dev.cluster import DevCluster, free_port, wait_until
-from sovereign_dev.scenario import OperatorProcess
+from sovereign_dev.scenario import OperatorProcess, WebhookOperator
 from sovereign.kube.admission import CONFIGURATION_NAME, GOVERNED_LABEL
 from sovereign.services.admission import POD_AFFINITY, POD_RESIDENCY
 
@@ -101,23 +101,6 @@ def run() -> list[Result]:
             operator.stop()
             api.close()
     return results
-
-
-class WebhookOperator(OperatorProcess):
-    """``sovereign run`` serving its webhooks on loopback and its metrics on ``metrics_port``."""
-
-    def __init__(self, *, audit_seconds: float, metrics_port: int, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.audit_seconds = audit_seconds
-        self.metrics_port = metrics_port
-
-    def args(self) -> list[str]:
-        args = [arg for arg in super().args() if arg not in ("--verbose", "--no-webhooks")]
-        audit = args.index("--audit-seconds")
-        args[audit + 1] = str(self.audit_seconds)
-        return args + ["--metrics-address", "127.0.0.1", "--metrics-port", str(self.metrics_port),
-                       "--webhook-address", "127.0.0.1", "--webhook-port", str(free_port()),
-                       "--webhook-host", "127.0.0.1"]
 
 
 def _governed_namespace(api: client.ApiClient, name: str, *, enforcement: str, operator: OperatorProcess) -> None:

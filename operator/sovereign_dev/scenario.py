@@ -25,8 +25,9 @@ from typing import Any
 from kubernetes import client
 
 from sovereign.api import GROUP, PLURAL, VERSION, load_documents, parse_stack
-from sovereign_dev.cluster import REPO_ROOT, DevCluster, wait_until
+from sovereign_dev.cluster import REPO_ROOT, DevCluster, free_port, wait_until
 from sovereign_dev.minio import MinioServer
+from sovereign.kube.admission import CONFIGURATION_NAME
 from sovereign.kube.client import USER_AGENT
 from sovereign.render.names import KARPENTER_NODEPOOL_LABEL, OWNER_ANNOTATION, POOL_LABEL, STACK_LABEL, nodepool_name
 
@@ -192,6 +193,33 @@ class OperatorProcess:
 
     def tail(self, lines: int = 40) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:]) if self.log.exists() else ""
+
+
+class WebhookOperator(OperatorProcess):
+    """``sovereign run`` serving its admission webhooks on loopback, as the chart's operator does,
+    and its metrics on ``metrics_port``. Its webhook configurations fail closed and outlive it:
+    ``remove_webhooks`` when the cluster is shared."""
+
+    def __init__(self, *, audit_seconds: float, metrics_port: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.audit_seconds = audit_seconds
+        self.metrics_port = metrics_port
+
+    def args(self) -> list[str]:
+        args = [arg for arg in super().args() if arg not in ("--verbose", "--no-webhooks")]
+        audit = args.index("--audit-seconds")
+        args[audit + 1] = str(self.audit_seconds)
+        return args + ["--metrics-address", "127.0.0.1", "--metrics-port", str(self.metrics_port),
+                       "--webhook-address", "127.0.0.1", "--webhook-port", str(free_port()),
+                       "--webhook-host", "127.0.0.1"]
+
+    @staticmethod
+    def remove_webhooks(api: client.ApiClient) -> None:
+        admission = client.AdmissionregistrationV1Api(api)
+        for delete in (admission.delete_mutating_webhook_configuration,
+                       admission.delete_validating_webhook_configuration):
+            with contextlib.suppress(client.ApiException):
+                delete(CONFIGURATION_NAME)
 
 
 def operator_writes(cluster: DevCluster, *, after: int = 0) -> list[dict[str, Any]]:

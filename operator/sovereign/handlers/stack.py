@@ -29,7 +29,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -69,12 +69,22 @@ class OperatorConfig:
     gpu_check_seconds: float = 2.0
 
 
-class _StackLocks:
-    """One lock per stack, so two passes over the same stack never interleave."""
+class _StackPasses:
+    """One thread at a time works on a stack, and requests for a pass never wait for one.
+
+    ``hold`` serialises all work on a stack (passes, evictions, finalization). ``run`` is for
+    passes: one asked for while another runs (a child's event, the resync timer, an update)
+    returns at once and makes the running pass go round once more, reading the stack afresh.
+    Waiting instead would park one thread of Kopf's small executor per event while the pass's
+    own writes wait for the admission webhooks, which need a thread of that same executor: a
+    deadlock broken only by the apiserver's webhook timeout, on every pass.
+    """
 
     def __init__(self) -> None:
         self._guard = threading.Lock()
         self._locks: dict[tuple[str, str], threading.Lock] = {}
+        # Stacks with a pass in progress -> whether another pass was asked for meanwhile.
+        self._again: dict[tuple[str, str], bool] = {}
 
     @contextmanager
     def hold(self, namespace: str, name: str) -> Iterator[None]:
@@ -83,10 +93,37 @@ class _StackLocks:
         with lock:
             yield
 
+    def run(self, namespace: str, name: str, work: Callable[[], None]) -> None:
+        key = (namespace, name)
+        with self._guard:
+            if key in self._again:
+                self._again[key] = True
+                return
+            self._again[key] = False
+        try:
+            while True:
+                with self.hold(namespace, name):
+                    work()
+                with self._guard:
+                    if not self._again[key]:
+                        del self._again[key]
+                        return
+                    self._again[key] = False
+        except BaseException:
+            with self._guard:
+                self._again.pop(key, None)
+            raise
+
+    def forget(self, namespace: str, name: str) -> None:
+        """Drop a deleted stack's lock, so the table does not grow with every stack ever seen."""
+        with self._guard:
+            if (namespace, name) not in self._again:
+                self._locks.pop((namespace, name), None)
+
 
 def install(registry: kopf.OperatorRegistry, *, kube: Kube, config: OperatorConfig) -> None:
     """Register every handler of the operator on ``registry``."""
-    locks = _StackLocks()
+    passes = _StackPasses()
     # S3 stores are verified again at most once per resync, however many events trigger passes.
     stores = StoreVerdicts(recheck_seconds=config.resync_seconds)
 
@@ -96,7 +133,10 @@ def install(registry: kopf.OperatorRegistry, *, kube: Kube, config: OperatorConf
                             prometheus_url=config.prometheus_url)
 
     def run_pass(namespace: str, name: str, cluster_nodes: kopf.Index[None, NodeFacts]) -> None:
-        with locks.hold(namespace, name), _retry_on_trouble(namespace, name):
+        passes.run(namespace, name, lambda: one_pass(namespace, name, cluster_nodes))
+
+    def one_pass(namespace: str, name: str, cluster_nodes: kopf.Index[None, NodeFacts]) -> None:
+        with _retry_on_trouble(namespace, name):
             # Read afresh under the lock: the body Kopf or an event handed over may predate the
             # status the previous pass wrote, and comparing with it would write again.
             body = kube.get(STACK, name=name, namespace=namespace)
@@ -160,7 +200,7 @@ def install(registry: kopf.OperatorRegistry, *, kube: Kube, config: OperatorConf
             run_pass(namespace, name, cluster_nodes)
             reaction.status_shown(health)
         if reaction.evictions_due(health, now=time.monotonic()):
-            with locks.hold(namespace, name), _retry_on_trouble(namespace, name):
+            with passes.hold(namespace, name), _retry_on_trouble(namespace, name):
                 report = reaction.evict(kube=kube, body=body, health=health, now=time.monotonic())
             if report.evicted or report.blocked or report.failed:
                 log.info("stack %s/%s: GPU fault on %s: evicted %s; blocked by a disruption budget %s; failed %s",
@@ -182,8 +222,9 @@ def install(registry: kopf.OperatorRegistry, *, kube: Kube, config: OperatorConf
     @kopf.on.delete(*_STACKS, id="finalize", registry=registry)
     def finalize_stack(body: kopf.Body, **_: Any) -> None:
         meta = body["metadata"]
-        with locks.hold(meta["namespace"], meta["name"]), _retry_on_trouble(meta["namespace"], meta["name"]):
+        with passes.hold(meta["namespace"], meta["name"]), _retry_on_trouble(meta["namespace"], meta["name"]):
             removed = finalize(kube=kube, body=dict(body))
+        passes.forget(meta["namespace"], meta["name"])
         metrics.forget_stack(namespace=meta["namespace"], stack=meta["name"])
         stores.forget(namespace=meta["namespace"], name=meta["name"])
         if removed:
