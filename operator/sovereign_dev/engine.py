@@ -23,11 +23,10 @@ import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from sovereign_dev import build, tinymodel
-from sovereign_dev.processes import stop_process_group
+from sovereign_dev.processes import OwnedServer
 
 MODELS_PREFIX = "models"
 _LOG_TAIL_LINES = 40
@@ -38,7 +37,7 @@ class EngineStartError(RuntimeError):
     """llama-server did not become healthy; the message carries the tail of its log."""
 
 
-class LlamaServer:
+class LlamaServer(OwnedServer):
     """One llama-server process serving ``model`` as ``alias`` on loopback; logs under ``root``."""
 
     def __init__(self, *, model: Path, alias: str, root: Path, threads: int = 2, ctx_size: int = 2048,
@@ -107,21 +106,6 @@ class LlamaServer:
             self.stop()
             raise
 
-    def stop(self, *, grace: float = 10.0) -> None:
-        """SIGTERM the server's process group, SIGKILL it after ``grace`` seconds; idempotent."""
-        process, self._process = self._process, None
-        if process is None:
-            return
-        atexit.unregister(self.stop)
-        stop_process_group(process, grace=grace)
-
-    def __enter__(self) -> LlamaServer:
-        self.start()
-        return self
-
-    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
-                 traceback: TracebackType | None) -> None:
-        self.stop()
 
     def chat(self, *, content: str, max_tokens: int = 16, model: str | None = None,
              seed: int | None = None) -> dict[str, Any]:

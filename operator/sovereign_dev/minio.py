@@ -33,7 +33,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from sovereign_dev.processes import ProcessLedger, free_port, port_taken, recorded, stop_process_group
+from sovereign_dev.processes import OwnedServer, ProcessLedger, free_port, port_taken, recorded
 
 DEFAULT_REGIONS = ("me-central-1", "eu-west-1")
 KMS_KEY_NAME = "sovereign-dev"  # the static key's name, for SSE-KMS requests (SSEKMSKeyId)
@@ -45,12 +45,14 @@ class MinioStartError(RuntimeError):
     """A MinIO server did not become ready; the message carries the tail of its log."""
 
 
-class MinioServer:
+class MinioServer(OwnedServer):
     """One MinIO process serving one region from ``root`` (data, certs and log live there).
 
     ``access_key``/``secret_key`` default to fresh random values. The KMS key, when enabled,
     is kept in ``root`` so a restarted server can still read the objects it encrypted.
     """
+
+    stop_grace = 15.0  # MinIO flushes its data on SIGTERM
 
     def __init__(
         self,
@@ -167,21 +169,6 @@ class MinioServer:
                 if not port_taken(str(err)) or attempt == _PORT_ATTEMPTS:
                     raise
 
-    def stop(self, *, grace: float = 15.0) -> None:
-        """SIGTERM the server's process group, SIGKILL it after ``grace`` seconds; idempotent."""
-        process, self._process = self._process, None
-        if process is None:
-            return
-        atexit.unregister(self.stop)
-        stop_process_group(process, grace=grace)
-
-    def __enter__(self) -> MinioServer:
-        self.start()
-        return self
-
-    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
-                 traceback: TracebackType | None) -> None:
-        self.stop()
 
     def _binary(self) -> Path:
         if self._binary_dir is None:

@@ -20,6 +20,7 @@ Used by ``cluster`` (control-plane components), ``minio`` and ``devenv`` (``sove
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import random
@@ -32,6 +33,8 @@ import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from types import TracebackType
+from typing import Self
 
 # Ports of fixed-port services of the real node (kubelet 10250, kube-proxy 10249/10256, CoreDNS
 # 9153, containerd's 1338x range) and most well-known daemons lie below this.
@@ -142,15 +145,38 @@ def signal_group(pgid: int, sig: int) -> None:
         pass
 
 
-def stop_process_group(process: subprocess.Popen, *, grace: float = 10.0) -> None:
-    """SIGTERM the group led by ``process`` (started with ``start_new_session``), SIGKILL it after
-    ``grace`` seconds, and reap it. For one server a harness object owns (MinIO, llama-server)."""
-    signal_group(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        signal_group(process.pid, signal.SIGKILL)
-        process.wait()
+class OwnedServer:
+    """Base of a server process one harness object owns (MinIO, llama-server): ``start()`` sets
+    ``_process`` (started with ``start_new_session``, registering ``stop`` with ``atexit``);
+    ``stop()`` and the ``with`` statement end its whole process group."""
+
+    _process: subprocess.Popen | None = None
+    #: Seconds between SIGTERM and SIGKILL.
+    stop_grace: float = 10.0
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        """SIGTERM the server's process group, SIGKILL it after ``stop_grace`` seconds; idempotent."""
+        process, self._process = self._process, None
+        if process is None:
+            return
+        atexit.unregister(self.stop)
+        signal_group(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=self.stop_grace)
+        except subprocess.TimeoutExpired:
+            signal_group(process.pid, signal.SIGKILL)
+            process.wait()
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self.stop()
 
 
 @dataclass(frozen=True)

@@ -59,17 +59,20 @@ def _nvml_has_gpu() -> bool:
         return False
 
 
-@pytest.fixture(scope="session")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevCluster]:
-    workdir = tmp_path_factory.mktemp("devcluster")
-    dev = DevCluster(workdir=workdir, progress=True)
+def _running(dev: DevCluster) -> Iterator[DevCluster]:
+    """Start ``dev``, hand it over, stop it; its etcd data go unless SOVEREIGN_KEEP_CLUSTER is set."""
     dev.start()
     try:
         yield dev
     finally:
         dev.stop()
         if not os.environ.get("SOVEREIGN_KEEP_CLUSTER"):
-            shutil.rmtree(workdir / "etcd", ignore_errors=True)
+            shutil.rmtree(dev.workdir / "etcd", ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevCluster]:
+    yield from _running(DevCluster(workdir=tmp_path_factory.mktemp("devcluster"), progress=True))
 
 
 @pytest.fixture(scope="session")
@@ -88,16 +91,9 @@ def real_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevCluste
     as an end-to-end run of ``sovereign dev up``) may need to start its own. At the end the node
     must leave nothing on the host; what it left fails the module's last test.
     """
-    workdir = tmp_path_factory.mktemp("realcluster")
-    dev = DevCluster(workdir=workdir, progress=True, real_node=REAL_NODE_REGION,
+    dev = DevCluster(workdir=tmp_path_factory.mktemp("realcluster"), progress=True, real_node=REAL_NODE_REGION,
                      real_node_images=("base",))
-    dev.start()
-    try:
-        yield dev
-    finally:
-        dev.stop()
-        if not os.environ.get("SOVEREIGN_KEEP_CLUSTER"):
-            shutil.rmtree(workdir / "etcd", ignore_errors=True)
+    yield from _running(dev)
     left = dev.node.leftovers() if dev.node else []
     assert not left, f"the real node left these behind on the host: {left}"
 
