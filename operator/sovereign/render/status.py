@@ -371,11 +371,14 @@ def _rollout(deployment: Manifest | None) -> _Rollout:
     done = (current and status.get("updatedReplicas", 0) == desired and total == desired
             and status.get("availableReplicas", 0) == desired)
     progressing = _status_condition(deployment, "Progressing")
+    updated = status.get("updatedReplicas", 0)
     note = f"{ready}/{desired} replica(s) ready"
     if not done and progressing.get("reason") == "ProgressDeadlineExceeded":
         note += f" ({progressing.get('message', 'rollout stalled')})"
-    elif not done and total > desired:
-        note += " (rolling out)"
+    elif not done and (not current or updated < desired or total > desired):
+        # The old replicas may all be ready while the new template is not: say so, or the
+        # condition reads "1/1 ready" while it is False (a Recreate rollout never surges).
+        note += f" (rolling out: {updated if current else 0}/{desired} on the current template)"
     return _Rollout(desired, total, ready, done, note)
 
 

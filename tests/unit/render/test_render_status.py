@@ -100,6 +100,21 @@ def test_models_ready_follows_deployment_availability(full_stack, facts) -> None
     assert status.models_ready == "1/2"
 
 
+def test_a_model_rolling_to_a_new_template_says_so_while_its_old_replica_serves(full_stack, facts) -> None:
+    # A model swap: the old replica is still ready, the new template has no replica yet.
+    def swapping(live):
+        if live["kind"] == "Deployment" and live["metadata"]["name"] == "chat":
+            live["metadata"]["generation"] = 2
+            live["status"] = {**live["status"], "observedGeneration": 2, "updatedReplicas": 0}
+        return live
+
+    status = _status(full_stack, facts, _children(full_stack, facts, swapping))
+    models_ready = next(c for c in status.conditions if c.type == "ModelsReady")
+
+    assert models_ready.status is ConditionStatus.FALSE
+    assert "chat: 1/1 replica(s) ready (rolling out: 0/1 on the current template)" in models_ready.message
+
+
 def test_a_deployment_still_on_an_old_generation_is_not_ready(full_stack, facts) -> None:
     def stale(live):
         if live["kind"] == "Deployment" and live["metadata"]["name"] == "assistant":
