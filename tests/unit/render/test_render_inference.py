@@ -78,7 +78,7 @@ def test_startup_window_defaults_to_thirty_minutes_and_follows_the_spec(full_sta
 def test_image_is_pinned_unless_the_model_names_one(full_stack, facts) -> None:
     assert _vllm(_objects(full_stack, facts, "chat"))["image"] == DEFAULT_VLLM_IMAGE
     assert ":" in DEFAULT_VLLM_IMAGE and not DEFAULT_VLLM_IMAGE.endswith(":latest")
-    assert _vllm(_objects(full_stack, facts, "embed"))["image"] == "registry.gov.qa/vllm/vllm-openai:v0.8.5"
+    assert _vllm(_objects(full_stack, facts, "embed"))["image"] == "registry.gov.qa/vllm/vllm-openai:v0.33.0"
 
 
 def test_autoscaled_model_leaves_replicas_to_keda(full_stack, facts) -> None:
