@@ -81,6 +81,12 @@ OPERATOR_OWNED_LLAMA_CPP_FLAGS = tuple(dict.fromkeys(
 GPU_COUNTS_PER_REPLICA = (0, 1, 2, 4, 8)
 DEFAULT_STARTUP_TIMEOUT_SECONDS = 1800
 DEFAULT_CACHE_SIZE = "200Gi"
+#: What a vLLM replica requests besides its GPUs, per GPU, when the model sets no resources: vLLM
+#: runs one worker process per GPU beside its API server and engine core, each with CPU threads
+#: and pinned host memory. Small enough for the smallest one-GPU cloud nodes (4 vCPU, 32 GiB:
+#: AWS g6e.xlarge), a fraction of an 8-GPU node (192 vCPU, 2 TiB: p5.48xlarge).
+VLLM_CPU_PER_GPU = 2
+VLLM_MEMORY_PER_GPU_GIB = 16
 S3_ACCESS_KEY_ID_KEY = "AWS_ACCESS_KEY_ID"
 S3_SECRET_ACCESS_KEY_KEY = "AWS_SECRET_ACCESS_KEY"
 
@@ -695,18 +701,20 @@ class Engine(StrEnum):
 
 
 class ModelResources(ApiObject):
-    """CPU and memory of each replica of a CPU-engine model: requested and, equally, its limit."""
+    """CPU and memory of each replica (the engine and its weights loader alike)."""
 
     cpu: Quantity = Field(
         description=(
-            "CPU of each replica, such as 4 or 3500m; llama-server gets as many threads (--threads, "
-            "at least 1), so it is not throttled."
+            "CPU of each replica, such as 4 or 3500m. llama-cpp: requested and its limit; "
+            "llama-server gets as many threads (--threads, at least 1), so it is not throttled. "
+            "vllm: requested, not capped (vLLM's scheduler and tokenizer threads burst)."
         )
     )
     memory: Quantity = Field(
         description=(
-            "Memory of each replica, such as 8Gi: the GGUF file's size plus the KV cache of the context. "
-            "A replica that uses more is OOM-killed and restarted."
+            "Memory of each replica, such as 8Gi, requested and its limit. llama-cpp: the GGUF "
+            "file's size plus the KV cache of the context. A replica that uses more is OOM-killed "
+            "and restarted."
         )
     )
 
@@ -775,7 +783,6 @@ _RESOURCES_FOR_LLAMA = (
     "resources is required for engine llama-cpp, which runs in CPU memory: set resources.cpu and "
     "resources.memory, such as {cpu: \"4\", memory: 8Gi}"
 )
-_RESOURCES_ONLY_LLAMA = "resources is only for engine llama-cpp (a vLLM replica is sized by gpusPerReplica); remove it"
 _SEPARATE_VALUE = (
     "llama-server takes a flag's value as the next argument, not after '=': write the flag and its "
     "value as two entries, such as [--ctx-size, \"4096\"]"
@@ -871,9 +878,12 @@ class ModelSpec(ApiObject):
     resources: ModelResources | None = Field(
         default=None,
         description=(
-            "CPU and memory of each replica, both requested and set as its limit (Guaranteed QoS: the "
-            "scheduler reserves them, the kubelet evicts the replica last). Required for engine "
-            "llama-cpp, not allowed for vllm."
+            "CPU and memory of each replica and of its weights loader, requested so the replica is "
+            "never BestEffort (extended resources such as nvidia.com/gpu do not count for QoS, so "
+            "the kubelet would evict a GPU-only replica first). Required for engine llama-cpp: both "
+            "requested and set as limits (Guaranteed QoS). Optional for vllm: requested, memory also "
+            "as the limit, CPU uncapped (Burstable QoS); unset, "
+            f"{VLLM_CPU_PER_GPU} CPU and {VLLM_MEMORY_PER_GPU_GIB}Gi of memory per GPU of the replica."
         ),
     )
     startup_timeout_seconds: int = Field(
@@ -930,16 +940,6 @@ class ModelSpec(ApiObject):
             failures=lambda model: (
                 [RuleFailure(("resources",), MISSING, _RESOURCES_FOR_LLAMA)]
                 if model.engine is Engine.LLAMA_CPP and model.resources is None
-                else []
-            ),
-        ),
-        Rule(
-            cel="self.engine != 'vllm' || !has(self.resources)",
-            message=_RESOURCES_ONLY_LLAMA,
-            field_path=".resources",
-            failures=lambda model: (
-                [RuleFailure(("resources",), model.resources, _RESOURCES_ONLY_LLAMA)]
-                if model.engine is Engine.VLLM and model.resources is not None
                 else []
             ),
         ),

@@ -5,7 +5,10 @@ Engine ``vllm``: the pod serves the weights from a local path under two names, t
 first (``--served-model-name chat Qwen/Qwen2.5-72B-Instruct``): applications call the logical
 name, so the model behind it can be swapped without touching them, and vLLM labels its metrics
 with the first name, which the autoscaler queries. The pod runs with hub access and usage
-reporting off, on GPU nodes of the allowed regions and of the model's pool only.
+reporting off, on GPU nodes of the allowed regions and of the model's pool only. It and its
+loader request CPU and memory (``resources``, or a size per GPU: ``api.models.VLLM_CPU_PER_GPU``,
+``VLLM_MEMORY_PER_GPU_GIB``) beside the GPUs, so it is Burstable, never BestEffort: the kubelet
+evicts BestEffort pods first under memory pressure, and GPUs do not count for QoS.
 
 Engine ``llama-cpp``: llama.cpp's ``llama-server`` serves the one GGUF file ``source.path`` names,
 under the same two names (``--alias chat,<model>``), on the same port behind the same Service, so
@@ -35,6 +38,7 @@ from typing import Any
 
 from sovereign.api import DataStore, Engine, ModelSpec, SovereignStack, parse_quantity, vllm
 from sovereign.api.engines import LLAMA_CPP_IMAGE
+from sovereign.api.models import VLLM_CPU_PER_GPU, VLLM_MEMORY_PER_GPU_GIB
 from sovereign.render import names, pod, storage
 from sovereign.render.facts import ClusterFacts
 from sovereign.render.names import Component
@@ -161,9 +165,14 @@ def _vllm_pod(stack: SovereignStack, model: ModelSpec, store: DataStore, facts: 
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
     }
+    host = _vllm_host_resources(model)
     if store.s3 is not None:
-        pod_spec["initContainers"] = [_loader(stack, model, store, facts)]
-    pod_spec["containers"] = [_vllm(model, mount)]
+        # The loader gets the server's CPU and memory: an init container runs before the server,
+        # so the node reserves the larger of the two, not their sum.
+        pod_spec["initContainers"] = [{**_loader(stack, model, store, facts), "resources": host}]
+    gpus = {names.GPU_RESOURCE: str(model.gpus)}
+    pod_spec["containers"] = [_vllm(model, mount, {"requests": {**host["requests"], **gpus},
+                                                   "limits": {**host["limits"], **gpus}})]
     pod_spec["volumes"] = [volume, shm]
     return pod_spec
 
@@ -199,6 +208,18 @@ def _cpu_resources(model: ModelSpec) -> dict[str, Any]:
     assert model.resources is not None, "api validation requires resources for llama-cpp models"
     amounts = {"cpu": model.resources.cpu, "memory": model.resources.memory}
     return {"requests": dict(amounts), "limits": dict(amounts)}
+
+
+def _vllm_host_resources(model: ModelSpec) -> dict[str, Any]:
+    """A vLLM replica's CPU and memory: requested, so the pod is Burstable rather than BestEffort
+    (GPUs do not count for QoS); memory also capped at the request, so the kubelet never evicts
+    the replica for using more than it asked; CPU uncapped, as a CFS quota would throttle vLLM's
+    scheduler and tokenizer threads between GPU steps. ``resources`` overrides the per-GPU size."""
+    if model.resources is not None:
+        cpu, memory = model.resources.cpu, model.resources.memory
+    else:
+        cpu, memory = str(VLLM_CPU_PER_GPU * model.gpus), f"{VLLM_MEMORY_PER_GPU_GIB * model.gpus}Gi"
+    return {"requests": {"cpu": cpu, "memory": memory}, "limits": {"memory": memory}}
 
 
 def threads(model: ModelSpec) -> int:
@@ -294,7 +315,7 @@ def _loader(stack: SovereignStack, model: ModelSpec, store: DataStore, facts: Cl
     }
 
 
-def _vllm(model: ModelSpec, weights_mount: dict[str, Any]) -> dict[str, Any]:
+def _vllm(model: ModelSpec, weights_mount: dict[str, Any], resources: dict[str, Any]) -> dict[str, Any]:
     gpus = str(model.gpus)
     return {
         "name": "vllm",
@@ -310,7 +331,7 @@ def _vllm(model: ModelSpec, weights_mount: dict[str, Any]) -> dict[str, Any]:
         ],
         "env": pod.sorted_env(pod.value(key, text) for key, text in OFFLINE_ENV.items()),
         "ports": [{"name": "http", "containerPort": names.MODEL_PORT, "protocol": "TCP"}],
-        "resources": {"requests": {names.GPU_RESOURCE: gpus}, "limits": {names.GPU_RESOURCE: gpus}},
+        "resources": resources,
         # Startup: long enough to load large weights; after that, restart only a server that stays
         # unhealthy for a minute, and stop sending it requests after 15 seconds.
         "startupProbe": _health_probe(

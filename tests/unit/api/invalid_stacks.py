@@ -163,8 +163,6 @@ CASES = [
     Case("llama-cpp-with-autoscaling", with_cpu_model(autoscaling={"maxReplicas": 2}),
          ("spec.models[2].autoscaling", "engine vllm")),
     Case("llama-cpp-without-resources", with_cpu_model(resources=None), ("spec.models[2].resources", "resources.cpu")),
-    Case("vllm-with-resources", set_value("models.0.resources", {"cpu": "8", "memory": "64Gi"}),
-         ("spec.models[0].resources",)),
     Case("llama-cpp-path-not-a-gguf-file", with_cpu_model(source={"dataStore": "corpus", "path": "models/tiny/"}),
          ("spec.models[2].source.path", ".gguf")),
     Case("llama-cpp-hub-download-flag", with_cpu_model(extraArgs=["--hf-repo", "someone/model"]),

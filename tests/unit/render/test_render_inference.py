@@ -45,7 +45,7 @@ def test_gpus_shared_memory_and_toleration_follow_gpus_per_replica(full_stack, f
     objects = _objects(full_stack, facts, "chat")
     vllm = _vllm(objects)
 
-    assert vllm["resources"] == {"requests": {"nvidia.com/gpu": "4"}, "limits": {"nvidia.com/gpu": "4"}}
+    assert vllm["resources"]["requests"]["nvidia.com/gpu"] == vllm["resources"]["limits"]["nvidia.com/gpu"] == "4"
     shm = next(v for v in _pod(objects)["volumes"] if v["name"] == "dshm")
     assert shm["emptyDir"] == {"medium": "Memory", "sizeLimit": "16Gi"}
     assert {"name": "dshm", "mountPath": "/dev/shm"} in vllm["volumeMounts"]
@@ -168,3 +168,46 @@ def test_weights_on_a_volume_store_are_mounted_read_only_without_a_loader(facts)
 @pytest.mark.parametrize("flag", ["--endpoint", "--bucket", "--dest"])
 def test_fetch_model_still_has_the_options_the_loader_relies_on(flag) -> None:
     assert any(flag in param.opts for param in fetch_model.params if isinstance(param, click.Option))
+
+
+def _qos_class(pod: dict) -> str:
+    """The QoS class the apiserver gives a pod (pkg/apis/core/helper/qos): only cpu and memory
+    count; Guaranteed when every container limits both to its requests, BestEffort when none
+    asks for either."""
+    containers = [*pod.get("initContainers", []), *pod["containers"]]
+    parts = [{kind: {k: v for k, v in c.get("resources", {}).get(kind, {}).items() if k in ("cpu", "memory")}
+              for kind in ("requests", "limits")} for c in containers]
+    if not any(part["requests"] or part["limits"] for part in parts):
+        return "BestEffort"
+    if all(set(part["limits"]) == {"cpu", "memory"} and part["requests"] in ({}, part["limits"]) for part in parts):
+        return "Guaranteed"
+    return "Burstable"
+
+
+def test_a_vllm_replica_and_its_loader_request_cpu_and_memory_per_gpu(full_stack, facts) -> None:
+    """Not BestEffort: 2 CPU and 16Gi per GPU requested (memory also the limit), the loader alike."""
+    pod = _pod(_objects(full_stack, facts, "chat"))
+    loader = next(c for c in pod["initContainers"] if c["name"] == "fetch-model")
+
+    assert _vllm(_objects(full_stack, facts, "chat"))["resources"] == {
+        "requests": {"cpu": "8", "memory": "64Gi", "nvidia.com/gpu": "4"},
+        "limits": {"memory": "64Gi", "nvidia.com/gpu": "4"},
+    }
+    assert loader["resources"] == {"requests": {"cpu": "8", "memory": "64Gi"}, "limits": {"memory": "64Gi"}}
+    assert _qos_class(pod) == "Burstable"
+
+
+def test_a_vllm_model_overrides_its_cpu_and_memory_with_resources(full_document, facts) -> None:
+    full_document["spec"]["models"][0]["resources"] = {"cpu": "24", "memory": "200Gi"}
+    objects = _objects(stack_from(full_document), facts, full_document["spec"]["models"][0]["name"])
+
+    assert _vllm(objects)["resources"]["requests"] == {"cpu": "24", "memory": "200Gi", "nvidia.com/gpu": "4"}
+    assert _vllm(objects)["resources"]["limits"] == {"memory": "200Gi", "nvidia.com/gpu": "4"}
+    assert _qos_class(_pod(objects)) == "Burstable"
+
+
+def test_no_model_of_the_samples_renders_a_best_effort_pod(facts) -> None:
+    for sample in ("full", "minimal", "cpu"):
+        stack = stack_from(sample_document(sample))
+        for model in stack.spec.models:
+            assert _qos_class(_pod(_objects(stack, facts, model.name))) != "BestEffort", (sample, model.name)
