@@ -317,6 +317,25 @@ class ConsolidationPolicy(StrEnum):
     WHEN_EMPTY_OR_UNDERUTILIZED = "WhenEmptyOrUnderutilized"
 
 
+#: The label each Karpenter cloud provider's GPU instance types carry naming their GPU, by the API
+#: group of the provider's node class (``nodeClassRef.group``), read from the providers' sources
+#: (their ``apis/v1*/labels.go``). Karpenter only honours a requirement on a key its instance
+#: types define; any other key, such as ``nvidia.com/gpu.product``, it stamps onto whatever
+#: instance it launches, which is why ``gpuName`` pins through this label.
+GPU_NAME_LABELS = {
+    # aws/karpenter-provider-aws (EC2NodeClass): lower case, such as h100, a100, l40s.
+    "karpenter.k8s.aws": "karpenter.k8s.aws/instance-gpu-name",
+    # Azure/karpenter-provider-azure (AKSNodeClass): such as H100, A100.
+    "karpenter.azure.com": "karpenter.azure.com/sku-gpu-name",
+    # cloudpilot-ai/karpenter-provider-gcp (GCENodeClass): GCE accelerator types, such as
+    # nvidia-h100-80gb, nvidia-tesla-a100 (the same values as cloud.google.com/gke-accelerator).
+    "karpenter.k8s.gcp": "karpenter.k8s.gcp/instance-gpu-name",
+    # Karpenter's KWOK provider (KWOKNodeClass), as the local cloud's instance types set it.
+    "karpenter.kwok.sh": "karpenter.kwok.sh/instance-gpu-name",
+}
+_GPU_NAME_GROUPS = ", ".join(GPU_NAME_LABELS)
+
+
 class KarpenterSettings(ApiObject):
     """Settings of the Karpenter NodePool the operator creates for this pool."""
 
@@ -325,7 +344,19 @@ class KarpenterSettings(ApiObject):
         max_items=32,
         description=(
             "Instance types Karpenter may launch (values of node.kubernetes.io/instance-type). "
-            "Empty (the default) lets Karpenter choose."
+            "Empty (the default) lets Karpenter choose. A pool with gpu needs this or gpuName: "
+            "Karpenter would otherwise launch any GPU and label it gpu.product."
+        ),
+    )
+    gpu_name: LabelValue | None = Field(
+        default=None,
+        description=(
+            "The GPU Karpenter may launch, as the value of the GPU-name label of the provider's instance "
+            "types, chosen by nodeClassRef.group: karpenter.k8s.aws/instance-gpu-name on AWS (h100, "
+            "a100, l40s), karpenter.azure.com/sku-gpu-name on Azure (H100, A100), "
+            "karpenter.k8s.gcp/instance-gpu-name on GCP (nvidia-h100-80gb), "
+            "karpenter.kwok.sh/instance-gpu-name in the local KWOK cloud (h100). Only for pools "
+            "with gpu; such a pool needs this or instanceTypes."
         ),
     )
     capacity_types: list[CapacityType] = set_list(
@@ -393,6 +424,18 @@ def _karpenter_settings_failures(pool: NodePool) -> list[RuleFailure]:
     return []
 
 
+_GPU_UNPINNED = (
+    "a Karpenter pool with gpu must pin its GPU: set karpenter.gpuName (the value of the provider's "
+    "GPU-name label, such as h100 for karpenter.k8s.aws/instance-gpu-name) or karpenter.instanceTypes; "
+    "Karpenter stamps gpu.product onto whatever instance it launches"
+)
+_GPU_NAME_WITHOUT_GPU = "karpenter.gpuName is only for a pool with gpu; remove it from a CPU pool"
+_GPU_NAME_PROVIDER = (
+    f"karpenter.gpuName needs a node class of a provider whose GPU label is known ({_GPU_NAME_GROUPS}); "
+    "for another provider, pin the GPU with karpenter.instanceTypes"
+)
+
+
 class NodePool(ApiObject):
     """A pool of nodes that models run on: GPU nodes (gpu set) for engine vllm, CPU nodes (gpu
     unset) for engine llama-cpp."""
@@ -430,6 +473,40 @@ class NodePool(ApiObject):
             ),
             field_path=".karpenter",
             failures=_karpenter_settings_failures,
+        ),
+        Rule(
+            cel=("!has(self.karpenter) || !has(self.gpu) || has(self.karpenter.gpuName) || "
+                 "(has(self.karpenter.instanceTypes) && size(self.karpenter.instanceTypes) > 0)"),
+            message=_GPU_UNPINNED,
+            field_path=".karpenter",
+            failures=lambda pool: (
+                [RuleFailure(("karpenter", "gpuName"), MISSING, _GPU_UNPINNED)]
+                if pool.karpenter is not None and pool.gpu is not None and pool.karpenter.gpu_name is None
+                and not pool.karpenter.instance_types
+                else []
+            ),
+        ),
+        Rule(
+            cel="!has(self.karpenter) || !has(self.karpenter.gpuName) || has(self.gpu)",
+            message=_GPU_NAME_WITHOUT_GPU,
+            field_path=".karpenter.gpuName",
+            failures=lambda pool: (
+                [RuleFailure(("karpenter", "gpuName"), pool.karpenter.gpu_name, _GPU_NAME_WITHOUT_GPU)]
+                if pool.karpenter is not None and pool.karpenter.gpu_name is not None and pool.gpu is None
+                else []
+            ),
+        ),
+        Rule(
+            cel=("!has(self.karpenter) || !has(self.karpenter.gpuName) || "
+                 f"self.karpenter.nodeClassRef.group in {list(GPU_NAME_LABELS)!r}"),
+            message=_GPU_NAME_PROVIDER,
+            field_path=".karpenter.gpuName",
+            failures=lambda pool: (
+                [RuleFailure(("karpenter", "gpuName"), pool.karpenter.gpu_name, _GPU_NAME_PROVIDER)]
+                if pool.karpenter is not None and pool.karpenter.gpu_name is not None
+                and pool.karpenter.node_class_ref.group not in GPU_NAME_LABELS
+                else []
+            ),
         ),
         Rule(
             cel="!has(self.existing) || self.provisioner == 'Existing'",
@@ -1368,6 +1445,19 @@ class NodePoolStatus(StatusObject):
     nodes: int = Field(default=0, ge=0, description="Nodes in the pool.")
     ready_nodes: int = Field(default=0, ge=0, description="Nodes in the pool that are Ready.")
     gpus: int = Field(default=0, ge=0, description="Allocatable GPUs on the pool's nodes.")
+    instance_types: list[str] = Field(
+        default_factory=list,
+        description="Instance types of the pool's nodes (node.kubernetes.io/instance-type), each once, sorted.",
+    )
+    gpu_names: list[str] = Field(
+        default_factory=list,
+        description=(
+            "The GPUs the pool's nodes have, each once, sorted: for a Karpenter pool the provider's "
+            "GPU-name label of each launched instance (karpenter.k8s.aws/instance-gpu-name, ...; the "
+            "provider sets it from the instance, unlike gpu.product, which Karpenter copies from the "
+            "NodePool), else nvidia.com/gpu.product as GPU feature discovery set it."
+        ),
+    )
     unhealthy_gpus: int = Field(
         default=0, ge=0, alias="unhealthyGPUs", description="GPUs on the pool's nodes that NVML reports unhealthy."
     )

@@ -1,9 +1,14 @@
 """Node pools: a Karpenter NodePool per Karpenter pool; labels on the chosen nodes of an Existing pool.
 
 ``Karpenter``: a cluster-scoped ``karpenter.sh/v1`` NodePool whose requirements pin nodes to the
-allowed regions and the GPU product, tainted so only GPU workloads land there, with the pool's
-limits and disruption settings; a CPU pool (no ``gpu``) has neither GPU requirement nor taint. Karpenter copies the NodePool's name into the
-``karpenter.sh/nodepool`` label of each node it launches; model pods require that label.
+allowed regions and the GPU, tainted so only GPU workloads land there, with the pool's limits and
+disruption settings; a CPU pool (no ``gpu``) has neither GPU requirement nor taint. The GPU is
+pinned by what Karpenter's instance types define: ``instanceTypes`` and/or ``gpuName`` on the
+provider's GPU-name label (``api.models.GPU_NAME_LABELS``). The ``nvidia.com/gpu.product``
+requirement stays, because model pods require that label and Karpenter only launches nodes for
+pods whose labels the NodePool promises; Karpenter stamps it on the node, and the pin makes it true.
+Karpenter copies the NodePool's name into the ``karpenter.sh/nodepool`` label of each node it
+launches; model pods require that label.
 
 ``Existing``: the nodes that carry every label of ``existing.nodeSelector`` and the GPU product
 label (for a CPU pool: no GPU product label) are the pool, minus any outside the allowed regions or claimed by another stack (those
@@ -21,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sovereign.api import NodePool, Provisioner, SovereignStack
+from sovereign.api.models import GPU_NAME_LABELS
 from sovereign.render import names
 from sovereign.render.facts import ClusterFacts, NodeFacts
 from sovereign.render.names import Component
@@ -55,6 +61,15 @@ def placement(stack: SovereignStack, pool: NodePool) -> dict[str, str]:
     if pool.gpu is None:
         return where
     return {**where, names.GPU_PRODUCT_LABEL: pool.gpu.product}
+
+
+def gpu_name_label(pool: NodePool) -> str:
+    """The node label that says which GPU a node of ``pool`` really has: the provider's GPU-name
+    label for a Karpenter pool whose node class has a known one, else GPU feature discovery's
+    product label (which Karpenter copies from the NodePool, so it proves nothing there)."""
+    if pool.karpenter is not None and pool.karpenter.node_class_ref.group in GPU_NAME_LABELS:
+        return GPU_NAME_LABELS[pool.karpenter.node_class_ref.group]
+    return names.GPU_PRODUCT_LABEL
 
 
 def pool_nodes(*, stack: SovereignStack, pool: NodePool, facts: ClusterFacts) -> PoolNodes:
@@ -122,6 +137,9 @@ def _karpenter_nodepool(stack: SovereignStack, pool: NodePool) -> dict[str, Any]
         {"key": CAPACITY_TYPE_LABEL, "operator": "In", "values": sorted(t.value for t in settings.capacity_types)})
     if settings.instance_types:
         requirements.append({"key": INSTANCE_TYPE_LABEL, "operator": "In", "values": sorted(settings.instance_types)})
+    if settings.gpu_name is not None:
+        requirements.append({"key": GPU_NAME_LABELS[settings.node_class_ref.group], "operator": "In",
+                             "values": [settings.gpu_name]})
     spec: dict[str, Any] = {
         "template": {
             "metadata": {"labels": {names.POOL_LABEL: pool.name, names.STACK_LABEL: names.stack_name(stack)}},

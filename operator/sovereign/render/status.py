@@ -28,7 +28,7 @@ Pure; called by ``services.reconcile``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NamedTuple
@@ -58,7 +58,7 @@ from sovereign.policy import residency_store as store_reasons
 from sovereign.render import names
 from sovereign.render.facts import ClusterFacts, Hold, NodeFacts
 from sovereign.render.names import ObjectKey
-from sovereign.render.nodepool import pool_nodes
+from sovereign.render.nodepool import INSTANCE_TYPE_LABEL, gpu_name_label, pool_nodes
 
 Manifest = Mapping[str, Any]
 
@@ -279,6 +279,8 @@ def _node_pools(
             nodes=len(nodes.selected),
             ready_nodes=sum(1 for n in nodes.selected if n.ready),
             gpus=count.gpus,
+            instance_types=_distinct(n.label(INSTANCE_TYPE_LABEL) for n in nodes.selected),
+            gpu_names=_distinct(n.label(gpu_name_label(pool)) for n in nodes.selected) if pool.gpu else [],
             unhealthy_gpus=count.unhealthy_gpus,
         ))
         refused = "; ".join(f"node {r.node.name} not used: {r.reason}" for r in nodes.refused)
@@ -304,8 +306,12 @@ def _node_pools(
         return _true(NO_NODE_POOLS, "the stack declares no node pools"), statuses
     cpu = {pool.name for pool in stack.spec.node_pools if pool.gpu is None}
     summary = ", ".join(f"{s.name}: {s.ready_nodes} node(s), " + ("CPU only" if s.name in cpu else f"{s.gpus} GPU(s)")
-                        for s in statuses)
+                        + (f" ({'/'.join(s.gpu_names)})" if s.gpu_names else "") for s in statuses)
     return _true(NODE_POOLS_READY, "; ".join([summary, *notes])), statuses
+
+
+def _distinct(values: Iterable[str | None]) -> list[str]:
+    return sorted({value for value in values if value})
 
 
 def _selector_text(pool: NodePool) -> str:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pytest
+
 from render_inputs import sample_document, stack_from  # next to this file
 
 from sovereign.render.facts import ClusterFacts
@@ -29,6 +31,28 @@ def test_karpenter_nodepool_is_pinned_to_regions_and_gpu_product(full_stack, fac
     assert template["nodeClassRef"] == {"group": "karpenter.k8s.aws", "kind": "EC2NodeClass", "name": "gpu-me-central-1"}
     assert nodepool["spec"]["limits"] == {"nvidia.com/gpu": "32"}
     assert nodepool["spec"]["disruption"] == {"consolidationPolicy": "WhenEmpty", "consolidateAfter": "30m"}
+
+
+@pytest.mark.parametrize(("group", "key", "value"), [
+    ("karpenter.k8s.aws", "karpenter.k8s.aws/instance-gpu-name", "h100"),
+    ("karpenter.azure.com", "karpenter.azure.com/sku-gpu-name", "H100"),
+    ("karpenter.k8s.gcp", "karpenter.k8s.gcp/instance-gpu-name", "nvidia-h100-80gb"),
+    ("karpenter.kwok.sh", "karpenter.kwok.sh/instance-gpu-name", "h100"),
+])
+def test_gpu_name_pins_the_gpu_on_the_label_of_the_node_class_provider(facts, group, key, value) -> None:
+    document = sample_document("full")
+    karpenter = document["spec"]["nodePools"][0]["karpenter"]
+    del karpenter["instanceTypes"]
+    karpenter |= {"gpuName": value, "nodeClassRef": {"group": group, "kind": "SomeNodeClass", "name": "gpu"}}
+    stack = stack_from(document)
+
+    (nodepool,) = render_node_pool(stack=stack, pool=_pool(stack, "h100"), facts=facts)
+    requirements = {r["key"]: r["values"] for r in nodepool["spec"]["template"]["spec"]["requirements"]}
+
+    assert requirements[key] == [value]
+    assert "node.kubernetes.io/instance-type" not in requirements
+    # Still required, so Karpenter launches nodes for pods that require it; the pin makes it true.
+    assert requirements["nvidia.com/gpu.product"] == ["NVIDIA-H100-80GB-HBM3"]
 
 
 def test_nodepool_is_cluster_scoped_and_owned_by_annotation(full_stack, facts) -> None:

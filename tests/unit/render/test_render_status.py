@@ -84,6 +84,18 @@ def test_settled_stack_is_ready_with_endpoints_and_summary(full_stack, facts) ->
     assert (onprem.nodes, onprem.gpus) == (2, 16)
 
 
+def test_each_pool_says_which_gpu_and_instance_types_its_nodes_really_have(full_stack, facts) -> None:
+    """A Karpenter pool's GPU comes from the provider's GPU-name label (set from the instance),
+    not from gpu.product (which Karpenter copies from the NodePool onto any instance)."""
+    status = _status(full_stack, facts, _children(full_stack, facts))
+    pools = {p.name: p for p in status.node_pools}
+
+    assert (pools["h100"].instance_types, pools["h100"].gpu_names) == (["p5.48xlarge"], ["h100"])
+    assert (pools["onprem"].instance_types, pools["onprem"].gpu_names) == (["dgx-h100"], ["NVIDIA-H100-80GB-HBM3"])
+    ready = next(c for c in status.conditions if c.type == "NodePoolsReady")
+    assert "h100: 2 node(s), 16 GPU(s) (h100)" in ready.message
+
+
 def test_models_ready_follows_deployment_availability(full_stack, facts) -> None:
     def loading(live):
         if live["kind"] == "Deployment" and live["metadata"]["name"] == "chat":
