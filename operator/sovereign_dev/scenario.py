@@ -29,7 +29,14 @@ from sovereign_dev.cluster import REPO_ROOT, DevCluster, free_port, wait_until
 from sovereign_dev.minio import MinioServer
 from sovereign.kube.admission import CONFIGURATION_NAME
 from sovereign.kube.client import USER_AGENT
-from sovereign.render.names import KARPENTER_NODEPOOL_LABEL, OWNER_ANNOTATION, POOL_LABEL, STACK_LABEL, nodepool_name
+from sovereign.render.names import (
+    KARPENTER_NODEPOOL_LABEL,
+    OWNER_ANNOTATION,
+    POOL_LABEL,
+    STACK_ID_LABEL,
+    STACK_LABEL,
+    nodepool_name,
+)
 
 FULL_SAMPLE = REPO_ROOT / "manifests" / "samples" / "full.yaml"
 STACK = "citizen-services"
@@ -99,7 +106,8 @@ class SimulatedCloud:
         # Also whatever a stack that was never finalized left behind, so the next run starts clean.
         for node in (*KARPENTER_NODES, *RACK_NODES):
             self.core.patch_node(node, {"metadata": {
-                "labels": {RACK_LABEL: None, KARPENTER_NODEPOOL_LABEL: None, POOL_LABEL: None, STACK_LABEL: None},
+                "labels": {RACK_LABEL: None, KARPENTER_NODEPOOL_LABEL: None, POOL_LABEL: None, STACK_LABEL: None,
+                           STACK_ID_LABEL: None},
                 "annotations": {OWNER_ANNOTATION: None}}})
         for volume in self.core.list_persistent_volume().items:
             if volume.metadata.name.startswith(self.volume_prefix):

@@ -4,7 +4,10 @@ Builders name and label children through these helpers; the reconcile service li
 and prunes children through the same ones, and the CLI and tests find them the same way. A
 child is "of a stack" when it carries ``sovereign.ai/stack=<stack>``; cluster-scoped children
 (Karpenter NodePools) and claimed nodes also carry the ``sovereign.ai/owner`` annotation
-(``<namespace>/<stack>``), since a stack name alone is only unique within its namespace.
+(``<namespace>/<stack>``), since a stack name alone is only unique within its namespace; what
+selects cluster-scoped things (a claimed node, a NodePool's name) is namespaced the same way
+(``sovereign.ai/stack-id=<namespace>.<stack>``), so two teams' stacks called ``prod`` never
+select each other's nodes.
 
 Pure: no I/O. Called by every ``render`` module, ``services.reconcile`` and ``cli.render``.
 """
@@ -24,6 +27,8 @@ FINALIZER = "sovereign.ai/finalizer"
 MANAGED_BY = "sovereign-operator"
 
 STACK_LABEL = "sovereign.ai/stack"
+#: ``<namespace>.<stack>`` (hashed to fit a label value): the stack's identity across namespaces.
+STACK_ID_LABEL = "sovereign.ai/stack-id"
 POOL_LABEL = "sovereign.ai/pool"
 SPEC_HASH_ANNOTATION = "sovereign.ai/spec-hash"
 OWNER_ANNOTATION = "sovereign.ai/owner"
@@ -77,6 +82,21 @@ def owner_id(stack: SovereignStack) -> str:
     return f"{stack_namespace(stack)}/{stack_name(stack)}"
 
 
+def stack_id(stack: SovereignStack) -> str:
+    """``<namespace>.<stack>`` as a label value: unique in the cluster (a namespace holds no dot,
+    so the first dot splits it), shortened with a digest of the whole when over 63 characters."""
+    return _fit_label(f"{stack_namespace(stack)}.{stack_name(stack)}")
+
+
+def _fit_label(full: str) -> str:
+    """``full`` when it fits a label value; else its head and a digest of the whole, so two long
+    names that share a head still differ."""
+    if len(full) <= MAX_LABEL_VALUE:
+        return full
+    digest = hashlib.sha256(full.encode()).hexdigest()[:8]
+    return f"{full[: MAX_LABEL_VALUE - 9].rstrip('-.')}-{digest}"
+
+
 def stack_selector(name: str) -> str:
     """The label selector of every child of the stack called ``name``."""
     return f"{STACK_LABEL}={name}"
@@ -86,11 +106,7 @@ def nodepool_name(stack: SovereignStack, pool: str) -> str:
     """Name of the Karpenter NodePool of ``pool``: cluster-scoped, so namespace and stack are in
     it; at most 63 characters because Karpenter copies it into the ``karpenter.sh/nodepool``
     label of every node it launches."""
-    full = f"{stack_namespace(stack)}-{stack_name(stack)}-{pool}"
-    if len(full) <= MAX_LABEL_VALUE:
-        return full
-    digest = hashlib.sha256(full.encode()).hexdigest()[:8]
-    return f"{full[: MAX_LABEL_VALUE - 9].rstrip('-')}-{digest}"
+    return _fit_label(f"{stack_namespace(stack)}-{stack_name(stack)}-{pool}")
 
 
 def network_policy_name(stack: SovereignStack) -> str:

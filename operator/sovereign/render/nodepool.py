@@ -12,9 +12,12 @@ launches; model pods require that label.
 
 ``Existing``: the nodes that carry every label of ``existing.nodeSelector`` and the GPU product
 label (for a CPU pool: no GPU product label) are the pool, minus any outside the allowed regions or claimed by another stack (those
-are refused and reported, never labelled). Each chosen node gets ``sovereign.ai/pool=<pool>``
-and ``sovereign.ai/stack=<stack>`` labels and the owner annotation, rendered as a partial Node
-that server-side apply merges into the live node; model pods require those labels.
+are refused and reported, never labelled). Each chosen node gets ``sovereign.ai/pool=<pool>``,
+``sovereign.ai/stack=<stack>`` and ``sovereign.ai/stack-id=<namespace>.<stack>`` labels and the
+owner annotation, rendered as a partial Node that server-side apply merges into the live node;
+model pods require the pool and the stack-id labels (the stack's name alone would also match
+the nodes of a namesake stack in another namespace). Nodes labelled by a release without the
+stack-id get it on the stack's next pass, and its pods roll once onto the stricter affinity.
 
 Both kinds of objects are cluster-scoped, so the stack's finalizer removes them. Pure; called
 by ``render.stack`` and (``pool_nodes``) by the status computation.
@@ -57,7 +60,7 @@ def placement(stack: SovereignStack, pool: NodePool) -> dict[str, str]:
     if pool.provisioner is Provisioner.KARPENTER:
         where = {names.KARPENTER_NODEPOOL_LABEL: names.nodepool_name(stack, pool.name)}
     else:
-        where = {names.POOL_LABEL: pool.name, names.STACK_LABEL: names.stack_name(stack)}
+        where = {names.POOL_LABEL: pool.name, names.STACK_ID_LABEL: names.stack_id(stack)}
     if pool.gpu is None:
         return where
     return {**where, names.GPU_PRODUCT_LABEL: pool.gpu.product}
@@ -142,7 +145,7 @@ def _karpenter_nodepool(stack: SovereignStack, pool: NodePool) -> dict[str, Any]
                              "values": [settings.gpu_name]})
     spec: dict[str, Any] = {
         "template": {
-            "metadata": {"labels": {names.POOL_LABEL: pool.name, names.STACK_LABEL: names.stack_name(stack)}},
+            "metadata": {"labels": _node_labels(stack, pool)},
             "spec": {
                 "nodeClassRef": {
                     "group": settings.node_class_ref.group,
@@ -186,7 +189,14 @@ def _node_claim(stack: SovereignStack, pool: NodePool, node: NodeFacts) -> dict[
         "kind": "Node",
         "metadata": {
             "name": node.name,
-            "labels": {names.POOL_LABEL: pool.name, names.STACK_LABEL: names.stack_name(stack)},
+            "labels": _node_labels(stack, pool),
             "annotations": {names.OWNER_ANNOTATION: names.owner_id(stack)},
         },
     }
+
+
+def _node_labels(stack: SovereignStack, pool: NodePool) -> dict[str, str]:
+    """The labels a node of ``pool`` carries: which pool, which stack, and the stack's identity
+    across namespaces (what pods select on)."""
+    return {names.POOL_LABEL: pool.name, names.STACK_LABEL: names.stack_name(stack),
+            names.STACK_ID_LABEL: names.stack_id(stack)}

@@ -87,7 +87,7 @@ Manifest = dict[str, Any]
 #: Namespaced kinds the stack may have children of, listed by label on every pass.
 CHILD_KINDS = (NETWORK_POLICY, PERSISTENT_VOLUME_CLAIM, DEPLOYMENT, SERVICE, POD_DISRUPTION_BUDGET, SCALED_OBJECT)
 #: The keys a stack puts on a node of an Existing pool, and removes again.
-_NODE_LABELS = (names.POOL_LABEL, names.STACK_LABEL)
+_NODE_LABELS = (names.POOL_LABEL, names.STACK_LABEL, names.STACK_ID_LABEL)
 _NODE_ANNOTATIONS = (names.OWNER_ANNOTATION,)
 
 

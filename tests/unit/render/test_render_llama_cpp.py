@@ -86,7 +86,7 @@ def test_pods_require_the_allowed_regions_and_the_claimed_cpu_nodes(cpu_stack, f
     assert terms == [{"matchExpressions": [
         {"key": "topology.kubernetes.io/region", "operator": "In", "values": ["me-central-1"]},
         {"key": "sovereign.ai/pool", "operator": "In", "values": ["cpu"]},
-        {"key": "sovereign.ai/stack", "operator": "In", "values": ["cpu-assistant"]},
+        {"key": "sovereign.ai/stack-id", "operator": "In", "values": ["gov-qa.cpu-assistant"]},
     ]}]
 
 

@@ -9,8 +9,8 @@ import pytest
 from render_inputs import sample_document, stack_from  # next to this file
 
 from sovereign.render.facts import ClusterFacts
-from sovereign.render.names import nodepool_name
-from sovereign.render.nodepool import pool_nodes, render_node_pool
+from sovereign.render.names import STACK_ID_LABEL, nodepool_name, stack_id
+from sovereign.render.nodepool import placement, pool_nodes, render_node_pool
 
 
 def _pool(stack, name):
@@ -75,6 +75,29 @@ def test_nodepool_name_fits_the_label_karpenter_copies_it_into() -> None:
     assert name != nodepool_name(stack, "h200")
 
 
+def test_two_namesake_stacks_in_two_namespaces_select_different_nodes() -> None:
+    pods = []
+    for namespace in ("team-a", "team-b"):
+        document = sample_document("full")
+        document["metadata"] |= {"name": "prod", "namespace": namespace}
+        stack = stack_from(document)
+        pods.append(placement(stack, _pool(stack, "onprem")))
+
+    assert pods[0][STACK_ID_LABEL] == "team-a.prod"
+    assert pods[1][STACK_ID_LABEL] == "team-b.prod"
+
+
+def test_stack_id_fits_a_label_value_and_keeps_long_namesakes_apart() -> None:
+    ids = set()
+    for namespace in ("n" * 63, "n" * 62 + "m"):
+        document = sample_document("full")
+        document["metadata"] |= {"name": "s" * 200, "namespace": namespace}
+        ids.add(stack_id(stack_from(document)))
+
+    assert len(ids) == 2
+    assert all(len(value) <= 63 and value[-1].isalnum() for value in ids)
+
+
 def test_existing_pool_claims_matching_nodes_in_the_allowed_regions_only(full_stack, facts) -> None:
     pool = _pool(full_stack, "onprem")
     nodes = pool_nodes(stack=full_stack, pool=pool, facts=facts)
@@ -85,7 +108,8 @@ def test_existing_pool_claims_matching_nodes_in_the_allowed_regions_only(full_st
     assert "eu-west-1, outside the allowed regions (me-central-1)" in refused.reason
     claims = render_node_pool(stack=full_stack, pool=pool, facts=facts)
     assert [c["metadata"]["name"] for c in claims] == ["gpu-mec1-2", "gpu-mec1-3"]
-    assert claims[0]["metadata"]["labels"] == {"sovereign.ai/pool": "onprem", "sovereign.ai/stack": "citizen-services"}
+    assert claims[0]["metadata"]["labels"] == {"sovereign.ai/pool": "onprem", "sovereign.ai/stack": "citizen-services",
+                                               "sovereign.ai/stack-id": "gov-qa.citizen-services"}
     assert claims[0]["metadata"]["annotations"] == {"sovereign.ai/owner": "gov-qa/citizen-services"}
 
 
