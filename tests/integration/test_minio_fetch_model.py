@@ -6,8 +6,12 @@ import contextlib
 import io
 import logging
 import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -18,6 +22,7 @@ from click.testing import CliRunner
 
 from sovereign.cli import main as cli
 from sovereign_dev.minio import KMS_KEY_NAME, MinioServer
+from sovereign.services.fetch_parts import Journal
 from sovereign.services.fetch_model import (
     LOCK_NAME,
     MANIFEST_NAME,
@@ -147,18 +152,19 @@ def test_files_copied_by_another_tool_are_verified_by_hashing_not_downloaded(
     assert report.bytes_downloaded == 0
 
 
-def test_a_truncated_file_is_resumed_with_only_the_missing_bytes(me, minio_bucket_name, model,
-                                                                 tmp_path):
+def test_a_truncated_file_keeps_its_whole_parts_and_fetches_the_rest(me, minio_bucket_name, model,
+                                                                     tmp_path):
+    """Bytes of a truncated copy are kept by whole ranges (1 MiB here); the ETag at the end
+    vouches for them."""
     fetch(me, minio_bucket_name, tmp_path)
-    kept = 3 * MiB + 17
     with open(tmp_path / BIG, "r+b") as handle:
-        handle.truncate(kept)
+        handle.truncate(3 * MiB + 17)
 
-    report = fetch(me, minio_bucket_name, tmp_path)
+    report = fetch(me, minio_bucket_name, tmp_path, part_size=MiB)
 
     resumed = {f.path: f for f in report.files}[BIG]
     assert (resumed.action, resumed.verified_by) == (Action.RESUMED, Verification.ETAG)
-    assert resumed.bytes_downloaded == len(model[BIG]) - kept
+    assert resumed.bytes_downloaded == len(model[BIG]) - 3 * MiB
     assert report.bytes_downloaded == resumed.bytes_downloaded
     assert_same_files(tmp_path, model)
 
@@ -198,15 +204,15 @@ def test_a_resumed_file_that_fails_verification_is_downloaded_whole(me, minio_bu
                                                                     tmp_path):
     fetch(me, minio_bucket_name, tmp_path)
     with open(tmp_path / BIG, "r+b") as handle:
-        handle.truncate(MiB)
+        handle.truncate(6 * MiB)
         handle.seek(10)
         handle.write(b"not the bytes the store has")
 
-    report = fetch(me, minio_bucket_name, tmp_path)
+    report = fetch(me, minio_bucket_name, tmp_path, part_size=MiB)
 
     result = {f.path: f for f in report.files}[BIG]
     assert (result.action, result.integrity_failures) == (Action.DOWNLOADED, 1)
-    assert result.bytes_downloaded == len(model[BIG]) - MiB + len(model[BIG])
+    assert result.bytes_downloaded == len(model[BIG]) - 6 * MiB + len(model[BIG])
     assert_same_files(tmp_path, model)
 
 
@@ -274,10 +280,12 @@ def test_a_store_outside_the_allowed_regions_is_refused_before_reading(minio_ser
 
 class CuttingProxy:
     """A TCP proxy in front of a server that breaks the first ``cuts`` connections whose
-    responses run past ``limit`` bytes, mid-body, as a flaky network would."""
+    responses run past ``limit`` bytes, mid-body, as a flaky network would; with ``rate``, it
+    also slows every response to that many bytes per second, as a far store would."""
 
-    def __init__(self, upstream_port: int, *, limit: int, cuts: int) -> None:
-        self._upstream_port, self._limit, self._cuts = upstream_port, limit, cuts
+    def __init__(self, upstream_port: int, *, limit: int = 0, cuts: int = 0,
+                 rate: float | None = None) -> None:
+        self._upstream_port, self._limit, self._cuts, self._rate = upstream_port, limit, cuts, rate
         self._lock = threading.Lock()
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]
@@ -310,6 +318,8 @@ class CuttingProxy:
                     break
                 sink.sendall(data)
                 sent += len(data)
+                if limit is not None and self._rate:
+                    time.sleep(len(data) / self._rate)
         except OSError:
             pass
         finally:
@@ -402,3 +412,174 @@ def test_rejected_credentials_never_appear_in_output_or_logs(me, minio_bucket_na
     # botocore's own DEBUG wire log shows the access key id inside the Authorization header; at
     # INFO and above, where a deployment logs, no logger shows it.
     assert all(me.access_key not in r.getMessage() for r in caplog.records if r.levelno >= logging.INFO)
+
+
+# -- the parallel loader: kill and resume, corruption, a changing bucket, odd part sizes -------
+
+LARGE = "large.bin"
+
+
+@pytest.fixture
+def large(me, minio_bucket_name) -> bytes:
+    """A 24 MiB object uploaded in parts of 5 MiB + 12345 bytes (no whole number of MiB)."""
+    client = me.client()
+    client.create_bucket(Bucket=minio_bucket_name)
+    body = os.urandom(24 * MiB)
+    odd = TransferConfig(multipart_threshold=5 * MiB, multipart_chunksize=5 * MiB + 12345)
+    client.upload_fileobj(io.BytesIO(body), minio_bucket_name, f"{PREFIX}/{LARGE}", Config=odd)
+    return body
+
+
+@pytest.fixture
+def slow_endpoint(me) -> Iterator[str]:
+    proxy = CuttingProxy(me.port, rate=2 * MiB)
+    yield f"http://127.0.0.1:{proxy.port}"
+    proxy.close()
+
+
+def journal_of(dest: Path) -> tuple[Path, Path] | None:
+    """The partial file and journal of the large object, once the journal exists."""
+    journals = list(dest.glob(f".{LARGE}.*.journal"))
+    if not journals:
+        return None
+    return journals[0].with_name(journals[0].name.replace(".journal", ".partial")), journals[0]
+
+
+def kill_mid_copy(me: MinioServer, bucket: str, dest: Path, endpoint: str) -> Journal:
+    """Run ``sovereign fetch-model`` in a process, SIGKILL it once a quarter of the object is
+    verified on disk, and return the journal it left."""
+    env = {**os.environ, **cli_env(me, bucket, dest, SOVEREIGN_S3_ENDPOINT=endpoint,
+                                   SOVEREIGN_FETCH_PART_SIZE="1Mi",
+                                   SOVEREIGN_FETCH_CONCURRENCY="4")}
+    process = subprocess.Popen([sys.executable, "-m", "sovereign", "fetch-model"], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            found = journal_of(dest)
+            journal = Journal.from_json(found[1].read_text()) if found else None
+            if journal is not None and journal.bytes_done >= 6 * MiB:
+                break
+            assert process.poll() is None, process.stderr.read().decode() if process.stderr else ""
+            time.sleep(0.02)
+        else:
+            pytest.fail("the loader did not get a quarter of the way within a minute")
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.wait(timeout=30)
+    assert process.returncode == -signal.SIGKILL
+    found = journal_of(dest)
+    assert found is not None, "a killed copy keeps its partial file and journal"
+    left = Journal.from_json(found[1].read_text())
+    assert left is not None and 0 < left.bytes_done < left.size
+    return left
+
+
+def test_a_copy_killed_half_way_resumes_without_fetching_what_it_verified(
+        me, minio_bucket_name, large, slow_endpoint, tmp_path):
+    kept = kill_mid_copy(me, minio_bucket_name, tmp_path, slow_endpoint)
+    assert not (tmp_path / LARGE).exists(), "nothing half-written under the file's own name"
+
+    report = fetch(me, minio_bucket_name, tmp_path)
+
+    result = {f.path: f for f in report.files}[LARGE]
+    assert (result.action, result.verified_by) == (Action.RESUMED, Verification.ETAG)
+    assert result.bytes_downloaded == len(large) - kept.bytes_done
+    assert (tmp_path / LARGE).read_bytes() == large
+    assert journal_of(tmp_path) is None and not list(tmp_path.glob(".*.partial"))
+
+
+def test_a_part_corrupted_on_disk_is_found_on_resume_and_fetched_again(
+        me, minio_bucket_name, large, slow_endpoint, tmp_path, caplog):
+    kept = kill_mid_copy(me, minio_bucket_name, tmp_path, slow_endpoint)
+    partial, _ = journal_of(tmp_path)
+    victim = next(r for r in kept.ranges if r.start in kept.done)
+    with open(partial, "r+b") as handle:
+        handle.seek(victim.start + victim.length // 2)
+        handle.write(b"\x00bitrot\xff")
+
+    report = fetch(me, minio_bucket_name, tmp_path)
+
+    result = {f.path: f for f in report.files}[LARGE]
+    assert result.bytes_downloaded == len(large) - kept.bytes_done + victim.length
+    assert (result.action, result.verified_by) == (Action.RESUMED, Verification.ETAG)
+    assert f"bytes {victim.start}-{victim.end - 1} of {partial} changed on disk" in caplog.text
+    assert (tmp_path / LARGE).read_bytes() == large
+
+
+def test_an_object_replaced_during_the_copy_fails_clearly_and_keeps_nothing_of_it(
+        me, minio_bucket_name, large, slow_endpoint, tmp_path):
+    store = S3Store(endpoint=slow_endpoint, region=me.region,
+                    credentials=Credentials(access_key_id=me.access_key,
+                                            secret_access_key=me.secret_key), path_style=True)
+    outcome: list[BaseException | FetchReport] = []
+
+    def copy() -> None:
+        try:
+            outcome.append(fetch_model(store=store, bucket=minio_bucket_name, path=PREFIX,
+                                       dest=tmp_path, concurrency=2, part_size=MiB))
+        except BaseException as err:  # noqa: BLE001 - handed to the test's thread
+            outcome.append(err)
+
+    worker = threading.Thread(target=copy)
+    worker.start()
+    while journal_of(tmp_path) is None and worker.is_alive():
+        time.sleep(0.01)
+    me.client().put_object(Bucket=minio_bucket_name, Key=f"{PREFIX}/{LARGE}", Body=b"v2" * MiB)
+    worker.join(timeout=120)
+
+    (error,) = outcome
+    assert isinstance(error, FetchError)
+    assert str(error).startswith(f"s3://{minio_bucket_name}/{PREFIX}/{LARGE} was replaced in the "
+                                 "store while it was being copied")
+    assert "nothing of it was kept. Run again once the upload has finished" in str(error)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [LOCK_NAME]
+
+
+def upload_parts(client, bucket: str, key: str, parts: list[bytes]) -> None:
+    """A multipart upload with exactly these parts, of any sizes S3 allows."""
+    upload = client.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
+    done = [{"PartNumber": n, "ETag": client.upload_part(Bucket=bucket, Key=key, UploadId=upload,
+                                                         PartNumber=n, Body=body)["ETag"]}
+            for n, body in enumerate(parts, start=1)]
+    client.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=upload,
+                                     MultipartUpload={"Parts": done})
+
+
+@pytest.mark.parametrize("part_size", [MiB, 16 * MiB])
+def test_multipart_objects_with_odd_and_uneven_parts_verify(me, minio_bucket_name, large,
+                                                            tmp_path, part_size):
+    """Parts of 5 MiB + 12345 bytes (``large``) and parts of three different sizes both verify,
+    whether ranges split the parts (1 MiB) or group them (16 MiB)."""
+    # Uneven in the middle only: the first and last parts look like an even upload of 6 MiB + 1.
+    uneven = [os.urandom(6 * MiB + 1), os.urandom(7 * MiB + 1), os.urandom(5 * MiB + 1), b"tail"]
+    upload_parts(me.client(), minio_bucket_name, f"{PREFIX}/uneven.bin", uneven)
+
+    report = fetch(me, minio_bucket_name, tmp_path, part_size=part_size)
+
+    assert {f.path: (f.action, f.verified_by) for f in report.files} == {
+        LARGE: (Action.DOWNLOADED, Verification.ETAG),
+        "uneven.bin": (Action.DOWNLOADED, Verification.ETAG)}
+    assert (tmp_path / LARGE).read_bytes() == large
+    assert (tmp_path / "uneven.bin").read_bytes() == b"".join(uneven)
+
+
+def test_the_cli_logs_rate_and_time_left_not_a_line_per_part(me, minio_bucket_name, large,
+                                                             slow_endpoint, tmp_path, monkeypatch):
+    monkeypatch.setattr("sovereign.cli.fetch_model._PLAIN_PROGRESS_EVERY_S", 0.05)
+    result = CliRunner().invoke(cli, ["fetch-model", "--progress", "plain", "--part-size", "1Mi"],
+                                env=cli_env(me, minio_bucket_name, tmp_path,
+                                            SOVEREIGN_S3_ENDPOINT=slow_endpoint))
+
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.output.splitlines() if "progress:" in line]
+    assert 2 <= len(lines) < 24, result.output
+    assert all(" MB/s, ETA " in line and " of 24.0 MiB (" in line for line in lines)
+    assert f"downloaded {LARGE} (24.0 MiB, 24.0 MiB transferred, verified by etag)" in result.output
+
+
+def test_a_part_size_below_the_smallest_is_refused_naming_the_flag(me, minio_bucket_name, tmp_path):
+    result = CliRunner().invoke(cli, ["fetch-model", "--part-size", "64Ki"],
+                                env=cli_env(me, minio_bucket_name, tmp_path))
+    assert result.exit_code == 2
+    assert "--part-size" in result.output and "below the smallest part size, 1Mi" in result.output

@@ -1,11 +1,26 @@
 """``sovereign fetch-model``: copy model weights from an in-country bucket into the model volume.
 
-Runs as the Job / init container before vLLM starts. Inputs come from flags or, as the
-rendered pod sets them, from the environment; credentials only from the environment a Secret
-injects (``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``; neither set: ambient credentials such
-as IRSA), never from flags, which other users of the node can read. The work is done by
-``services.fetch_model``; this module parses input, shows progress (a rich bar on a terminal,
-plain log lines otherwise) and maps errors to exit codes. Auto-registered by ``sovereign.cli``.
+Runs as the init container before the engine starts, or as a Job filling a shared cache.
+Inputs come from flags or, as the rendered pod sets them, from the environment; credentials
+only from the environment a Secret injects (``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``;
+neither set: ambient credentials such as IRSA), never from flags, which other users of the node
+can read. The work is done by ``services.fetch_model``; this module parses input, shows progress
+(a rich bar on a terminal, plain log lines otherwise: bytes, MB/s and ETA every few seconds, a
+line per finished file) and maps errors to exit codes. Auto-registered by ``sovereign.cli``.
+
+The contract a caller (the rendered pod, a cache Job) relies on, kept stable:
+
+- ``SOVEREIGN_S3_REGION``, ``SOVEREIGN_MODEL_BUCKET``, ``SOVEREIGN_MODEL_DIR`` (required);
+  ``SOVEREIGN_S3_ENDPOINT``, ``SOVEREIGN_MODEL_PATH`` (a prefix or one key),
+  ``SOVEREIGN_ALLOWED_REGIONS`` (comma-separated), ``SOVEREIGN_S3_PATH_STYLE`` (``true``);
+- ``SOVEREIGN_FETCH_CONCURRENCY`` (ranged GETs at once, default 8) and
+  ``SOVEREIGN_FETCH_PART_SIZE`` (bytes per GET, default ``16Mi``);
+- the destination afterwards holds the verified files and ``.sovereign-fetch.json``; a run
+  killed at any point is resumed by running the same command again;
+- exit 0 done, 1 the source is not acceptable, 3 an environment problem (see ``--help``).
+
+Imports stay light (no Kubernetes client, no Kopf, no pydantic models): the loader's start is
+part of every replica's start.
 """
 
 from __future__ import annotations
@@ -19,19 +34,25 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import click
-from rich.console import Console
 
 from sovereign.services.fetch_model import (
+    DEFAULT_CONCURRENCY,
     Action,
     FetchError,
     FileResult,
     fetch_model,
     human_bytes,
 )
+from sovereign.services.fetch_parts import DEFAULT_PART_SIZE, MIN_PART_SIZE, parse_size
 from sovereign.stores.credentials import Credentials
 from sovereign.stores.errors import BucketNotFound, StoreError
 from sovereign.stores.s3 import S3Store
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 log = logging.getLogger("sovereign.fetch_model")
 
@@ -44,8 +65,24 @@ ENV_DEST = "SOVEREIGN_MODEL_DIR"
 ENV_ALLOWED_REGIONS = "SOVEREIGN_ALLOWED_REGIONS"
 ENV_PATH_STYLE = "SOVEREIGN_S3_PATH_STYLE"
 ENV_CONCURRENCY = "SOVEREIGN_FETCH_CONCURRENCY"
+ENV_PART_SIZE = "SOVEREIGN_FETCH_PART_SIZE"
 
-_PLAIN_PROGRESS_EVERY_S = 15.0
+_PLAIN_PROGRESS_EVERY_S = 10.0
+
+
+class _Size(click.ParamType):
+    name = "size"
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        try:
+            size = parse_size(str(value))
+        except ValueError as err:
+            self.fail(str(err), param, ctx)
+        if size < MIN_PART_SIZE:
+            self.fail(f"{value!r} is below the smallest part size, 1Mi", param, ctx)
+        return size
 
 
 @click.command("fetch-model")
@@ -65,20 +102,27 @@ _PLAIN_PROGRESS_EVERY_S = 15.0
 @click.option("--path-style/--virtual-hosted-style", envvar=ENV_PATH_STYLE, default=False,
               help="Address the bucket as <endpoint>/<bucket> (MinIO usually needs this). "
                    f"Default virtual-hosted. Env: {ENV_PATH_STYLE}=true.")
-@click.option("--concurrency", envvar=ENV_CONCURRENCY, type=click.IntRange(1, 64), default=4,
-              show_default=True, help=f"Files downloaded at once. Env: {ENV_CONCURRENCY}.")
+@click.option("--concurrency", envvar=ENV_CONCURRENCY, type=click.IntRange(1, 64),
+              default=DEFAULT_CONCURRENCY, show_default=True,
+              help="Ranged GETs in flight at once, within a large file and across small ones; "
+                   f"memory is about 1 MiB each. Env: {ENV_CONCURRENCY}.")
+@click.option("--part-size", envvar=ENV_PART_SIZE, type=_Size(), default=DEFAULT_PART_SIZE,
+              show_default="16Mi",
+              help="Bytes fetched by one GET (16Mi, 64Mi, ...; at least 1Mi); the parts of a "
+                   f"multipart upload are never split when they fit. Env: {ENV_PART_SIZE}.")
 @click.option("--verify-existing", is_flag=True,
               help="Re-hash files an earlier run already verified, instead of trusting its manifest.")
 @click.option("--progress", "progress_mode", type=click.Choice(["auto", "bar", "plain"]),
               default="auto", show_default=True,
               help="auto: a progress bar on a terminal, log lines otherwise.")
 def command(endpoint: str | None, region: str, bucket: str, path: str, dest: Path,
-            allowed_regions: str, path_style: bool, concurrency: int, verify_existing: bool,
-            progress_mode: str) -> None:
-    """Copy s3://BUCKET/PATH/ into DEST, verified and resumable.
+            allowed_regions: str, path_style: bool, concurrency: int, part_size: int,
+            verify_existing: bool, progress_mode: str) -> None:
+    """Copy s3://BUCKET/PATH/ into DEST, in parallel ranged GETs, verified and resumable.
 
-    Files an earlier run verified are skipped, partial files are resumed, every download is
-    checked against the object's ETag before it is renamed into place.
+    Files an earlier run verified are skipped, a copy killed half-way continues from the parts
+    it verified, every file is checked against the object's ETag (part by part for multipart
+    uploads) before it is renamed into place.
 
     Exit codes: 0 done; 1 the source or its content is not acceptable (missing bucket, empty
     path, region not allowed, corrupt object); 3 an environment problem (endpoint unreachable,
@@ -104,7 +148,8 @@ def command(endpoint: str | None, region: str, bucket: str, path: str, dest: Pat
             with _BarProgress(console) if console else _LogProgress() as progress:
                 report = fetch_model(store=store, bucket=bucket, path=path, dest=dest,
                                      allowed_regions=regions, concurrency=concurrency,
-                                     verify_existing=verify_existing, progress=progress)
+                                     part_size=part_size, verify_existing=verify_existing,
+                                     progress=progress)
         except (FetchError, BucketNotFound) as err:
             log.error("%s", err)
             sys.exit(1)
@@ -125,6 +170,7 @@ def _logging_to_stderr(*, bar: bool) -> Iterator[Console | None]:
     handler: logging.Handler
     console = None
     if bar:
+        from rich.console import Console
         from rich.logging import RichHandler
 
         console = Console(stderr=True)
@@ -146,14 +192,16 @@ def _logging_to_stderr(*, bar: bool) -> Iterator[Console | None]:
 
 
 class _LogProgress:
-    """Plain lines for logs: the plan, each file as it finishes, and totals every few seconds."""
+    """Plain lines for logs: the plan, each file as it finishes, and every few seconds the bytes
+    so far, the rate since the start and the time left at that rate."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._done_bytes = 0
+        self._fetched = 0
         self._total = 0
         self._counted: dict[str, int] = {}
-        self._last = time.monotonic()
+        self._started = self._last = time.monotonic()
 
     def __enter__(self) -> _LogProgress:
         return self
@@ -175,14 +223,18 @@ class _LogProgress:
     def advance(self, *, path: str, nbytes: int) -> None:
         with self._lock:
             self._done_bytes += nbytes
+            self._fetched += nbytes
             self._counted[path] = self._counted.get(path, 0) + nbytes
             now = time.monotonic()
             if now - self._last < _PLAIN_PROGRESS_EVERY_S:
                 return
             self._last = now
-            done, total = self._done_bytes, self._total
-        log.info("progress: %s of %s (%.0f%%)", human_bytes(done), human_bytes(total),
-                 100 * done / total if total else 100)
+            done, total, fetched = self._done_bytes, self._total, self._fetched
+        rate = fetched / max(now - self._started, 1e-6)
+        eta = (total - done) / rate if rate else float("inf")
+        log.info("progress: %s of %s (%.0f%%), %.0f MB/s, ETA %s", human_bytes(done),
+                 human_bytes(total), 100 * done / total if total else 100, rate / 1e6,
+                 f"{eta:.0f} s" if eta != float("inf") else "unknown")
 
     def file_done(self, result: FileResult) -> None:
         with self._lock:

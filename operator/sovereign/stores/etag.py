@@ -51,9 +51,7 @@ class ETagHasher:
     def hexdigest(self) -> str:
         if self._part_sizes is None:
             return self._current.hexdigest()
-        digests = self._part_digests + ([self._current.digest()] if self._current_len else [])
-        combined = hashlib.md5(b"".join(digests), usedforsecurity=False).hexdigest()
-        return f"{combined}-{len(digests)}"
+        return combine_part_digests(self._part_digests + ([self._current.digest()] if self._current_len else []))
 
 
 def uniform_part_sizes(*, size: int, first_part: int, parts_count: int) -> list[int] | None:
@@ -68,6 +66,35 @@ def uniform_part_sizes(*, size: int, first_part: int, parts_count: int) -> list[
     if not 0 < last <= first_part:
         return None
     return [first_part] * (parts_count - 1) + [last]
+
+
+def part_size_from_count(*, size: int, parts_count: int) -> int | None:
+    """The part size of a ``<md5>-<parts_count>`` upload of ``size`` bytes, from arithmetic alone.
+
+    An uploader cutting parts of ``P`` bytes makes ``ceil(size / P)`` parts, so ``P`` lies in
+    ``[ceil(size / N), ceil(size / (N - 1)) - 1]``. Returns it when that range holds one value,
+    or one whole number of MiB (uploaders choose MiB sizes); None when it stays ambiguous, and
+    the caller must ask the store (HeadObject ``PartNumber=1``). Used when the store does not
+    answer per-part HEADs; a wrong answer can only fail verification, never pass bad bytes.
+    """
+    if parts_count < 1 or size < parts_count:
+        return None
+    if parts_count == 1:
+        return size
+    low = -(-size // parts_count)
+    high = -(-size // (parts_count - 1)) - 1
+    if low > high:
+        return None
+    if low == high:
+        return low
+    mib = 1024 * 1024
+    first = -(-low // mib) * mib
+    return first if first <= high < first + mib else None
+
+
+def combine_part_digests(digests: Sequence[bytes]) -> str:
+    """The multipart ETag of parts with these binary MD5s: MD5 of their concatenation, ``-N``."""
+    return f"{hashlib.md5(b''.join(digests), usedforsecurity=False).hexdigest()}-{len(digests)}"
 
 
 def file_etag(path: Path, *, part_sizes: Sequence[int] | None, length: int | None = None) -> str:

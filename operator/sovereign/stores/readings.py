@@ -83,6 +83,7 @@ class ObjectHead:
     etag: str
     server_side_encryption: str | None
     customer_key: bool
+    last_modified: datetime | None = None
 
     @property
     def etag_is_content_md5(self) -> bool:

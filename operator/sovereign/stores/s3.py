@@ -30,7 +30,7 @@ from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from sovereign.stores import errors
 from sovereign.stores.credentials import Credentials
-from sovereign.stores.etag import uniform_part_sizes
+from sovereign.stores.etag import part_size_from_count, uniform_part_sizes
 from sovereign.stores.readings import (
     DEFAULT_REGION,
     BucketSetup,
@@ -162,6 +162,7 @@ class S3Store:
             etag=_unquote(response.get("ETag", "")),
             server_side_encryption=response.get("ServerSideEncryption"),
             customer_key=bool(response.get("SSECustomerAlgorithm")),
+            last_modified=response.get("LastModified"),
         )
 
     def read_start(self, *, bucket: str, key: str, length: int) -> bytes:
@@ -175,15 +176,36 @@ class S3Store:
         finally:
             body.close()
 
-    def part_sizes(self, *, bucket: str, key: str, size: int, parts_count: int) -> list[int]:
+    def part_sizes(self, *, bucket: str, key: str, size: int, parts_count: int,
+                   every: bool = False) -> list[int]:
         """The size of each part of a multipart object, needed to recompute its ETag.
 
-        One HeadObject of part 1 is enough for uploads split evenly (all common uploaders);
-        otherwise every part is asked for.
+        HeadObject of part 1 and of the last part is enough for uploads split evenly (all
+        common uploaders: every part the size of the first, the last one the rest); when the
+        last one is not what even parts predict, or with ``every``, each part is asked for. A
+        store that does not answer per-part HEADs (``PartNumber``) gets the part size worked out
+        from the part count and the size, when that is unambiguous
+        (``etag.part_size_from_count``). An upload uneven in its middle parts only is not seen
+        here: the ETag then does not match, and the loader asks again with ``every``.
         """
-        first = self._part_head(bucket=bucket, key=key, part=1)
+        try:
+            first = self._part_head(bucket=bucket, key=key, part=1)
+        except errors.StoreError as err:
+            if isinstance(err, (errors.StoreUnreachable, errors.CredentialsRejected,
+                                errors.ObjectChanged)):
+                raise
+            derived = part_size_from_count(size=size, parts_count=parts_count)
+            if derived is None:
+                raise
+            log.info("%s did not give the size of part 1 of s3://%s/%s (%s); %d parts of %d "
+                     "bytes follow from its size", self.where, bucket, key, err.code, parts_count,
+                     derived)
+            return uniform_part_sizes(size=size, first_part=derived,  # type: ignore[return-value]
+                                      parts_count=parts_count)
         sizes = uniform_part_sizes(size=size, first_part=first, parts_count=parts_count)
-        if sizes is not None:
+        if not every and sizes is not None and (
+                parts_count == 1
+                or self._part_head(bucket=bucket, key=key, part=parts_count) == sizes[-1]):
             return sizes
         return [first] + [self._part_head(bucket=bucket, key=key, part=n)
                           for n in range(2, parts_count + 1)]
@@ -192,27 +214,29 @@ class S3Store:
         with self._errors("HeadObject", bucket=bucket, key=key):
             return self._client.head_object(Bucket=bucket, Key=key, PartNumber=part)["ContentLength"]
 
-    def read_object(self, *, bucket: str, key: str, etag: str, start: int = 0) -> Iterator[bytes]:
-        """Stream an object's bytes from offset ``start``, only while its ETag is still ``etag``.
+    def read_range(self, *, bucket: str, key: str, etag: str, start: int, end: int,
+                   chunk: int = _CHUNK) -> Iterator[bytes]:
+        """Stream bytes ``[start, end)`` of an object, only while its ETag is still ``etag``.
 
-        A resumed download asks for the rest of the object with a ranged GET; ``If-Match`` makes
-        the server refuse (``ObjectChanged``) when the object was replaced since the first part
-        was read, so two versions are never stitched together. A broken connection mid-stream
-        raises ``TransferInterrupted``; the caller resumes from what it has written.
+        The model loader's parallel GETs: ``If-Match`` makes the server refuse
+        (``ObjectChanged``) once the object was replaced, so ranges of two versions never end up
+        in one file. A broken connection raises ``TransferInterrupted`` (the caller asks again
+        from where the bytes stopped); a server that ignores the range is an error, not a
+        silently wrong file.
         """
-        request: dict[str, Any] = {"Bucket": bucket, "Key": key, "IfMatch": f'"{etag}"'}
-        if start:
-            request["Range"] = f"bytes={start}-"
+        request = {"Bucket": bucket, "Key": key, "IfMatch": f'"{etag}"',
+                   "Range": f"bytes={start}-{end - 1}"}
         with self._errors("GetObject", bucket=bucket, key=key):
             response = self._client.get_object(**request)
         body = response["Body"]
         try:
-            if start and not str(response.get("ContentRange", "")).startswith(f"bytes {start}-"):
+            if not str(response.get("ContentRange", "")).startswith(f"bytes {start}-{end - 1}/"):
                 raise errors.StoreError(
-                    f"{self.where} ignored the byte range of a resumed download of "
-                    f"s3://{bucket}/{key}; delete the partial file to download it whole")
+                    f"{self.where} did not answer a ranged GET of s3://{bucket}/{key} with the "
+                    f"bytes asked for ({start}-{end - 1}, got {response.get('ContentRange')!r}): "
+                    "the loader needs a store that serves byte ranges")
             with self._errors("GetObject", bucket=bucket, key=key, streaming=True):
-                yield from body.iter_chunks(_CHUNK)
+                yield from body.iter_chunks(chunk)
         finally:
             body.close()
 

@@ -42,3 +42,11 @@ def test_half_a_key_pair_is_an_error_even_when_credentials_are_optional():
     with pytest.raises(MissingCredentials, match="AWS_ACCESS_KEY_ID not set in the environment"):
         Credentials.from_mapping({"AWS_SECRET_ACCESS_KEY": SECRET}, source="the environment",
                                  required=False)
+
+
+def test_the_loader_reads_the_variables_named_like_the_secret_keys():
+    """A data store's Secret is injected as the loader's environment key for key."""
+    from sovereign.api.models import S3_ACCESS_KEY_ID_KEY, S3_SECRET_ACCESS_KEY_KEY
+    from sovereign.stores.credentials import ACCESS_KEY_ENV, SECRET_KEY_ENV
+
+    assert (ACCESS_KEY_ENV, SECRET_KEY_ENV) == (S3_ACCESS_KEY_ID_KEY, S3_SECRET_ACCESS_KEY_KEY)

@@ -7,7 +7,7 @@ import hashlib
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sovereign.stores.etag import ETagHasher, file_etag, uniform_part_sizes
+from sovereign.stores.etag import ETagHasher, file_etag, part_size_from_count, uniform_part_sizes
 
 
 def s3_multipart_etag(data: bytes, part_sizes: list[int]) -> str:
@@ -85,3 +85,23 @@ def test_file_etag_reads_only_the_first_bytes_asked_for(tmp_path):
     path.write_bytes(b"abcdefgh")
     assert file_etag(path, part_sizes=None, length=3) == hashlib.md5(b"abc").hexdigest()
     assert file_etag(path, part_sizes=[4, 4]) == s3_multipart_etag(b"abcdefgh", [4, 4])
+
+
+@settings(deadline=None)
+@given(st.integers(min_value=5, max_value=64), st.integers(min_value=2, max_value=50),
+       st.integers(min_value=1, max_value=2**20))
+def test_the_part_size_of_an_even_upload_in_whole_mib_follows_from_its_count(part_mib, parts, last):
+    part = part_mib * 2**20
+    size = part * (parts - 1) + min(last, part)
+    assert part_size_from_count(size=size, parts_count=parts) in (part, None), "never a wrong size"
+
+
+def test_a_gib_uploaded_by_boto3_in_8_mib_parts_needs_no_question_to_the_store():
+    assert part_size_from_count(size=2**30, parts_count=128) == 8 * 2**20
+    assert part_size_from_count(size=2**30 + 5, parts_count=129) == 8 * 2**20
+
+
+def test_a_part_size_that_arithmetic_cannot_settle_is_none():
+    # 10 MiB in 2 parts: any part size from 5 to 10 MiB - 1 byte fits, and 5 MiB .. 9 MiB are whole.
+    assert part_size_from_count(size=10 * 2**20, parts_count=2) is None
+    assert part_size_from_count(size=7, parts_count=1) == 7

@@ -1,0 +1,137 @@
+"""The model loader's throughput next to boto3's transfer manager, on the same objects.
+
+One local MinIO (``sovereign_dev.minio``), two data sets uploaded once the way users upload
+weights (boto3's defaults: multipart in 8 MiB parts above 8 MiB): **one large file**
+(``SOVEREIGN_BENCH_LOADER_MIB``, default 1024 MiB, like a GGUF file) and **several files**
+(eight of an eighth of that, like safetensors shards). For each, ``RUNS`` times, alternating
+which goes first:
+
+- the loader (``services.fetch_model``, what ``sovereign fetch-model`` runs): parallel ranged
+  GETs, every part verified against the ETag, fsynced, journalled;
+- boto3's ``TransferManager`` (s3transfer) downloading the same objects into another
+  directory at the same concurrency and part size: the best raw parallel download boto3 does,
+  which verifies nothing and does not fsync.
+
+Reported: MB/s of each (bytes of the data set over wall time, into an empty directory) and
+their ratio (goal >= 0.9). ``SOVEREIGN_BENCH_LOADER_CONCURRENCY`` (default the loader's) and
+``SOVEREIGN_BENCH_LOADER_PART_MIB`` (default 16) set both sides. Run by
+``python -m bench loader``; prints its progress on stderr.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from boto3.s3.transfer import TransferConfig
+from botocore.config import Config
+from s3transfer.manager import TransferManager
+
+from bench.result import Result
+from sovereign.services.fetch_model import DEFAULT_CONCURRENCY, fetch_model
+from sovereign.stores.credentials import Credentials
+from sovereign.stores.s3 import S3Store
+from sovereign_dev import build
+from sovereign_dev.minio import MinioServer
+
+RUNS = int(os.environ.get("SOVEREIGN_BENCH_LOADER_RUNS", 3))
+SIZE = int(os.environ.get("SOVEREIGN_BENCH_LOADER_MIB", 1024)) * 2**20
+CONCURRENCY = int(os.environ.get("SOVEREIGN_BENCH_LOADER_CONCURRENCY", DEFAULT_CONCURRENCY))
+PART_SIZE = int(os.environ.get("SOVEREIGN_BENCH_LOADER_PART_MIB", 16)) * 2**20
+SHARDS = 8
+BUCKET = "bench-loader"
+REGION = "me-central-1"
+GOAL = 0.9
+
+
+def run() -> list[Result]:
+    build.ensure_all(["minio"])
+    results: list[Result] = []
+    with tempfile.TemporaryDirectory(prefix="bench-loader-") as tmp:
+        work = Path(tmp)
+        with MinioServer(region=REGION, root=work / "minio", kms=False) as server:
+            client = server.client()
+            client.create_bucket(Bucket=BUCKET)
+            sets = {"one large file": {"large/model.gguf": SIZE},
+                    f"{SHARDS} files": {f"shards/model-{i:05d}.safetensors": SIZE // SHARDS
+                                        for i in range(SHARDS)}}
+            _say(f"uploading {SIZE / 2**20:.0f} MiB twice (one file, {SHARDS} files) to MinIO")
+            _upload(client, work / "source", sets)
+            store = S3Store(endpoint=server.endpoint, region=server.region, path_style=True,
+                            credentials=Credentials(access_key_id=server.access_key,
+                                                    secret_access_key=server.secret_key),
+                            max_connections=CONCURRENCY + 2)
+            manager_client = _client(server)
+            for label, objects in sets.items():
+                prefix = next(iter(objects)).partition("/")[0]
+                loader = Result(f"{label}: loader (verified), c={CONCURRENCY}", "MB/s")
+                boto = Result(f"{label}: boto3 TransferManager (unverified), c={CONCURRENCY}", "MB/s")
+                ratio = Result(f"{label}: loader / TransferManager (goal >= {GOAL})", "x")
+                total = sum(objects.values())
+                for attempt in range(1, RUNS + 1):
+                    timings: dict[str, float] = {}
+                    order = ["loader", "boto3"] if attempt % 2 else ["boto3", "loader"]
+                    for who in order:
+                        dest = work / who
+                        shutil.rmtree(dest, ignore_errors=True)
+                        dest.mkdir()
+                        started = time.monotonic()
+                        if who == "loader":
+                            fetch_model(store=store, bucket=BUCKET, path=prefix, dest=dest,
+                                        concurrency=CONCURRENCY, part_size=PART_SIZE)
+                        else:
+                            _transfer_manager(manager_client, objects, dest)
+                        timings[who] = time.monotonic() - started
+                        shutil.rmtree(dest)
+                    loader.samples.append(round(total / timings["loader"] / 1e6, 1))
+                    boto.samples.append(round(total / timings["boto3"] / 1e6, 1))
+                    ratio.samples.append(round(timings["boto3"] / timings["loader"], 2))
+                    _say(f"{label} run {attempt}/{RUNS}: loader {timings['loader']:.2f}s, "
+                         f"TransferManager {timings['boto3']:.2f}s")
+                _say(f"{label}: median ratio {statistics.median(ratio.samples):.2f}x (goal >= {GOAL}x)")
+                results += [loader, boto, ratio]
+    return results
+
+
+def _upload(client: object, source: Path, sets: dict[str, dict[str, int]]) -> None:
+    """Random bytes written to disk once, uploaded with boto3's default multipart settings."""
+    source.mkdir()
+    for objects in sets.values():
+        for key, size in objects.items():
+            path = source / key.replace("/", "_")
+            with open(path, "wb") as out:
+                for _ in range(0, size, 2**24):
+                    out.write(os.urandom(min(2**24, size - out.tell())))
+            client.upload_file(str(path), BUCKET, key)  # type: ignore[attr-defined]
+            path.unlink()
+
+
+def _client(server: MinioServer) -> object:
+    import boto3
+
+    return boto3.session.Session().client(
+        "s3", endpoint_url=server.endpoint, region_name=server.region,
+        aws_access_key_id=server.access_key, aws_secret_access_key=server.secret_key,
+        config=Config(s3={"addressing_style": "path"}, signature_version="s3v4",
+                      max_pool_connections=CONCURRENCY + 2,
+                      request_checksum_calculation="when_required",
+                      response_checksum_validation="when_required"))
+
+
+def _transfer_manager(client: object, objects: dict[str, int], dest: Path) -> None:
+    config = TransferConfig(max_concurrency=CONCURRENCY, multipart_chunksize=PART_SIZE,
+                            multipart_threshold=PART_SIZE)
+    with TransferManager(client, config) as manager:
+        futures = [manager.download(BUCKET, key, str(dest / key.replace("/", "_")))
+                   for key in objects]
+        for future in futures:
+            future.result()
+
+
+def _say(message: str) -> None:
+    print(f"[loader {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
