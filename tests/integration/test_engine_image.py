@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 
 from sovereign.api.engines import LLAMA_CPP_BUILD, LLAMA_CPP_IMAGE
-from sovereign.render.inference import LLAMA_SERVER, RUN_AS
+from sovereign.render.inference import LLAMA_SERVER
+from sovereign.render.loader import RUN_AS
 from sovereign_dev import images, oci, tinymodel
 from sovereign_dev.engine import LlamaServer
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from sovereign.render.inference import RUN_AS
+from sovereign.render.loader import RUN_AS
 from sovereign_dev import build, images, oci
 
 pytestmark = [

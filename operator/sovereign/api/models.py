@@ -710,22 +710,63 @@ class ModelSource(ApiObject):
     )
 
 
-class ModelCache(ApiObject):
-    """The volume each replica keeps the model's weights on, so a restart does not copy them again."""
+class CacheLayout(StrEnum):
+    """Where a model's weights are kept once copied from its store, and so how often they are copied."""
 
+    PER_REPLICA = "PerReplica"
+    PER_NODE = "PerNode"
+    SHARED_VOLUME = "SharedVolume"
+
+
+class LoadFormat(StrEnum):
+    """How the engine gets the weights from an S3 store."""
+
+    COPY = "Copy"
+    RUNAI_STREAMER = "RunaiStreamer"
+
+
+#: Key extensions of weight files the Run:ai streamer cannot read (it reads safetensors only).
+NOT_SAFETENSORS_SUFFIXES = (".gguf", ".bin", ".pt", ".pth", ".ckpt", ".onnx", ".h5", ".msgpack", ".tar", ".zip")
+#: A StorageClass annotation by which a cluster admin vouches that the class provisions
+#: ReadWriteMany volumes (a StorageClass does not say which access modes its provisioner serves).
+RWX_ANNOTATION = "sovereign.ai/access-modes"
+
+
+class ModelCache(ApiObject):
+    """Where the model's weights are kept after they are copied from an S3 store, and how many
+    copies there are."""
+
+    layout: CacheLayout = Field(
+        default=CacheLayout.PER_REPLICA,
+        description=(
+            "PerReplica (default): each replica copies the weights into a volume of its own (engine vllm: "
+            "a generic ephemeral volume of storageClassName; llama-cpp: an emptyDir); a new replica or a "
+            "rollout copies again. It needs nothing from the cluster, and is what stacks had before this "
+            "field existed. SharedVolume: one ReadWriteMany claim per model and source, filled once by a "
+            "loader Job and mounted read-only by every replica; no replica starts before the Job "
+            "succeeded, and a changed source fills a new claim while the running replicas keep the old "
+            "one. Needs a StorageClass that provisions ReadWriteMany volumes (storageClassName, or the "
+            f"default class; a class the operator does not know as such may be annotated {RWX_ANNOTATION}: "
+            "ReadWriteMany). PerNode: a directory on each node (hostPath under "
+            "/var/lib/sovereign-stack/models), filled by the first replica on that node; further "
+            "replicas on the node find it verified and copy nothing. For clusters without a "
+            "ReadWriteMany class. Only for S3 sources (a volume store is mounted as it is)."
+        ),
+    )
     size: Quantity = Field(
         default=DEFAULT_CACHE_SIZE,
         description=(
-            f"Capacity of the weights volume of each replica. Default "
-            f"{DEFAULT_CACHE_SIZE}; at least the size of the weights. For engine llama-cpp, the size "
-            "limit of the emptyDir on the replica's node that holds the GGUF file."
+            f"Capacity of the weights volume: the shared claim (SharedVolume) or each replica's volume "
+            f"(PerReplica). Default {DEFAULT_CACHE_SIZE}; at least the size of the weights. For engine "
+            "llama-cpp with PerReplica, the size limit of the emptyDir that holds the GGUF file."
         ),
     )
     storage_class_name: DnsSubdomain | None = Field(
         default=None,
         description=(
-            "StorageClass of the weights volume. Unset: the cluster's default class. Engine vllm only "
-            "(a llama-cpp replica's weights are in an emptyDir)."
+            "StorageClass of the weights volume. Unset: the cluster's default class. With SharedVolume the "
+            "class must provision ReadWriteMany volumes. Not for PerNode (a node directory), nor for a "
+            "llama-cpp model with PerReplica (an emptyDir)."
         ),
     )
 
@@ -874,9 +915,31 @@ def _joined_value_failures(model: ModelSpec) -> Iterator[RuleFailure]:
 
 
 _CACHE_CLASS = (
-    "cache.storageClassName is only for engine vllm: a llama-cpp replica keeps its GGUF file in an "
-    "emptyDir on its node, sized by cache.size; remove it"
+    "cache.storageClassName is for a claim (layout SharedVolume, or PerReplica with engine vllm): with "
+    "PerNode the weights are in a directory on the node, and a llama-cpp replica with PerReplica keeps "
+    "its GGUF file in an emptyDir sized by cache.size; remove it, or set cache.layout: SharedVolume"
 )
+_STREAMER_ENGINE = (
+    "loadFormat RunaiStreamer is for engine vllm (vLLM's Run:ai streamer reads safetensors); "
+    "llama-server reads one GGUF file from disk: remove loadFormat, or set it to Copy"
+)
+_STREAMER_CACHE = (
+    "loadFormat RunaiStreamer streams the weights from the bucket into GPU memory, so nothing is cached: "
+    "remove cache.layout (PerReplica), or set loadFormat: Copy to keep a cache"
+)
+_STREAMER_SAFETENSORS = (
+    "loadFormat RunaiStreamer reads safetensors only: source.path must be the key prefix of a model in "
+    "safetensors (such as models/qwen2.5-72b/), not a " + ", ".join(NOT_SAFETENSORS_SUFFIXES) + " file; "
+    "or set loadFormat: Copy"
+)
+
+
+def _claims_a_class(model: ModelSpec) -> bool:
+    """Whether the model's cache is a claim, which a StorageClass provisions."""
+    return model.cache.layout is CacheLayout.SHARED_VOLUME or (
+        model.cache.layout is CacheLayout.PER_REPLICA and model.engine is Engine.VLLM)
+
+
 _GGUF_PATH = (
     "engine llama-cpp serves one GGUF file: source.path must name it, such as models/tiny/model.gguf"
 )
@@ -973,7 +1036,19 @@ class ModelSpec(ApiObject):
         ),
     )
     cache: ModelCache = Field(
-        default_factory=ModelCache, **_object_default("The volume each replica keeps the weights on.")
+        default_factory=ModelCache,
+        **_object_default("Where the weights are kept once copied from an S3 store, and how many copies there are."),
+    )
+    load_format: LoadFormat = Field(
+        default=LoadFormat.COPY,
+        description=(
+            "How the engine gets the weights from an S3 store. Copy (default): the loader copies them to "
+            "disk (cache.layout says where) and the engine reads them there. RunaiStreamer: vLLM streams "
+            "the safetensors straight from the bucket into GPU memory with the Run:ai Model Streamer "
+            "(vllm serve s3://<bucket>/<path> --load-format runai_streamer), with the store's endpoint and "
+            "credentials; nothing is copied or cached, and the store passes the same residency checks "
+            "first. Engine vllm, an S3 store and a safetensors model only."
+        ),
     )
     autoscaling: Autoscaling | None = Field(
         default=None,
@@ -1022,12 +1097,45 @@ class ModelSpec(ApiObject):
         ),
         _vllm_only("autoscaling", "autoscaling", "it scales on vLLM's request queue"),
         Rule(
-            cel="self.engine != 'llama-cpp' || !has(self.cache.storageClassName)",
+            cel=("!has(self.cache.storageClassName) || self.cache.layout == 'SharedVolume' || "
+                 "(self.cache.layout == 'PerReplica' && self.engine == 'vllm')"),
             message=_CACHE_CLASS,
             field_path=".cache.storageClassName",
             failures=lambda model: (
                 [RuleFailure(("cache", "storageClassName"), model.cache.storage_class_name, _CACHE_CLASS)]
-                if model.engine is Engine.LLAMA_CPP and model.cache.storage_class_name is not None
+                if model.cache.storage_class_name is not None and not _claims_a_class(model)
+                else []
+            ),
+        ),
+        Rule(
+            cel="self.loadFormat != 'RunaiStreamer' || self.engine == 'vllm'",
+            message=_STREAMER_ENGINE,
+            field_path=".loadFormat",
+            failures=lambda model: (
+                [RuleFailure(("loadFormat",), model.load_format, _STREAMER_ENGINE)]
+                if model.load_format is LoadFormat.RUNAI_STREAMER and model.engine is not Engine.VLLM
+                else []
+            ),
+        ),
+        Rule(
+            cel="self.loadFormat != 'RunaiStreamer' || self.cache.layout == 'PerReplica'",
+            message=_STREAMER_CACHE,
+            field_path=".cache.layout",
+            failures=lambda model: (
+                [RuleFailure(("cache", "layout"), model.cache.layout, _STREAMER_CACHE)]
+                if model.load_format is LoadFormat.RUNAI_STREAMER and model.cache.layout is not CacheLayout.PER_REPLICA
+                else []
+            ),
+        ),
+        Rule(
+            cel=("self.loadFormat != 'RunaiStreamer' || !"
+                 + _cel_list(NOT_SAFETENSORS_SUFFIXES) + ".exists(x, self.source.path.endsWith(x))"),
+            message=_STREAMER_SAFETENSORS,
+            field_path=".source.path",
+            failures=lambda model: (
+                [RuleFailure(("source", "path"), model.source.path, _STREAMER_SAFETENSORS)]
+                if model.load_format is LoadFormat.RUNAI_STREAMER
+                and model.source.path.endswith(NOT_SAFETENSORS_SUFFIXES)
                 else []
             ),
         ),
@@ -1239,6 +1347,26 @@ def _s3_region_failures(spec: SovereignStackSpec) -> Iterator[RuleFailure]:
             )
 
 
+_S3_ONLY = (
+    "is for S3 sources, and dataStore {store!r} is a volume, which every replica mounts read-only as it "
+    "is (nothing is copied): remove it, or take the weights from an S3 store"
+)
+
+
+def _s3_only_failures(spec: SovereignStackSpec) -> Iterator[RuleFailure]:
+    volumes = {store.name for store in spec.data_stores if store.volume is not None}
+    for index, model in enumerate(spec.models):
+        if model.source.data_store not in volumes:
+            continue
+        if model.cache.layout is not CacheLayout.PER_REPLICA:
+            yield RuleFailure(("models", index, "cache", "layout"), model.cache.layout,
+                              f"cache.layout {model.cache.layout.value} "
+                              + _S3_ONLY.format(store=model.source.data_store))
+        if model.load_format is not LoadFormat.COPY:
+            yield RuleFailure(("models", index, "loadFormat"), model.load_format,
+                              f"loadFormat {model.load_format.value} " + _S3_ONLY.format(store=model.source.data_store))
+
+
 def _name_clash_failures(spec: SovereignStackSpec) -> Iterator[RuleFailure]:
     models = {model.name for model in spec.models}
     for index, app in enumerate(spec.applications):
@@ -1259,6 +1387,10 @@ _TOO_WIDE = (
 _MISPLACED = "self.models.filter(m, self.nodePools.exists(p, p.name == m.nodePool && has(p.gpu) != (m.engine == 'vllm')))[0]"
 _OUTSIDE = "self.dataStores.filter(d, has(d.s3) && !(d.s3.region in self.residency.regions))[0]"
 _CLASH = "self.applications.filter(a, self.models.exists(m, m.name == a.name))[0]"
+# A model that caches or streams its weights from a volume store.
+_NOT_COPIED = "(m.cache.layout != 'PerReplica' || m.loadFormat != 'Copy')"
+_FROM_VOLUME = "self.dataStores.exists(d, d.name == m.source.dataStore && has(d.volume))"
+_VOLUME_CACHED = f"self.models.filter(m, {_NOT_COPIED} && {_FROM_VOLUME})[0]"
 
 
 class SovereignStackSpec(ApiObject):
@@ -1344,6 +1476,18 @@ class SovereignStackSpec(ApiObject):
             ),
             field_path=".applications",
             failures=_name_clash_failures,
+        ),
+        Rule(
+            cel=f"!has(self.models) || !has(self.dataStores) || !self.models.exists(m, {_NOT_COPIED} && {_FROM_VOLUME})",
+            message="cache.layout and loadFormat are for models whose source is an S3 store",
+            message_expression=cel_format(
+                'model "%s": cache.layout and loadFormat are for S3 sources, and dataStore "%s" is a volume, '
+                "which every replica mounts as it is: leave both unset",
+                f"{_VOLUME_CACHED}.name",
+                f"{_VOLUME_CACHED}.source.dataStore",
+            ),
+            field_path=".models",
+            failures=_s3_only_failures,
         ),
     )
 

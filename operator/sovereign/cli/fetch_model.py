@@ -26,6 +26,7 @@ part of every replica's start.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import sys
@@ -42,7 +43,9 @@ from sovereign.services.fetch_model import (
     DEFAULT_CONCURRENCY,
     Action,
     FetchError,
+    FetchReport,
     FileResult,
+    Verification,
     fetch_model,
     human_bytes,
 )
@@ -66,6 +69,7 @@ ENV_ALLOWED_REGIONS = "SOVEREIGN_ALLOWED_REGIONS"
 ENV_PATH_STYLE = "SOVEREIGN_S3_PATH_STYLE"
 ENV_CONCURRENCY = "SOVEREIGN_FETCH_CONCURRENCY"
 ENV_PART_SIZE = "SOVEREIGN_FETCH_PART_SIZE"
+ENV_REPORT = "SOVEREIGN_FETCH_REPORT"
 
 _PLAIN_PROGRESS_EVERY_S = 10.0
 
@@ -112,12 +116,16 @@ class _Size(click.ParamType):
                    f"multipart upload are never split when they fit. Env: {ENV_PART_SIZE}.")
 @click.option("--verify-existing", is_flag=True,
               help="Re-hash files an earlier run already verified, instead of trusting its manifest.")
+@click.option("--report-file", envvar=ENV_REPORT, type=click.Path(dir_okay=False, path_type=Path),
+              help="Write what the run did, as JSON (source, files, bytes, downloadedBytes, verified), to "
+                   "this file: a pod's /dev/termination-log, where the operator reads a shared cache's "
+                   f"state. Env: {ENV_REPORT}.")
 @click.option("--progress", "progress_mode", type=click.Choice(["auto", "bar", "plain"]),
               default="auto", show_default=True,
               help="auto: a progress bar on a terminal, log lines otherwise.")
 def command(endpoint: str | None, region: str, bucket: str, path: str, dest: Path,
             allowed_regions: str, path_style: bool, concurrency: int, part_size: int,
-            verify_existing: bool, progress_mode: str) -> None:
+            verify_existing: bool, report_file: Path | None, progress_mode: str) -> None:
     """Copy s3://BUCKET/PATH/ into DEST, in parallel ranged GETs, verified and resumable.
 
     Files an earlier run verified are skipped, a copy killed half-way continues from the parts
@@ -161,6 +169,20 @@ def command(endpoint: str | None, region: str, bucket: str, path: str, dest: Pat
                       "and has room", dest, err)
             sys.exit(3)
         log.info("%s", report.summary())
+        if report_file is not None:
+            report_file.write_text(json.dumps(report_fields(report), sort_keys=True))
+
+
+def report_fields(report: FetchReport) -> dict[str, object]:
+    """The report file's content: ``verified`` when every file was checked against its object's
+    ETag (now or by an earlier run), not only by its size."""
+    return {
+        "source": report.source,
+        "files": len(report.files),
+        "bytes": report.total_bytes,
+        "downloadedBytes": report.bytes_downloaded,
+        "verified": all(f.verified_by is not Verification.SIZE for f in report.files),
+    }
 
 
 @contextlib.contextmanager

@@ -272,11 +272,16 @@ class Governance:
 
     def storage_class(self, name: str | None) -> Manifest | None:
         """The named class, or the cluster's default one for a claim that names none."""
-        if name is not None:
-            return self.storage_classes.get(name)
-        defaults = [sc for _, sc in sorted(self.storage_classes.items())
-                    if ((sc.get("metadata") or {}).get("annotations") or {}).get(DEFAULT_CLASS_ANNOTATION) == "true"]
-        return defaults[0] if defaults else None
+        return find_storage_class(self.storage_classes, name)
+
+
+def find_storage_class(storage_classes: Mapping[str, Manifest], name: str | None) -> Manifest | None:
+    """The class ``name``, or the cluster's default one (the first by name) when ``name`` is None."""
+    if name is not None:
+        return storage_classes.get(name)
+    defaults = [sc for _, sc in sorted(storage_classes.items())
+                if ((sc.get("metadata") or {}).get("annotations") or {}).get(DEFAULT_CLASS_ANNOTATION) == "true"]
+    return defaults[0] if defaults else None
 
 
 # --- pods --------------------------------------------------------------------------------------

@@ -2,8 +2,9 @@
 
 ``ClusterFacts`` is the second input of every builder besides the stack: the nodes (for pools of
 existing nodes, which are chosen by label), the operator's own image (it runs the model loader
-as an init container), the Prometheus the autoscaler asks and, for one stack, its S3 stores as
-verified against their buckets and the workloads a failed store holds back. Frozen plain
+as an init container), the Prometheus the autoscaler asks, the StorageClasses (which a shared
+model cache needs), and, for one stack, its S3 stores as verified against their buckets, the
+workloads a failed store holds back and the state of its shared model caches. Frozen plain
 values, so a render is a pure function of (stack, facts). Built by ``services.facts`` from the
 live cluster (or from Node manifests in a file, for ``sovereign render --facts``), the store
 verdicts added by ``services.reconcile``; builders only read it.
@@ -13,7 +14,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, NamedTuple
 
 from sovereign import __version__
 from sovereign.api import DataStoreStatus
@@ -49,6 +52,31 @@ class Hold(NamedTuple):
     message: str
 
 
+class FillState(StrEnum):
+    """Where a shared model cache's loader Job is."""
+
+    FILLING = "Filling"
+    FILLED = "Filled"
+    FAILED = "Failed"
+
+
+@dataclass(frozen=True)
+class CacheFill:
+    """A shared model cache as observed: its claim (and Job) name, how far its loader Job is,
+    and what the loader reported when it ended (``sovereign fetch-model``'s report file, read
+    from the pod's termination message)."""
+
+    name: str
+    state: FillState
+    #: When the Job started, and when it completed (None while it runs or after it failed).
+    started: datetime | None = None
+    completed: datetime | None = None
+    #: What the loader reported: ``{"files", "bytes", "downloadedBytes", "verified"}``, or the
+    #: tail of its log when it failed; empty while it runs.
+    report: Mapping[str, Any] = field(default_factory=dict)
+    message: str = ""
+
+
 @dataclass(frozen=True)
 class ClusterFacts:
     """The cluster as the builders see it; the defaults describe an empty cluster."""
@@ -62,6 +90,12 @@ class ClusterFacts:
     #: Models and applications (by name) a data store that failed its residency checks keeps
     #: from starting: their Deployments get zero replicas and their status says why.
     held_back: Mapping[str, Hold] = field(default_factory=dict)
+    #: StorageClasses by name, as the API returns them; None when they are not known (an offline
+    #: ``sovereign render``), and then nothing is checked against them.
+    storage_classes: Mapping[str, Mapping[str, Any]] | None = None
+    #: The stack's shared model caches by model name, as observed; None when not observed (an
+    #: offline render), and then every Deployment is rendered as if its cache were filled.
+    caches: Mapping[str, CacheFill] | None = None
 
     def node(self, name: str) -> NodeFacts | None:
         return next((node for node in self.nodes if node.name == name), None)

@@ -18,12 +18,19 @@ follows the CPU so the server is not throttled), offline (``LLAMA_ARG_OFFLINE``:
 downloads nothing, from a hub, a URL or a registry), as a non-root user on a read-only root
 filesystem, with Prometheus metrics on ``/metrics`` (``--metrics``).
 
-Weights come only from a declared data store. From an S3 store, an init container running the
-operator's own image (``sovereign fetch-model``) copies ``source.path`` into a per-replica
-volume (a generic ephemeral volume sized by ``cache``, for llama-cpp an ``emptyDir`` of that
-size: it outlives container restarts, and a rolled pod starts on a fresh one, so two replicas
-never write the same files). From a volume
-store, the store's claim is mounted read-only at the same path instead: nothing to copy.
+Weights come only from a declared data store. From an S3 store, by ``cache.layout``
+(``render.cache``): ``PerReplica``, an init container running the operator's own image
+(``sovereign fetch-model``, ``render.loader``) copies ``source.path`` into a per-replica volume
+(a generic ephemeral volume sized by ``cache``, for llama-cpp an ``emptyDir`` of that size: it
+outlives container restarts, and a rolled pod starts on a fresh one, so two replicas never write
+the same files); ``PerNode``, the same loader fills a directory of the node, which a second
+replica there finds verified; ``SharedVolume``, the replicas mount the model's shared claim
+read-only and copy nothing, and the Deployment is left out until the claim's loader Job has
+filled it (``waiting_for_cache``). With ``loadFormat: RunaiStreamer`` vLLM streams the
+safetensors from the bucket itself (``vllm serve s3://<bucket>/<path> --load-format
+runai_streamer``, the store's endpoint and credentials in the environment): no loader, no
+volume. From a volume store, the store's claim is mounted read-only at the same path instead:
+nothing to copy.
 
 With ``autoscaling`` the Deployment leaves ``replicas`` out, so server-side apply never claims
 the field the autoscaler writes. A model held back by a failed data store (``facts.held_back``)
@@ -33,21 +40,23 @@ stay, so it starts as soon as the store passes. Pure; called by ``render.stack``
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
-from sovereign.api import DataStore, Engine, ModelSpec, SovereignStack, parse_quantity, vllm
+from sovereign.api import CacheLayout, DataStore, Engine, ModelSpec, SovereignStack, parse_quantity, vllm
 from sovereign.api.engines import LLAMA_CPP_IMAGE
-from sovereign.api.models import VLLM_CPU_PER_GPU, VLLM_MEMORY_PER_GPU_GIB
-from sovereign.render import names, pod, storage
+from sovereign.api.models import VLLM_CPU_PER_GPU, VLLM_MEMORY_PER_GPU_GIB, LoadFormat
+from sovereign.render import cache, loader, names, pod, storage
+from sovereign.render.cache import cache_filled, cache_volume, copies_to_cache
 from sovereign.render.facts import ClusterFacts
+from sovereign.render.loader import MODELS_ROOT, RESTRICTED, RUN_AS, weights_path
 from sovereign.render.names import Component
 from sovereign.render.service import cluster_ip_service
 from sovereign.render.nodepool import placement
 
 #: The vLLM image pinned by this operator release; ``spec.models[].image`` overrides it.
 DEFAULT_VLLM_IMAGE = vllm.DEFAULT_VLLM_IMAGE
-MODELS_ROOT = "/models"
 #: Shared memory for NCCL between tensor-parallel workers and for vLLM's input processing.
 SHM_PER_GPU_GIB = 4
 STARTUP_PERIOD_SECONDS = 10
@@ -62,17 +71,6 @@ LLAMA_CPP_READINESS_FAILURES = 5
 COPY_ALLOWANCE_SECONDS = 600
 WAITING_REQUESTS_METRIC = "vllm:num_requests_waiting"
 
-# The environment ``sovereign fetch-model`` reads (cli/fetch_model.py). Builders may not import
-# the CLI; tests/unit/render/test_render_inference.py parses the rendered container with the
-# real command to hold the two sides together.
-LOADER_ENDPOINT = "SOVEREIGN_S3_ENDPOINT"
-LOADER_REGION = "SOVEREIGN_S3_REGION"
-LOADER_BUCKET = "SOVEREIGN_MODEL_BUCKET"
-LOADER_PATH = "SOVEREIGN_MODEL_PATH"
-LOADER_DEST = "SOVEREIGN_MODEL_DIR"
-LOADER_ALLOWED_REGIONS = "SOVEREIGN_ALLOWED_REGIONS"
-LOADER_PATH_STYLE = "SOVEREIGN_S3_PATH_STYLE"
-
 #: Hub downloads and usage reporting off: weights come only from the declared store, and
 #: nothing about the deployment leaves the jurisdiction.
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
@@ -81,27 +79,54 @@ OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "VLLM_NO_USAG
 LLAMA_CPP_OFFLINE_ENV = {"LLAMA_ARG_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "DO_NOT_TRACK": "1"}
 #: Where llama.cpp's server images keep the server (ENTRYPOINT of the upstream server image).
 LLAMA_SERVER = "/app/llama-server"
-#: The user llama-server and the loader run as (the operator image's user): the weights the
-#: loader writes are the server's to read, and neither runs as root.
-RUN_AS = 65532
+#: The Run:ai Model Streamer's S3 settings, from its documentation and vLLM's loader (checked
+#: 2026-11-30: docs.vllm.ai "Loading models with Run:ai Model Streamer", stable; vLLM's
+#: ``model_executor/model_loader/runai_streamer_loader.py``; run-ai/runai-model-streamer
+#: ``docs/src/env-vars.md``): the endpoint of an S3-compatible store in
+#: ``RUNAI_STREAMER_S3_ENDPOINT`` (vLLM copies ``AWS_ENDPOINT_URL`` into it only when
+#: ``--model-loader-extra-config`` is given, so both are set), path-style addressing off virtual
+#: hosts with ``RUNAI_STREAMER_S3_USE_VIRTUAL_ADDRESSING=0``, and the EC2 metadata service off
+#: (``AWS_EC2_METADATA_DISABLED``) so the SDK never asks a cloud outside the store for credentials.
+STREAMER_ENDPOINT_ENV = ("AWS_ENDPOINT_URL", "RUNAI_STREAMER_S3_ENDPOINT")
+STREAMER_VIRTUAL_ADDRESSING_ENV = "RUNAI_STREAMER_S3_USE_VIRTUAL_ADDRESSING"
+STREAMER_METADATA_ENV = "AWS_EC2_METADATA_DISABLED"
+#: Readers the streamer runs against the bucket (``--model-loader-extra-config``'s concurrency:
+#: "for reading from S3, the number of client instances the host is opening to the S3 server").
+STREAMER_CONCURRENCY = 16
 
 
 def render_model(*, stack: SovereignStack, model: ModelSpec, facts: ClusterFacts) -> list[dict[str, Any]]:
-    """The objects serving one model, in a stable order."""
-    objects = [
-        _deployment(stack, model, facts),
-        cluster_ip_service(stack=stack, name=model.name, component=Component.INFERENCE, port=names.MODEL_PORT),
-    ]
+    """The objects serving one model, in a stable order: its shared cache (claim and loader Job)
+    first, then the Deployment (left out, with its ScaledObject, while that cache fills:
+    ``waiting_for_cache``), Service, PodDisruptionBudget and ScaledObject."""
+    filled = not _waits_for_cache(stack, model, facts)
+    objects = cache.render_model_cache(stack=stack, model=model, facts=facts)
+    if filled:
+        objects.append(_deployment(stack, model, facts))
+    objects.append(
+        cluster_ip_service(stack=stack, name=model.name, component=Component.INFERENCE, port=names.MODEL_PORT))
     most = model.autoscaling.max_replicas if model.autoscaling else model.replicas
     if most > 1:
         objects.append(_disruption_budget(stack, model))
-    if model.autoscaling is not None and model.name not in facts.held_back:
+    if filled and model.autoscaling is not None and model.name not in facts.held_back:
         objects.append(_scaled_object(stack, model, facts))
     return objects
 
 
-def weights_path(model: ModelSpec) -> str:
-    return f"{MODELS_ROOT}/{model.name}"
+def waiting_for_cache(*, stack: SovereignStack, facts: ClusterFacts) -> list[names.ObjectKey]:
+    """The objects ``render_model`` leaves out while a model's shared cache fills, whose live
+    versions stay as they are: replicas of the previous source keep serving until the new
+    cache is filled, and no replica starts before the first one is."""
+    namespace = names.stack_namespace(stack)
+    return [key for model in stack.spec.models if _waits_for_cache(stack, model, facts)
+            for key in (names.ObjectKey("apps", "Deployment", namespace, model.name),
+                        names.ObjectKey("keda.sh", "ScaledObject", namespace, model.name))]
+
+
+def _waits_for_cache(stack: SovereignStack, model: ModelSpec, facts: ClusterFacts) -> bool:
+    """Whether the model's replicas wait for its shared cache. A held-back model does not: its
+    Deployment is rendered with zero replicas, so nothing starts without the cache either."""
+    return model.name not in facts.held_back and not cache_filled(stack, model, facts)
 
 
 def gguf_file(model: ModelSpec) -> str:
@@ -166,15 +191,50 @@ def _vllm_pod(stack: SovereignStack, model: ModelSpec, store: DataStore, facts: 
         "enableServiceLinks": False,
     }
     host = _vllm_host_resources(model)
-    if store.s3 is not None:
-        # The loader gets the server's CPU and memory: an init container runs before the server,
-        # so the node reserves the larger of the two, not their sum.
-        pod_spec["initContainers"] = [{**_loader(stack, model, store, facts), "resources": host}]
     gpus = {names.GPU_RESOURCE: str(model.gpus)}
-    pod_spec["containers"] = [_vllm(model, mount, {"requests": {**host["requests"], **gpus},
-                                                   "limits": {**host["limits"], **gpus}})]
+    resources = {"requests": {**host["requests"], **gpus}, "limits": {**host["limits"], **gpus}}
+    if model.load_format is LoadFormat.RUNAI_STREAMER:
+        # Straight from the bucket into GPU memory: no loader, no weights volume.
+        pod_spec["containers"] = [_vllm(model, None, resources, streamed_from=store)]
+        pod_spec["volumes"] = [shm]
+        return pod_spec
+    # The loader gets the server's CPU and memory: an init container runs before the server,
+    # so the node reserves the larger of the two, not their sum.
+    init = _init_containers(stack, model, store, facts, resources=host)
+    if init:
+        pod_spec["initContainers"] = init
+    pod_spec["containers"] = [_vllm(model, mount, resources)]
     pod_spec["volumes"] = [volume, shm]
     return pod_spec
+
+
+def _init_containers(stack: SovereignStack, model: ModelSpec, store: DataStore, facts: ClusterFacts, *,
+                     resources: dict[str, Any]) -> list[dict[str, Any]]:
+    """What runs before the engine: nothing for a volume store or a shared cache (filled by its
+    Job); the loader for a replica's own volume; for a node directory, the loader after a step
+    that gives the directory to the loader's user (the kubelet creates it root-owned, and the
+    loader is not root)."""
+    if store.s3 is None or model.cache.layout is CacheLayout.SHARED_VOLUME:
+        return []
+    # The loader gets the server's resources (an init container's run before the server's costs
+    # the node nothing extra); in a llama-cpp pod (non-root) the server's restrictions too.
+    extra: dict[str, Any] = {"resources": resources}
+    if model.engine is Engine.LLAMA_CPP:
+        extra["securityContext"] = RESTRICTED
+    fetch = {**loader.loader(stack, model, store, facts), **extra}
+    if model.cache.layout is not CacheLayout.PER_NODE:
+        return [fetch]
+    owner = {
+        "name": "cache-owner",
+        "image": facts.operator_image,
+        "command": ["python3", "-c", f"import os; os.chown({MODELS_ROOT!r}, {RUN_AS}, {RUN_AS})"],
+        "resources": resources,
+        # Root with the one capability chown needs, for this one call on the node directory.
+        "securityContext": {"runAsUser": 0, "runAsNonRoot": False, "allowPrivilegeEscalation": False,
+                            "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"], "add": ["CHOWN"]}},
+        "volumeMounts": [{"name": "weights", "mountPath": MODELS_ROOT}],
+    }
+    return [owner, fetch]
 
 
 def _llama_cpp_pod(stack: SovereignStack, model: ModelSpec, store: DataStore, facts: ClusterFacts, *,
@@ -190,18 +250,12 @@ def _llama_cpp_pod(stack: SovereignStack, model: ModelSpec, store: DataStore, fa
         "securityContext": {"runAsNonRoot": True, "runAsUser": RUN_AS, "runAsGroup": RUN_AS, "fsGroup": RUN_AS,
                             "seccompProfile": {"type": "RuntimeDefault"}},
     }
-    if store.s3 is not None:
-        # The loader gets the server's resources: a Guaranteed pod needs them on every container,
-        # and an init container's run before the server's costs the node nothing extra.
-        pod_spec["initContainers"] = [{**_loader(stack, model, store, facts), "resources": resources,
-                                       "securityContext": _RESTRICTED}]
+    init = _init_containers(stack, model, store, facts, resources=resources)
+    if init:
+        pod_spec["initContainers"] = init
     pod_spec["containers"] = [_llama_server(model, {**mount, "readOnly": True}, resources)]
     pod_spec["volumes"] = [volume, {"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}}]
     return pod_spec
-
-
-#: A container that cannot gain privileges or write outside its volumes.
-_RESTRICTED = {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]}}
 
 
 def _cpu_resources(model: ModelSpec) -> dict[str, Any]:
@@ -248,7 +302,7 @@ def _llama_server(model: ModelSpec, weights_mount: dict[str, Any], resources: di
         "env": pod.sorted_env(pod.value(key, text) for key, text in LLAMA_CPP_OFFLINE_ENV.items()),
         "ports": [{"name": "http", "containerPort": names.MODEL_PORT, "protocol": "TCP"}],
         "resources": resources,
-        "securityContext": _RESTRICTED,
+        "securityContext": RESTRICTED,
         # /health answers 503 while the model loads, 200 once it serves: vLLM's probes, on
         # a one-second period for startup and readiness (LLAMA_CPP_PROBE_PERIOD_SECONDS).
         "startupProbe": _health_probe(
@@ -269,6 +323,8 @@ def _weights_volume(stack: SovereignStack, model: ModelSpec, store: DataStore) -
         return storage.volume_mount(
             store, read_only=True, sub_path=directory.rstrip("/"), mount_path=weights_path(model)
         )
+    if copies_to_cache(stack, model):
+        return cache_volume(stack, model), {"name": "weights", "mountPath": MODELS_ROOT}
     if model.engine is Engine.LLAMA_CPP:
         # One GGUF file of a CPU model: node-local disk, which every cluster has (no storage
         # class or CSI driver needed, as small CPU deployments often lack them), world-writable
@@ -291,45 +347,30 @@ def _weights_volume(stack: SovereignStack, model: ModelSpec, store: DataStore) -
     return volume, {"name": "weights", "mountPath": MODELS_ROOT}
 
 
-def _loader(stack: SovereignStack, model: ModelSpec, store: DataStore, facts: ClusterFacts) -> dict[str, Any]:
-    s3 = store.s3
-    assert s3 is not None, "the loader only runs for S3 sources"
-    env = [
-        pod.value(LOADER_REGION, s3.region),
-        pod.value(LOADER_BUCKET, s3.bucket),
-        pod.value(LOADER_PATH, model.source.path),
-        pod.value(LOADER_DEST, weights_path(model)),
-        pod.value(LOADER_ALLOWED_REGIONS, ",".join(sorted(stack.spec.residency.regions))),
-        pod.value(LOADER_PATH_STYLE, "true" if s3.force_path_style else "false"),
-        *storage.credentials_env(store),
-    ]
-    if s3.endpoint:
-        env.append(pod.value(LOADER_ENDPOINT, s3.endpoint))
-    return {
-        "name": "fetch-model",
-        "image": facts.operator_image,
-        "command": ["sovereign", "fetch-model"],
-        "args": ["--progress=plain"],
-        "env": pod.sorted_env(env),
-        "volumeMounts": [{"name": "weights", "mountPath": MODELS_ROOT}],
-    }
-
-
-def _vllm(model: ModelSpec, weights_mount: dict[str, Any], resources: dict[str, Any]) -> dict[str, Any]:
+def _vllm(model: ModelSpec, weights_mount: dict[str, Any] | None, resources: dict[str, Any], *,
+          streamed_from: DataStore | None = None) -> dict[str, Any]:
+    """The vLLM container: serving the weights on its volume, or ``streamed_from`` an S3 store."""
     gpus = str(model.gpus)
+    env = [pod.value(key, text) for key, text in OFFLINE_ENV.items()]
+    if streamed_from is None:
+        weights, streaming = weights_path(model), []
+    else:
+        weights, streaming = _streamed(model, streamed_from)
+        env += _streamer_env(streamed_from)
     return {
         "name": "vllm",
         "image": model.image or DEFAULT_VLLM_IMAGE,
         "command": ["vllm", "serve"],
         "args": [
-            weights_path(model),
+            weights,
             "--served-model-name", model.name, model.model,
             "--tensor-parallel-size", gpus,
             "--host", "0.0.0.0",
             "--port", str(names.MODEL_PORT),
+            *streaming,
             *model.extra_args,
         ],
-        "env": pod.sorted_env(pod.value(key, text) for key, text in OFFLINE_ENV.items()),
+        "env": pod.sorted_env(env),
         "ports": [{"name": "http", "containerPort": names.MODEL_PORT, "protocol": "TCP"}],
         "resources": resources,
         # Startup: long enough to load large weights; after that, restart only a server that stays
@@ -340,8 +381,31 @@ def _vllm(model: ModelSpec, weights_mount: dict[str, Any], resources: dict[str, 
         ),
         "readinessProbe": _health_probe(period=5, failures=3),
         "livenessProbe": _health_probe(period=10, failures=6),
-        "volumeMounts": [weights_mount, {"name": "dshm", "mountPath": "/dev/shm"}],
+        "volumeMounts": [*([weights_mount] if weights_mount else []), {"name": "dshm", "mountPath": "/dev/shm"}],
     }
+
+
+def _streamed(model: ModelSpec, store: DataStore) -> tuple[str, list[str]]:
+    """The model argument and flags of vLLM streaming ``source.path`` from the store's bucket."""
+    s3 = store.s3
+    assert s3 is not None, "api validation streams only from S3 stores"
+    prefix = model.source.path.rstrip("/")
+    uri = f"s3://{s3.bucket}/{prefix}" if prefix else f"s3://{s3.bucket}"
+    extra = json.dumps({"concurrency": STREAMER_CONCURRENCY}, separators=(",", ":"))
+    return uri, ["--load-format", "runai_streamer", "--model-loader-extra-config", extra]
+
+
+def _streamer_env(store: DataStore) -> list[pod.EnvVar]:
+    """Where the streamer finds the bucket and its credentials (the store's Secret, by reference)."""
+    s3 = store.s3
+    assert s3 is not None, "api validation streams only from S3 stores"
+    env = [pod.value("AWS_REGION", s3.region), pod.value("AWS_DEFAULT_REGION", s3.region),
+           pod.value(STREAMER_METADATA_ENV, "true"), *storage.credentials_env(store)]
+    if s3.endpoint:
+        env += [pod.value(key, s3.endpoint) for key in STREAMER_ENDPOINT_ENV]
+    if s3.force_path_style:
+        env.append(pod.value(STREAMER_VIRTUAL_ADDRESSING_ENV, "0"))
+    return env
 
 
 def _health_probe(*, period: int, failures: int) -> dict[str, Any]:

@@ -61,6 +61,7 @@ class Component(StrEnum):
     STORAGE = "storage"
     NODE_POOL = "node-pool"
     NETWORK = "network"
+    MODEL_CACHE = "model-cache"
 
 
 def stack_name(stack: SovereignStack) -> str:
@@ -107,6 +108,16 @@ def nodepool_name(stack: SovereignStack, pool: str) -> str:
     it; at most 63 characters because Karpenter copies it into the ``karpenter.sh/nodepool``
     label of every node it launches."""
     return _fit_label(f"{stack_namespace(stack)}-{stack_name(stack)}-{pool}")
+
+
+#: A Job's name is copied into the ``job-name`` label of its pods: at most 63 characters.
+_CACHE_PREFIX = MAX_LABEL_VALUE - len("-cache-") - 10
+
+
+def model_cache_name(*, model: str, digest: str) -> str:
+    """Name of a model's shared cache: its claim and the Job filling it, ``<model>-cache-<digest>``
+    (the digest of the source, so a new source is a new cache)."""
+    return f"{model[:_CACHE_PREFIX].rstrip('-')}-cache-{digest[:10]}"
 
 
 def network_policy_name(stack: SovereignStack) -> str:
