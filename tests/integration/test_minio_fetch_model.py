@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 import os
 import signal
@@ -374,6 +375,23 @@ def test_the_cli_reads_the_pod_environment_and_logs_plain_lines(me, minio_bucket
     assert second.exit_code == 0, second.output
     assert "(6 skipped); 0 B downloaded" in second.output
     assert_same_files(tmp_path, model)
+
+
+def test_the_report_file_says_what_a_shared_cache_holds_and_what_a_refill_read(me, minio_bucket_name, model,
+                                                                             tmp_path):
+    """What a cache's loader Job leaves in its termination message, which the stack's status shows."""
+    report = tmp_path / "termination-log"
+    env = cli_env(me, minio_bucket_name, tmp_path / "cache", SOVEREIGN_FETCH_REPORT=str(report))
+    first = CliRunner().invoke(cli, ["fetch-model", "--progress", "plain"], env=env)
+    filled = json.loads(report.read_text())
+    second = CliRunner().invoke(cli, ["fetch-model", "--progress", "plain"], env=env)
+    again = json.loads(report.read_text())
+
+    assert first.exit_code == second.exit_code == 0, first.output + second.output
+    size = sum(len(data) for data in model.values())
+    assert filled == {"source": f"s3://{minio_bucket_name}/{PREFIX}/", "files": 6, "bytes": size,
+                      "downloadedBytes": size, "verified": True}
+    assert again == {**filled, "downloadedBytes": 0}
 
 
 def test_the_cli_progress_bar_ends_with_the_summary(me, minio_bucket_name, model, tmp_path):

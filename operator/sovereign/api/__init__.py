@@ -39,6 +39,7 @@ from sovereign.api.models import (
     KarpenterSettings,
     LoadFormat,
     ModelCache,
+    ModelCacheStatus,
     ModelResources,
     ModelSource,
     ModelSpec,

@@ -1558,6 +1558,25 @@ class Condition(StatusObject):
     message: str = Field(default="", max_length=32768, description="What a person should know, in words.")
 
 
+class ModelCacheStatus(StatusObject):
+    """Observed state of a model's cache."""
+
+    layout: str = Field(default="", description="cache.layout: PerReplica, PerNode or SharedVolume.")
+    name: str = Field(default="", description=(
+        "The cache: the shared claim and its loader Job (SharedVolume), or the node directory (PerNode)."))
+    state: str = Field(default="", description=(
+        "SharedVolume: Filling (the loader Job runs; no replica starts before it succeeded), Filled, "
+        "Failed, or Unavailable (the cluster cannot provide it; the message says why)."))
+    files: int = Field(default=0, ge=0, description="Files in the filled cache.")
+    bytes: int = Field(default=0, ge=0, description="Bytes in the filled cache.")
+    downloaded_bytes: int = Field(default=0, ge=0, description=(
+        "Bytes the loader read from the store to fill it (0 when it found every file already verified)."))
+    verified: bool = Field(default=False, description=(
+        "Every file was checked against its object's ETag (not only its size)."))
+    filled_at: Timestamp | None = Field(default=None, description="When the loader Job completed.")
+    message: str = Field(default="", description="Progress, or what went wrong, in words.")
+
+
 class ModelStatus(StatusObject):
     """Observed state of one model."""
 
@@ -1569,6 +1588,9 @@ class ModelStatus(StatusObject):
         "OpenAI-compatible base URL inside the cluster, such as "
         "http://chat.ns.svc:8000/v1."
     ))
+    cache: ModelCacheStatus | None = Field(default=None, description=(
+        "The model's weights cache, for weights copied from an S3 store (unset for a volume store "
+        "or a streamed model)."))
 
 
 class DataStoreStatus(StatusObject):

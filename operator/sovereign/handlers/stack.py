@@ -6,11 +6,12 @@
   ``sovereign.ai/`` annotations, finalizer ``sovereign.ai/finalizer``, only warnings posted as
   Events (the reconciler posts its own on condition transitions), and a login whose HTTP
   session identifies as ``sovereign-operator/<version>``;
-- an index of all nodes (``cluster_nodes``), so a pass reads its facts from memory;
+- indexes of all nodes (``cluster_nodes``) and StorageClasses (``cluster_storage_classes``, which
+  a shared model cache is checked against), so a pass reads its facts from memory;
 - create/update/resume: one reconcile pass; delete: ``finalize`` (cluster-scoped effects);
 - a timer every ``resync_seconds``: a reconcile pass (repairs deleted children; reads only when
   nothing changed);
-- events of the stack's Deployments, claims and NodePools: a reconcile pass of their stack, so
+- events of the stack's Deployments, cache loader Jobs, claims and NodePools: a reconcile pass of their stack, so
   status follows readiness without waiting for the timer;
 - a daemon per stack checking every ``gpu_check_seconds`` (``services.gpu_reaction``), from the
   node index alone: a reconcile pass when the GPU health of the stack's pool nodes changed, and
@@ -67,6 +68,14 @@ class OperatorConfig:
     resync_seconds: float = 60.0
     #: How often each stack compares the GPU health of its nodes (in memory) with what it last showed.
     gpu_check_seconds: float = 2.0
+
+
+@dataclass(frozen=True)
+class _Indexes:
+    """The Kopf indexes a pass builds its facts from."""
+
+    nodes: kopf.Index[None, NodeFacts]
+    storage_classes: kopf.Index[str, dict]
 
 
 class _StackPasses:
@@ -127,22 +136,24 @@ def install(registry: kopf.OperatorRegistry, *, kube: Kube, config: OperatorConf
     # S3 stores are verified again at most once per resync, however many events trigger passes.
     stores = StoreVerdicts(recheck_seconds=config.resync_seconds)
 
-    def facts(cluster_nodes: kopf.Index[None, NodeFacts]) -> ClusterFacts:
-        nodes = sorted(cluster_nodes.get(None, []), key=lambda node: node.name)
+    def facts(indexes: _Indexes) -> ClusterFacts:
+        nodes = sorted(indexes.nodes.get(None, []), key=lambda node: node.name)
+        classes = {name: storage_class for name, entries in indexes.storage_classes.items()
+                   for storage_class in entries}
         return ClusterFacts(nodes=tuple(nodes), operator_image=config.operator_image,
-                            prometheus_url=config.prometheus_url)
+                            prometheus_url=config.prometheus_url, storage_classes=classes)
 
-    def run_pass(namespace: str, name: str, cluster_nodes: kopf.Index[None, NodeFacts]) -> None:
-        passes.run(namespace, name, lambda: one_pass(namespace, name, cluster_nodes))
+    def run_pass(namespace: str, name: str, indexes: _Indexes) -> None:
+        passes.run(namespace, name, lambda: one_pass(namespace, name, indexes))
 
-    def one_pass(namespace: str, name: str, cluster_nodes: kopf.Index[None, NodeFacts]) -> None:
+    def one_pass(namespace: str, name: str, indexes: _Indexes) -> None:
         with _retry_on_trouble(namespace, name):
             # Read afresh under the lock: the body Kopf or an event handed over may predate the
             # status the previous pass wrote, and comparing with it would write again.
             body = kube.get(STACK, name=name, namespace=namespace)
             if body is None or FINALIZER not in (body["metadata"].get("finalizers") or []):
                 return  # gone, or Kopf has yet to add the finalizer: nothing may happen before it
-            outcome = reconcile(kube=kube, body=body, facts=facts(cluster_nodes), stores=stores)
+            outcome = reconcile(kube=kube, body=body, facts=facts(indexes), stores=stores)
         # The module's logger, not Kopf's per-object one: Kopf would post these lines as Events on
         # every pass, and the reconciler already posts one when a condition changes.
         if outcome.rejected:
@@ -180,24 +191,33 @@ def install(registry: kopf.OperatorRegistry, *, kube: Kube, config: OperatorConf
             metrics.NODE_GPU_HEALTH.labels(node=node.name).set(1 if node.gpu.condition is ConditionStatus.TRUE else 0)
         return {None: node}
 
+    @kopf.index("storage.k8s.io", "v1", "storageclasses", id="cluster_storage_classes", registry=registry)
+    def cluster_storage_classes(name: str, body: kopf.Body, **_: Any) -> dict[str, dict]:
+        # What a shared model cache's check reads (policy.model_cache): the provisioner, and the
+        # default-class and access-modes annotations.
+        return {name: {"metadata": {"name": name, "annotations": dict(body["metadata"].get("annotations") or {})},
+                       "provisioner": body.get("provisioner", "")}}
+
     @kopf.on.create(*_STACKS, id="reconcile", registry=registry)
     @kopf.on.update(*_STACKS, id="reconcile", registry=registry)
     @kopf.on.resume(*_STACKS, id="reconcile", registry=registry)
-    def reconcile_stack(namespace: str, name: str, cluster_nodes: kopf.Index[None, NodeFacts], **_: Any) -> None:
-        run_pass(namespace, name, cluster_nodes)
+    def reconcile_stack(namespace: str, name: str, cluster_nodes: kopf.Index[None, NodeFacts],
+                        cluster_storage_classes: kopf.Index[str, dict], **_: Any) -> None:
+        run_pass(namespace, name, _Indexes(cluster_nodes, cluster_storage_classes))
 
     @kopf.timer(*_STACKS, id="resync", interval=config.resync_seconds, initial_delay=config.resync_seconds,
                 registry=registry)
-    def resync_stack(namespace: str, name: str, cluster_nodes: kopf.Index[None, NodeFacts], **_: Any) -> None:
-        run_pass(namespace, name, cluster_nodes)
+    def resync_stack(namespace: str, name: str, cluster_nodes: kopf.Index[None, NodeFacts],
+                     cluster_storage_classes: kopf.Index[str, dict], **_: Any) -> None:
+        run_pass(namespace, name, _Indexes(cluster_nodes, cluster_storage_classes))
 
     def check_gpus(namespace: str, name: str, body: kopf.Body, reaction: GpuReaction,
-                   cluster_nodes: kopf.Index[None, NodeFacts]) -> None:
-        health = reaction.health(body=body, facts=facts(cluster_nodes))
+                   indexes: _Indexes) -> None:
+        health = reaction.health(body=body, facts=facts(indexes))
         if health is None:
             return  # an invalid spec: the reconciler reports it
         if reaction.status_due(health):
-            run_pass(namespace, name, cluster_nodes)
+            run_pass(namespace, name, indexes)
             reaction.status_shown(health)
         if reaction.evictions_due(health, now=time.monotonic()):
             with passes.hold(namespace, name), _retry_on_trouble(namespace, name):
@@ -212,11 +232,13 @@ def install(registry: kopf.OperatorRegistry, *, kube: Kube, config: OperatorConf
     # a look at memory every few seconds, worth no log line. ``body`` is live in a daemon.
     @kopf.daemon(*_STACKS, id="gpu-reaction", registry=registry)
     async def gpu_reaction(namespace: str, name: str, body: kopf.Body, memo: kopf.Memo,
-                           cluster_nodes: kopf.Index[None, NodeFacts], stopped: kopf.DaemonStopped,
+                           cluster_nodes: kopf.Index[None, NodeFacts],
+                           cluster_storage_classes: kopf.Index[str, dict], stopped: kopf.DaemonStopped,
                            **_: Any) -> None:
         reaction = memo.setdefault("gpu_reaction", GpuReaction())
         while not stopped:
-            await asyncio.to_thread(check_gpus, namespace, name, body, reaction, cluster_nodes)
+            await asyncio.to_thread(check_gpus, namespace, name, body, reaction,
+                                    _Indexes(cluster_nodes, cluster_storage_classes))
             await stopped.wait(config.gpu_check_seconds)
 
     @kopf.on.delete(*_STACKS, id="finalize", registry=registry)
@@ -231,17 +253,18 @@ def install(registry: kopf.OperatorRegistry, *, kube: Kube, config: OperatorConf
             log.info("stack %s/%s deleted: removed %s", meta["namespace"], meta["name"], ", ".join(map(str, removed)))
 
     @kopf.on.event("apps", "v1", "deployments", id="deployment", labels=_CHILDREN, registry=registry)
+    @kopf.on.event("batch", "v1", "jobs", id="job", labels=_CHILDREN, registry=registry)
     @kopf.on.event("", "v1", "persistentvolumeclaims", id="claim", labels=_CHILDREN, registry=registry)
     @kopf.on.event("karpenter.sh", "v1", "nodepools", id="nodepool", labels=_CHILDREN, registry=registry)
     def child_changed(type: str | None, body: kopf.Body, cluster_nodes: kopf.Index[None, NodeFacts],
-                      **_: Any) -> None:
+                      cluster_storage_classes: kopf.Index[str, dict], **_: Any) -> None:
         if type is None:
             return  # the initial listing: resuming the stacks covers startup
         meta = body["metadata"]
         owner = (meta.get("annotations") or {}).get(OWNER_ANNOTATION, "")
         namespace = meta.get("namespace") or owner.partition("/")[0]
         if namespace:
-            run_pass(namespace, meta["labels"][STACK_LABEL], cluster_nodes)
+            run_pass(namespace, meta["labels"][STACK_LABEL], _Indexes(cluster_nodes, cluster_storage_classes))
 
 
 @contextmanager

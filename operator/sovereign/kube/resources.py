@@ -37,6 +37,7 @@ class ResourceType:
 
 STACK = ResourceType(API_VERSION, KIND, PLURAL, True)
 DEPLOYMENT = ResourceType("apps/v1", "Deployment", "deployments", True)
+JOB = ResourceType("batch/v1", "Job", "jobs", True)
 SERVICE = ResourceType("v1", "Service", "services", True)
 POD = ResourceType("v1", "Pod", "pods", True)
 SECRET = ResourceType("v1", "Secret", "secrets", True)
@@ -49,7 +50,7 @@ NODE_POOL = ResourceType("karpenter.sh/v1", "NodePool", "nodepools", False)
 NODE = ResourceType("v1", "Node", "nodes", False)
 
 KNOWN = (
-    STACK, DEPLOYMENT, SERVICE, POD, SECRET, EVENT, PERSISTENT_VOLUME_CLAIM, POD_DISRUPTION_BUDGET,
+    STACK, DEPLOYMENT, JOB, SERVICE, POD, SECRET, EVENT, PERSISTENT_VOLUME_CLAIM, POD_DISRUPTION_BUDGET,
     NETWORK_POLICY, SCALED_OBJECT, NODE_POOL, NODE,
 )  # fmt: skip
 _BY_KIND = {(kind.api_version, kind.kind): kind for kind in KNOWN}

@@ -28,6 +28,8 @@ from sovereign.policy.residency_store import Decision
 CACHE_AVAILABLE = "CacheAvailable"
 CACHE_CLASS_MISSING = "CacheStorageClassMissing"
 CACHE_CLASS_NOT_SHARED = "CacheStorageClassNotReadWriteMany"
+#: The reasons of a cache the cluster cannot provide.
+UNAVAILABLE = frozenset({CACHE_CLASS_MISSING, CACHE_CLASS_NOT_SHARED})
 
 READ_WRITE_MANY = "ReadWriteMany"
 #: CSI drivers and in-tree provisioners whose volumes are file systems that several nodes mount

@@ -48,11 +48,14 @@ def _store(stack: SovereignStack, name: str) -> DataStore:
     return next(store for store in stack.spec.data_stores if store.name == name)
 
 
+def has_s3_source(stack: SovereignStack, model: ModelSpec) -> bool:
+    return _store(stack, model.source.data_store).s3 is not None
+
+
 def copies_to_cache(stack: SovereignStack, model: ModelSpec) -> bool:
     """Whether the model's weights are copied from an S3 store into a cache the replicas share
     (SharedVolume or PerNode)."""
-    return (model.cache.layout is not CacheLayout.PER_REPLICA
-            and _store(stack, model.source.data_store).s3 is not None)
+    return model.cache.layout is not CacheLayout.PER_REPLICA and has_s3_source(stack, model)
 
 
 def cache_name(stack: SovereignStack, model: ModelSpec) -> str:

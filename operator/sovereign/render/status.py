@@ -35,11 +35,14 @@ from typing import Any, NamedTuple
 
 from sovereign.api import (
     ApplicationStatus,
+    CacheLayout,
     Condition,
     ConditionStatus,
     ConditionType,
     DataStoreStatus,
     Enforcement,
+    ModelCacheStatus,
+    ModelSpec,
     ModelStatus,
     NodePool,
     NodePoolStatus,
@@ -53,10 +56,13 @@ from sovereign.policy.stack_gpu_health import (
     StackGpuHealth,
     assess_stack_gpus,
 )
+from sovereign.policy import model_cache as cache_reasons
 from sovereign.policy import model_source
 from sovereign.policy import residency_store as store_reasons
 from sovereign.render import names
-from sovereign.render.facts import ClusterFacts, Hold, NodeFacts
+from sovereign.api.models import LoadFormat
+from sovereign.render.cache import cache_name, copies_to_cache, has_s3_source
+from sovereign.render.facts import ClusterFacts, FillState, Hold, NodeFacts
 from sovereign.render.names import ObjectKey
 from sovereign.render.nodepool import INSTANCE_TYPE_LABEL, gpu_name_label, pool_nodes
 
@@ -83,6 +89,10 @@ NO_MODELS = "NoModels"
 APPLICATIONS_AVAILABLE = "ApplicationsAvailable"
 APPLICATIONS_NOT_READY = "ApplicationsNotReady"
 NO_APPLICATIONS = "NoApplications"
+CACHE_FILLING = "CacheFilling"
+CACHE_FILL_FAILED = "CacheFillFailed"
+#: The state of a SharedVolume cache the cluster cannot provide.
+UNAVAILABLE = "Unavailable"
 
 #: Status fields the residency audit writes; the reconciler reads them and never writes them.
 AUDIT_CONDITIONS = frozenset({ConditionType.RESIDENCY_COMPLIANT.value})
@@ -100,6 +110,7 @@ LASTING_REASONS = frozenset({
     store_reasons.LOCATION_OUTSIDE_REGIONS, store_reasons.ENCRYPTION_OFF, store_reasons.PUBLIC_ACCESS_ALLOWED,
     store_reasons.REPLICATION_OUTSIDE_REGIONS, store_reasons.REPLICATION_REGION_UNKNOWN,
     store_reasons.CHECK_UNSUPPORTED, model_source.MODEL_FILE_MISSING, model_source.MODEL_FILE_NOT_GGUF,
+    CACHE_FILL_FAILED, *cache_reasons.UNAVAILABLE,
 })
 
 
@@ -400,16 +411,22 @@ def _models(
         service = observation.child("", "Service", model.name, namespace)
         rollout = _rollout(deployment)
         served = ((deployment or {}).get("metadata", {}).get("annotations") or {}).get(names.MODEL_ID_ANNOTATION, "")
+        cache_status = _cache_status(stack, model, facts)
         statuses.append(ModelStatus(
             name=model.name,
             model=served,
             replicas=rollout.total,
             ready_replicas=rollout.ready,
             endpoint=names.model_endpoint(namespace=namespace, model=model.name) if service is not None else "",
+            cache=cache_status,
         ))
         if model.name in facts.held_back:
             held.append(facts.held_back[model.name])
             waiting.append(f"{model.name}: {held[-1].message}")
+        elif cache_status is not None and cache_status.state in (FillState.FILLING, FillState.FAILED):
+            reason = CACHE_FILLING if cache_status.state == FillState.FILLING else CACHE_FILL_FAILED
+            held.append(Hold(reason, cache_status.message))
+            waiting.append(f"{model.name}: {cache_status.message}")
         elif not rollout.done:
             waiting.append(f"{model.name}: {rollout.note}")
     done = len(statuses) - len(waiting)
@@ -419,6 +436,39 @@ def _models(
         return _true(NO_MODELS, "the stack declares no models"), statuses, done
     summary = ", ".join(f"{s.name}: {s.ready_replicas} ready" for s in statuses)
     return _true(MODELS_AVAILABLE, summary), statuses, done
+
+
+def _cache_status(stack: SovereignStack, model: ModelSpec, facts: ClusterFacts) -> ModelCacheStatus | None:
+    """A model's cache as observed: a SharedVolume cache's fill (its loader Job and the loader's
+    report), or just where the weights are kept for the other layouts; None for weights that
+    are not copied (a volume store, streaming)."""
+    if model.load_format is not LoadFormat.COPY or not has_s3_source(stack, model):
+        return None
+    layout = model.cache.layout
+    if not copies_to_cache(stack, model):
+        return ModelCacheStatus(layout=layout.value)
+    name = cache_name(stack, model)
+    hold = facts.held_back.get(model.name)
+    if layout is not CacheLayout.SHARED_VOLUME:
+        return ModelCacheStatus(layout=layout.value, name=name)
+    if hold is not None and hold.reason in cache_reasons.UNAVAILABLE:
+        return ModelCacheStatus(layout=layout.value, name=name, state=UNAVAILABLE, message=hold.message)
+    fill = (facts.caches or {}).get(model.name)
+    if fill is None or fill.name != name:
+        return ModelCacheStatus(layout=layout.value, name=name, state=FillState.FILLING,
+                                message=f"cache {name} filling: loader Job {name} is being created")
+    report = fill.report
+    if fill.state is FillState.FILLED:
+        return ModelCacheStatus(
+            layout=layout.value, name=name, state=fill.state, files=int(report.get("files", 0)),
+            bytes=int(report.get("bytes", 0)), downloaded_bytes=int(report.get("downloadedBytes", 0)),
+            verified=bool(report.get("verified", False)), filled_at=fill.completed,
+            message=f"{report.get('files', 0)} file(s), {report.get('bytes', 0)} bytes from {report.get('source', 'the store')}"
+            if report else "filled (the loader left no report)")
+    what = "filling" if fill.state is FillState.FILLING else "fill failed"
+    advice = f"; delete Job {name} to fill it again once the cause is fixed" if fill.state is FillState.FAILED else ""
+    return ModelCacheStatus(layout=layout.value, name=name, state=fill.state,
+                            message=f"cache {name} {what}: {fill.message}{advice}")
 
 
 def _applications(

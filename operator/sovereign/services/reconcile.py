@@ -10,9 +10,12 @@ periodic resync or a child that changed:
    ``StoreVerdicts`` contacts them only when the spec or credentials changed, or once per
    re-check period): a store failing a residency check holds back the models and applications
    that use it (``policy.residency.blocked_workloads``), which are rendered with zero replicas.
-   Render the desired objects (``desired_objects``: the same function ``sovereign render``
-   prints) and observe the stack's children (lists by the stack label, kept only when owned by
-   this incarnation of the stack; nodes come from the facts).
+   A model whose ``cache.layout`` the cluster's StorageClasses cannot provide is held back the
+   same way (``services.model_cache``). Observe the stack's children (lists by the stack label,
+   kept only when owned by this incarnation of the stack; nodes come from the facts) and the
+   state of its shared model caches (their loader Jobs), then render the desired objects
+   (``desired_objects``: the same function ``sovereign render`` prints); a model whose shared
+   cache is not filled yet has no Deployment among them, and its live one is kept as it is.
 3. ``plan_changes``: apply each desired object the live one does not match, compared by labels
    and annotations (which include the spec hash); prune each observed child no longer desired,
    except retained data. An unchanged stack plans nothing.
@@ -33,7 +36,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -55,6 +58,7 @@ from sovereign.kube import errors
 from sovereign.kube.client import Kube
 from sovereign.kube.resources import (
     DEPLOYMENT,
+    JOB,
     NETWORK_POLICY,
     NODE,
     NODE_POOL,
@@ -67,7 +71,8 @@ from sovereign.kube.resources import (
 from sovereign.policy.residency import blocked_workloads
 from sovereign.render import names
 from sovereign.render.facts import ClusterFacts, Hold, NodeFacts
-from sovereign.render.names import ObjectKey, object_key
+from sovereign.render.inference import waiting_for_cache
+from sovereign.render.names import Component, ObjectKey, object_key
 from sovereign.render.stack import RenderError, render_stack
 from sovereign.render.status import (
     AUDIT_CONDITIONS,
@@ -78,6 +83,7 @@ from sovereign.render.status import (
     invalid_status,
     reconciler_part,
 )
+from sovereign.services.model_cache import observe_caches, with_cache_checks
 from sovereign.services.residency_stores import StoreVerdict, StoreVerdicts
 
 log = logging.getLogger(__name__)
@@ -85,7 +91,7 @@ log = logging.getLogger(__name__)
 Manifest = dict[str, Any]
 
 #: Namespaced kinds the stack may have children of, listed by label on every pass.
-CHILD_KINDS = (NETWORK_POLICY, PERSISTENT_VOLUME_CLAIM, DEPLOYMENT, SERVICE, POD_DISRUPTION_BUDGET, SCALED_OBJECT)
+CHILD_KINDS = (NETWORK_POLICY, PERSISTENT_VOLUME_CLAIM, JOB, DEPLOYMENT, SERVICE, POD_DISRUPTION_BUDGET, SCALED_OBJECT)
 #: The keys a stack puts on a node of an Existing pool, and removes again.
 _NODE_LABELS = (names.POOL_LABEL, names.STACK_LABEL, names.STACK_ID_LABEL)
 _NODE_ANNOTATIONS = (names.OWNER_ANNOTATION,)
@@ -120,9 +126,12 @@ def desired_objects(stack: SovereignStack, facts: ClusterFacts) -> list[Manifest
     return render_stack(stack, facts)
 
 
-def plan_changes(*, desired: Sequence[Manifest], observed: Mapping[ObjectKey, Manifest]) -> Plan:
-    """Apply what the live objects do not carry; prune observed objects no longer desired."""
-    wanted = {object_key(obj) for obj in desired}
+def plan_changes(*, desired: Sequence[Manifest], observed: Mapping[ObjectKey, Manifest],
+                 keep: Iterable[ObjectKey] = ()) -> Plan:
+    """Apply what the live objects do not carry; prune observed objects no longer desired, except
+    retained data and ``keep`` (objects left as they are this pass: the Deployment of a model
+    whose new cache is filling)."""
+    wanted = {object_key(obj) for obj in desired} | set(keep)
     return Plan(
         apply=tuple(obj for obj in desired if not _carries(observed.get(object_key(obj)), obj)),
         prune=tuple(
@@ -144,6 +153,11 @@ def reconcile(*, kube: Kube, body: Mapping[str, Any], facts: ClusterFacts, store
     try:
         stack = parse_stack({key: body[key] for key in ("apiVersion", "kind", "metadata", "spec") if key in body})
         facts = with_store_verdicts(facts, stack=stack, verdicts=stores.verdicts(kube=kube, stack=stack))
+        facts = with_cache_checks(facts, stack=stack)
+        # Observed before rendering: whether a shared cache is filled decides whether its
+        # model's Deployment is rendered.
+        observed = _observe(kube, stack, facts)
+        facts = replace(facts, caches=observe_caches(kube=kube, stack=stack, children=observed))
         desired = desired_objects(stack, facts)
     except (InvalidStackError, RenderError) as err:
         message = "; ".join(map(str, err.errors)) if isinstance(err, InvalidStackError) else str(err)
@@ -151,8 +165,7 @@ def reconcile(*, kube: Kube, body: Mapping[str, Any], facts: ClusterFacts, store
         outcome = Outcome((), (), (), status, _write_status(kube, body, previous, status))
         _record(meta, outcome, children={}, seconds=time.monotonic() - began, error=INVALID_SPEC)
         return outcome
-    observed = _observe(kube, stack, facts)
-    plan = plan_changes(desired=desired, observed=observed)
+    plan = plan_changes(desired=desired, observed=observed, keep=kept_as_is(stack=stack, facts=facts, observed=observed))
     children, applied, pruned, rejected = _execute(kube, stack, plan, observed)
     observation = Observation(children=children, rejected=rejected)
     status = compute_status(stack=stack, facts=facts, observation=observation, previous=previous, now=now)
@@ -250,6 +263,10 @@ def _carries(live: Mapping[str, Any] | None, desired: Mapping[str, Any]) -> bool
     compares exactly the keys the stack puts there."""
     if live is None:
         return False
+    if live["kind"] == "Job":
+        # A cache's loader Job runs once: its pod template cannot change, and the cache it
+        # filled is named after everything the Job copies, so one that exists is the one wanted.
+        return True
     for part in ("labels", "annotations"):
         have = live["metadata"].get(part) or {}
         if any(have.get(key) != value for key, value in (desired["metadata"].get(part) or {}).items()):
@@ -257,8 +274,24 @@ def _carries(live: Mapping[str, Any] | None, desired: Mapping[str, Any]) -> bool
     return True
 
 
+def kept_as_is(*, stack: SovereignStack, facts: ClusterFacts, observed: Mapping[ObjectKey, Manifest]) -> list[ObjectKey]:
+    """Children a pass neither applies nor prunes: the Deployment (and ScaledObject) of a model
+    whose new shared cache fills, and the claims the live Deployments' templates mount (a
+    superseded cache stays while replicas may still start on it, and goes in the pass after
+    the rollout moved them to the new one)."""
+    return [*waiting_for_cache(stack=stack, facts=facts), *(ObjectKey("", "PersistentVolumeClaim", key.namespace, volume["persistentVolumeClaim"]["claimName"])
+            for key, obj in observed.items() if key.kind == "Deployment"
+            for volume in ((obj.get("spec") or {}).get("template") or {}).get("spec", {}).get("volumes") or []
+            if "persistentVolumeClaim" in volume)]
+
+
 def _retained(obj: Mapping[str, Any]) -> bool:
-    return _annotation(obj, names.DELETION_POLICY_ANNOTATION) == "Retain"
+    """Whether a child no longer desired stays: retained data does, but not a model cache that
+    a new source superseded (a copy of what is still in the bucket; Kubernetes keeps the claim
+    until the replicas reading it are gone). Retain keeps a cache when the stack is deleted."""
+    component = (obj["metadata"].get("labels") or {}).get(names.COMPONENT_LABEL)
+    return (_annotation(obj, names.DELETION_POLICY_ANNOTATION) == "Retain"
+            and component != Component.MODEL_CACHE.value)
 
 
 def _execute(
