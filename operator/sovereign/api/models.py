@@ -38,6 +38,7 @@ from sovereign.api.types import (
     RuleFailure,
     cel_format,
     matches,
+    parse_quantity,
 )
 
 GROUP = "sovereign.ai"
@@ -79,8 +80,16 @@ OPERATOR_OWNED_LLAMA_CPP_FLAGS = tuple(dict.fromkeys(
 ))
 #: GPUs a replica may have: 0 only for CPU engines, otherwise a tensor-parallel size within one node.
 GPU_COUNTS_PER_REPLICA = (0, 1, 2, 4, 8)
-DEFAULT_STARTUP_TIMEOUT_SECONDS = 1800
 DEFAULT_CACHE_SIZE = "200Gi"
+#: The slowest rate a replica is assumed to copy and then load its weights at, unless
+#: ``weightsThroughput`` says otherwise: the windows the operator renders grow with the size.
+DEFAULT_WEIGHTS_THROUGHPUT = "50Mi"
+#: Fixed time allowed around the copy (pod start, listing, HEADs) and the load (the engine's own
+#: start: CUDA graphs, compilation), on top of size / throughput.
+COPY_BASE_SECONDS = 120
+LOAD_BASE_SECONDS = 600
+_MIN_THROUGHPUT = "1Mi"
+_THROUGHPUT_RULE = f"must be a Kubernetes quantity of bytes per second of at least {_MIN_THROUGHPUT}, such as 50Mi or 1Gi"
 #: What a vLLM replica requests besides its GPUs, per GPU, when the model sets no resources: vLLM
 #: runs one worker process per GPU beside its API server and engine core, each with CPU threads
 #: and pinned host memory. Small enough for the smallest one-GPU cloud nodes (4 vCPU, 32 GiB:
@@ -710,6 +719,13 @@ class ModelSource(ApiObject):
     )
 
 
+def _quantity_at_least(text: str, least: str) -> bool:
+    try:
+        return parse_quantity(text) >= parse_quantity(least)
+    except ValueError:
+        return False
+
+
 class CacheLayout(StrEnum):
     """Where a model's weights are kept once copied from its store, and so how often they are copied."""
 
@@ -1026,13 +1042,35 @@ class ModelSpec(ApiObject):
             f"{VLLM_CPU_PER_GPU} CPU and {VLLM_MEMORY_PER_GPU_GIB}Gi of memory per GPU of the replica."
         ),
     )
-    startup_timeout_seconds: int = Field(
-        default=DEFAULT_STARTUP_TIMEOUT_SECONDS,
+    startup_timeout_seconds: int | None = Field(
+        default=None,
         ge=60,
-        le=86400,
+        le=7 * 86400,
         description=(
-            "Seconds a replica may take to copy and load its weights before it is restarted. "
-            f"Default {DEFAULT_STARTUP_TIMEOUT_SECONDS}."
+            "Seconds a replica's engine may take to load its weights (once copied) before it is "
+            f"restarted: the startup probe's window. Unset: {LOAD_BASE_SECONDS} + the weights' size / "
+            "weightsThroughput, so a 400 GB model gets a window made for 400 GB."
+        ),
+    )
+    weights_throughput: Annotated[
+        str,
+        Field(max_length=64),
+        Check(
+            message=_THROUGHPUT_RULE,
+            accepts=lambda text: _quantity_at_least(text, _MIN_THROUGHPUT),
+            cel=(f"!self.startsWith('+') && isQuantity(self) && "
+                 f"quantity(self).compareTo(quantity('{_MIN_THROUGHPUT}')) >= 0"),
+        ),
+    ] = Field(
+        default=DEFAULT_WEIGHTS_THROUGHPUT,
+        description=(
+            "The slowest rate, in bytes per second, at which a replica is expected to copy its weights "
+            "from the store and then load them (a quantity such as 50Mi or 1Gi; at least 1Mi). It sizes "
+            f"the windows the operator renders: the rollout's progressDeadlineSeconds allows "
+            f"{COPY_BASE_SECONDS} s + size / rate for the copy plus the startup window "
+            f"(startupTimeoutSeconds, or {LOAD_BASE_SECONDS} s + size / rate). The size is the model "
+            "file's as the store check read it (engine llama-cpp), otherwise cache.size. Default "
+            f"{DEFAULT_WEIGHTS_THROUGHPUT}."
         ),
     )
     cache: ModelCache = Field(

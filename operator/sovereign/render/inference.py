@@ -49,6 +49,7 @@ from sovereign.api.engines import LLAMA_CPP_IMAGE
 from sovereign.api.models import VLLM_CPU_PER_GPU, VLLM_MEMORY_PER_GPU_GIB, LoadFormat
 from sovereign.render import cache, loader, names, pod, storage
 from sovereign.render.cache import cache_filled, cache_volume, copies_to_cache
+from sovereign.render.deadlines import model_windows
 from sovereign.render.facts import ClusterFacts
 from sovereign.render.loader import MODELS_ROOT, RESTRICTED, RUN_AS, weights_path
 from sovereign.render.names import Component
@@ -67,8 +68,6 @@ STARTUP_PERIOD_SECONDS = 10
 LLAMA_CPP_PROBE_PERIOD_SECONDS = 1
 #: Failed readiness probes before a llama-server replica stops getting requests (5 seconds).
 LLAMA_CPP_READINESS_FAILURES = 5
-#: Extra time a rollout may take beyond the startup window, for the weights to be copied first.
-COPY_ALLOWANCE_SECONDS = 600
 WAITING_REQUESTS_METRIC = "vllm:num_requests_waiting"
 
 #: Hub downloads and usage reporting off: weights come only from the declared store, and
@@ -159,7 +158,8 @@ def _deployment(stack: SovereignStack, model: ModelSpec, facts: ClusterFacts) ->
     spec |= {
         "selector": {"matchLabels": selector},
         "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
-        "progressDeadlineSeconds": model.startup_timeout_seconds + COPY_ALLOWANCE_SECONDS,
+        # The copy, then the load, each as long as the weights' size needs (render.deadlines).
+        "progressDeadlineSeconds": model_windows(stack=stack, model=model, facts=facts).rollout_seconds,
         # The model on the pod too: `kubectl get pod -o yaml` tells which model a replica serves,
         # while a swap of model: rolls the replicas one by one.
         "template": {"metadata": {"labels": template_labels,
@@ -193,9 +193,10 @@ def _vllm_pod(stack: SovereignStack, model: ModelSpec, store: DataStore, facts: 
     host = _vllm_host_resources(model)
     gpus = {names.GPU_RESOURCE: str(model.gpus)}
     resources = {"requests": {**host["requests"], **gpus}, "limits": {**host["limits"], **gpus}}
+    load = model_windows(stack=stack, model=model, facts=facts).load_seconds
     if model.load_format is LoadFormat.RUNAI_STREAMER:
         # Straight from the bucket into GPU memory: no loader, no weights volume.
-        pod_spec["containers"] = [_vllm(model, None, resources, streamed_from=store)]
+        pod_spec["containers"] = [_vllm(model, None, resources, streamed_from=store, load_seconds=load)]
         pod_spec["volumes"] = [shm]
         return pod_spec
     # The loader gets the server's CPU and memory: an init container runs before the server,
@@ -203,7 +204,7 @@ def _vllm_pod(stack: SovereignStack, model: ModelSpec, store: DataStore, facts: 
     init = _init_containers(stack, model, store, facts, resources=host)
     if init:
         pod_spec["initContainers"] = init
-    pod_spec["containers"] = [_vllm(model, mount, resources)]
+    pod_spec["containers"] = [_vllm(model, mount, resources, load_seconds=load)]
     pod_spec["volumes"] = [volume, shm]
     return pod_spec
 
@@ -253,7 +254,8 @@ def _llama_cpp_pod(stack: SovereignStack, model: ModelSpec, store: DataStore, fa
     init = _init_containers(stack, model, store, facts, resources=resources)
     if init:
         pod_spec["initContainers"] = init
-    pod_spec["containers"] = [_llama_server(model, {**mount, "readOnly": True}, resources)]
+    load = model_windows(stack=stack, model=model, facts=facts).load_seconds
+    pod_spec["containers"] = [_llama_server(model, {**mount, "readOnly": True}, resources, load_seconds=load)]
     pod_spec["volumes"] = [volume, {"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}}]
     return pod_spec
 
@@ -283,7 +285,8 @@ def threads(model: ModelSpec) -> int:
     return max(1, int(parse_quantity(model.resources.cpu)))
 
 
-def _llama_server(model: ModelSpec, weights_mount: dict[str, Any], resources: dict[str, Any]) -> dict[str, Any]:
+def _llama_server(model: ModelSpec, weights_mount: dict[str, Any], resources: dict[str, Any], *,
+                  load_seconds: int) -> dict[str, Any]:
     return {
         "name": "llama-server",
         "image": model.image or LLAMA_CPP_IMAGE,
@@ -307,7 +310,7 @@ def _llama_server(model: ModelSpec, weights_mount: dict[str, Any], resources: di
         # a one-second period for startup and readiness (LLAMA_CPP_PROBE_PERIOD_SECONDS).
         "startupProbe": _health_probe(
             period=LLAMA_CPP_PROBE_PERIOD_SECONDS,
-            failures=math.ceil(model.startup_timeout_seconds / LLAMA_CPP_PROBE_PERIOD_SECONDS),
+            failures=math.ceil(load_seconds / LLAMA_CPP_PROBE_PERIOD_SECONDS),
         ),
         "readinessProbe": _health_probe(period=LLAMA_CPP_PROBE_PERIOD_SECONDS, failures=LLAMA_CPP_READINESS_FAILURES),
         "livenessProbe": _health_probe(period=10, failures=6),
@@ -348,7 +351,7 @@ def _weights_volume(stack: SovereignStack, model: ModelSpec, store: DataStore) -
 
 
 def _vllm(model: ModelSpec, weights_mount: dict[str, Any] | None, resources: dict[str, Any], *,
-          streamed_from: DataStore | None = None) -> dict[str, Any]:
+          load_seconds: int, streamed_from: DataStore | None = None) -> dict[str, Any]:
     """The vLLM container: serving the weights on its volume, or ``streamed_from`` an S3 store."""
     gpus = str(model.gpus)
     env = [pod.value(key, text) for key, text in OFFLINE_ENV.items()]
@@ -377,7 +380,7 @@ def _vllm(model: ModelSpec, weights_mount: dict[str, Any] | None, resources: dic
         # unhealthy for a minute, and stop sending it requests after 15 seconds.
         "startupProbe": _health_probe(
             period=STARTUP_PERIOD_SECONDS,
-            failures=math.ceil(model.startup_timeout_seconds / STARTUP_PERIOD_SECONDS),
+            failures=math.ceil(load_seconds / STARTUP_PERIOD_SECONDS),
         ),
         "readinessProbe": _health_probe(period=5, failures=3),
         "livenessProbe": _health_probe(period=10, failures=6),

@@ -55,6 +55,9 @@ class StoreVerdict:
     #: What the bucket holds at the ``source.path`` of each llama-cpp model copied from it, by
     #: model name (``policy.model_source``); only looked at once the store passes its checks.
     models: dict[str, Decision] = field(default_factory=dict)
+    #: The size in bytes of each such model file that exists, by model name: the weights' size
+    #: the rendered copy and startup windows are derived from (``render.deadlines``).
+    model_sizes: dict[str, int] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -101,28 +104,36 @@ def verify_data_stores(*, kube: Kube, stack: SovereignStack, create: bool,
         if created and summary.ok:
             summary = Decision(True, BUCKET_CREATED, f"created in {s3.region}; {summary.message}")
         location = check.readings.location or ""
-        models = {}
+        models: dict[str, Decision] = {}
+        sizes: dict[str, int] = {}
         if check_models and summary.ok:
-            models = _model_files(stack, entry.name, store if location == store.region else store.with_region(location),
-                                  s3.bucket)
+            models, sizes = _model_files(stack, entry.name,
+                                         store if location == store.region else store.with_region(location), s3.bucket)
         verdicts.append(StoreVerdict(name=entry.name, bucket=s3.bucket, region=location,
-                                     decision=summary, checks=dict(check.results), models=models))
+                                     decision=summary, checks=dict(check.results), models=models,
+                                     model_sizes=sizes))
     return verdicts
 
 
-def _model_files(stack: SovereignStack, store_name: str, store: S3Store, bucket: str) -> dict[str, Decision]:
-    """The decision on the GGUF file of each llama-cpp model copied from ``store_name``."""
+def _model_files(stack: SovereignStack, store_name: str, store: S3Store,
+                 bucket: str) -> tuple[dict[str, Decision], dict[str, int]]:
+    """The decision on the GGUF file of each llama-cpp model copied from ``store_name``, and the
+    size of each such file that exists."""
     decisions = {}
+    sizes = {}
     for index, model in enumerate(stack.spec.models):
         if model.engine is not Engine.LLAMA_CPP or model.source.data_store != store_name:
             continue
         field = f"spec.models[{index}].source.path"
         try:
-            decisions[model.name] = check_gguf(probe=probe_object(store=store, bucket=bucket, key=model.source.path),
-                                               field=field)
+            probe = probe_object(store=store, bucket=bucket, key=model.source.path)
         except StoreError as err:
             decisions[model.name] = Decision(False, type(err).__name__, f"{field}: cannot read it: {err}")
-    return decisions
+            continue
+        decisions[model.name] = check_gguf(probe=probe, field=field)
+        if probe.exists:
+            sizes[model.name] = probe.size
+    return decisions, sizes
 
 
 def _credentials(kube: Kube, namespace: str, secret_name: str) -> Credentials | Decision:

@@ -90,7 +90,9 @@ def test_documented_defaults_are_in_the_schema() -> None:
     assert model["engine"]["enum"] == ["vllm", "llama-cpp"]
     # No schema default: it depends on the engine (1 GPU for vllm, none for llama-cpp).
     assert "default" not in model["gpusPerReplica"]
-    assert model["startupTimeoutSeconds"]["default"] == 1800
+    # No schema default: unset, the startup window grows with the weights (render.deadlines).
+    assert "default" not in model["startupTimeoutSeconds"]
+    assert model["weightsThroughput"]["default"] == "50Mi"
     assert model["cache"]["default"] == {} and model["cache"]["properties"]["size"]["default"] == "200Gi"
 
 

@@ -50,7 +50,8 @@ def test_minimal_stack_gets_the_documented_defaults() -> None:
     assert spec.residency.exposure.allow_load_balancer is False
     assert spec.data_stores[0].deletion_policy is DeletionPolicy.RETAIN
     model = spec.models[0]
-    assert (model.engine, model.gpus, model.replicas, model.startup_timeout_seconds) == ("vllm", 1, 1, 1800)
+    assert (model.engine, model.gpus, model.replicas, model.startup_timeout_seconds) == ("vllm", 1, 1, None)
+    assert model.weights_throughput == "50Mi"
     assert model.cache.size == "200Gi"
     assert model.source.path == "qwen2.5-7b-instruct/"
     assert spec.applications == []

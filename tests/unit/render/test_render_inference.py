@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 import click
 import pytest
 from render_inputs import sample_document, stack_from  # next to this file
 
-from sovereign.api.models import DEFAULT_STARTUP_TIMEOUT_SECONDS
 from sovereign.cli.fetch_model import command as fetch_model
+from sovereign.render.facts import ClusterFacts
 from sovereign.render.inference import DEFAULT_VLLM_IMAGE, render_model
 
 
@@ -22,6 +24,20 @@ def _pod(objects):
 
 def _vllm(objects):
     return next(c for c in _pod(objects)["containers"] if c["name"] == "vllm")
+
+
+def _deployment(objects):
+    return objects["Deployment"] if isinstance(objects, dict) else next(
+        o for o in objects if o["kind"] == "Deployment")
+
+
+def _with_model(stack, name, **fields):
+    """The stack with fields of one model replaced (validated again, as the apiserver would)."""
+    document = stack.model_dump(mode="json", by_alias=True, exclude_none=True)
+    model = next(m for m in document["spec"]["models"] if m["name"] == name)
+    model.pop("startupTimeoutSeconds", None)
+    model.update(fields)
+    return stack_from(document)
 
 
 def test_vllm_serves_local_weights_under_the_logical_name_first(full_stack, facts) -> None:
@@ -65,14 +81,41 @@ def test_pods_require_the_allowed_regions_the_pool_and_the_gpu_product(full_stac
         assert required["nvidia.com/gpu.product"] == ["NVIDIA-H100-80GB-HBM3"]
 
 
-def test_startup_window_defaults_to_thirty_minutes_and_follows_the_spec(full_stack, facts) -> None:
-    def window(name):
-        probe = _vllm(_objects(full_stack, facts, name))["startupProbe"]
+def test_startup_window_follows_the_spec_or_grows_with_the_weights(full_stack, facts) -> None:
+    def window(stack, name, facts=facts):
+        probe = _vllm(_objects(stack, facts, name))["startupProbe"]
         assert probe["httpGet"] == {"path": "/health", "port": "http"}
         return probe["periodSeconds"] * probe["failureThreshold"]
 
-    assert window("embed") == DEFAULT_STARTUP_TIMEOUT_SECONDS >= 1800
-    assert window("chat") == 3600
+    assert window(full_stack, "chat") == 3600, "startupTimeoutSeconds, as set"
+    # Unset: 600 s plus the weights (cache.size, 200Gi by default) at 50Mi/s, in whole periods.
+    assert window(full_stack, "embed") == 4700 >= 600 + 200 * 1024 / 50
+    larger = _with_model(full_stack, "embed", cache={"size": "400G"}, weightsThroughput="200Mi")
+    assert window(larger, "embed") == math.ceil((600 + math.ceil(400e9 / (200 * 2**20))) / 10) * 10
+
+
+def test_a_400_gb_model_gets_a_rollout_deadline_made_for_400_gb_not_15(full_stack, facts) -> None:
+    def deadline(size):
+        stack = _with_model(full_stack, "embed", cache={"size": size})
+        return _deployment(_objects(stack, facts, "embed"))["spec"]["progressDeadlineSeconds"]
+
+    # The copy and the load, each 120 s / 600 s plus size / 50Mi/s.
+    assert deadline("15G") == 120 + math.ceil(15e9 / 50 / 2**20) + 600 + math.ceil(15e9 / 50 / 2**20)
+    assert deadline("400G") == 120 + 600 + 2 * math.ceil(400e9 / 50 / 2**20)
+    assert deadline("400G") > 2 * 400e9 / (50 * 2**20), "copying and loading 400 GB at 50Mi/s fits"
+
+
+def test_the_store_checks_reading_of_the_model_file_sizes_the_windows(cpu_stack) -> None:
+    """A llama-cpp model's GGUF file, as the store check read it, sizes its windows rather than
+    the emptyDir's limit."""
+    gguf = 1_067_666_304
+    objects = render_model(stack=cpu_stack, model=cpu_stack.spec.models[0],
+                           facts=ClusterFacts(model_sizes={cpu_stack.spec.models[0].name: gguf}))
+    deployment = _deployment(objects)
+    server = deployment["spec"]["template"]["spec"]["containers"][0]
+    seconds = math.ceil(gguf / (50 * 2**20))
+    assert deployment["spec"]["progressDeadlineSeconds"] == 120 + seconds + 600 + seconds
+    assert server["startupProbe"]["failureThreshold"] == 600 + seconds
 
 
 def test_image_is_pinned_unless_the_model_names_one(full_stack, facts) -> None:
