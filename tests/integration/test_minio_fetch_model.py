@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import logging
@@ -31,6 +32,7 @@ from sovereign.services.fetch_model import (
     EmptySource,
     FetchError,
     FetchReport,
+    IntegrityError,
     RegionNotAllowed,
     Verification,
     fetch_model,
@@ -601,3 +603,27 @@ def test_a_part_size_below_the_smallest_is_refused_naming_the_flag(me, minio_buc
                                 env=cli_env(me, minio_bucket_name, tmp_path))
     assert result.exit_code == 2
     assert "--part-size" in result.output and "below the smallest part size, 1Mi" in result.output
+
+
+def test_a_declared_sha256_is_what_the_copy_is_checked_against(me, minio_bucket_name, model, tmp_path):
+    """Weights uploaded with their SHA-256 in the ``sha256`` metadata are checked by it: the
+    right one verifies, a wrong one is refused after one more try."""
+    body = os.urandom(3 * MiB + 5)
+    client = me.client()
+    client.put_object(Bucket=minio_bucket_name, Key=f"{PREFIX}/declared.bin", Body=body,
+                      Metadata={"sha256": hashlib.sha256(body).hexdigest()})
+
+    report = fetch(me, minio_bucket_name, tmp_path, part_size=MiB)
+
+    result = {f.path: f for f in report.files}["declared.bin"]
+    assert (result.action, result.verified_by) == (Action.DOWNLOADED, Verification.SHA256)
+    assert (tmp_path / "declared.bin").read_bytes() == body
+
+    client.put_object(Bucket=minio_bucket_name, Key=f"{PREFIX}/declared.bin", Body=body,
+                      Metadata={"sha256": "0" * 64})
+    with pytest.raises(IntegrityError) as caught:
+        fetch(me, minio_bucket_name, tmp_path / "again", part_size=MiB)
+    assert str(caught.value) == (
+        f"s3://{minio_bucket_name}/{PREFIX}/declared.bin: the downloaded bytes have SHA-256 "
+        f"{hashlib.sha256(body).hexdigest()}, the store says {'0' * 64}; the object or the transfer "
+        "is corrupt. Run again; if it persists, re-upload the object")

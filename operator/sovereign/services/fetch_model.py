@@ -19,7 +19,12 @@ worker, whatever the file size) and hashes the bytes as they arrive, in its own 
   of those MD5s must equal the ETag, for any part size the uploader chose;
 - a single-part object: its MD5 is carried on in byte order across ranges (hashed on arrival by
   the worker whose range is next in line, read back from the page cache otherwise);
-- an object whose ETag is no MD5 (SSE-KMS, SSE-C): checked by size only, and logged.
+- an object whose uploader declared its SHA-256 (user metadata ``sha256``, as
+  ``sovereign_dev`` and mirroring tools upload weights): that digest, carried in byte order like
+  a single-part MD5, is checked instead of the ETag (it is the stronger check, and If-Match
+  ties every range to the version whose metadata was read);
+- an object whose ETag is no MD5 (SSE-KMS, SSE-C) and that declares no SHA-256: checked by
+  size only, and logged.
 
 Every GET carries ``If-Match`` the listed ETag: an object replaced during the copy fails the
 run with a message naming it, and its partial file and journal are removed (the partial files
@@ -112,6 +117,7 @@ class Action(StrEnum):
 class Verification(StrEnum):
     MANIFEST = "manifest"  # verified by an earlier run; size and mtime unchanged since
     ETAG = "etag"          # hashed and equal to the object's ETag
+    SHA256 = "sha256"      # hashed and equal to the SHA-256 its uploader declared (x-amz-meta-sha256)
     SIZE = "size"          # the ETag is not an MD5 (SSE-KMS, SSE-C): only the size is checked
 
 
@@ -408,6 +414,14 @@ class _Manifest:
             os.replace(tmp, self.path)
 
 
+def _verification(head: ObjectHead) -> Verification:
+    """How a copy of the object is checked: the SHA-256 its uploader declared, else its ETag
+    when that is an MD5, else its size only."""
+    if head.sha256:
+        return Verification.SHA256
+    return Verification.ETAG if head.etag_is_content_md5 else Verification.SIZE
+
+
 class _Aborted(Exception):
     """Another copy failed; this worker stops between chunks."""
 
@@ -424,11 +438,11 @@ class _Carry:
     range starts at the cursor, otherwise read back from the partial file once the cursor
     reaches them."""
 
-    def __init__(self, index: int, unit: Span) -> None:
+    def __init__(self, index: int, unit: Span, digest: Any) -> None:
         self.index = index
         self.unit = unit
         self.cursor = unit.start
-        self.md5 = hashlib.md5(usedforsecurity=False)
+        self.md5 = digest
         self.busy = False
         self.ready: dict[int, int] = {}  # start -> end of ranges on disk, not yet hashed
 
@@ -471,8 +485,8 @@ class _Copy:
         self.journal = journal
         self.units = units_of(self.unit_sizes) if self.unit_sizes is not None else ()
         self.digests: dict[int, bytes] = {}
-        self.carries = {r.within: _Carry(r.within, self.units[r.within]) for r in journal.ranges
-                        if r.within is not None}
+        self.carries = {r.within: _Carry(r.within, self.units[r.within], self._new_hash())
+                        for r in journal.ranges if r.within is not None}
         self.pending = [r for r in journal.ranges if r.start not in journal.done]
 
     def open(self) -> int:
@@ -535,8 +549,12 @@ class _Copy:
         self.pending = [r for r in self.journal.ranges if r.start not in self.journal.done]
         return kept
 
+    def _new_hash(self) -> Any:
+        return (hashlib.sha256() if self.head.sha256
+                else hashlib.md5(usedforsecurity=False))
+
     def _hash_local(self, rng: Range) -> dict[str, Any]:
-        digests = [hashlib.md5(usedforsecurity=False) for _ in rng.units]
+        digests = [self._new_hash() for _ in rng.units]
         crc = 0
         for offset, chunk in self._read_back(rng.start, rng.end):
             if rng.units:
@@ -565,7 +583,7 @@ class _Copy:
             with self.lock:
                 if carry.cursor == rng.start and not carry.busy:
                     carry.busy = claimed = True
-        digests = [hashlib.md5(usedforsecurity=False) for _ in rng.units]
+        digests = [self._new_hash() for _ in rng.units]
         crc = 0
         position = rng.start
         tries = 0
@@ -625,11 +643,11 @@ class _Copy:
                 digests[index].update(view[low - offset:high - offset])
 
     def _check(self, rng: Range, digests: list[Any], crc: int) -> dict[str, Any]:
-        return {"md5": [d.hexdigest() for d in digests]} if rng.units else {"crc32": crc}
+        return {"digests": [d.hexdigest() for d in digests]} if rng.units else {"crc32": crc}
 
     def _mark_done(self, rng: Range, check: dict[str, Any]) -> None:
         self.journal.done[rng.start] = check
-        for unit_index, digest in zip(rng.units, check.get("md5", ())):
+        for unit_index, digest in zip(rng.units, check.get("digests", ())):
             self.digests[unit_index] = bytes.fromhex(digest)
         if rng.within is not None and rng.within in self.carries:
             carry = self.carries[rng.within]
@@ -669,19 +687,23 @@ class _Copy:
         self._finish_if_complete()
 
     def _finish(self) -> None:
-        got = self._etag()
-        if self.head.etag_is_content_md5 and got != self.obj.etag and self._parts_were_guessed():
-            got = self._etag_with_every_part_size()
-        if self.head.etag_is_content_md5 and got != self.obj.etag:
+        verified_by = _verification(self.head)
+        if verified_by is Verification.SHA256:
+            what, got, expected = "SHA-256", self.digests[0].hex(), self.head.sha256
+        else:
+            what, got, expected = "ETag", self._etag(), self.obj.etag
+            if verified_by is Verification.ETAG and got != expected and self._parts_were_guessed():
+                got = self._etag_with_every_part_size()
+        if verified_by is not Verification.SIZE and got != expected:
             self.failures += 1
             if self.failures > 1:
                 self._close()
                 raise IntegrityError(
-                    f"s3://{self.job.bucket}/{self.obj.key}: the downloaded bytes have ETag {got}, "
-                    f"the store says {self.obj.etag}; the object or the transfer is corrupt. Run "
+                    f"s3://{self.job.bucket}/{self.obj.key}: the downloaded bytes have {what} {got}, "
+                    f"the store says {expected}; the object or the transfer is corrupt. Run "
                     "again; if it persists, re-upload the object")
-            log.warning("%s did not verify (ETag %s, the store says %s); downloading it whole",
-                        self.target, got, self.obj.etag)
+            log.warning("%s did not verify (%s %s, the store says %s); downloading it whole",
+                        self.target, what, got, expected)
             if self.action is Action.RESUMED:
                 self.action = Action.DOWNLOADED
             with self.lock:
@@ -698,7 +720,6 @@ class _Copy:
         if self.job.manifest.boot is None:
             _fsync_dir(self.target.parent)
         self.journal_path.unlink(missing_ok=True)
-        verified_by = Verification.ETAG if self.head.etag_is_content_md5 else Verification.SIZE
         if verified_by is Verification.SIZE:
             log.warning("the ETag of s3://%s/%s is not the MD5 of its content (ETag %s, "
                         "encryption %s): checked its size only", self.job.bucket, self.obj.key,
@@ -871,7 +892,9 @@ class _Job:
                 f"s3://{self.bucket}/{obj.key} changed while the model was being fetched "
                 f"(ETag {obj.etag} -> {head.etag}): run again once the upload has finished")
         unit_sizes: list[int] | None = None
-        if head.etag_is_content_md5:
+        if head.sha256:
+            unit_sizes = [obj.size]
+        elif head.etag_is_content_md5:
             unit_sizes = (self.store.part_sizes(bucket=self.bucket, key=obj.key, size=obj.size,
                                                 parts_count=obj.parts_count)
                           if obj.parts_count else [obj.size])
@@ -898,6 +921,12 @@ class _Job:
     def _verify_file(self, path: Path, head: ObjectHead,
                      unit_sizes: list[int] | None) -> Verification | None:
         """How an existing complete file was verified, or None when it does not match."""
+        if head.sha256:
+            digest = hashlib.sha256()
+            with open(path, "rb") as handle:
+                while chunk := handle.read(_READ_BACK):
+                    digest.update(chunk)
+            return Verification.SHA256 if digest.hexdigest() == head.sha256 else None
         if not head.etag_is_content_md5:
             return Verification.SIZE
         hasher = ETagHasher(part_sizes=unit_sizes if head.etag.count("-") else None)

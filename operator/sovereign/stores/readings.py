@@ -84,6 +84,10 @@ class ObjectHead:
     server_side_encryption: str | None
     customer_key: bool
     last_modified: datetime | None = None
+    #: The SHA-256 of the content its uploader declared in the ``sha256`` user metadata
+    #: (``x-amz-meta-sha256``, lowercase hex), as ``sovereign_dev`` and many mirroring tools
+    #: upload weights; None when absent or not 64 hex digits.
+    sha256: str | None = None
 
     @property
     def etag_is_content_md5(self) -> bool:

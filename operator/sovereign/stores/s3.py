@@ -163,6 +163,7 @@ class S3Store:
             server_side_encryption=response.get("ServerSideEncryption"),
             customer_key=bool(response.get("SSECustomerAlgorithm")),
             last_modified=response.get("LastModified"),
+            sha256=_declared_sha256(response.get("Metadata") or {}),
         )
 
     def read_start(self, *, bucket: str, key: str, length: int) -> bytes:
@@ -492,6 +493,11 @@ class S3Store:
 
 _HTTP_STATUS_MEANING = {"403": "Forbidden", "404": "Not Found", "412": "Precondition Failed",
                         "501": "Not Implemented", "301": "Moved Permanently"}
+
+
+def _declared_sha256(metadata: dict[str, str]) -> str | None:
+    value = str(metadata.get("sha256", "")).strip().lower()
+    return value if len(value) == 64 and all(c in "0123456789abcdef" for c in value) else None
 
 
 def _unquote(etag: str) -> str:

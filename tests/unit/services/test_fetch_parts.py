@@ -78,7 +78,7 @@ def test_a_size_that_is_no_size_says_how_to_write_one():
 def test_a_journal_reads_back_what_it_wrote():
     plan = plan_object(size=40 * MiB, unit_sizes=[8 * MiB] * 5, part_size=16 * MiB)
     journal = Journal(key="m/x.gguf", etag="abc-5", size=40 * MiB, last_modified="2026-11-30T10:00:00+00:00",
-                      ranges=plan.ranges, done={0: {"md5": ["aa", "bb"]}, 32 * MiB: {"md5": ["cc"]}})
+                      ranges=plan.ranges, done={0: {"digests": ["aa", "bb"]}, 32 * MiB: {"digests": ["cc"]}})
 
     again = Journal.from_json(journal.to_json())
 
