@@ -961,6 +961,158 @@ _GGUF_PATH = (
 )
 
 
+# === spec: models: evaluation ==================================================================
+
+
+#: Bounds of an evaluation: few scorers keep the CEL cost of the judge rule small; a sample of
+#: at most 10000 examples is what one Job scores in its window.
+MAX_SCORERS = 8
+MAX_EVALUATION_SAMPLE = 10000
+DEFAULT_EVALUATION_SAMPLE = 100
+DEFAULT_EVALUATION_TIMEOUT_SECONDS = 1800
+MAX_READMITTED = 16
+
+
+class TextScorer(ApiObject):
+    """A scorer comparing the answer with the example's ``expected`` text."""
+
+    case_sensitive: bool = Field(
+        default=False, description="Compare letters' case too. Default false: 'Doha' and 'doha' are the same answer.")
+
+
+class RegexScorer(ApiObject):
+    """A scorer reading the example's ``expected`` as a regular expression."""
+
+    case_sensitive: bool = Field(default=False, description="Match letters' case too. Default false.")
+
+
+#: What the judge is told when ``instructions`` is unset.
+DEFAULT_JUDGE_INSTRUCTIONS = (
+    "You grade answers. Reply with exactly one word: PASS if the answer gives the same facts as the "
+    "expected answer, FAIL otherwise."
+)
+
+
+class JudgeScorer(ApiObject):
+    """A scorer asking another model of the stack whether the answer is right: nothing leaves the country."""
+
+    model: Name = Field(description=(
+        "Logical name of the judge: another entry of spec.models (never the model under evaluation). It is "
+        "asked, through its own Service, whether the answer matches the expected one."))
+    instructions: str = Field(
+        default=DEFAULT_JUDGE_INSTRUCTIONS, min_length=1, max_length=4096,
+        description=("The judge's system prompt. Its reply counts as a pass when its first word is PASS "
+                     "(any case). Default: a one-word PASS/FAIL grader."))
+
+
+_ONE_SCORER = "set exactly one of exactMatch, contains, regex or judge in each entry of scorers"
+_SCORER_KINDS = ("exactMatch", "contains", "regex", "judge")
+
+
+class Scorer(ApiObject):
+    """One way of scoring an answer, 1 (right) or 0 (wrong); an example's score is the mean of its scorers'."""
+
+    exact_match: TextScorer | None = Field(default=None, description=(
+        "The answer, trimmed of surrounding white space, equals the example's expected text."))
+    contains: TextScorer | None = Field(default=None, description="The answer contains the example's expected text.")
+    regex: RegexScorer | None = Field(default=None, description=(
+        "The example's expected text is a regular expression (Python syntax) found somewhere in the answer."))
+    judge: JudgeScorer | None = Field(default=None, description="Another model of the stack grades the answer.")
+
+    object_rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            cel="[has(self.exactMatch), has(self.contains), has(self.regex), has(self.judge)].filter(x, x).size() == 1",
+            message=_ONE_SCORER,
+            field_path=None,
+            failures=lambda scorer: (
+                [] if len(scorer.kinds()) == 1 else
+                [RuleFailure((), ", ".join(scorer.kinds()) or MISSING, _ONE_SCORER)]
+            ),
+        ),
+    )
+
+    def kinds(self) -> list[str]:
+        """The scorers this entry sets, by wire name (exactly one in a valid entry)."""
+        return [kind for kind in _SCORER_KINDS if getattr(self, _snake(kind)) is not None]
+
+
+class EvaluationDataset(ApiObject):
+    """A JSONL file of examples in one of the stack's S3 stores: one ``{"prompt": ..., "expected": ...}`` a line."""
+
+    data_store: Name = Field(description=(
+        "Name of the S3 store holding the dataset; must be declared in spec.dataStores, so the examples "
+        "never leave the jurisdiction."))
+    path: Annotated[
+        str,
+        Field(min_length=1, max_length=1024),
+        matches(
+            r"^[A-Za-z0-9_][A-Za-z0-9_.-]*(/[A-Za-z0-9_][A-Za-z0-9_.-]*)*\.jsonl$",
+            "must be the key of a .jsonl object: letters, digits, '_', '.' and '-' separated by '/', "
+            "such as evals/chat-ar.jsonl",
+        ),
+    ] = Field(description="Key of the JSONL object in the store, such as evals/chat-ar.jsonl.")
+
+
+class Evaluation(ApiObject):
+    """The in-country evaluation a new model must pass before it serves the logical name (blue/green)."""
+
+    dataset: EvaluationDataset = Field(description="The examples, in an in-country store.")
+    scorers: list[Scorer] = Field(
+        min_length=1, max_length=MAX_SCORERS,
+        description=f"How each answer is scored, 1 to {MAX_SCORERS} scorers; an example scores the mean of theirs.")
+    threshold: float = Field(
+        ge=0, le=1, description=(
+            "The least mean score, from 0 to 1, at which the candidate passes and is switched to; below it "
+            "the current model keeps serving."))
+    sample_size: int = Field(
+        default=DEFAULT_EVALUATION_SAMPLE, ge=1, le=MAX_EVALUATION_SAMPLE,
+        description=(f"Examples scored: the dataset's first sampleSize lines, so a re-run scores the same ones. "
+                     f"Default {DEFAULT_EVALUATION_SAMPLE}."))
+    timeout_seconds: int = Field(
+        default=DEFAULT_EVALUATION_TIMEOUT_SECONDS, ge=60, le=86400,
+        description=(f"Seconds the evaluation Job may run (its activeDeadlineSeconds); one that runs out fails "
+                     f"the candidate. Default {DEFAULT_EVALUATION_TIMEOUT_SECONDS}."))
+    readmit: list[Annotated[str, Field(min_length=1, max_length=253)]] = set_list(
+        max_items=MAX_READMITTED,
+        description=(
+            "Model ids (values of model) that may serve again without a new evaluation when they passed one "
+            "before, as status.models[].history records: a rollback is changing model back. The history "
+            "entry of a re-admission names the evaluation that admitted it first. Unset: every new model "
+            "is evaluated."))
+
+
+def _evaluation_store_failures(spec: SovereignStackSpec) -> Iterator[RuleFailure]:
+    s3 = [store.name for store in spec.data_stores if store.s3 is not None]
+    for index, model in enumerate(spec.models):
+        if model.evaluation is not None and model.evaluation.dataset.data_store not in s3:
+            yield RuleFailure(
+                ("models", index, "evaluation", "dataset", "dataStore"), model.evaluation.dataset.data_store,
+                f"must name an S3 store of spec.dataStores (S3 stores: {', '.join(s3) or 'none'}): the "
+                "evaluation Job reads the dataset from the bucket")
+
+
+def _judge_failures(spec: SovereignStackSpec) -> Iterator[RuleFailure]:
+    names = [model.name for model in spec.models]
+    for index, model in enumerate(spec.models):
+        for position, scorer in enumerate(model.evaluation.scorers if model.evaluation else []):
+            if scorer.judge is None:
+                continue
+            if scorer.judge.model == model.name:
+                message = "must name another model of spec.models: a model cannot judge itself"
+            elif scorer.judge.model not in names:
+                message = f"must name a model of spec.models (declared: {', '.join(names)}), so nothing leaves the country"
+            else:
+                continue
+            yield RuleFailure(("models", index, "evaluation", "scorers", position, "judge", "model"),
+                              scorer.judge.model, message)
+
+
+_UNSTORED = ("self.models.filter(m, has(m.evaluation) && !(has(self.dataStores) && "
+             "self.dataStores.exists(d, d.name == m.evaluation.dataset.dataStore && has(d.s3))))[0]")
+_MISJUDGED = ("self.models.filter(m, has(m.evaluation) && m.evaluation.scorers.exists(s, has(s.judge) && "
+              "(s.judge.model == m.name || !self.models.exists(o, o.name == s.judge.model))))[0]")
+
+
 class ModelSpec(ApiObject):
     """A model served inside the jurisdiction, under a logical name applications use: by vLLM on
     GPU pools (the default) or by llama.cpp's llama-server on CPU pools."""
@@ -1091,6 +1243,16 @@ class ModelSpec(ApiObject):
     autoscaling: Autoscaling | None = Field(
         default=None,
         description="Scale replicas on vLLM's queue depth (engine vllm only). Unset: a fixed number of replicas.",
+    )
+    evaluation: Evaluation | None = Field(
+        default=None,
+        description=(
+            "An in-country evaluation every new model behind this name must pass before it serves: when "
+            "model (or source) changes, the candidate starts in a Deployment of its own beside the current "
+            "one, a Job (sovereign evaluate) scores it through its own Service, and only on a pass does the "
+            "logical name's Service switch to it; on a fail the current model keeps serving and the stack "
+            "says why. Unset: a change of model rolls the replicas in place."
+        ),
     )
     extra_args: list[Annotated[str, Field(max_length=1024)]] = Field(
         default_factory=list,
@@ -1527,6 +1689,28 @@ class SovereignStackSpec(ApiObject):
             field_path=".models",
             failures=_s3_only_failures,
         ),
+        Rule(
+            cel=("!has(self.models) || self.models.all(m, !has(m.evaluation) || (has(self.dataStores) && "
+                 "self.dataStores.exists(d, d.name == m.evaluation.dataset.dataStore && has(d.s3))))"),
+            message="evaluation.dataset.dataStore of each model must name an S3 store of spec.dataStores",
+            message_expression=cel_format(
+                'model "%s": evaluation.dataset.dataStore "%s" is not an S3 store of spec.dataStores; '
+                "the evaluation Job reads the dataset from the bucket",
+                f"{_UNSTORED}.name", f"{_UNSTORED}.evaluation.dataset.dataStore"),
+            field_path=".models",
+            failures=_evaluation_store_failures,
+        ),
+        Rule(
+            cel=("!has(self.models) || self.models.all(m, !has(m.evaluation) || m.evaluation.scorers.all(s, "
+                 "!has(s.judge) || (s.judge.model != m.name && self.models.exists(o, o.name == s.judge.model))))"),
+            message="evaluation.scorers[].judge.model must name another model of spec.models",
+            message_expression=cel_format(
+                'model "%s": a judge in evaluation.scorers is the model itself or not declared in spec.models; '
+                "name another model of the stack",
+                f"{_MISJUDGED}.name"),
+            field_path=".models",
+            failures=_judge_failures,
+        ),
     )
 
 
@@ -1615,6 +1799,57 @@ class ModelCacheStatus(StatusObject):
     message: str = Field(default="", description="Progress, or what went wrong, in words.")
 
 
+class WorstExample(StatusObject):
+    """One of the examples a candidate scored worst on, shortened for status."""
+
+    prompt: str = Field(default="", description="The example's prompt (at most 200 characters).")
+    expected: str = Field(default="", description="The expected answer (at most 200 characters).")
+    answer: str = Field(default="", description="The candidate's answer (at most 200 characters).")
+    score: float = Field(default=0, ge=0, le=1, description="The example's score, from 0 to 1.")
+
+
+class EvaluationEvidence(StatusObject):
+    """What an evaluation of one model found, as an auditor needs it: which data, which result."""
+
+    model: str = Field(default="", description="The model id evaluated.")
+    dataset: str = Field(default="", description="The dataset object, as s3://<bucket>/<key>.")
+    version: str = Field(default="", description="The dataset object's version: its VersionId, else its ETag.")
+    examples: int = Field(default=0, ge=0, description="Examples scored.")
+    score: float = Field(default=0, ge=0, le=1, description="Mean score of the examples, from 0 to 1.")
+    threshold: float = Field(default=0, ge=0, le=1, description="evaluation.threshold it was held to.")
+    passed: bool = Field(default=False, description="score reached threshold.")
+    finished_at: Timestamp | None = Field(default=None, description="When the evaluation finished.")
+    job: str = Field(default="", description="Name of the evaluation Job, whose pod log holds the full report.")
+    worst_examples: list[WorstExample] = Field(
+        default_factory=list, description="The examples it scored worst on (at most 3).")
+
+
+class ModelRolloutStatus(StatusObject):
+    """Where a model's blue/green rollout stands (models with evaluation only)."""
+
+    state: str = Field(default="", description=(
+        "Serving (the spec's model serves the name), CandidateStarting (its Deployment starts beside the "
+        "current one), Evaluating (the Job scores it), Switching (it passed; the Service moves to it), "
+        "Failed (it did not pass; the current model keeps serving)."))
+    candidate: str = Field(default="", description="The model id waiting to serve, while there is one.")
+    revision: str = Field(default="", description="The candidate's revision (a digest of model and source).")
+    message: str = Field(default="", description="What is happening, in words.")
+    evaluation: EvaluationEvidence | None = Field(default=None, description="The candidate's evaluation, once finished.")
+
+
+class ServingRecord(StatusObject):
+    """One model's time behind a logical name: the lineage an auditor reads."""
+
+    model: str = Field(description="The model id that served.")
+    revision: str = Field(default="", description="Its revision (a digest of model and source).")
+    since: Timestamp = Field(description="When the logical name's Service switched to it.")
+    until: Timestamp | None = Field(default=None, description="When it stopped serving; unset while it serves.")
+    admission: str = Field(default="", description=(
+        "How it was admitted: Evaluated (passed the evidence below), Readmitted (listed in evaluation.readmit, "
+        "the evidence is that of its earlier pass), or Initial (it served before evaluation was set)."))
+    evaluation: EvaluationEvidence | None = Field(default=None, description="The evaluation that admitted it.")
+
+
 class ModelStatus(StatusObject):
     """Observed state of one model."""
 
@@ -1629,6 +1864,11 @@ class ModelStatus(StatusObject):
     cache: ModelCacheStatus | None = Field(default=None, description=(
         "The model's weights cache, for weights copied from an S3 store (unset for a volume store "
         "or a streamed model)."))
+    rollout: ModelRolloutStatus | None = Field(default=None, description=(
+        "The blue/green rollout of a model with evaluation: its state, candidate and evaluation."))
+    history: list[ServingRecord] = Field(default_factory=list, max_length=32, description=(
+        "Which model served this name, from when to when, and the evaluation that admitted it, oldest "
+        "first (the last 32)."))
 
 
 class DataStoreStatus(StatusObject):

@@ -98,6 +98,15 @@ def both(*changes: Callable[[dict[str, Any]], Any]) -> Callable[[dict[str, Any]]
     return change
 
 
+EVALUATION = {"dataset": {"dataStore": "corpus", "path": "evals/chat-ar.jsonl"},
+              "scorers": [{"exactMatch": {}}], "threshold": 0.8}
+
+
+def with_evaluation(**fields: Any) -> Callable[[dict[str, Any]], None]:
+    """A change giving the first model (chat) an evaluation, with ``fields`` replacing its own."""
+    return set_value("models.0.evaluation", {**copy.deepcopy(EVALUATION), **fields})
+
+
 CASES = [
     Case("missing-residency", delete_value("residency"), ("spec.residency",)),
     Case("missing-jurisdiction", delete_value("residency.jurisdiction"), ("spec.residency.jurisdiction",)),
@@ -208,4 +217,22 @@ CASES = [
     Case("gpu-limit-on-a-cpu-pool", with_cpu_model(pool={"limits": {"gpus": 8}}),
          ("spec.nodePools[2].limits.gpus", "limits.cpu")),
     Case("empty-pool-limits", set_value("nodePools.0.limits", {}), ("spec.nodePools[0].limits", "gpus, cpu or memory")),
+    # Evaluation (blue/green rollouts): each refused naming the field and the fix.
+    Case("evaluation-scorer-with-two-kinds", with_evaluation(scorers=[{"exactMatch": {}, "contains": {}}]),
+         ("spec.models[0].evaluation.scorers[0]", "exactly one")),
+    Case("evaluation-scorer-with-no-kind", with_evaluation(scorers=[{}]),
+         ("spec.models[0].evaluation.scorers[0]", "exactly one")),
+    Case("evaluation-without-scorers", with_evaluation(scorers=[]), ("spec.models[0].evaluation.scorers",)),
+    Case("evaluation-threshold-above-one", with_evaluation(threshold=80), ("spec.models[0].evaluation.threshold",)),
+    Case("evaluation-dataset-not-jsonl", with_evaluation(dataset={"dataStore": "corpus", "path": "evals/chat.csv"}),
+         ("spec.models[0].evaluation.dataset.path", ".jsonl")),
+    Case("evaluation-dataset-on-a-volume", with_evaluation(dataset={"dataStore": "scratch", "path": "evals/a.jsonl"}),
+         ("spec.models", "evaluation.dataset.dataStore", "S3 store")),
+    Case("evaluation-dataset-undeclared-store", with_evaluation(dataset={"dataStore": "gone", "path": "evals/a.jsonl"}),
+         ("spec.models", "evaluation.dataset.dataStore", "gone")),
+    Case("evaluation-judge-is-itself", with_evaluation(scorers=[{"judge": {"model": "chat"}}]),
+         ("spec.models", "judge", "chat")),
+    Case("evaluation-judge-undeclared", with_evaluation(scorers=[{"judge": {"model": "gpt-4o"}}]),
+         ("spec.models", "judge", "spec.models")),
+    Case("evaluation-timeout-too-short", with_evaluation(timeoutSeconds=5), ("spec.models[0].evaluation.timeoutSeconds",)),
 ]
