@@ -71,6 +71,13 @@ from sovereign.api.models import (
     WorstExample,
 )
 from sovereign.api.types import parse_quantity
-from sovereign.api.validation import FieldError, InvalidStackError, load_documents, parse_stack, validate_document
+from sovereign.api.validation import (
+    FieldError,
+    InvalidStackError,
+    load_documents,
+    parse_stack,
+    rule_errors,
+    validate_document,
+)
 
 __all__ = [name for name in dir() if not name.startswith("_") and name not in {"models", "types", "validation"}]

@@ -123,6 +123,12 @@ def _document_errors(document: Any) -> list[FieldError]:
     return []
 
 
+def rule_errors(value: ApiObject, *, path: Path = ()) -> list[FieldError]:
+    """The object rules ``value`` and the objects it holds break (with list uniqueness), for a
+    block of a stack read on its own, such as ``sovereign evaluate``'s evaluation."""
+    return list(_object_errors(value, path))
+
+
 def _object_errors(value: Any, path: Path) -> Iterator[FieldError]:
     """Object rules and list-type uniqueness, walking the parsed spec."""
     if isinstance(value, ApiObject):

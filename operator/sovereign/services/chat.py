@@ -73,7 +73,7 @@ def ask(kube: Kube, *, model: str, message: str, namespace: str | None = None,
     except errors.KubeError as err:
         raise NoAnswer(f"model {model} of stack {namespace}/{stack_name} did not answer: {err}") from None
     seconds = time.monotonic() - started
-    text = _content(reply)
+    text = completion_text(reply)
     if text is None:
         raise NoAnswer(f"model {model} of stack {namespace}/{stack_name} answered without a chat "
                        f"completion: {str(reply)[:300]}")
@@ -116,7 +116,8 @@ def _models_condition(body: dict[str, Any]) -> str:
     return f": {condition.get('message')}" if condition and condition.get("message") else ""
 
 
-def _content(reply: dict[str, Any]) -> str | None:
+def completion_text(reply: Any) -> str | None:
+    """The text of an OpenAI chat completion's first choice; None when the reply is not one."""
     try:
         content = reply["choices"][0]["message"]["content"]
     except (KeyError, IndexError, TypeError):

@@ -75,6 +75,22 @@ def etag_is_md5_based(etag: str) -> bool:
 
 
 @dataclass(frozen=True)
+class ObjectContent:
+    """A whole small object (an evaluation dataset) and the version it was read at."""
+
+    key: str
+    data: bytes
+    etag: str
+    #: The VersionId on a versioned bucket; None on one that does not version.
+    version_id: str | None
+
+    @property
+    def version(self) -> str:
+        """What identifies this content for an auditor: the VersionId, else the ETag."""
+        return self.version_id or self.etag
+
+
+@dataclass(frozen=True)
 class ObjectHead:
     """HeadObject's answer: size, ETag and how the object is encrypted at rest."""
 

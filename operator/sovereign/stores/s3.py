@@ -35,6 +35,7 @@ from sovereign.stores.readings import (
     DEFAULT_REGION,
     BucketSetup,
     Encryption,
+    ObjectContent,
     ObjectHead,
     ObjectInfo,
     PublicAccess,
@@ -176,6 +177,25 @@ class S3Store:
                 return body.read(length)
         finally:
             body.close()
+
+    def read_object(self, *, bucket: str, key: str, limit: int) -> ObjectContent:
+        """A whole object of at most ``limit`` bytes, with its ETag and VersionId (read in one
+        GET, so the bytes and the version belong together); a bigger one is an error naming the limit."""
+        with self._errors("GetObject", bucket=bucket, key=key):
+            response = self._client.get_object(Bucket=bucket, Key=key)
+        body = response["Body"]
+        try:
+            if response["ContentLength"] > limit:
+                raise errors.StoreError(
+                    f"s3://{bucket}/{key} on {self.where} is {response['ContentLength']} bytes, more than the "
+                    f"{limit} read whole; keep it smaller")
+            with self._errors("GetObject", bucket=bucket, key=key, streaming=True):
+                data = body.read()
+        finally:
+            body.close()
+        version = response.get("VersionId")
+        return ObjectContent(key=key, data=data, etag=_unquote(response.get("ETag", "")),
+                             version_id=version if version and version != "null" else None)
 
     def part_sizes(self, *, bucket: str, key: str, size: int, parts_count: int,
                    every: bool = False) -> list[int]:
