@@ -34,13 +34,12 @@ from pathlib import Path
 
 from kubernetes import client
 
+from bench.real_stack import data_path_stage
 from bench.result import Result
 from sovereign_dev import build, engine, tinymodel
-from sovereign_dev.fleet import REAL_NODE_REGION
-from sovereign_dev.cluster import DevCluster, wait_until
+from sovereign_dev.cluster import wait_until
 from sovereign_dev.datapath import MODEL, STACK, DataPath, ModelResources
-from sovereign_dev.minio import MinioServer
-from sovereign_dev.scenario import OperatorProcess, delete_stack
+from sovereign_dev.scenario import delete_stack
 
 RUNS = int(os.environ.get("SOVEREIGN_BENCH_FIRST_TOKEN_RUNS", 3))
 MODEL_NAME = os.environ.get("SOVEREIGN_BENCH_FIRST_TOKEN_MODEL", "bench-llama-1g")
@@ -61,43 +60,28 @@ def run() -> list[Result]:
     timeline = {step: Result(f"  of which: {step}", "s") for step in _STEPS}
     with tempfile.TemporaryDirectory(prefix="bench-first-token-") as tmp:
         work = Path(tmp)
-        _say(f"starting a cluster with a real node in {REAL_NODE_REGION}")
-        with DevCluster(workdir=work / "cluster", progress=False, real_node=REAL_NODE_REGION) as cluster, \
-                MinioServer(region=REAL_NODE_REGION, root=work / "minio", host=cluster.pod_reachable_host) as store:
-            api = cluster.api_client()
-            core = client.CoreV1Api(api)
-            core.create_namespace({"metadata": {"name": NAMESPACE}})
-            wait_until(lambda: core.read_namespaced_service_account("default", NAMESPACE), timeout=60)
-            path = DataPath(cluster=cluster, api=api, namespace=NAMESPACE, store=store, models=(MODEL_NAME,),
-                            resources=RESOURCES, progress=False)
-            _say(f"importing the images, seeding {MODEL_NAME} "
-                 f"({tinymodel.ensure(MODEL_NAME).stat().st_size / 2**30:.2f} GiB) into the bucket")
-            path.prepare()
-            operator = OperatorProcess(kubeconfig=cluster.kubeconfig, namespaces=[NAMESPACE],
-                                       log=work / "operator.log", resync_seconds=30).start()
-            try:
-                for attempt in range(1, RUNS + 1):
-                    _say(f"run {attempt}/{RUNS}: applying the stack")
-                    took, steps = _applied_to_first_token(path)
-                    _say(f"run {attempt}/{RUNS}: first token after {took:.2f}s "
-                         + ", ".join(f"{k} {v:.0f}s" for k, v in steps.items()))
-                    delete_stack(api, NAMESPACE, STACK)
-                    wait_until(lambda: not core.list_namespaced_pod(NAMESPACE).items, timeout=120,
-                               message="the stack's pods gone")
-                    copied = _raw_copy(path, work / "copy")
-                    _say(f"run {attempt}/{RUNS}: raw S3 copy {copied:.2f}s")
-                    started = _engine_alone(work / "copy" / tinymodel.model(MODEL_NAME).file_name, work / "engine")
-                    _say(f"run {attempt}/{RUNS}: engine alone {started:.2f}s")
-                    first_token.samples.append(took)
-                    copy.samples.append(copied)
-                    engine_alone.samples.append(started)
-                    parts.samples.append(copied + started)
-                    ratio.samples.append(round(took / (copied + started), 2))
-                    for step, seconds in steps.items():
-                        timeline[step].samples.append(seconds)
-            finally:
-                operator.stop()
-                api.close()
+        with data_path_stage(work=work, namespace=NAMESPACE, model=MODEL_NAME, resources=RESOURCES,
+                             say=_say) as path:
+            core = client.CoreV1Api(path.api)
+            for attempt in range(1, RUNS + 1):
+                _say(f"run {attempt}/{RUNS}: applying the stack")
+                took, steps = _applied_to_first_token(path)
+                _say(f"run {attempt}/{RUNS}: first token after {took:.2f}s "
+                     + ", ".join(f"{k} {v:.0f}s" for k, v in steps.items()))
+                delete_stack(path.api, NAMESPACE, STACK)
+                wait_until(lambda: not core.list_namespaced_pod(NAMESPACE).items, timeout=120,
+                           message="the stack's pods gone")
+                copied = raw_copy(path, work / "copy")
+                _say(f"run {attempt}/{RUNS}: raw S3 copy {copied:.2f}s")
+                started = engine_alone_seconds(work / "copy" / tinymodel.model(MODEL_NAME).file_name, work / "engine")
+                _say(f"run {attempt}/{RUNS}: engine alone {started:.2f}s")
+                first_token.samples.append(took)
+                copy.samples.append(copied)
+                engine_alone.samples.append(started)
+                parts.samples.append(copied + started)
+                ratio.samples.append(round(took / (copied + started), 2))
+                for step, seconds in steps.items():
+                    timeline[step].samples.append(seconds)
     _say(f"median ratio {statistics.median(ratio.samples):.2f}x (goal <= {GOAL}x)")
     return [first_token, *timeline.values(), copy, engine_alone, parts, ratio]
 
@@ -123,7 +107,8 @@ def _applied_to_first_token(path: DataPath) -> tuple[float, dict[str, float]]:
     return answered - started, steps
 
 
-def _raw_copy(path: DataPath, directory: Path) -> float:
+def raw_copy(path: DataPath, directory: Path) -> float:
+    """Seconds boto3 takes to download the model's object to ``directory`` (also ``bench.cache``'s)."""
     directory.mkdir(parents=True, exist_ok=True)
     target = directory / tinymodel.model(MODEL_NAME).file_name
     target.unlink(missing_ok=True)
@@ -133,7 +118,8 @@ def _raw_copy(path: DataPath, directory: Path) -> float:
     return time.monotonic() - started
 
 
-def _engine_alone(model: Path, root: Path) -> float:
+def engine_alone_seconds(model: Path, root: Path) -> float:
+    """Seconds from starting llama-server on ``model`` to its first token (also ``bench.cache``'s)."""
     server = engine.LlamaServer(model=model, alias=MODEL, root=root, threads=int(RESOURCES.cpu))
     started = time.monotonic()
     with server:

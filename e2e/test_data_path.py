@@ -14,7 +14,6 @@ logs (``kubectl``), and HTTP answers through the Services (ClusterIPs are routab
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -25,9 +24,9 @@ from kubernetes import client
 from sovereign.render import names
 from sovereign_dev import engine
 from sovereign_dev.cluster import DevCluster
-from sovereign_dev.datapath import APPLICATION, MODEL, STACK, DataPath, DataPathError
+from sovereign_dev.datapath import APPLICATION, MODEL, STACK, DataPath, ready as _ready
 from sovereign_dev.pytest_plugin import REAL_NODE_REGION
-from sovereign_dev.scenario import OperatorProcess, delete_stack
+from sovereign_dev.scenario import OperatorProcess, operating
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -47,32 +46,14 @@ def data_path(real_cluster: DevCluster, real_api_client, real_namespace: str,
 @pytest.fixture
 def operator(real_cluster: DevCluster, real_api_client, real_namespace: str, data_path: DataPath,
              tmp_path: Path) -> Iterator[OperatorProcess]:
-    process = OperatorProcess(kubeconfig=real_cluster.kubeconfig, namespaces=[real_namespace],
-                              log=tmp_path / "operator.log", resync_seconds=3).start()
-    yield process
-    try:
-        delete_stack(real_api_client, real_namespace, STACK)  # the finalizer releases the real node
-    finally:
-        process.stop()
+    with operating(real_cluster, real_api_client, real_namespace, log=tmp_path / "operator.log",
+                   resync_seconds=3) as process:
+        yield process
 
 
 def _wait(what: str, predicate: Callable[[], Any], *, path: DataPath, operator: OperatorProcess,
           timeout: float = WAIT) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            result = predicate()
-        except (OSError, client.ApiException, ValueError, KeyError, DataPathError):
-            result = None
-        if result:
-            return result
-        time.sleep(0.5)
-    conditions = {k: (v["status"], v["reason"], v["message"]) for k, v in path.conditions().items()}
-    pods = {p.metadata.name: (p.status.phase, [(s.name, s.state.to_dict()) for s in
-                                               (p.status.init_container_statuses or []) + (p.status.container_statuses or [])])
-            for p in client.CoreV1Api(path.api).list_namespaced_pod(path.namespace).items}
-    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}\nconditions: {conditions}\npods: {pods}\n"
-                f"operator log:\n{operator.tail()}")
+    return path.wait(what, predicate, timeout=timeout, log_tail=operator.tail)
 
 
 def _pods(path: DataPath, name: str, *, terminating: bool = False) -> list[client.V1Pod]:
@@ -81,10 +62,6 @@ def _pods(path: DataPath, name: str, *, terminating: bool = False) -> list[clien
         name, path.namespace).spec.selector.match_labels.items())
     return [p for p in client.CoreV1Api(path.api).list_namespaced_pod(path.namespace, label_selector=selector).items
             if terminating or p.metadata.deletion_timestamp is None]
-
-
-def _ready(pod: client.V1Pod) -> bool:
-    return any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions or [])
 
 
 def _true(conditions: dict[str, dict[str, Any]], *types: str) -> bool:

@@ -22,13 +22,14 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from kubernetes import client
 
 from sovereign.api import GROUP, PLURAL, VERSION
+from sovereign.render import names
 from sovereign_dev import engine, images
 from sovereign_dev.cluster import DevCluster
 from sovereign_dev.minio import MinioServer
@@ -105,8 +106,10 @@ class DataPath:
             core.replace_namespaced_secret(CREDENTIALS_SECRET, self.namespace, secret)
         return keys
 
-    def document(self, *, model: str) -> dict[str, Any]:
-        """The stack, serving generated model ``model`` behind the logical name ``chat``."""
+    def document(self, *, model: str, cache: dict[str, Any] | None = None, replicas: int = 1) -> dict[str, Any]:
+        """The stack, serving generated model ``model`` behind the logical name ``chat`` with
+        ``replicas`` replicas; ``cache`` is the model's cache block beyond its size (such as
+        ``{"layout": "SharedVolume", "storageClassName": provisioner.SHARED_CLASS}``)."""
         return {
             "apiVersion": f"{GROUP}/{VERSION}", "kind": "SovereignStack",
             "metadata": {"name": STACK, "namespace": self.namespace},
@@ -121,18 +124,19 @@ class DataPath:
                     "name": MODEL, "engine": "llama-cpp", "model": model, "nodePool": POOL,
                     "source": {"dataStore": STORE, "path": engine.model_key(model)},
                     "resources": {"cpu": self.resources.cpu, "memory": self.resources.memory},
-                    "cache": {"size": self.resources.cache},
+                    "cache": {"size": self.resources.cache, **(cache or {})},
+                    "replicas": replicas,
                 }],
                 "applications": [{"name": APPLICATION, "image": images.CHAT_CLIENT_IMAGE, "models": [MODEL],
                                   "port": APPLICATION_PORT}],
             },
         }
 
-    def apply(self, *, model: str) -> None:
-        """Create the stack serving ``model``, or switch the existing one to it (``model`` and
-        ``source.path``, as a user edits the YAML)."""
+    def apply(self, *, model: str, cache: dict[str, Any] | None = None, replicas: int = 1) -> None:
+        """Create the stack serving ``model``, or switch the existing one to it (``model``,
+        ``source.path``, ``cache`` and ``replicas``, as a user edits the YAML)."""
         custom = client.CustomObjectsApi(self.api)
-        document = self.document(model=model)
+        document = self.document(model=model, cache=cache, replicas=replicas)
         try:
             custom.create_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, document)
         except client.ApiException as err:
@@ -147,6 +151,35 @@ class DataPath:
 
     def conditions(self) -> dict[str, dict[str, Any]]:
         return {c["type"]: c for c in (self.stack().get("status") or {}).get("conditions") or []}
+
+    def model_pods(self, *, terminating: bool = False) -> list[client.V1Pod]:
+        """The model's replicas; those being deleted only when ``terminating`` (one still serves:
+        kube-proxy sends a Service with no ready endpoint to a terminating one)."""
+        selector = f"{names.NAME_LABEL}={MODEL},{names.COMPONENT_LABEL}={names.Component.INFERENCE.value}"
+        return [p for p in client.CoreV1Api(self.api).list_namespaced_pod(self.namespace, label_selector=selector).items
+                if terminating or p.metadata.deletion_timestamp is None]
+
+    def wait(self, what: str, predicate: Callable[[], Any], *, timeout: float,
+             log_tail: Callable[[], str] = lambda: "") -> Any:
+        """``predicate()``'s first true answer, asked every half second (API and HTTP errors of a
+        stack on its way count as not yet); after ``timeout`` seconds a ``DataPathError`` with
+        what a user would look at: the stack's conditions, each pod's containers, ``log_tail()``."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                result = predicate()
+            except (OSError, client.ApiException, ValueError, KeyError, DataPathError):
+                result = None
+            if result:
+                return result
+            time.sleep(0.5)
+        conditions = {k: (v["status"], v["reason"], v["message"]) for k, v in self.conditions().items()}
+        pods = {p.metadata.name: (p.status.phase, [(s.name, s.state.to_dict()) for s in
+                                                   (p.status.init_container_statuses or [])
+                                                   + (p.status.container_statuses or [])])
+                for p in client.CoreV1Api(self.api).list_namespaced_pod(self.namespace).items}
+        raise DataPathError(f"timed out after {timeout:.0f}s waiting for {what}\nconditions: {conditions}\n"
+                            f"pods: {pods}\nlog:\n{log_tail()}")
 
     # -- what a user reaches with curl ------------------------------------------------------------
 
@@ -188,6 +221,11 @@ class DataPath:
             time.sleep(interval)
         raise DataPathError(f"no chat completion from Service {self.namespace}/{MODEL} within {timeout:.0f}s; "
                             f"last error: {last!r}")
+
+
+def ready(pod: client.V1Pod) -> bool:
+    """Whether the pod passed its readiness probes."""
+    return any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions or [])
 
 
 def _get_json(url: str, *, data: bytes | None = None, timeout: float) -> dict[str, Any]:

@@ -216,8 +216,10 @@ class DevEnvironment:
             fallback = f"the real node ({regions[0]})" if isinstance(err, RealNodeError) else "the control plane"
             raise StartError(component=err.component or fallback,
                              reason="did not start", log=err.log, detail=str(err)) from None
-        self.phase = "starting the simulated volume provisioner"
-        self.provisioner = SimulatedProvisioner(self.cluster.api_client(), region=regions[0])
+        self.phase = "starting the volume provisioner"
+        node = self.cluster.node
+        self.provisioner = SimulatedProvisioner(self.cluster.api_client(), region=regions[0],
+                                                real_node=(node.name, node.node_dir) if node is not None else None)
         self.provisioner.start()
         # One object store per region: the first is in-country, the others are what the
         # residency checks must refuse.

@@ -265,6 +265,20 @@ def delete_stack(api: client.ApiClient, namespace: str, name: str = STACK, *, ti
     wait_until(gone, timeout=timeout, message=f"stack {namespace}/{name} to be finalized and deleted")
 
 
+@contextlib.contextmanager
+def operating(cluster: DevCluster, api: client.ApiClient, namespace: str, *, log: Path, resync_seconds: float,
+              stack: str = STACK) -> Iterator[OperatorProcess]:
+    """A ``sovereign run`` watching ``namespace``; at the end the stack ``stack`` is deleted while
+    it still runs (its finalizer releases the nodes the stack claimed), then it stops."""
+    process = OperatorProcess(kubeconfig=cluster.kubeconfig, namespaces=[namespace], log=log,
+                              resync_seconds=resync_seconds).start()
+    try:
+        yield process
+        delete_stack(api, namespace, stack)
+    finally:
+        process.stop()
+
+
 # --- the benchmark --------------------------------------------------------------------------------
 
 
