@@ -2,7 +2,8 @@
 refused with the field path and the fix, and the model is held back (no replica, nothing copied),
 while a path holding a GGUF file passes. The stack is stored by the real apiserver, its
 credentials come from a real Secret, and the verdicts flow into the render and the status the
-reconciler writes."""
+reconciler writes. A model vLLM streams from the bucket needs safetensors under its path, or it is
+held back the same way, naming what the path holds."""
 
 from __future__ import annotations
 
@@ -194,3 +195,45 @@ def test_the_residency_audit_does_not_look_at_model_files(api_client, namespace,
     (verdict,) = verify_data_stores(kube=kube, stack=stack, create=False)
 
     assert verdict.ok and verdict.models == {}
+
+
+# --- a model vLLM streams from the bucket (loadFormat: RunaiStreamer) -----------------------------
+
+
+def streamed_stack(api_client, namespace: str, qa: MinioServer, bucket: str, path: str):
+    """A GPU stack as the apiserver stores it, its model streamed from ``path`` of the bucket."""
+    stack = cpu_stack(api_client, namespace, qa, bucket, "gguf/tiny.gguf")
+    document = stack.model_dump(mode="json", by_alias=True, exclude_none=True)
+    document["spec"]["nodePools"] = [{"name": "gpu", "provisioner": "Existing",
+                                      "gpu": {"product": "NVIDIA-H100-80GB-HBM3", "perNode": 8}}]
+    document["spec"]["models"] = [{"name": "chat", "model": "Qwen/Qwen2.5-0.5B", "nodePool": "gpu",
+                                   "loadFormat": "RunaiStreamer", "source": {"dataStore": "weights", "path": path}}]
+    return parse_stack(document)
+
+
+def test_a_streamed_model_needs_safetensors_under_its_path(api_client, namespace, kube, qa, bucket) -> None:
+    qa.client().put_object(Bucket=bucket, Key="models/qwen/model.safetensors", Body=b"\x08\x00\x00\x00{}")
+    streamed = streamed_stack(api_client, namespace, qa, bucket, "models/qwen")
+
+    (verdict,) = verify_data_stores(kube=kube, stack=streamed, create=True, check_models=True)
+
+    assert verdict.models["chat"] == ms.Decision(True, ms.MODEL_FILE_PRESENT,
+                                                 f"s3://{bucket}/models/qwen/ holds 1 safetensors file(s)")
+
+
+def test_a_streamed_model_without_safetensors_is_held_back_naming_what_is_there(
+        api_client, namespace, kube, qa, bucket) -> None:
+    for key in ("models/llama/config.json", "models/llama/pytorch_model.bin"):
+        qa.client().put_object(Bucket=bucket, Key=key, Body=b"{}")
+    streamed = streamed_stack(api_client, namespace, qa, bucket, "models/llama")
+
+    (verdict,) = verify_data_stores(kube=kube, stack=streamed, create=True, check_models=True)
+    facts = with_store_verdicts(ClusterFacts(), stack=streamed, verdicts=[verdict])
+    (deployment,) = [o for o in render_stack(streamed, facts)
+                     if o["kind"] == "Deployment" and o["metadata"]["name"] == "chat"]
+
+    assert verdict.models["chat"] == ms.Decision(False, ms.MODEL_NOT_SAFETENSORS, (
+        f"{FIELD}: loadFormat RunaiStreamer streams safetensors, and s3://{bucket}/models/llama/ holds none "
+        "(it holds models/llama/config.json, models/llama/pytorch_model.bin): upload the model in safetensors "
+        f"there, set {FIELD} to where it is, or set loadFormat: Copy"))
+    assert deployment["spec"]["replicas"] == 0, "held back: no replica starts, nothing is streamed"

@@ -1,6 +1,8 @@
 """Is there a model where a model's ``source.path`` points? Pure decisions on what the store holds.
 
-A llama-cpp model's ``source.path`` names one GGUF file. Only the bucket can say whether it is
+A vLLM model streamed from its bucket (``loadFormat: RunaiStreamer``) needs safetensors under
+``source.path``, the only format the Run:ai streamer reads: ``check_safetensors`` decides from
+the keys listed there. A llama-cpp model's ``source.path`` names one GGUF file. Only the bucket can say whether it is
 there and is GGUF (every GGUF file begins with the four bytes ``GGUF``), so the reconciler's store
 verification reads the key (``services.store_check.probe_object``) and asks ``check_gguf``. A
 failing decision holds the model back (no replica starts, so nothing is copied or served) and
@@ -20,6 +22,8 @@ GGUF_SUFFIX = ".gguf"
 MODEL_FILE_PRESENT = "ModelFilePresent"
 MODEL_FILE_MISSING = "ModelFileMissing"
 MODEL_FILE_NOT_GGUF = "ModelFileNotGGUF"
+MODEL_NOT_SAFETENSORS = "ModelNotSafetensors"
+SAFETENSORS_SUFFIX = ".safetensors"
 
 #: How many files a message lists.
 _LISTED = 10
@@ -45,3 +49,17 @@ def check_gguf(*, probe: ObjectProbe, field: str) -> Decision:
                         f"file with {GGUF_MAGIC!r}): convert the model to GGUF (llama.cpp's "
                         "convert_hf_to_gguf.py) and upload that, or use engine vllm for other formats")
     return Decision(True, MODEL_FILE_PRESENT, f"{where} is a GGUF file of {probe.size} bytes")
+
+
+def check_safetensors(*, bucket: str, prefix: str, keys: list[str], field: str) -> Decision:
+    """Whether the keys under ``prefix`` hold a model the Run:ai streamer can read (safetensors);
+    ``field`` is the spec path to name."""
+    where = f"s3://{bucket}/{prefix}"
+    tensors = [key for key in keys if key.endswith(SAFETENSORS_SUFFIX)]
+    if tensors:
+        return Decision(True, MODEL_FILE_PRESENT, f"{where} holds {len(tensors)} safetensors file(s)")
+    found = (f"it holds {', '.join(keys[:_LISTED])}{' ...' if len(keys) > _LISTED else ''}" if keys
+             else "nothing is there")
+    return Decision(False, MODEL_NOT_SAFETENSORS,
+                    f"{field}: loadFormat RunaiStreamer streams safetensors, and {where} holds none ({found}): "
+                    f"upload the model in safetensors there, set {field} to where it is, or set loadFormat: Copy")

@@ -110,6 +110,7 @@ LASTING_REASONS = frozenset({
     store_reasons.LOCATION_OUTSIDE_REGIONS, store_reasons.ENCRYPTION_OFF, store_reasons.PUBLIC_ACCESS_ALLOWED,
     store_reasons.REPLICATION_OUTSIDE_REGIONS, store_reasons.REPLICATION_REGION_UNKNOWN,
     store_reasons.CHECK_UNSUPPORTED, model_source.MODEL_FILE_MISSING, model_source.MODEL_FILE_NOT_GGUF,
+    model_source.MODEL_NOT_SAFETENSORS,
     CACHE_FILL_FAILED, *cache_reasons.UNAVAILABLE,
 })
 

@@ -9,7 +9,8 @@ redacts itself).
 
 The reconciler (``services.reconcile``) asks ``StoreVerdicts`` once per pass, before rendering:
 it verifies (with ``create=True``, and looking at the GGUF file of every llama-cpp model, which
-a missing or non-GGUF file holds back) when the stack's spec or a credentials Secret changed or a
+a missing or non-GGUF file holds back, and at the prefix of every model vLLM streams, which holds
+it back without safetensors) when the stack's spec or a credentials Secret changed or a
 re-check period has passed, and otherwise gives the verdicts of the last verification, so passes
 that events trigger cost no S3 requests. The verdicts' ``status`` entries become the S3 entries
 of ``status.dataStores``; the failed ones hold back the workloads that use them
@@ -26,11 +27,11 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from sovereign.api import DataStoreStatus, Engine, SovereignStack
+from sovereign.api import DataStoreStatus, Engine, LoadFormat, SovereignStack
 from sovereign.kube.client import Kube
 from sovereign.kube.resources import SECRET
 from sovereign.policy.residency_store import CREDENTIALS_INVALID, CREDENTIALS_SECRET_MISSING, Decision
-from sovereign.policy.model_source import check_gguf
+from sovereign.policy.model_source import check_gguf, check_safetensors
 from sovereign.services.store_check import check_store, probe_object
 from sovereign.stores.credentials import Credentials
 from sovereign.stores.errors import StoreError, StoreUnreachable
@@ -117,14 +118,19 @@ def verify_data_stores(*, kube: Kube, stack: SovereignStack, create: bool,
 
 def _model_files(stack: SovereignStack, store_name: str, store: S3Store,
                  bucket: str) -> tuple[dict[str, Decision], dict[str, int]]:
-    """The decision on the GGUF file of each llama-cpp model copied from ``store_name``, and the
-    size of each such file that exists."""
+    """The decision on the GGUF file of each llama-cpp model copied from ``store_name`` (and the
+    size of each such file that exists) and on the prefix of each model streamed from it."""
     decisions = {}
     sizes = {}
     for index, model in enumerate(stack.spec.models):
-        if model.engine is not Engine.LLAMA_CPP or model.source.data_store != store_name:
+        if model.source.data_store != store_name:
             continue
         field = f"spec.models[{index}].source.path"
+        if model.load_format is LoadFormat.RUNAI_STREAMER:
+            decisions[model.name] = _streamed_model(store, bucket, model.source.path, field)
+            continue
+        if model.engine is not Engine.LLAMA_CPP:
+            continue
         try:
             probe = probe_object(store=store, bucket=bucket, key=model.source.path)
         except StoreError as err:
@@ -134,6 +140,16 @@ def _model_files(stack: SovereignStack, store_name: str, store: S3Store,
         if probe.exists:
             sizes[model.name] = probe.size
     return decisions, sizes
+
+
+def _streamed_model(store: S3Store, bucket: str, path: str, field: str) -> Decision:
+    """The decision on a streamed model's prefix: safetensors there, or why not."""
+    prefix = path if not path or path.endswith("/") else f"{path}/"
+    try:
+        keys = [obj.key for obj in store.list_objects(bucket=bucket, prefix=prefix)]
+    except StoreError as err:
+        return Decision(False, type(err).__name__, f"{field}: cannot read it: {err}")
+    return check_safetensors(bucket=bucket, prefix=prefix, keys=keys, field=field)
 
 
 def _credentials(kube: Kube, namespace: str, secret_name: str) -> Credentials | Decision:
