@@ -452,7 +452,7 @@ def large(me, minio_bucket_name) -> bytes:
 
 @pytest.fixture
 def slow_endpoint(me) -> Iterator[str]:
-    proxy = CuttingProxy(me.port, rate=2 * MiB)
+    proxy = CuttingProxy(me.port, rate=4 * MiB)
     yield f"http://127.0.0.1:{proxy.port}"
     proxy.close()
 
@@ -467,10 +467,11 @@ def journal_of(dest: Path) -> tuple[Path, Path] | None:
 
 def kill_mid_copy(me: MinioServer, bucket: str, dest: Path, endpoint: str) -> Journal:
     """Run ``sovereign fetch-model`` in a process, SIGKILL it once a quarter of the object is
-    verified on disk, and return the journal it left."""
+    verified on disk, and return the journal it left. Ranges are the upload's parts (6Mi holds
+    one part of 5 MiB + 12345 bytes), each checked by its own MD5."""
     env = {**os.environ, **cli_env(me, bucket, dest, SOVEREIGN_S3_ENDPOINT=endpoint,
-                                   SOVEREIGN_FETCH_PART_SIZE="1Mi",
-                                   SOVEREIGN_FETCH_CONCURRENCY="4")}
+                                   SOVEREIGN_FETCH_PART_SIZE="6Mi",
+                                   SOVEREIGN_FETCH_CONCURRENCY="2")}
     process = subprocess.Popen([sys.executable, "-m", "sovereign", "fetch-model"], env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:

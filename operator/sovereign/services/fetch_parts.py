@@ -12,9 +12,10 @@ it can be tested alone:
   objects, are split, and their MD5 is carried on in order (``services.fetch_model``).
 - ``Journal``: what a copy interrupted half-way keeps next to its partial file: the object's
   identity (ETag, size, LastModified), the ranges, and for every range already on disk the
-  check it passed (the digest of each whole unit it covers, else a CRC32 of its bytes). A resumed
-  copy re-checks those ranges against the local file before trusting them, so a range damaged
-  on disk is fetched again, and nothing verified is fetched twice.
+  check it passed (the digest of each whole unit it covers). A resumed copy re-checks those
+  ranges against the local file before trusting them, so a range damaged on disk is fetched
+  again, and nothing verified is fetched twice; pieces of a unit hashed across ranges are
+  checked by that unit's digest at the end (a mismatch fetches the object again, once).
 """
 
 from __future__ import annotations
@@ -143,7 +144,9 @@ class Journal:
     """A partial copy's record: the object it is of, its ranges, and the checks of those done.
 
     ``done`` maps a range's start to its check: ``{"digests": [hex per unit]}`` (MD5, or SHA-256
-    where the object declares one) for a range of whole units, ``{"crc32": int}`` otherwise. Serialised as JSON by ``to_json``; ``from_json``
+    where the object declares one) for a range of whole units; ``{"carried": true}`` for a piece
+    of a unit hashed across ranges (the unit's digest checks it at the end); ``{"crc32": int}``
+    for objects checked by size only. Serialised as JSON by ``to_json``; ``from_json``
     returns None for text that is not a journal of this version (it is then ignored and the
     object fetched from the start).
     """
