@@ -13,19 +13,23 @@ which goes first:
   which verifies nothing and does not fsync.
 
 Reported: MB/s of each (bytes of the data set over wall time, into an empty directory) and
-their ratio (goal >= 0.9). ``SOVEREIGN_BENCH_LOADER_CONCURRENCY`` (default the loader's) and
+their ratio (goal >= 0.9); and, to tell the cost of verifying from the cost of moving bytes,
+the MB/s at which this machine computes the MD5s of 8 MiB parts on all its cores with nothing
+else to do (the loader's verification cannot go faster than that). ``SOVEREIGN_BENCH_LOADER_CONCURRENCY`` (default the loader's) and
 ``SOVEREIGN_BENCH_LOADER_PART_MIB`` (default 16) set both sides. Run by
 ``python -m bench loader``; prints its progress on stderr.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import statistics
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from boto3.s3.transfer import TransferConfig
@@ -95,7 +99,22 @@ def run() -> list[Result]:
                          f"TransferManager {timings['boto3']:.2f}s")
                 _say(f"{label}: median ratio {statistics.median(ratio.samples):.2f}x (goal >= {GOAL}x)")
                 results += [loader, boto, ratio]
+    results.append(_md5_ceiling())
     return results
+
+
+def _md5_ceiling() -> Result:
+    """MB/s of MD5 over 8 MiB parts on every core at once, as the loader hashes parts."""
+    result = Result(f"MD5 of 8 MiB parts on all {os.cpu_count()} cores, nothing else (ceiling of "
+                    "verifying)", "MB/s")
+    part = os.urandom(8 * 2**20)
+    parts = SIZE // len(part)
+    with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
+        for _ in range(RUNS):
+            started = time.monotonic()
+            list(pool.map(lambda _: hashlib.md5(part, usedforsecurity=False).digest(), range(parts)))
+            result.samples.append(round(parts * len(part) / (time.monotonic() - started) / 1e6, 1))
+    return result
 
 
 def _upload(client: object, source: Path, sets: dict[str, dict[str, int]]) -> None:
