@@ -8,7 +8,8 @@ only then does the model's Deployment appear; its replica mounts the claim read-
 answers a completion. Scaling to two replicas reads nothing more of the weights from the
 bucket: MinIO's own count of bytes sent (its metrics, read from outside every client) moves by
 no more than the operator's periodic store checks. Deleting the stack keeps the claim (the
-store's ``deletionPolicy`` is Retain).
+store's ``deletionPolicy`` is Retain). With ``cache.layout: PerNode`` the first replica's loader fills a directory of the real
+node, and a second replica on the node finds it verified: its loader downloads nothing.
 
 What is asserted is what a user sees: the stack's status and conditions, the Job, pods and
 claim (``kubectl``), HTTP answers through the Service, and the store's own metrics.
@@ -16,6 +17,8 @@ claim (``kubectl``), HTTP answers through the Service, and the store's own metri
 
 from __future__ import annotations
 
+import contextlib
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +27,7 @@ import pytest
 from kubernetes import client
 
 from sovereign.render import names
+from sovereign.render.cache import NODE_CACHE_ROOT
 from sovereign_dev import engine
 from sovereign_dev.cluster import DevCluster
 from sovereign_dev.datapath import MODEL, STACK, DataPath, ModelResources, ready
@@ -138,3 +142,42 @@ def test_the_weights_are_copied_once_into_a_shared_cache_and_a_second_replica_re
     delete_stack(path.api, path.namespace, STACK)
     path.wait("the model's pods gone", lambda: not path.model_pods(), timeout=WAIT, log_tail=operator.tail)
     assert core.read_namespaced_persistent_volume_claim(name, path.namespace).metadata.deletion_timestamp is None
+
+
+@pytest.fixture
+def node_caches(real_namespace: str) -> Iterator[Path]:
+    """The namespace's PerNode caches on the real node's disk, removed afterwards (they are the
+    host's: nothing else would)."""
+    root = Path(NODE_CACHE_ROOT) / real_namespace
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+    with contextlib.suppress(OSError):  # the root too, unless something else keeps caches there
+        root.parent.rmdir()
+
+
+def test_a_node_cache_is_filled_by_the_first_replica_and_the_next_one_on_the_node_copies_nothing(
+        real_cluster: DevCluster, data_path: DataPath, operator: OperatorProcess, node_caches: Path) -> None:
+    path = data_path
+    size = path.store.client().head_object(Bucket=path.bucket, Key=engine.model_key(WEIGHTS))["ContentLength"]
+
+    path.apply(model=WEIGHTS, cache={"layout": "PerNode"})
+    path.wait("the stack Ready", lambda: path.conditions()["Ready"]["status"] == "True", timeout=WAIT,
+              log_tail=operator.tail)
+    (first,) = path.model_pods()
+    directory = Path(next(v for v in first.spec.volumes if v.name == "weights").host_path.path)
+    assert directory.parent.parent == node_caches, "under the namespace's and the stack's directory"
+    assert (directory / MODEL / f"{WEIGHTS}.gguf").stat().st_size == size, "on the node's own disk"
+    filled = real_cluster.kubectl("logs", "-n", path.namespace, first.metadata.name, "-c", "fetch-model").stdout
+    assert "1 downloaded" in filled, filled
+
+    sent_before = path.store.bytes_sent()
+    path.apply(model=WEIGHTS, cache={"layout": "PerNode"}, replicas=2)
+    path.wait("two ready replicas", lambda: len(path.model_pods()) == 2 and all(map(ready, path.model_pods())),
+              timeout=WAIT, log_tail=operator.tail)
+    sent = path.store.bytes_sent() - sent_before
+    (second,) = [p for p in path.model_pods() if p.metadata.uid != first.metadata.uid]
+    log = real_cluster.kubectl("logs", "-n", path.namespace, second.metadata.name, "-c", "fetch-model").stdout
+    assert second.spec.node_name == first.spec.node_name == real_cluster.node.name
+    assert f"present {WEIGHTS}.gguf" in log and "(1 skipped); 0 B downloaded" in log, log
+    assert sent <= STORE_CHECKS_AT_MOST < size, f"the store sent {sent} bytes while a replica was added"
+    assert path.chat(content="hello", max_tokens=1)["choices"]
