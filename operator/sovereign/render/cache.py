@@ -32,7 +32,9 @@ import json
 from typing import Any
 
 from sovereign.api import CacheLayout, DataStore, DeletionPolicy, ModelSpec, SovereignStack
+from sovereign.api.models import COPY_BASE_SECONDS
 from sovereign.render import loader, names, pod
+from sovereign.render.deadlines import model_windows
 from sovereign.render.facts import ClusterFacts, FillState
 from sovereign.render.names import Component
 from sovereign.render.nodepool import placement
@@ -134,6 +136,10 @@ def _job(stack: SovereignStack, model: ModelSpec, facts: ClusterFacts) -> dict[s
                                    annotations={names.MODEL_ID_ANNOTATION: model.model}),
         "spec": {
             "backoffLimit": FILL_BACKOFF_LIMIT,
+            # The copy's window from the weights' size (render.deadlines); a retried loader
+            # resumes where the last one stopped, so retries add their start, not another copy.
+            "activeDeadlineSeconds": (model_windows(stack=stack, model=model, facts=facts).copy_seconds
+                                      + FILL_BACKOFF_LIMIT * COPY_BASE_SECONDS),
             "template": {"metadata": {"labels": labels}, "spec": pod_spec},
         },
     })

@@ -60,6 +60,18 @@ def test_a_shared_cache_is_one_read_write_many_claim_filled_by_a_loader_job(fact
     assert job["spec"]["template"]["spec"]["restartPolicy"] == "Never"
 
 
+def test_the_loader_jobs_deadline_grows_with_the_weights_and_the_shared_replicas_do_not_copy(facts) -> None:
+    """300Gi at the default 50Mi/s: 120 s + 6,144 s for the copy, and each of the 6 retries (a
+    resumed copy) its start; the replicas' rollout only loads, 600 s + 6,144 s."""
+    stack = _stack("full", "chat", layout="SharedVolume", storageClassName="regional-files")
+    job = _objects(stack, facts, "chat")["Job"]
+    assert job["spec"]["activeDeadlineSeconds"] == 120 + 300 * 1024 // 50 + 6 * 120
+
+    filled = _filled(stack, "chat", facts, files=3)
+    deployment = _objects(stack, filled, "chat")["Deployment"]
+    assert deployment["spec"]["progressDeadlineSeconds"] == 3600, "startupTimeoutSeconds alone"
+
+
 def test_the_loader_job_runs_where_the_replicas_run_inside_the_regions(facts) -> None:
     stack = _stack("full", "chat", layout="SharedVolume")
     objects = _objects(stack, facts, "chat")
