@@ -55,6 +55,18 @@ MODEL_READY_REPLICAS = Gauge(
     ["namespace", "stack", "model"],
     registry=REGISTRY,
 )
+MODEL_EVALUATIONS = Counter(
+    "sovereign_model_evaluations_total",
+    "Blue/green rollouts of a model with evaluation that ended, by result: passed (switched) or failed.",
+    ["namespace", "stack", "model", "result"],
+    registry=REGISTRY,
+)
+MODEL_EVALUATION_SCORE = Gauge(
+    "sovereign_model_evaluation_score",
+    "Score (0 to 1) of the last finished evaluation of each model's candidate.",
+    ["namespace", "stack", "model"],
+    registry=REGISTRY,
+)
 RESIDENCY_VIOLATIONS = Gauge(
     "sovereign_residency_violations",
     "Residency violations currently recorded for a stack, by kind of object.",

@@ -956,6 +956,10 @@ def _claims_a_class(model: ModelSpec) -> bool:
         model.cache.layout is CacheLayout.PER_REPLICA and model.engine is Engine.VLLM)
 
 
+_EVALUATION_AUTOSCALING = (
+    "autoscaling and evaluation cannot be combined yet: the autoscaler scales one Deployment, and a model "
+    "with evaluation has one per revision; remove autoscaling (set replicas) or evaluation"
+)
 _GGUF_PATH = (
     "engine llama-cpp serves one GGUF file: source.path must name it, such as models/tiny/model.gguf"
 )
@@ -1296,6 +1300,16 @@ class ModelSpec(ApiObject):
             ),
         ),
         _vllm_only("autoscaling", "autoscaling", "it scales on vLLM's request queue"),
+        Rule(
+            cel="!has(self.evaluation) || !has(self.autoscaling)",
+            message=_EVALUATION_AUTOSCALING,
+            field_path=".autoscaling",
+            failures=lambda model: (
+                [RuleFailure(("autoscaling",), model.autoscaling, _EVALUATION_AUTOSCALING)]
+                if model.evaluation is not None and model.autoscaling is not None
+                else []
+            ),
+        ),
         Rule(
             cel=("!has(self.cache.storageClassName) || self.cache.layout == 'SharedVolume' || "
                  "(self.cache.layout == 'PerReplica' && self.engine == 'vllm')"),

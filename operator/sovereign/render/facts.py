@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 
 from sovereign import __version__
 from sovereign.api import DataStoreStatus
+from sovereign.policy.rollout import RolloutDecision
 from sovereign.policy.stack_gpu_health import NodeGpus
 
 #: The operator's own image, pinned to this release: it carries ``sovereign fetch-model``.
@@ -99,6 +100,10 @@ class ClusterFacts:
     #: Bytes of each model's weights (by model name) as the store check read them: the GGUF
     #: file of a llama-cpp model. Sizes the windows of ``render.deadlines``; absent: cache.size.
     model_sizes: Mapping[str, int] = field(default_factory=dict)
+    #: Where the blue/green rollout of each model with evaluation stands (``policy.rollout``), by
+    #: model name; None when not observed (an offline render), and then each such model is
+    #: rendered as serving the spec's model.
+    rollouts: Mapping[str, RolloutDecision] | None = None
 
     def node(self, name: str) -> NodeFacts | None:
         return next((node for node in self.nodes if node.name == name), None)

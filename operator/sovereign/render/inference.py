@@ -42,14 +42,17 @@ from __future__ import annotations
 
 import json
 import math
+from datetime import UTC, datetime
 from typing import Any
 
 from sovereign.api import CacheLayout, DataStore, Engine, ModelSpec, SovereignStack, parse_quantity, vllm
 from sovereign.api.engines import LLAMA_CPP_IMAGE
 from sovereign.api.models import VLLM_CPU_PER_GPU, VLLM_MEMORY_PER_GPU_GIB, LoadFormat
+from sovereign.policy import rollout
 from sovereign.render import cache, loader, names, pod, storage
 from sovereign.render.cache import cache_filled, cache_volume, copies_to_cache
 from sovereign.render.deadlines import model_windows
+from sovereign.render.evaluation import evaluation_job
 from sovereign.render.facts import ClusterFacts
 from sovereign.render.loader import MODELS_ROOT, RESTRICTED, RUN_AS, weights_path
 from sovereign.render.names import Component
@@ -69,6 +72,8 @@ LLAMA_CPP_PROBE_PERIOD_SECONDS = 1
 #: Failed readiness probes before a llama-server replica stops getting requests (5 seconds).
 LLAMA_CPP_READINESS_FAILURES = 5
 WAITING_REQUESTS_METRIC = "vllm:num_requests_waiting"
+#: The time of an offline render's rollout decision, which no history depends on.
+_NEVER = datetime(1970, 1, 1, tzinfo=UTC)
 
 #: Hub downloads and usage reporting off: weights come only from the declared store, and
 #: nothing about the deployment leaves the jurisdiction.
@@ -100,6 +105,8 @@ def render_model(*, stack: SovereignStack, model: ModelSpec, facts: ClusterFacts
     ``waiting_for_cache``), Service, PodDisruptionBudget and ScaledObject."""
     filled = not _waits_for_cache(stack, model, facts)
     objects = cache.render_model_cache(stack=stack, model=model, facts=facts)
+    if model.evaluation is not None:
+        return objects + _blue_green(stack, model, facts, filled=filled)
     if filled:
         objects.append(_deployment(stack, model, facts))
     objects.append(
@@ -139,11 +146,21 @@ def _store(stack: SovereignStack, name: str) -> DataStore:
     return next(store for store in stack.spec.data_stores if store.name == name)
 
 
-def _deployment(stack: SovereignStack, model: ModelSpec, facts: ClusterFacts) -> dict[str, Any]:
+def model_deployment(stack: SovereignStack, model: ModelSpec, facts: ClusterFacts, *,
+                     revision: str) -> dict[str, Any]:
+    """The Deployment of one revision of a blue/green model (``render.rollout``): named
+    ``<model>-<revision>``, its pods labelled with the revision, which the Services select."""
+    return _deployment(stack, model, facts, revision=revision)
+
+
+def _deployment(stack: SovereignStack, model: ModelSpec, facts: ClusterFacts, *,
+                revision: str | None = None) -> dict[str, Any]:
     pool = next(p for p in stack.spec.node_pools if p.name == model.node_pool)
     store = _store(stack, model.source.data_store)
     selector = names.selector_labels(stack, component=Component.INFERENCE, name=model.name)
     template_labels = {**names.labels(stack, component=Component.INFERENCE, name=model.name), names.POOL_LABEL: pool.name}
+    if revision is not None:
+        selector[names.REVISION_LABEL] = template_labels[names.REVISION_LABEL] = revision
     volume, mount = _weights_volume(stack, model, store)
     if model.engine is Engine.LLAMA_CPP:
         pod_spec = _llama_cpp_pod(stack, model, store, facts, pool_labels=placement(stack, pool),
@@ -166,18 +183,16 @@ def _deployment(stack: SovereignStack, model: ModelSpec, facts: ClusterFacts) ->
                                   "annotations": {names.MODEL_ID_ANNOTATION: model.model}},
                      "spec": pod_spec},
     }
-    return names.stamped({
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": names.metadata(
-            stack,
-            name=model.name,
-            component=Component.INFERENCE,
-            entry=model.name,
-            annotations={names.MODEL_ID_ANNOTATION: model.model},
-        ),
-        "spec": spec,
-    })
+    metadata = names.metadata(
+        stack,
+        name=model.name if revision is None else names.revision_name(model=model.name, revision=revision),
+        component=Component.INFERENCE,
+        entry=model.name,
+        annotations={names.MODEL_ID_ANNOTATION: model.model},
+    )
+    if revision is not None:
+        metadata["labels"][names.REVISION_LABEL] = revision
+    return names.stamped({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": metadata, "spec": spec})
 
 
 def _vllm_pod(stack: SovereignStack, model: ModelSpec, store: DataStore, facts: ClusterFacts, *,
@@ -453,3 +468,29 @@ def _scaled_object(stack: SovereignStack, model: ModelSpec, facts: ClusterFacts)
             ],
         },
     })
+
+
+def _blue_green(stack: SovereignStack, model: ModelSpec, facts: ClusterFacts, *, filled: bool) -> list[dict[str, Any]]:
+    """A model with evaluation (``policy.rollout``): a Deployment per revision the rollout runs
+    (``<model>-<revision>``) and a Service of its own for a candidate, the evaluation Job, and the
+    logical Service selecting the serving revision only, or no pod while none has passed. Without
+    an observed rollout (an offline render) it is the operator's first pass over a new stack: the
+    spec's model starting as the candidate, nothing served yet."""
+    plan = (facts.rollouts or {}).get(model.name) or rollout.decide(
+        model=model, observed=rollout.Observed(serving=None), now=_NEVER)
+    serving, rendered, evaluations = plan.serving, plan.rendered, plan.evaluations
+    objects: list[dict[str, Any]] = []
+    for revision in rendered if filled else ():
+        objects.append(model_deployment(stack, model, facts, revision=revision))
+        if revision != serving:
+            objects.append(cluster_ip_service(stack=stack, name=names.revision_name(model=model.name, revision=revision),
+                                              entry=model.name, revision=revision, component=Component.INFERENCE,
+                                              port=names.MODEL_PORT))
+    # A model adopted from before evaluation was set keeps its old Service until its revision takes over.
+    if not (plan.keep_legacy and serving is None):
+        objects.append(cluster_ip_service(stack=stack, name=model.name, component=Component.INFERENCE,
+                                          port=names.MODEL_PORT, revision=serving or names.NO_REVISION))
+    if model.replicas > 1:
+        objects.append(_disruption_budget(stack, model))
+    objects += [evaluation_job(stack=stack, model=model, revision=revision, facts=facts) for revision in evaluations]
+    return objects

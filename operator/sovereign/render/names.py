@@ -34,6 +34,10 @@ SPEC_HASH_ANNOTATION = "sovereign.ai/spec-hash"
 OWNER_ANNOTATION = "sovereign.ai/owner"
 DELETION_POLICY_ANNOTATION = "sovereign.ai/deletion-policy"
 MODEL_ID_ANNOTATION = "sovereign.ai/model"
+#: The revision (``policy.rollout.revision``) of a blue/green model's Deployment, its pods and its Job.
+REVISION_LABEL = "sovereign.ai/revision"
+#: What the logical Service of a blue/green model selects while no revision has passed: no pod.
+NO_REVISION = "none"
 
 NAME_LABEL = "app.kubernetes.io/name"
 INSTANCE_LABEL = "app.kubernetes.io/instance"
@@ -62,6 +66,7 @@ class Component(StrEnum):
     NODE_POOL = "node-pool"
     NETWORK = "network"
     MODEL_CACHE = "model-cache"
+    EVALUATION = "evaluation"
 
 
 def stack_name(stack: SovereignStack) -> str:
@@ -118,6 +123,21 @@ def model_cache_name(*, model: str, digest: str) -> str:
     """Name of a model's shared cache: its claim and the Job filling it, ``<model>-cache-<digest>``
     (the digest of the source, so a new source is a new cache)."""
     return f"{model[:_CACHE_PREFIX].rstrip('-')}-cache-{digest[:10]}"
+
+
+#: Room for the model's name before ``-<revision>`` (10 hex digits) and ``-eval-<revision>``.
+_REVISION_PREFIX = MAX_LABEL_VALUE - 1 - 10
+_EVALUATION_PREFIX = MAX_LABEL_VALUE - len("-eval-") - 10
+
+
+def revision_name(*, model: str, revision: str) -> str:
+    """Name of a blue/green model's Deployment (and a candidate's own Service) for one revision."""
+    return f"{model[:_REVISION_PREFIX].rstrip('-')}-{revision}"
+
+
+def evaluation_job_name(*, model: str, revision: str) -> str:
+    """Name of the Job evaluating one revision of a model (copied into its pods' job-name label)."""
+    return f"{model[:_EVALUATION_PREFIX].rstrip('-')}-eval-{revision}"
 
 
 def network_policy_name(stack: SovereignStack) -> str:

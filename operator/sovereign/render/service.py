@@ -10,15 +10,21 @@ from sovereign.render import names
 from sovereign.render.names import Component
 
 
-def cluster_ip_service(*, stack: SovereignStack, name: str, component: Component, port: int) -> dict[str, Any]:
-    """Service ``name`` selecting the pods of entry ``name``, ``port`` -> their ``http`` port."""
+def cluster_ip_service(*, stack: SovereignStack, name: str, component: Component, port: int,
+                       entry: str | None = None, revision: str | None = None) -> dict[str, Any]:
+    """Service ``name`` selecting the pods of entry ``entry`` (default ``name``), of one revision
+    when ``revision`` is given (a blue/green model), ``port`` -> their ``http`` port."""
+    entry = entry or name
+    selector = names.selector_labels(stack, component=component, name=entry)
+    if revision is not None:
+        selector[names.REVISION_LABEL] = revision
     return names.stamped({
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": names.metadata(stack, name=name, component=component, entry=name),
+        "metadata": names.metadata(stack, name=name, component=component, entry=entry),
         "spec": {
             "type": "ClusterIP",
-            "selector": names.selector_labels(stack, component=component, name=name),
+            "selector": selector,
             "ports": [{"name": "http", "port": port, "targetPort": "http", "protocol": "TCP"}],
         },
     })

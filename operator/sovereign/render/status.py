@@ -42,6 +42,7 @@ from sovereign.api import (
     DataStoreStatus,
     Enforcement,
     ModelCacheStatus,
+    ModelRolloutStatus,
     ModelSpec,
     ModelStatus,
     NodePool,
@@ -58,6 +59,8 @@ from sovereign.policy.stack_gpu_health import (
 )
 from sovereign.policy import model_cache as cache_reasons
 from sovereign.policy import model_source
+from sovereign.policy import rollout as rollout_policy
+from sovereign.policy.rollout import RolloutDecision, RolloutState
 from sovereign.policy import residency_store as store_reasons
 from sovereign.render import names
 from sovereign.api.models import LoadFormat
@@ -112,6 +115,8 @@ LASTING_REASONS = frozenset({
     store_reasons.CHECK_UNSUPPORTED, model_source.MODEL_FILE_MISSING, model_source.MODEL_FILE_NOT_GGUF,
     model_source.MODEL_NOT_SAFETENSORS,
     CACHE_FILL_FAILED, *cache_reasons.UNAVAILABLE,
+    rollout_policy.EVALUATION_FAILED, rollout_policy.CANDIDATE_NOT_STARTING,
+    rollout_policy.EVALUATION_ADDED_WITH_NEW_MODEL,
 })
 
 
@@ -408,7 +413,8 @@ def _models(
     waiting: list[str] = []
     held: list[Hold] = []
     for model in stack.spec.models:
-        deployment = observation.child("apps", "Deployment", model.name, namespace)
+        plan = (facts.rollouts or {}).get(model.name) if model.evaluation is not None else None
+        deployment = observation.child("apps", "Deployment", _serving_deployment(model, plan), namespace)
         service = observation.child("", "Service", model.name, namespace)
         rollout = _rollout(deployment)
         served = ((deployment or {}).get("metadata", {}).get("annotations") or {}).get(names.MODEL_ID_ANNOTATION, "")
@@ -420,6 +426,8 @@ def _models(
             ready_replicas=rollout.ready,
             endpoint=names.model_endpoint(namespace=namespace, model=model.name) if service is not None else "",
             cache=cache_status,
+            rollout=_rollout_status(model, plan),
+            history=list(plan.history) if plan is not None else [],
         ))
         if model.name in facts.held_back:
             held.append(facts.held_back[model.name])
@@ -428,6 +436,11 @@ def _models(
             reason = CACHE_FILLING if cache_status.state == FillState.FILLING else CACHE_FILL_FAILED
             held.append(Hold(reason, cache_status.message))
             waiting.append(f"{model.name}: {cache_status.message}")
+        elif plan is not None and plan.state is not RolloutState.SERVING:
+            # Ready waits for the spec's model, whatever serves meanwhile: Reconciling while it
+            # is tried, Stalled when it failed (kstatus, so Argo CD and Flux, read both).
+            held.append(Hold(plan.reason, plan.message))
+            waiting.append(f"{model.name}: {plan.message}")
         elif not rollout.done:
             waiting.append(f"{model.name}: {rollout.note}")
     done = len(statuses) - len(waiting)
@@ -437,6 +450,24 @@ def _models(
         return _true(NO_MODELS, "the stack declares no models"), statuses, done
     summary = ", ".join(f"{s.name}: {s.ready_replicas} ready" for s in statuses)
     return _true(MODELS_AVAILABLE, summary), statuses, done
+
+
+def _serving_deployment(model: ModelSpec, plan: RolloutDecision | None) -> str:
+    """The Deployment whose replicas answer the model's Service: the serving revision's for a
+    model with evaluation (the spec's before any rollout was observed), else the model's own."""
+    if model.evaluation is None:
+        return model.name
+    serving = plan.serving if plan is not None else rollout_policy.revision(model)
+    return names.revision_name(model=model.name, revision=serving) if serving else ""
+
+
+def _rollout_status(model: ModelSpec, plan: RolloutDecision | None) -> ModelRolloutStatus | None:
+    if plan is None:
+        return None
+    trying = plan.state is not RolloutState.SERVING
+    return ModelRolloutStatus(state=plan.state.value, candidate=model.model if trying else "",
+                              revision=plan.desired, message=plan.message,
+                              evaluation=plan.evidence if trying else None)
 
 
 def _cache_status(stack: SovereignStack, model: ModelSpec, facts: ClusterFacts) -> ModelCacheStatus | None:

@@ -112,7 +112,16 @@ def ask(*, base_url: str, model: str, messages: list[dict[str, str]], max_tokens
     except json.JSONDecodeError:
         raise AnswerFailed("the reply is not JSON") from None
     text = completion_text(reply)
+    if text is None and _empty_completion(reply):
+        return ""  # the model answered nothing at all: a wrong answer, not a failed request
     if text is None:
         raise AnswerFailed(f"the reply is not a chat completion: {str(reply)[:200]}")
     return text
+
+
+def _empty_completion(reply: Any) -> bool:
+    try:
+        return reply["choices"][0]["message"]["content"] in ("", None)
+    except (KeyError, IndexError, TypeError):
+        return False
 

@@ -16,6 +16,8 @@ periodic resync or a child that changed:
    state of its shared model caches (their loader Jobs), then render the desired objects
    (``desired_objects``: the same function ``sovereign render`` prints); a model whose shared
    cache is not filled yet has no Deployment among them, and its live one is kept as it is.
+   A model with evaluation rolls out blue/green (``services.rollout``, ``policy.rollout``): its
+   candidate, evaluation Job and the revision its Service selects follow from what is observed.
 3. ``plan_changes``: apply each desired object the live one does not match, compared by labels
    and annotations (which include the spec hash); prune each observed child no longer desired,
    except retained data. An unchanged stack plans nothing.
@@ -85,6 +87,7 @@ from sovereign.render.status import (
 )
 from sovereign.services.model_cache import observe_caches, with_cache_checks
 from sovereign.services.residency_stores import StoreVerdict, StoreVerdicts
+from sovereign.services.rollout import kept_by_rollouts, observe_rollouts, record_rollouts
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +160,9 @@ def reconcile(*, kube: Kube, body: Mapping[str, Any], facts: ClusterFacts, store
         # Observed before rendering: whether a shared cache is filled decides whether its
         # model's Deployment is rendered.
         observed = _observe(kube, stack, facts)
-        facts = replace(facts, caches=observe_caches(kube=kube, stack=stack, children=observed))
+        facts = replace(facts, caches=observe_caches(kube=kube, stack=stack, children=observed),
+                        rollouts=observe_rollouts(kube=kube, stack=stack, children=observed, previous=previous,
+                                                  now=now))
         desired = desired_objects(stack, facts)
     except (InvalidStackError, RenderError) as err:
         message = "; ".join(map(str, err.errors)) if isinstance(err, InvalidStackError) else str(err)
@@ -165,11 +170,14 @@ def reconcile(*, kube: Kube, body: Mapping[str, Any], facts: ClusterFacts, store
         outcome = Outcome((), (), (), status, _write_status(kube, body, previous, status))
         _record(meta, outcome, children={}, seconds=time.monotonic() - began, error=INVALID_SPEC)
         return outcome
-    plan = plan_changes(desired=desired, observed=observed, keep=kept_as_is(stack=stack, facts=facts, observed=observed))
+    plan = plan_changes(desired=desired, observed=observed,
+                        keep=[*kept_as_is(stack=stack, facts=facts, observed=observed),
+                              *kept_by_rollouts(stack=stack, decisions=facts.rollouts or {})])
     children, applied, pruned, rejected = _execute(kube, stack, plan, observed)
     observation = Observation(children=children, rejected=rejected)
     status = compute_status(stack=stack, facts=facts, observation=observation, previous=previous, now=now)
     outcome = Outcome(tuple(applied), tuple(pruned), tuple(rejected), status, _write_status(kube, body, previous, status))
+    record_rollouts(kube=kube, body=body, previous=previous, decisions=facts.rollouts or {})
     _record(meta, outcome, children=children, seconds=time.monotonic() - began,
             error=CHILD_REJECTED if rejected else None)
     return outcome

@@ -234,5 +234,6 @@ CASES = [
          ("spec.models", "judge", "chat")),
     Case("evaluation-judge-undeclared", with_evaluation(scorers=[{"judge": {"model": "gpt-4o"}}]),
          ("spec.models", "judge", "spec.models")),
+    Case("evaluation-with-autoscaling", with_evaluation(), ("spec.models[0].autoscaling", "cannot be combined")),
     Case("evaluation-timeout-too-short", with_evaluation(timeoutSeconds=5), ("spec.models[0].evaluation.timeoutSeconds",)),
 ]
