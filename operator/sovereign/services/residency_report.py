@@ -5,8 +5,10 @@ and judges each object with the same rules the webhooks and the audit apply
 (``policy.residency``): every pod with the node and region it runs in, every volume claim with
 its class and volume, every Service with its exposure, every data store with each check of its
 bucket (``services.residency_stores``, read only), the violations the audit recorded with their
-timestamps, the conditions, and the admission configuration in force (the operator's webhook
-configurations as the cluster has them, and whether the namespace is governed). The result is
+timestamps, the conditions, the admission configuration in force (the operator's webhook
+configurations as the cluster has them, and whether the namespace is governed), and the lineage
+of each model with evaluation (which model served it, when, admitted by which evaluation of
+which dataset version). The result is
 an ``Evidence`` model: ``report`` renders it as HTML or JSON. Called by ``cli.report``.
 """
 
@@ -21,8 +23,10 @@ from pydantic.alias_generators import to_camel
 from sovereign import __version__
 from sovereign.api import (
     Condition,
+    ModelStatus,
     Residency,
     ResidencyViolation,
+    ServingRecord,
     SovereignStack,
     parse_stack,
 )
@@ -126,6 +130,14 @@ class AdmissionEvidence(_Model):
     webhooks: list[WebhookEvidence]
 
 
+class ModelLineage(_Model):
+    """Which model served one logical name, from when to when, admitted by which evaluation
+    (``status.models[].history``, kept by the blue/green rollouts of models with evaluation)."""
+
+    name: str
+    history: list[ServingRecord]
+
+
 class Evidence(_Model):
     """Everything the report shows, as of ``generated_at``."""
 
@@ -141,6 +153,7 @@ class Evidence(_Model):
     services: list[ServiceEvidence]
     stores: list[StoreEvidence]
     admission: AdmissionEvidence
+    lineage: list[ModelLineage] = []
 
 
 def gather_evidence(*, kube: Kube, namespace: str, name: str, check_stores: bool = True,
@@ -182,7 +195,19 @@ def gather_evidence(*, kube: Kube, namespace: str, name: str, check_stores: bool
         services=services,
         stores=_stores(kube, stack) if check_stores else [],
         admission=_admission(kube, namespace_object),
+        lineage=[ModelLineage(name=m.name, history=m.history) for m in _stored_models(body) if m.history],
     )
+
+
+def _stored_models(body: dict[str, Any]) -> list[ModelStatus]:
+    """The models' status as the operator stored it (entries it cannot read are left out)."""
+    models = []
+    for entry in (body.get("status") or {}).get("models") or []:
+        try:
+            models.append(ModelStatus.model_validate(entry))
+        except ValidationError:
+            continue
+    return models
 
 
 def _residencies(stacks: list[dict[str, Any]]) -> dict[str, Residency]:
