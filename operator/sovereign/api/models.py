@@ -948,6 +948,19 @@ _STREAMER_SAFETENSORS = (
     "safetensors (such as models/qwen2.5-72b/), not a " + ", ".join(NOT_SAFETENSORS_SUFFIXES) + " file; "
     "or set loadFormat: Copy"
 )
+#: The flags a streamed model's command line gets from loadFormat, in the spellings vLLM reads.
+STREAMER_FLAGS = ("--load-format", "--load_format", "--model-loader-extra-config", "--model_loader_extra_config")
+_STREAMER_FLAG = (
+    "must not set " + ", ".join(STREAMER_FLAGS[::2]) + " with loadFormat RunaiStreamer: the operator sets "
+    "them (--load-format runai_streamer, the streamer's concurrency); remove it, or set loadFormat: Copy"
+)
+
+
+def _streamer_flag_failures(model: ModelSpec) -> Iterator[RuleFailure]:
+    if model.load_format is LoadFormat.RUNAI_STREAMER:
+        for index, arg in enumerate(model.extra_args):
+            if _owns(arg, STREAMER_FLAGS):
+                yield RuleFailure(("extraArgs", index), arg, _STREAMER_FLAG)
 
 
 def _claims_a_class(model: ModelSpec) -> bool:
@@ -1330,6 +1343,15 @@ class ModelSpec(ApiObject):
                 if model.load_format is LoadFormat.RUNAI_STREAMER and model.engine is not Engine.VLLM
                 else []
             ),
+        ),
+        Rule(
+            cel=(
+                "self.loadFormat != 'RunaiStreamer' || !has(self.extraArgs) || self.extraArgs.all(a, "
+                f"!{_cel_list(STREAMER_FLAGS)}.exists(f, a == f || a.startsWith(f + '=')))"
+            ),
+            message=_STREAMER_FLAG,
+            field_path=".extraArgs",
+            failures=_streamer_flag_failures,
         ),
         Rule(
             cel="self.loadFormat != 'RunaiStreamer' || self.cache.layout == 'PerReplica'",
