@@ -119,14 +119,12 @@ def render_model(*, stack: SovereignStack, model: ModelSpec, facts: ClusterFacts
     return objects
 
 
-def waiting_for_cache(*, stack: SovereignStack, facts: ClusterFacts) -> list[names.ObjectKey]:
-    """The objects ``render_model`` leaves out while a model's shared cache fills, whose live
-    versions stay as they are: replicas of the previous source keep serving until the new
-    cache is filled, and no replica starts before the first one is."""
-    namespace = names.stack_namespace(stack)
-    return [key for model in stack.spec.models if _waits_for_cache(stack, model, facts)
-            for key in (names.ObjectKey("apps", "Deployment", namespace, model.name),
-                        names.ObjectKey("keda.sh", "ScaledObject", namespace, model.name))]
+def waiting_for_cache(*, stack: SovereignStack, facts: ClusterFacts) -> list[str]:
+    """The models whose shared cache fills: ``render_model`` leaves their Deployments (every
+    revision's, with evaluation) and ScaledObject out, and their live inference objects stay as
+    they are: replicas of the previous source keep serving until the new cache is filled, and
+    no replica starts before the first one is."""
+    return [model.name for model in stack.spec.models if _waits_for_cache(stack, model, facts)]
 
 
 def _waits_for_cache(stack: SovereignStack, model: ModelSpec, facts: ClusterFacts) -> bool:

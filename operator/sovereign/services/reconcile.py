@@ -284,14 +284,20 @@ def _carries(live: Mapping[str, Any] | None, desired: Mapping[str, Any]) -> bool
 
 
 def kept_as_is(*, stack: SovereignStack, facts: ClusterFacts, observed: Mapping[ObjectKey, Manifest]) -> list[ObjectKey]:
-    """Children a pass neither applies nor prunes: the Deployment (and ScaledObject) of a model
-    whose new shared cache fills, and the claims the live Deployments' templates mount (a
-    superseded cache stays while replicas may still start on it, and goes in the pass after
-    the rollout moved them to the new one)."""
-    return [*waiting_for_cache(stack=stack, facts=facts), *(ObjectKey("", "PersistentVolumeClaim", key.namespace, volume["persistentVolumeClaim"]["claimName"])
-            for key, obj in observed.items() if key.kind == "Deployment"
-            for volume in ((obj.get("spec") or {}).get("template") or {}).get("spec", {}).get("volumes") or []
-            if "persistentVolumeClaim" in volume)]
+    """Children a pass neither applies nor prunes: the live inference objects of a model whose
+    new shared cache fills (its Deployments, a revision's included, and ScaledObject: what
+    serves now keeps serving), and the claims the live Deployments' templates mount (a
+    superseded cache stays while replicas may still start on it, and goes in the pass after the
+    rollout moved them to the new one)."""
+    filling = set(waiting_for_cache(stack=stack, facts=facts))
+    kept = [key for key, obj in observed.items()
+            if (obj["metadata"].get("labels") or {}).get(names.COMPONENT_LABEL) == Component.INFERENCE.value
+            and (obj["metadata"].get("labels") or {}).get(names.NAME_LABEL) in filling]
+    mounted = [ObjectKey("", "PersistentVolumeClaim", key.namespace, volume["persistentVolumeClaim"]["claimName"])
+               for key, obj in observed.items() if key.kind == "Deployment"
+               for volume in ((obj.get("spec") or {}).get("template") or {}).get("spec", {}).get("volumes") or []
+               if "persistentVolumeClaim" in volume]
+    return kept + mounted
 
 
 def _retained(obj: Mapping[str, Any]) -> bool:

@@ -176,3 +176,26 @@ def test_an_existing_loader_job_is_never_applied_again() -> None:
 
     plan = plan_changes(desired=desired, observed=live, keep=())
     assert ("Job", name) not in {(o["kind"], o["metadata"]["name"]) for o in plan.apply}
+
+
+def test_while_a_new_cache_fills_every_live_revision_of_an_evaluated_model_keeps_serving() -> None:
+    """With evaluation the model's replicas are Deployments per revision (``<model>-<revision>``):
+    none of them may go while the new source's cache fills."""
+    sample = Path(__file__).resolve().parents[3] / "manifests" / "samples" / "rollout.yaml"
+    (document,) = load_documents(sample.read_text())
+    document["metadata"] |= {"namespace": "gov-qa", "uid": "uid-1", "generation": 1}
+    document["spec"]["models"][0]["cache"] = {"layout": "SharedVolume", "size": "4Gi"}
+    old = parse_stack(copy.deepcopy(document))
+    old_name = cache_name(old, old.spec.models[0])
+    live = _live(desired_objects(old, ClusterFacts(caches={"chat": CacheFill(name=old_name, state=FillState.FILLED)})))
+    revisions = {key for key in live if key.kind == "Deployment" and key.name.startswith("chat-")}
+    document["spec"]["models"][0]["source"]["path"] = "gguf/qwen2.5-1.5b-instruct-v2.gguf"
+    new = parse_stack(document)
+    filling = ClusterFacts(caches={"chat": CacheFill(name=cache_name(new, new.spec.models[0]),
+                                                     state=FillState.FILLING)})
+
+    plan = plan_changes(desired=desired_objects(new, filling), observed=live,
+                        keep=kept_as_is(stack=new, facts=filling, observed=live))
+
+    assert revisions, "the evaluated model runs a Deployment per revision"
+    assert not revisions & {object_key(o) for o in plan.prune}, "a serving revision was pruned"
