@@ -284,11 +284,14 @@ def test_a_store_outside_the_allowed_regions_is_refused_before_reading(minio_ser
 class CuttingProxy:
     """A TCP proxy in front of a server that breaks the first ``cuts`` connections whose
     responses run past ``limit`` bytes, mid-body, as a flaky network would; with ``rate``, it
-    also slows every response to that many bytes per second, as a far store would."""
+    also slows every response to that many bytes per second, as a far store would; with
+    ``flips``, it inverts one byte at offset ``limit`` of that many responses, as a bad link or
+    a bad disk would, and lets the rest through."""
 
     def __init__(self, upstream_port: int, *, limit: int = 0, cuts: int = 0,
-                 rate: float | None = None) -> None:
+                 rate: float | None = None, flips: int = 0) -> None:
         self._upstream_port, self._limit, self._cuts, self._rate = upstream_port, limit, cuts, rate
+        self._flips = flips
         self._lock = threading.Lock()
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]
@@ -307,6 +310,11 @@ class CuttingProxy:
             for source, sink, limit in ((client, upstream, None), (upstream, client, self._limit)):
                 threading.Thread(target=self._pipe, args=(source, sink, limit), daemon=True).start()
 
+    def _take_flip(self) -> bool:
+        with self._lock:
+            self._flips -= 1
+            return self._flips >= 0
+
     def _take_cut(self) -> bool:
         with self._lock:
             self._cuts -= 1
@@ -316,7 +324,10 @@ class CuttingProxy:
         sent = 0
         try:
             while data := source.recv(64 * 1024):
-                if limit is not None and sent <= limit < sent + len(data) and self._take_cut():
+                if limit is not None and sent <= limit < sent + len(data) and self._take_flip():
+                    at = limit - sent
+                    data = data[:at] + bytes([data[at] ^ 0xFF]) + data[at + 1:]
+                elif limit is not None and sent <= limit < sent + len(data) and self._take_cut():
                     sink.sendall(data[:limit - sent])
                     break
                 sink.sendall(data)
@@ -628,3 +639,75 @@ def test_a_declared_sha256_is_what_the_copy_is_checked_against(me, minio_bucket_
         f"s3://{minio_bucket_name}/{PREFIX}/declared.bin: the downloaded bytes have SHA-256 "
         f"{hashlib.sha256(body).hexdigest()}, the store says {'0' * 64}; the object or the transfer "
         "is corrupt. Run again; if it persists, re-upload the object")
+
+
+# -- objects that carry the store's CRC32 checksum (the AWS SDKs' default since 2025) -----------
+
+
+def sdk_default_client(server: MinioServer):
+    """A boto3 client with the SDK's default checksums: uploads leave a CRC32 on every object."""
+    import boto3
+    from botocore.config import Config
+
+    return boto3.session.Session().client(
+        "s3", endpoint_url=server.endpoint, region_name=server.region,
+        aws_access_key_id=server.access_key, aws_secret_access_key=server.secret_key,
+        config=Config(s3={"addressing_style": "path"}, signature_version="s3v4"))
+
+
+@pytest.fixture
+def checksummed(me, minio_bucket_name) -> dict[str, bytes]:
+    """Two objects with the store's CRC32: one multipart (composite, over parts of 5 MiB + 7
+    bytes) and one single-part (over the whole object)."""
+    client = sdk_default_client(me)
+    client.create_bucket(Bucket=minio_bucket_name)
+    files = {"multi.bin": os.urandom(13 * MiB), "single.bin": os.urandom(3 * MiB + 1)}
+    parts = TransferConfig(multipart_threshold=5 * MiB, multipart_chunksize=5 * MiB + 7)
+    for name, body in files.items():
+        client.upload_fileobj(io.BytesIO(body), minio_bucket_name, f"{PREFIX}/{name}", Config=parts)
+    heads = {name: store_of(me).head_object(bucket=minio_bucket_name, key=f"{PREFIX}/{name}")
+             for name in files}
+    assert (heads["multi.bin"].checksum_type, heads["single.bin"].checksum_type) == ("COMPOSITE", "FULL_OBJECT")
+    return files
+
+
+@pytest.mark.parametrize("part_size", [MiB, 16 * MiB])
+def test_objects_with_the_stores_crc32_are_checked_by_it(me, minio_bucket_name, checksummed,
+                                                         tmp_path, part_size):
+    report = fetch(me, minio_bucket_name, tmp_path, part_size=part_size)
+
+    assert {f.path: (f.action, f.verified_by) for f in report.files} == {
+        name: (Action.DOWNLOADED, Verification.CRC32) for name in checksummed}
+    assert_same_files(tmp_path, checksummed)
+
+
+def test_a_file_of_the_right_size_is_checked_by_the_crc32_not_downloaded(me, minio_bucket_name,
+                                                                         checksummed, tmp_path):
+    for name, body in checksummed.items():
+        (tmp_path / name).write_bytes(body)
+    (tmp_path / "single.bin").write_bytes(b"\x00" + checksummed["single.bin"][1:])
+
+    report = fetch(me, minio_bucket_name, tmp_path)
+
+    assert {f.path: (f.action, f.verified_by) for f in report.files} == {
+        "multi.bin": (Action.SKIPPED, Verification.CRC32),
+        "single.bin": (Action.REPLACED, Verification.CRC32)}
+    assert_same_files(tmp_path, checksummed)
+
+
+def test_a_byte_flipped_on_the_way_is_caught_and_the_file_fetched_again(me, minio_bucket_name,
+                                                                        checksummed, tmp_path, caplog):
+    proxy = CuttingProxy(me.port, limit=2 * MiB, flips=1)
+    store = S3Store(endpoint=f"http://127.0.0.1:{proxy.port}", region=me.region,
+                    credentials=Credentials(access_key_id=me.access_key,
+                                            secret_access_key=me.secret_key), path_style=True)
+    try:
+        report = fetch_model(store=store, bucket=minio_bucket_name, path=PREFIX, dest=tmp_path,
+                             concurrency=1)
+    finally:
+        proxy.close()
+
+    (flipped,) = [f for f in report.files if f.integrity_failures]
+    assert flipped.integrity_failures == 1 and flipped.verified_by is Verification.CRC32
+    assert f"{flipped.path} did not verify (CRC32 checksum " in caplog.text
+    assert_same_files(tmp_path, checksummed)

@@ -23,6 +23,11 @@ worker, whatever the file size) and hashes the bytes as they arrive, in its own 
   ``sovereign_dev`` and mirroring tools upload weights): that digest, carried in byte order like
   a single-part MD5, is checked instead of the ETag (it is the stronger check, and If-Match
   ties every range to the version whose metadata was read);
+- else an object with the CRC32 checksum the store keeps (what the AWS SDKs upload by default
+  since 2025; HeadObject ``ChecksumMode``): that checksum instead of the MD5 ETag, part by part
+  for a composite one, carried in order for a full-object one. It catches the same corruption
+  in transit or on disk for a fraction of the CPU (an MD5 costs more than the transfer itself
+  on small nodes);
 - an object whose ETag is no MD5 (SSE-KMS, SSE-C) and that declares no SHA-256: checked by
   size only, and logged.
 
@@ -49,6 +54,7 @@ refused. Progress goes to a ``Progress`` sink the caller chooses (rich bar or lo
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import fcntl
 import hashlib
@@ -75,7 +81,7 @@ from sovereign.services.fetch_parts import (
     units_of,
 )
 from sovereign.stores.errors import BucketNotFound, ObjectChanged, TransferInterrupted
-from sovereign.stores.etag import ETagHasher, combine_part_digests, feed_file
+from sovereign.stores.etag import combine_part_digests
 from sovereign.stores.readings import ObjectHead, ObjectInfo
 from sovereign.stores.s3 import S3Store
 
@@ -118,6 +124,7 @@ class Verification(StrEnum):
     MANIFEST = "manifest"  # verified by an earlier run; size and mtime unchanged since
     ETAG = "etag"          # hashed and equal to the object's ETag
     SHA256 = "sha256"      # hashed and equal to the SHA-256 its uploader declared (x-amz-meta-sha256)
+    CRC32 = "crc32"        # hashed and equal to the CRC32 checksum the store keeps (x-amz-checksum-crc32)
     SIZE = "size"          # the ETag is not an MD5 (SSE-KMS, SSE-C): only the size is checked
 
 
@@ -414,12 +421,57 @@ class _Manifest:
             os.replace(tmp, self.path)
 
 
+def _combine(head: ObjectHead, obj: ObjectInfo, digests: list[bytes]) -> str:
+    """What the units' digests add up to, spelled as the store spells the value it declares:
+    the SHA-256 in hex; a CRC32 checksum in base64 (of the CRC32 of the parts' CRC32s, then
+    ``-N``, for a composite one); an ETag as hex MD5 (of the parts' MD5s, then ``-N``)."""
+    if not digests:
+        return ""
+    if head.sha256:
+        return digests[0].hex()
+    if head.checksum_crc32:
+        if head.checksum_type == "COMPOSITE":
+            combined = zlib.crc32(b"".join(digests)).to_bytes(4, "big")
+            return f"{base64.b64encode(combined).decode()}-{len(digests)}"
+        return base64.b64encode(digests[0]).decode()
+    if obj.parts_count:
+        return combine_part_digests(digests)
+    return digests[0].hex()
+
+
+def _new_hash(head: ObjectHead) -> Any:
+    """A fresh digest of the kind ``head`` is verified by."""
+    if head.sha256:
+        return hashlib.sha256()
+    if head.checksum_crc32:
+        return _Crc32()
+    return hashlib.md5(usedforsecurity=False)
+
+
 def _verification(head: ObjectHead) -> Verification:
-    """How a copy of the object is checked: the SHA-256 its uploader declared, else its ETag
-    when that is an MD5, else its size only."""
+    """How a copy of the object is checked: the SHA-256 its uploader declared, else the CRC32
+    checksum the store keeps of it, else its ETag when that is an MD5, else its size only."""
     if head.sha256:
         return Verification.SHA256
+    if head.checksum_crc32:
+        return Verification.CRC32
     return Verification.ETAG if head.etag_is_content_md5 else Verification.SIZE
+
+
+class _Crc32:
+    """zlib's CRC32 behind hashlib's interface; ``digest`` is big-endian, as S3 encodes it."""
+
+    def __init__(self) -> None:
+        self._value = 0
+
+    def update(self, data: bytes | memoryview) -> None:
+        self._value = zlib.crc32(data, self._value)
+
+    def digest(self) -> bytes:
+        return self._value.to_bytes(4, "big")
+
+    def hexdigest(self) -> str:
+        return self.digest().hex()
 
 
 class _Aborted(Exception):
@@ -485,7 +537,7 @@ class _Copy:
         self.journal = journal
         self.units = units_of(self.unit_sizes) if self.unit_sizes is not None else ()
         self.digests: dict[int, bytes] = {}
-        self.carries = {r.within: _Carry(r.within, self.units[r.within], self._new_hash())
+        self.carries = {r.within: _Carry(r.within, self.units[r.within], _new_hash(self.head))
                         for r in journal.ranges if r.within is not None}
         self.pending = [r for r in journal.ranges if r.start not in journal.done]
 
@@ -549,15 +601,11 @@ class _Copy:
         self.pending = [r for r in self.journal.ranges if r.start not in self.journal.done]
         return kept
 
-    def _new_hash(self) -> Any:
-        return (hashlib.sha256() if self.head.sha256
-                else hashlib.md5(usedforsecurity=False))
-
     def _hash_local(self, rng: Range) -> dict[str, Any]:
         if rng.within is not None:
             # Read back into the carried digest anyway, and checked by it at the end.
             return self._check(rng, [], 0)
-        digests = [self._new_hash() for _ in rng.units]
+        digests = [_new_hash(self.head) for _ in rng.units]
         crc = 0
         for offset, chunk in self._read_back(rng.start, rng.end):
             if rng.units:
@@ -586,7 +634,7 @@ class _Copy:
             with self.lock:
                 if carry.cursor == rng.start and not carry.busy:
                     carry.busy = claimed = True
-        digests = [self._new_hash() for _ in rng.units]
+        digests = [_new_hash(self.head) for _ in rng.units]
         crc = 0
         position = rng.start
         tries = 0
@@ -698,12 +746,12 @@ class _Copy:
 
     def _finish(self) -> None:
         verified_by = _verification(self.head)
-        if verified_by is Verification.SHA256:
-            what, got, expected = "SHA-256", self.digests[0].hex(), self.head.sha256
-        else:
-            what, got, expected = "ETag", self._etag(), self.obj.etag
-            if verified_by is Verification.ETAG and got != expected and self._parts_were_guessed():
-                got = self._etag_with_every_part_size()
+        what, expected = {Verification.SHA256: ("SHA-256", self.head.sha256),
+                          Verification.CRC32: ("CRC32 checksum", self.head.checksum_crc32)
+                          }.get(verified_by, ("ETag", self.obj.etag))
+        got = _combine(self.head, self.obj, [self.digests[i] for i in range(len(self.units))])
+        if verified_by is not Verification.SIZE and got != expected and self._parts_were_guessed():
+            got = self._with_every_part_size()
         if verified_by is not Verification.SIZE and got != expected:
             self.failures += 1
             if self.failures > 1:
@@ -740,32 +788,30 @@ class _Copy:
                                  self.transferred, self.failures))
 
     def _parts_were_guessed(self) -> bool:
-        """Whether the part sizes came from the first and last part alone (an even upload)."""
-        return bool(self.obj.parts_count and self.obj.parts_count > 2 and not self.exact_parts)
+        """Whether the units are parts whose sizes came from the first and last part alone."""
+        return bool(len(self.units) > 2 and not self.exact_parts)
 
-    def _etag_with_every_part_size(self) -> str:
-        """The local file's ETag with each part's size asked from the store: an upload uneven in
-        its middle parts verifies from the bytes on disk, without fetching them again."""
+    def _with_every_part_size(self) -> str:
+        """The local file's ETag (or composite checksum) with each part's size asked from the
+        store: an upload uneven in its middle parts verifies from the bytes on disk, without
+        fetching them again."""
         assert self.obj.parts_count is not None
         self.exact_parts = True
         sizes = self.job.store.part_sizes(bucket=self.job.bucket, key=self.obj.key,
                                           size=self.obj.size, parts_count=self.obj.parts_count,
                                           every=True)
         if sizes == self.unit_sizes:
-            return self._etag()
+            return _combine(self.head, self.obj, [self.digests[i] for i in range(len(self.units))])
         log.info("s3://%s/%s was uploaded in parts of uneven sizes; checking it with each part's "
                  "size", self.job.bucket, self.obj.key)
         self.unit_sizes = sizes
-        hasher = ETagHasher(part_sizes=sizes)
-        for _, chunk in self._read_back(0, self.obj.size):
-            hasher.update(chunk)
-        return hasher.hexdigest()
-
-    def _etag(self) -> str:
-        ordered = [self.digests[i] for i in range(len(self.units))]
-        if self.obj.parts_count:
-            return combine_part_digests(ordered)
-        return ordered[0].hex() if ordered else ""
+        digests = []
+        for unit in units_of(sizes):
+            digest = _new_hash(self.head)
+            for _, chunk in self._read_back(unit.start, unit.end):
+                digest.update(chunk)
+            digests.append(digest.digest())
+        return _combine(self.head, self.obj, digests)
 
     def abandon(self) -> FetchError:
         """The object changed in the store: drop everything of it, say so."""
@@ -902,9 +948,9 @@ class _Job:
                 f"s3://{self.bucket}/{obj.key} changed while the model was being fetched "
                 f"(ETag {obj.etag} -> {head.etag}): run again once the upload has finished")
         unit_sizes: list[int] | None = None
-        if head.sha256:
+        if head.sha256 or (head.checksum_crc32 and head.checksum_type != "COMPOSITE"):
             unit_sizes = [obj.size]
-        elif head.etag_is_content_md5:
+        elif head.checksum_crc32 or head.etag_is_content_md5:
             unit_sizes = (self.store.part_sizes(bucket=self.bucket, key=obj.key, size=obj.size,
                                                 parts_count=obj.parts_count)
                           if obj.parts_count else [obj.size])
@@ -912,7 +958,7 @@ class _Job:
         if target.exists():
             local_size = target.stat().st_size
             if local_size == obj.size:
-                verified_by = self._verify_file(target, head, unit_sizes)
+                verified_by = self._verify_file(target, head, obj, unit_sizes)
                 if verified_by is not None:
                     self.manifest.record(relative, obj, target, verified_by)
                     self.done(FileResult(relative, obj.size, Action.SKIPPED, verified_by))
@@ -928,17 +974,20 @@ class _Job:
         self.progress.file_started(path=relative, size=obj.size, offset=kept)
         return copy
 
-    def _verify_file(self, path: Path, head: ObjectHead,
+    def _verify_file(self, path: Path, head: ObjectHead, obj: ObjectInfo,
                      unit_sizes: list[int] | None) -> Verification | None:
         """How an existing complete file was verified, or None when it does not match."""
-        if head.sha256:
-            digest = hashlib.sha256()
-            with open(path, "rb") as handle:
-                while chunk := handle.read(_READ_BACK):
+        verification = _verification(head)
+        if unit_sizes is None:
+            return verification
+        digests = []
+        with open(path, "rb") as handle:
+            for unit in units_of(unit_sizes):
+                digest, left = _new_hash(head), unit.length
+                while left and (chunk := handle.read(min(_READ_BACK, left))):
                     digest.update(chunk)
-            return Verification.SHA256 if digest.hexdigest() == head.sha256 else None
-        if not head.etag_is_content_md5:
-            return Verification.SIZE
-        hasher = ETagHasher(part_sizes=unit_sizes if head.etag.count("-") else None)
-        feed_file(hasher, path)
-        return Verification.ETAG if hasher.hexdigest() == head.etag else None
+                    left -= len(chunk)
+                digests.append(digest.digest())
+        expected = {Verification.SHA256: head.sha256,
+                    Verification.CRC32: head.checksum_crc32}.get(verification, head.etag)
+        return verification if _combine(head, obj, digests) == expected else None

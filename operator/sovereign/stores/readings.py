@@ -104,6 +104,12 @@ class ObjectHead:
     #: (``x-amz-meta-sha256``, lowercase hex), as ``sovereign_dev`` and many mirroring tools
     #: upload weights; None when absent or not 64 hex digits.
     sha256: str | None = None
+    #: The CRC32 checksum the store keeps of the object (HeadObject with ``ChecksumMode``), as S3
+    #: spells it: base64 of the big-endian CRC32, ``-N`` after a composite one (the CRC32 of its
+    #: parts' CRC32s), as uploaders using the AWS SDKs' default checksums leave; None without one.
+    checksum_crc32: str | None = None
+    #: ``FULL_OBJECT`` or ``COMPOSITE``: what ``checksum_crc32`` is computed over.
+    checksum_type: str | None = None
 
     @property
     def etag_is_content_md5(self) -> bool:

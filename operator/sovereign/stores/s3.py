@@ -156,7 +156,8 @@ class S3Store:
 
     def head_object(self, *, bucket: str, key: str) -> ObjectHead:
         with self._errors("HeadObject", bucket=bucket, key=key):
-            response = self._client.head_object(Bucket=bucket, Key=key)
+            # ChecksumMode: the CRC32 the store keeps of the object, where it keeps one.
+            response = self._client.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
         return ObjectHead(
             key=key,
             size=response["ContentLength"],
@@ -165,6 +166,8 @@ class S3Store:
             customer_key=bool(response.get("SSECustomerAlgorithm")),
             last_modified=response.get("LastModified"),
             sha256=_declared_sha256(response.get("Metadata") or {}),
+            checksum_crc32=response.get("ChecksumCRC32") or None,
+            checksum_type=response.get("ChecksumType") or None,
         )
 
     def read_start(self, *, bucket: str, key: str, length: int) -> bytes:
