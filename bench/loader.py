@@ -88,6 +88,9 @@ def run() -> list[Result]:
                         dest = work / who
                         shutil.rmtree(dest, ignore_errors=True)
                         dest.mkdir()
+                        # Start each copy with no dirty pages of the last one still being
+                        # written back: the disk's backlog is not what is measured.
+                        os.sync()
                         started = time.monotonic()
                         if who == "loader":
                             fetch_model(store=store, bucket=BUCKET, path=prefix, dest=dest,
