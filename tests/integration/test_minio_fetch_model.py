@@ -142,6 +142,27 @@ def test_a_second_run_on_a_complete_directory_downloads_nothing(me, minio_bucket
     assert_same_files(tmp_path, model)
 
 
+def test_after_a_reboot_files_are_hashed_again_unless_they_were_flushed(me, minio_bucket_name, model,
+                                                                          tmp_path):
+    """Files are not fsynced: the manifest vouches for them only in the boot that wrote them.
+    With ``durable`` (a volume other nodes read) they are, and it vouches for them anywhere."""
+    fetch(me, minio_bucket_name, tmp_path / "local")
+    fetch(me, minio_bucket_name, tmp_path / "shared", durable=True)
+    for volume in ("local", "shared"):
+        manifest = tmp_path / volume / MANIFEST_NAME
+        data = json.loads(manifest.read_text())
+        for entry in data["files"].values():
+            entry["boot"] = entry["boot"] and "an-earlier-boot"
+        manifest.write_text(json.dumps(data))
+
+    after_reboot = fetch(me, minio_bucket_name, tmp_path / "local")
+    shared = fetch(me, minio_bucket_name, tmp_path / "shared")
+
+    assert {f.verified_by for f in after_reboot.files} == {Verification.ETAG}, "hashed again"
+    assert after_reboot.bytes_downloaded == 0 and after_reboot.paths(Action.SKIPPED) == sorted(model)
+    assert {f.verified_by for f in shared.files} == {Verification.MANIFEST}
+
+
 def test_files_copied_by_another_tool_are_verified_by_hashing_not_downloaded(
         me, minio_bucket_name, model, tmp_path):
     for relative, body in model.items():

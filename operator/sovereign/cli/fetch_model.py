@@ -13,8 +13,10 @@ The contract a caller (the rendered pod, a cache Job) relies on, kept stable:
 - ``SOVEREIGN_S3_REGION``, ``SOVEREIGN_MODEL_BUCKET``, ``SOVEREIGN_MODEL_DIR`` (required);
   ``SOVEREIGN_S3_ENDPOINT``, ``SOVEREIGN_MODEL_PATH`` (a prefix or one key),
   ``SOVEREIGN_ALLOWED_REGIONS`` (comma-separated), ``SOVEREIGN_S3_PATH_STYLE`` (``true``);
-- ``SOVEREIGN_FETCH_CONCURRENCY`` (ranged GETs at once, default 8) and
-  ``SOVEREIGN_FETCH_PART_SIZE`` (bytes per GET, default ``16Mi``);
+- ``SOVEREIGN_FETCH_CONCURRENCY`` (ranged GETs at once, default 8),
+  ``SOVEREIGN_FETCH_PART_SIZE`` (bytes per GET, default ``16Mi``) and
+  ``SOVEREIGN_FETCH_FSYNC`` (``true``: flush each file before recording it, for volumes other
+  nodes read);
 - the destination afterwards holds the verified files and ``.sovereign-fetch.json``; a run
   killed at any point is resumed by running the same command again;
 - exit 0 done, 1 the source is not acceptable, 3 an environment problem (see ``--help``).
@@ -70,6 +72,7 @@ ENV_PATH_STYLE = "SOVEREIGN_S3_PATH_STYLE"
 ENV_CONCURRENCY = "SOVEREIGN_FETCH_CONCURRENCY"
 ENV_PART_SIZE = "SOVEREIGN_FETCH_PART_SIZE"
 ENV_REPORT = "SOVEREIGN_FETCH_REPORT"
+ENV_FSYNC = "SOVEREIGN_FETCH_FSYNC"
 
 _PLAIN_PROGRESS_EVERY_S = 10.0
 
@@ -114,6 +117,10 @@ class _Size(click.ParamType):
               show_default="16Mi",
               help="Bytes fetched by one GET (16Mi, 64Mi, ...; at least 1Mi); the parts of a "
                    f"multipart upload are never split when they fit. Env: {ENV_PART_SIZE}.")
+@click.option("--fsync/--no-fsync", envvar=ENV_FSYNC, default=False, show_default=True,
+              help="Flush every file to disk before recording it as verified: for a volume other "
+                   "nodes read (a shared cache). Without, the manifest records this boot and a "
+                   f"later run after a reboot hashes the files again. Env: {ENV_FSYNC}=true.")
 @click.option("--verify-existing", is_flag=True,
               help="Re-hash files an earlier run already verified, instead of trusting its manifest.")
 @click.option("--report-file", envvar=ENV_REPORT, type=click.Path(dir_okay=False, path_type=Path),
@@ -125,7 +132,8 @@ class _Size(click.ParamType):
               help="auto: a progress bar on a terminal, log lines otherwise.")
 def command(endpoint: str | None, region: str, bucket: str, path: str, dest: Path,
             allowed_regions: str, path_style: bool, concurrency: int, part_size: int,
-            verify_existing: bool, report_file: Path | None, progress_mode: str) -> None:
+            fsync: bool, verify_existing: bool, report_file: Path | None,
+            progress_mode: str) -> None:
     """Copy s3://BUCKET/PATH/ into DEST, in parallel ranged GETs, verified and resumable.
 
     Files an earlier run verified are skipped, a copy killed half-way continues from the parts
@@ -157,7 +165,7 @@ def command(endpoint: str | None, region: str, bucket: str, path: str, dest: Pat
                 report = fetch_model(store=store, bucket=bucket, path=path, dest=dest,
                                      allowed_regions=regions, concurrency=concurrency,
                                      part_size=part_size, verify_existing=verify_existing,
-                                     progress=progress)
+                                     durable=fsync, progress=progress)
         except (FetchError, BucketNotFound) as err:
             log.error("%s", err)
             sys.exit(1)

@@ -30,6 +30,7 @@ LOADER_DEST = "SOVEREIGN_MODEL_DIR"
 LOADER_ALLOWED_REGIONS = "SOVEREIGN_ALLOWED_REGIONS"
 LOADER_PATH_STYLE = "SOVEREIGN_S3_PATH_STYLE"
 LOADER_REPORT = "SOVEREIGN_FETCH_REPORT"
+LOADER_FSYNC = "SOVEREIGN_FETCH_FSYNC"
 #: Where Kubernetes takes a container's termination message from (the default path).
 TERMINATION_LOG = "/dev/termination-log"
 MODELS_ROOT = "/models"
@@ -68,6 +69,9 @@ def loader(stack: SovereignStack, model: ModelSpec, store: DataStore, facts: Clu
     }
     if report:
         env.append(pod.value(LOADER_REPORT, TERMINATION_LOG))
+        # The cache Job's files are read from other nodes, where this node's boot vouches for
+        # nothing: flushed to disk, its manifest vouches for them on any node.
+        env.append(pod.value(LOADER_FSYNC, "true"))
     container["env"] = pod.sorted_env(env)
     container["volumeMounts"] = [{"name": "weights", "mountPath": MODELS_ROOT}]
     if report:

@@ -203,6 +203,7 @@ def fetch_model(
     concurrency: int = DEFAULT_CONCURRENCY,
     part_size: int = DEFAULT_PART_SIZE,
     verify_existing: bool = False,
+    durable: bool = False,
     attempts: int = 3,
     progress: Progress | None = None,
 ) -> FetchReport:
@@ -210,8 +211,9 @@ def fetch_model(
 
     ``concurrency``: ranged GETs in flight at once, across and within files; ``part_size``:
     bytes per GET (aligned to the parts of multipart uploads). ``verify_existing`` re-hashes
-    files the manifest already vouches for. ``attempts`` bounds the resumptions of one range
-    after broken connections. Raises ``FetchError`` (input or
+    files the manifest already vouches for. ``durable`` fsyncs every file before it is recorded
+    (for volumes other nodes read; otherwise the manifest records the boot instead, see
+    ``_Manifest``). ``attempts`` bounds the resumptions of one range after broken connections. Raises ``FetchError`` (input or
     content problems) or ``stores.errors.StoreError`` (endpoint, credentials, permissions).
     """
     prefix = normalize_prefix(path)
@@ -239,7 +241,7 @@ def fetch_model(
         raise FetchError(f"the destination {dest} is not a directory: point --dest at the model volume")
     dest.mkdir(parents=True, exist_ok=True)
     with _exclusive(dest / LOCK_NAME):
-        job = _Job(store=store, bucket=bucket, dest=dest, manifest=_Manifest(dest / MANIFEST_NAME),
+        job = _Job(store=store, bucket=bucket, dest=dest, manifest=_Manifest(dest / MANIFEST_NAME, durable=durable),
                    verify_existing=verify_existing, attempts=attempts, part_size=part_size,
                    progress=progress)
         progress.begin(source=source, files=len(wanted), total_bytes=sum(o.size for _, o in wanted))
@@ -380,12 +382,13 @@ class _Manifest:
     id instead. While the machine has not restarted, the page cache is the file, whether or not
     it reached the disk; after a restart an entry of another boot vouches for nothing and the
     file is hashed again, so bytes lost with the page cache are found and fetched. Where no
-    boot id can be read, files are fsynced before they are recorded.
+    boot id can be read, or with ``durable`` (a volume other nodes read, such as a shared cache,
+    where this node's boot says nothing), files are fsynced and their entries vouch anywhere.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, durable: bool = False) -> None:
         self.path = path
-        self.boot = _boot_id()
+        self.boot = None if durable else _boot_id()
         self._lock = threading.Lock()
         self._files: dict[str, dict[str, object]] = {}
         try:

@@ -66,6 +66,9 @@ def test_the_loader_jobs_deadline_grows_with_the_weights_and_the_shared_replicas
     stack = _stack("full", "chat", layout="SharedVolume", storageClassName="regional-files")
     job = _objects(stack, facts, "chat")["Job"]
     assert job["spec"]["activeDeadlineSeconds"] == 120 + 300 * 1024 // 50 + 6 * 120
+    (loader,) = job["spec"]["template"]["spec"]["containers"]
+    assert {"name": "SOVEREIGN_FETCH_FSYNC", "value": "true"} in loader["env"], \
+        "a cache other nodes read is flushed before its manifest vouches for it"
 
     filled = _filled(stack, "chat", facts, files=3)
     deployment = _objects(stack, filled, "chat")["Deployment"]
