@@ -8,8 +8,9 @@ only then does the model's Deployment appear; its replica mounts the claim read-
 answers a completion. Scaling to two replicas reads nothing more of the weights from the
 bucket: MinIO's own count of bytes sent (its metrics, read from outside every client) moves by
 no more than the operator's periodic store checks. Deleting the stack keeps the claim (the
-store's ``deletionPolicy`` is Retain). With ``cache.layout: PerNode`` the first replica's loader fills a directory of the real
-node, and a second replica on the node finds it verified: its loader downloads nothing.
+store's ``deletionPolicy`` is Retain). With ``cache.layout: PerNode`` the first replica's loader
+fills a directory of the real node, and a second replica on the node finds it verified: its
+loader downloads nothing.
 
 What is asserted is what a user sees: the stack's status and conditions, the Job, pods and
 claim (``kubectl``), HTTP answers through the Service, and the store's own metrics.
@@ -26,6 +27,7 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
+from sovereign.kube.client import Kube
 from sovereign.render import names
 from sovereign.render.cache import NODE_CACHE_ROOT
 from sovereign_dev import engine
@@ -121,6 +123,16 @@ def test_the_weights_are_copied_once_into_a_shared_cache_and_a_second_replica_re
     assert pod.spec.node_name == real_cluster.node.name and not pod.spec.init_containers, "the replica copies nothing"
     weights = next(v for v in pod.spec.volumes if v.name == "weights")
     assert (weights.persistent_volume_claim.claim_name, weights.persistent_volume_claim.read_only) == (name, True)
+
+    # The loader's log, as the operator reads a running one's progress (Kube.pod_log, the kubelet's).
+    (filler,) = core.list_namespaced_pod(path.namespace, label_selector=f"job-name={name}").items
+    kube = Kube(real_cluster.api_client())
+    try:
+        log = kube.pod_log(namespace=path.namespace, name=filler.metadata.name, container="fetch-model",
+                           tail_lines=20)
+    finally:
+        kube.close()
+    assert f"fetching s3://{path.bucket}/{engine.model_key(WEIGHTS)}" in log and "1 downloaded" in log, log
 
     cache = path.stack()["status"]["models"][0]["cache"]
     assert {k: cache[k] for k in ("layout", "name", "state", "files", "bytes", "downloadedBytes", "verified")} == {

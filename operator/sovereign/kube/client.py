@@ -30,7 +30,7 @@ from kubernetes.client.exceptions import ApiException
 
 from sovereign import __version__
 from sovereign.kube import errors
-from sovereign.kube.resources import EVENT, ResourceType, resource_type
+from sovereign.kube.resources import EVENT, POD, ResourceType, resource_type
 
 #: The one field manager of everything the operator applies.
 FIELD_MANAGER = "sovereign-operator"
@@ -156,6 +156,15 @@ class Kube:
                              f"{path.lstrip('/')}", body=dict(body), content_type="application/json",
                              action=f"POST /{path.lstrip('/')} to", what=what, timeout=timeout)
 
+    def pod_log(self, *, namespace: str, name: str, container: str, tail_lines: int) -> str:
+        """The last ``tail_lines`` lines of a container's log (the kubelet's, through the apiserver)."""
+        path = POD.path(namespace=namespace, name=name, subresource="log")
+        data = self._send("GET", path, query=[("container", container), ("tailLines", str(tail_lines))],
+                          # The log is plain text whatever is asked; the apiserver refuses an Accept
+                          # without a type it negotiates (406), so kubectl's header.
+                          accept="application/json, */*", action="read the log of", what=f"pod {namespace}/{name}")
+        return data.decode(errors="replace")
+
     # -- internals ------------------------------------------------------------------------------
 
     def _apply(self, obj: Mapping[str, Any], *, subresource: str | None, dry_run: bool) -> Manifest:
@@ -179,7 +188,15 @@ class Kube:
     def _request(self, method: str, path: str, *, action: str, what: str, query: Sequence[tuple[str, str]] = (),
                  body: Any = None, content_type: str | None = None,
                  timeout: float = READ_TIMEOUT) -> Manifest:
-        headers = {"Accept": "application/json"}
+        data = self._send(method, path, action=action, what=what, query=query, body=body,
+                          content_type=content_type, timeout=timeout)
+        return json.loads(data) if data else {}
+
+    def _send(self, method: str, path: str, *, action: str, what: str, query: Sequence[tuple[str, str]] = (),
+              body: Any = None, content_type: str | None = None, accept: str = "application/json",
+              timeout: float = READ_TIMEOUT) -> bytes:
+        """The answer's body; ``kube.errors`` for trouble and for any status but 2xx."""
+        headers = {"Accept": accept}
         if content_type:
             headers["Content-Type"] = content_type
         try:
@@ -196,7 +213,7 @@ class Kube:
             raise errors.Unavailable(f"could not {action} {what}: apiserver unreachable ({err})", what=what) from err
         if not 200 <= response.status <= 299:
             raise errors.from_response(status=response.status, body=data, action=action, what=what)
-        return json.loads(data) if data else {}
+        return data
 
 
 def load_api_client(*, kubeconfig: str | None) -> client.ApiClient:

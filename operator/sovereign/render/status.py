@@ -495,7 +495,8 @@ def _cache_status(stack: SovereignStack, model: ModelSpec, facts: ClusterFacts) 
             layout=layout.value, name=name, state=fill.state, files=int(report.get("files", 0)),
             bytes=int(report.get("bytes", 0)), downloaded_bytes=int(report.get("downloadedBytes", 0)),
             verified=bool(report.get("verified", False)), filled_at=fill.completed,
-            message=f"{report.get('files', 0)} file(s), {report.get('bytes', 0)} bytes from {report.get('source', 'the store')}"
+            message=(f"{report.get('files', 0)} file(s), {report.get('bytes', 0)} bytes "
+                     f"from {report.get('source', 'the store')}")
             if report else "filled (the loader left no report)")
     what = "filling" if fill.state is FillState.FILLING else "fill failed"
     advice = f"; delete Job {name} to fill it again once the cause is fixed" if fill.state is FillState.FAILED else ""

@@ -5,10 +5,11 @@ Two inputs of a pass, both folded into ``ClusterFacts`` before the stack is rend
 - ``with_cache_checks``: each model's ``cache.layout`` against the cluster's StorageClasses
   (``policy.model_cache``); a model whose SharedVolume cache the cluster cannot provide is held
   back, its Deployment at zero replicas, with the policy's message in ``ModelsReady``.
-- ``observe_caches``: each SharedVolume cache's loader Job among the stack's children: filling,
-  filled or failed, and, from its pods' termination messages, what the loader reported (files,
-  bytes, bytes downloaded, verified) or, when it failed, the end of its log. One list of the
-  stack's cache pods per pass, and only for a stack with a shared cache.
+- ``observe_caches``: each SharedVolume cache's loader Job among the stack's children: filling
+  (with the loader's last progress line, from the end of its log), filled or failed, and, from
+  its pods' termination messages, what the loader reported (files, bytes, bytes downloaded,
+  verified) or, when it failed, the end of its log. One list of the stack's cache pods per pass,
+  and only for a stack with a shared cache; one log read per cache being filled.
 
 Called by ``services.reconcile``.
 """
@@ -22,6 +23,7 @@ from datetime import datetime
 from typing import Any
 
 from sovereign.api import CacheLayout, SovereignStack
+from sovereign.kube import errors
 from sovereign.kube.client import Kube
 from sovereign.kube.resources import POD
 from sovereign.policy.model_cache import check_cache
@@ -31,6 +33,12 @@ from sovereign.render.facts import CacheFill, ClusterFacts, FillState, Hold
 from sovereign.render.names import Component, ObjectKey
 
 Manifest = Mapping[str, Any]
+
+#: What the loader prints before its figures every few seconds (``cli.fetch_model``), and how
+#: much of its log is read to find the last such line.
+PROGRESS = "progress: "
+LOG_TAIL_LINES = 20
+LOADER_CONTAINER = "fetch-model"
 
 
 def with_cache_checks(facts: ClusterFacts, *, stack: SovereignStack) -> ClusterFacts:
@@ -48,7 +56,8 @@ def with_cache_checks(facts: ClusterFacts, *, stack: SovereignStack) -> ClusterF
     return replace(facts, held_back=held)
 
 
-def observe_caches(*, kube: Kube, stack: SovereignStack, children: Mapping[ObjectKey, Manifest]) -> dict[str, CacheFill]:
+def observe_caches(*, kube: Kube, stack: SovereignStack,
+                   children: Mapping[ObjectKey, Manifest]) -> dict[str, CacheFill]:
     """Each SharedVolume model's current cache, by model name."""
     namespace = names.stack_namespace(stack)
     shared = [model for model in stack.spec.models
@@ -63,7 +72,32 @@ def observe_caches(*, kube: Kube, stack: SovereignStack, children: Mapping[Objec
         selector = ",".join(f"{key}={value}" for key, value in {
             names.STACK_LABEL: names.stack_name(stack), names.COMPONENT_LABEL: Component.MODEL_CACHE.value}.items())
         pods = kube.list(POD, namespace=namespace, selector=selector)
-    return {model: fill_of(name=name, job=job, pods=pods) for model, (name, job) in jobs.items()}
+    fills = {}
+    for model, (name, job) in jobs.items():
+        fill = fill_of(name=name, job=job, pods=pods)
+        running = [p for p in pods if (p["metadata"].get("labels") or {}).get("job-name") == name
+                   and (p.get("status") or {}).get("phase") == "Running"]
+        if fill.state is FillState.FILLING and running:
+            fill = replace(fill, message=with_progress(fill.message, _log_tail(kube, namespace, running[-1])))
+        fills[model] = fill
+    return fills
+
+
+def with_progress(message: str, log: str) -> str:
+    """``message`` with the loader's last progress line from ``log`` (``progress: 412.0 MiB of
+    1.0 GiB (40%), 85 MB/s, ETA 7s``), when it printed one."""
+    lines = [line for line in log.splitlines() if PROGRESS in line]
+    return f"{message}: {lines[-1][lines[-1].index(PROGRESS):].strip()}" if lines else message
+
+
+def _log_tail(kube: Kube, namespace: str, pod: Manifest) -> str:
+    """The end of a running loader's log; empty when it cannot be read (progress is a nicety:
+    the fill's state comes from the Job)."""
+    try:
+        return kube.pod_log(namespace=namespace, name=pod["metadata"]["name"], container=LOADER_CONTAINER,
+                            tail_lines=LOG_TAIL_LINES)
+    except errors.KubeError:
+        return ""
 
 
 def fill_of(*, name: str, job: Manifest | None, pods: list[Manifest]) -> CacheFill:

@@ -283,7 +283,8 @@ def _carries(live: Mapping[str, Any] | None, desired: Mapping[str, Any]) -> bool
     return True
 
 
-def kept_as_is(*, stack: SovereignStack, facts: ClusterFacts, observed: Mapping[ObjectKey, Manifest]) -> list[ObjectKey]:
+def kept_as_is(*, stack: SovereignStack, facts: ClusterFacts,
+               observed: Mapping[ObjectKey, Manifest]) -> list[ObjectKey]:
     """Children a pass neither applies nor prunes: the live inference objects of a model whose
     new shared cache fills (its Deployments, a revision's included, and ScaledObject: what
     serves now keeps serving), and the claims the live Deployments' templates mount (a

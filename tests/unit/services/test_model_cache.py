@@ -13,7 +13,7 @@ from sovereign.policy.model_cache import check_cache
 from sovereign.render.cache import cache_name
 from sovereign.render.facts import CacheFill, ClusterFacts, FillState
 from sovereign.render.names import ObjectKey, object_key
-from sovereign.services.model_cache import fill_of, with_cache_checks
+from sovereign.services.model_cache import fill_of, with_cache_checks, with_progress
 from sovereign.services.reconcile import desired_objects, plan_changes, kept_as_is
 
 SAMPLE = Path(__file__).resolve().parents[3] / "manifests" / "samples" / "full.yaml"
@@ -55,8 +55,8 @@ def test_a_block_storage_class_is_refused_naming_the_field_and_the_ways_out() ->
 
 def test_an_admin_vouches_for_a_class_by_annotation_and_the_default_class_is_used_when_none_is_named() -> None:
     stack = _stack(layout="SharedVolume")
-    classes = {"local": _class("local", "sovereign.ai/dev-hostpath", **{DEFAULT: "true",
-                                                                      "sovereign.ai/access-modes": "ReadWriteOnce,ReadWriteMany"})}
+    annotations = {DEFAULT: "true", "sovereign.ai/access-modes": "ReadWriteOnce,ReadWriteMany"}
+    classes = {"local": _class("local", "sovereign.ai/dev-hostpath", **annotations)}
 
     assert check_cache(model=stack.spec.models[0], field="spec.models[0].cache", storage_classes=classes).ok
 
@@ -199,3 +199,14 @@ def test_while_a_new_cache_fills_every_live_revision_of_an_evaluated_model_keeps
 
     assert revisions, "the evaluated model runs a Deployment per revision"
     assert not revisions & {object_key(o) for o in plan.prune}, "a serving revision was pruned"
+
+
+def test_a_filling_cache_shows_the_loaders_last_progress_line() -> None:
+    log = ("2026-11-30 12:00:01 INFO fetching s3://b/models/q/: 37 files, 145.0 GiB\n"
+           "2026-11-30 12:00:11 INFO progress: 1.2 GiB of 145.0 GiB (1%), 128 MB/s, ETA 1140 s\n"
+           "2026-11-30 12:00:12 INFO downloaded model-00001.safetensors (3.9 GiB)\n"
+           "2026-11-30 12:00:21 INFO progress: 2.4 GiB of 145.0 GiB (2%), 129 MB/s, ETA 1131 s\n")
+
+    assert with_progress("loader Job c running", log) == (
+        "loader Job c running: progress: 2.4 GiB of 145.0 GiB (2%), 129 MB/s, ETA 1131 s")
+    assert with_progress("loader Job c running", "2026 INFO fetching s3://b/p/: 1 files\n") == "loader Job c running"
