@@ -1,22 +1,20 @@
 """Residency benchmarks: admission latency under load, and violation-to-status time.
 
-Against a local control plane, with the operator as a real ``sovereign run`` subprocess serving
-its webhooks on loopback (self-signed certificate) and its metrics on a loopback port:
+Against a local control plane, with the operator as a real ``sovereign run`` subprocess that has
+applied the residency admission policies and serves its lookup webhooks on loopback:
 
 - admission latency at ``RATES`` requests per second: server-side dry-run Pod creates
-  (``dryRun=All`` still calls every admission webhook) into a namespace governed by an
-  enforcing stack, each passing the mutating ``pod-region-affinity`` and the validating
-  ``pod-residency`` webhook; next to the same creates into an ungoverned namespace, where no
-  webhook is called (the apiserver's own cost). An open loop: request ``i`` is due at
-  ``start + i / rate`` and is sent by whichever of ``THREADS`` threads is free, so a slow answer
-  does not slow the rate down while threads remain (the achieved rate says when none did).
-  ``ROUNDS`` rounds of ``ROUND_SECONDS`` per rate and namespace; each round gives the
-  client-side p50/p99 (send to answer: apiserver, both webhooks and the dry-run admission
-  chain), and, from the round's increase of the operator's ``sovereign_webhook_duration_seconds``
-  (the handler's own time, without Kopf's HTTPS server around it), each webhook's p50/p99 as the
-  upper bound of the histogram bucket they fall in and its exact mean (sum / count); the CPU
-  share of the operator, etcd, the kube-apiserver and this load generator, and the operator's
-  CPU per admission review;
+  (``dryRun=All`` runs the whole admission chain) into a namespace governed by an enforcing
+  stack, where the apiserver's residency policies mutate (region affinity) and validate each pod
+  (no webhook is called: the pods name no node), next to the same creates into an ungoverned
+  namespace, in the same run, round for round; and, into the governed namespace, pods that name
+  an allowed region already (as the operator's own pods do), which are validated but need no
+  mutation. An open loop: request ``i`` is due at ``start + i / rate`` and is sent by whichever
+  of ``THREADS`` threads is free; its latency runs from when it was due, not from when it was
+  sent, so time spent waiting for a free thread (queueing) counts. ``ROUNDS`` rounds of ``ROUND_SECONDS`` per rate and namespace, alternating;
+  each round gives the p50/p99 and the rate the sends achieved; the ratio of each governed p99 to
+  the ungoverned one of the same round; and, for the governed plain pods, the CPU share of the
+  operator, etcd, the kube-apiserver and this load generator;
 - violation -> status: in a namespace whose stack is in Audit mode (audit period
   ``AUDIT_SECONDS``), a pod pinned to eu-west-1 is admitted with a warning; the clock runs
   from the create call's answer to the stack's ``status.violations`` listing the pod (polled
@@ -29,42 +27,37 @@ etcd and operator on the same cores), so the figures are an upper bound for a re
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from kubernetes import client, config
-from prometheus_client.parser import text_string_to_metric_families
 from sovereign.api import GROUP, PLURAL, VERSION
 from sovereign_dev import build
 from sovereign_dev.cluster import DevCluster, free_port, wait_until
 from sovereign_dev.scenario import OperatorProcess, WebhookOperator
-from sovereign.kube.admission import CONFIGURATION_NAME, GOVERNED_LABEL
-from sovereign.services.admission import POD_AFFINITY, POD_RESIDENCY
+from sovereign.kube.admission import CONFIGURATION_NAME
+from sovereign.render.names import GOVERNED_LABEL
 
 from bench.result import Result
 
-RATES = (50, 200)
+RATES = (50, 200, 500)
 ROUNDS = 3
 ROUND_SECONDS = 8.0
 WARMUP_REQUESTS = 50
-THREADS = 32
+THREADS = 64
 AUDIT_SECONDS = 2.0
 VIOLATIONS = 5
 POLL_SECONDS = 0.05
 WAIT = 120.0  # seconds; generous bound on every wait, the machine is shared
 REGION = "topology.kubernetes.io/region"
 ENFORCED, AUDITED, FREE = "bench-enforce", "bench-audit", "bench-free"
-HISTOGRAM = "sovereign_webhook_duration_seconds"
 OPERATOR = "the operator"
 
 
@@ -90,8 +83,7 @@ def run() -> list[Result]:
                          "kube-apiserver": cluster.components["kube-apiserver"].process.pid,
                          "the load generator": os.getpid()}
             for rate in RATES:
-                results += _admission_latency(load, functools.partial(_scrape, metrics_port), rate=rate,
-                                              processes=processes)
+                results += _admission_latency(load, rate=rate, processes=processes)
             load.close()
             results.append(_violation_to_status(api))
         except BaseException:
@@ -104,7 +96,8 @@ def run() -> list[Result]:
 
 
 def _governed_namespace(api: client.ApiClient, name: str, *, enforcement: str, operator: OperatorProcess) -> None:
-    """A namespace holding one stack allowed only me-central-1, once the operator governs it."""
+    """A namespace holding one stack allowed only me-central-1, once the operator governs it and
+    the apiserver's residency policies act there (a new pod gets the region affinity)."""
     core = client.CoreV1Api(api)
     _namespace(api, name)
     client.CustomObjectsApi(api).create_namespaced_custom_object(GROUP, VERSION, name, PLURAL, {
@@ -112,6 +105,10 @@ def _governed_namespace(api: client.ApiClient, name: str, *, enforcement: str, o
         "spec": {"residency": {"jurisdiction": "QA", "regions": ["me-central-1"], "enforcement": enforcement}}})
     _wait_alive(operator, lambda: (core.read_namespace(name).metadata.labels or {}).get(GOVERNED_LABEL) == "true",
                 f"namespace {name} labelled {GOVERNED_LABEL}")
+    probe = {"apiVersion": "v1", "kind": "Pod", "metadata": {"generateName": "probe-"},
+             "spec": {"containers": [{"name": "app", "image": "registry.gov.qa/app:1"}]}}
+    _wait_alive(operator, lambda: core.create_namespaced_pod(name, probe, dry_run="All").spec.affinity,
+                f"the residency policies in {name}")
 
 
 def _namespace(api: client.ApiClient, name: str) -> None:
@@ -123,9 +120,8 @@ def _namespace(api: client.ApiClient, name: str) -> None:
 
 def _wait_for_webhooks(api: client.ApiClient, operator: OperatorProcess) -> None:
     admission = client.AdmissionregistrationV1Api(api)
-    _wait_alive(operator, lambda: admission.read_mutating_webhook_configuration(CONFIGURATION_NAME)
-                and admission.read_validating_webhook_configuration(CONFIGURATION_NAME),
-                "the residency webhook configurations")
+    _wait_alive(operator, lambda: admission.read_validating_webhook_configuration(CONFIGURATION_NAME),
+                "the residency webhook configuration")
 
 
 def _wait_alive(operator: OperatorProcess, predicate: Callable[[], Any], message: str) -> Any:
@@ -144,7 +140,7 @@ def _wait_alive(operator: OperatorProcess, predicate: Callable[[], Any], message
 
 
 class _LoadClient:
-    """Dry-run Pod creates into the enforced namespace at a fixed rate from a bounded thread pool."""
+    """Dry-run Pod creates at a fixed rate from a bounded thread pool."""
 
     def __init__(self, cluster: DevCluster, *, threads: int) -> None:
         configuration = client.Configuration()
@@ -156,11 +152,14 @@ class _LoadClient:
         self.threads = threads
         self.pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"generateName": "probe-"},
                     "spec": {"containers": [{"name": "app", "image": "registry.gov.qa/app:1"}]}}
+        # As the operator's own pods and those of workloads that name their region arrive.
+        self.pinned_pod = {**self.pod, "spec": {**self.pod["spec"], "nodeSelector": {REGION: "me-central-1"}}}
 
-    def drive(self, *, namespace: str, rate: float, count: int) -> tuple[list[float], float]:
-        """Send ``count`` requests at ``rate`` per second; their latencies (s) and the rate the
-        sends achieved. The answer must carry the region affinity exactly when ``namespace`` is
-        the governed one (the mutating webhook ran, or was not called).
+    def drive(self, *, namespace: str, rate: float, count: int, pinned: bool = False) -> tuple[list[float], float]:
+        """Send ``count`` requests at ``rate`` per second, of a plain pod or (``pinned``) one that
+        names an allowed region already; their latencies (s, from when each was due) and the rate
+        the sends achieved. The answer must carry the region affinity exactly when a plain pod went
+        to the governed namespace (the mutating policy ran, or had nothing to do).
 
         Stops sending once ``count / rate`` seconds plus a grace of ``WAIT`` have passed, so an
         overloaded cluster ends the round instead of running on; any failure ends the benchmark.
@@ -172,7 +171,8 @@ class _LoadClient:
         issued = iter(range(count))
         began = time.monotonic()
         deadline = began + count / rate + WAIT
-        pinned = namespace == ENFORCED
+        body_sent = self.pinned_pod if pinned else self.pod
+        mutated = namespace == ENFORCED and not pinned
 
         def worker() -> None:
             while True:
@@ -180,16 +180,17 @@ class _LoadClient:
                     index = next(issued, None)
                 if index is None or failures or time.monotonic() > deadline:
                     return
-                time.sleep(max(0.0, began + index / rate - time.monotonic()))
+                due = began + index / rate
+                time.sleep(max(0.0, due - time.monotonic()))
                 sent = time.monotonic()
                 try:
-                    body = self.core.create_namespaced_pod(namespace, self.pod, dry_run="All",
+                    body = self.core.create_namespaced_pod(namespace, body_sent, dry_run="All",
                                                            _preload_content=False).data
-                    failure = None if (b'"affinity"' in body) == pinned else (
-                        f"the region affinity {'missing' if pinned else 'present'} in {namespace}: {body[:300]!r}")
+                    failure = None if (b'"affinity"' in body) == mutated else (
+                        f"the region affinity {'missing' if mutated else 'present'} in {namespace}: {body[:300]!r}")
                 except client.ApiException as err:
                     failure = f"HTTP {err.status}: {str(err.body)[:300]}"
-                took = time.monotonic() - sent
+                took = time.monotonic() - due
                 with lock:
                     if failure:
                         failures.append(failure)
@@ -212,38 +213,30 @@ class _LoadClient:
         self.api.close()
 
 
-def _admission_latency(load: _LoadClient, scrape: Callable[[], dict[str, _Histogram]], *, rate: int,
-                       processes: dict[str, int]) -> list[Result]:
-    """``ROUNDS`` rounds at ``rate``, each one into the ungoverned namespace (no webhook called:
-    the baseline) and then into the governed one."""
+def _admission_latency(load: _LoadClient, *, rate: int, processes: dict[str, int]) -> list[Result]:
+    """``ROUNDS`` rounds at ``rate``, each one of plain pods into the ungoverned namespace (the
+    baseline), then into the governed one (mutated and validated), then of pods that name an
+    allowed region already into the governed one (validated only: what the operator renders)."""
     count = int(rate * ROUND_SECONDS)
-    prefix = f"dry-run Pod create at {rate} rps"
-    governed = _ClientFigures(f"{prefix}, governed (apiserver + both webhooks)", count)
-    baseline = _ClientFigures(f"{prefix}, ungoverned baseline (no webhook)", count)
-    hooks = {hook.id: (Result(f"{prefix}: {kind} {hook.id} p50 (upper bound of its histogram bucket)", "ms"),
-                       Result(f"{prefix}: {kind} {hook.id} p99 (upper bound of its histogram bucket)", "ms"),
-                       Result(f"{prefix}: {kind} {hook.id} mean (histogram sum / count)", "ms"))
-             for hook, kind in ((POD_AFFINITY, "mutating"), (POD_RESIDENCY, "validating"))}
-    cpu = {name: Result(f"{prefix}, governed: CPU of {name} (% of one core)", "%") for name in processes}
-    per_review = Result(f"{prefix}, governed: CPU of the operator per admission review", "ms")
+    prefix = f"dry-run Pod create at {rate} rps, open loop"
+    governed = _ClientFigures(f"{prefix}, governed, plain pod (region affinity added, then validated)", count)
+    pinned = _ClientFigures(f"{prefix}, governed, pod naming an allowed region (validated only)", count)
+    baseline = _ClientFigures(f"{prefix}, ungoverned baseline", count)
+    ratio = Result(f"{prefix}: governed plain pod p99 / ungoverned p99 (same round)", "x")
+    ratio_pinned = Result(f"{prefix}: governed pinned pod p99 / ungoverned p99 (same round)", "x")
+    cpu = {name: Result(f"{prefix}, governed plain pods: CPU of {name} (% of one core)", "%") for name in processes}
     for _ in range(ROUNDS):
-        baseline.add(*load.drive(namespace=FREE, rate=rate, count=count))
-        before, used_before = scrape(), {name: _cpu_seconds(pid) for name, pid in processes.items()}
+        free = baseline.add(*load.drive(namespace=FREE, rate=rate, count=count))
+        used_before = {name: _cpu_seconds(pid) for name, pid in processes.items()}
         began = time.monotonic()
-        governed.add(*load.drive(namespace=ENFORCED, rate=rate, count=count))
+        held = governed.add(*load.drive(namespace=ENFORCED, rate=rate, count=count))
         elapsed = time.monotonic() - began
-        after = scrape()
-        used = {name: _cpu_seconds(pid) - used_before[name] for name, pid in processes.items()}
-        for name in processes:
-            cpu[name].samples.append(round(100 * used[name] / elapsed, 1))
-        reviews = sum(after[hook].count - before[hook].count for hook in hooks)
-        per_review.samples.append(round(1000 * used[OPERATOR] / reviews, 2))
-        for hook, (p50, p99, mean) in hooks.items():
-            served = after[hook].since(before.get(hook))
-            p50.samples.append(_ms(served.bucket_bound(0.50)))
-            p99.samples.append(_ms(served.bucket_bound(0.99)))
-            mean.samples.append(round(1000 * served.total / served.count, 3))
-    return [*governed.results, *baseline.results, *(r for trio in hooks.values() for r in trio), *cpu.values(), per_review]
+        for name, pid in processes.items():
+            cpu[name].samples.append(round(100 * (_cpu_seconds(pid) - used_before[name]) / elapsed, 1))
+        kept = pinned.add(*load.drive(namespace=ENFORCED, rate=rate, count=count, pinned=True))
+        ratio.samples.append(round(held / free, 2))
+        ratio_pinned.samples.append(round(kept / free, 2))
+    return [*governed.results, *pinned.results, *baseline.results, ratio, ratio_pinned, *cpu.values()]
 
 
 class _ClientFigures:
@@ -254,10 +247,12 @@ class _ClientFigures:
         self.p99 = Result(f"{prefix}: client p99", "ms")
         self.achieved = Result(f"{prefix}: achieved rate ({count} requests per round)", "rps")
 
-    def add(self, latencies: list[float], reached: float) -> None:
+    def add(self, latencies: list[float], reached: float) -> float:
+        """Record a round; its p99 (s)."""
         self.p50.samples.append(_ms(_percentile(latencies, 0.50)))
         self.p99.samples.append(_ms(_percentile(latencies, 0.99)))
         self.achieved.samples.append(round(reached, 1))
+        return _percentile(latencies, 0.99)
 
     @property
     def results(self) -> list[Result]:
@@ -279,51 +274,6 @@ def _cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     # After the command name: state is field 3, utime and stime are fields 14 and 15.
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-@dataclass(frozen=True)
-class _Histogram:
-    """One webhook's series of ``sovereign_webhook_duration_seconds``: cumulative ``(le, count)``
-    buckets in order, and the sum of the observed seconds."""
-
-    buckets: tuple[tuple[float, float], ...]
-    total: float
-
-    @property
-    def count(self) -> float:
-        return self.buckets[-1][1]
-
-    def since(self, earlier: _Histogram | None) -> _Histogram:
-        """What was observed after ``earlier`` (a scrape of the same series)."""
-        if earlier is None:
-            return self
-        counts = dict(earlier.buckets)
-        return _Histogram(tuple((le, count - counts.get(le, 0.0)) for le, count in self.buckets),
-                          self.total - earlier.total)
-
-    def bucket_bound(self, q: float) -> float:
-        """The upper bound of the bucket the ``q`` quantile falls in: all a histogram knows for
-        sure (``histogram_quantile``'s interpolation within it is a guess); inf past the last."""
-        rank = q * self.count
-        return next(le for le, count in self.buckets if count >= rank)
-
-
-def _scrape(port: int) -> dict[str, _Histogram]:
-    """The operator's ``sovereign_webhook_duration_seconds``, by webhook."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
-        text = response.read().decode()
-    buckets: dict[str, list[tuple[float, float]]] = {}
-    totals: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        if family.name != HISTOGRAM:
-            continue
-        for sample in family.samples:
-            hook = sample.labels["webhook"]
-            if sample.name == f"{HISTOGRAM}_bucket":
-                buckets.setdefault(hook, []).append((float(sample.labels["le"]), sample.value))
-            elif sample.name == f"{HISTOGRAM}_sum":
-                totals[hook] = sample.value
-    return {hook: _Histogram(tuple(sorted(entries)), totals[hook]) for hook, entries in buckets.items()}
 
 
 # --- violation -> status --------------------------------------------------------------------------

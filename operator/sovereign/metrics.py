@@ -75,7 +75,7 @@ RESIDENCY_VIOLATIONS = Gauge(
 )
 WEBHOOK_DECISIONS = Counter(
     "sovereign_webhook_decisions_total",
-    "Admission decisions, by webhook, kind of object, decision (allowed, denied, audited, mutated) and rule.",
+    "Lookup webhook decisions, by webhook, kind of object, decision (allowed, denied, audited) and rule.",
     ["webhook", "kind", "decision", "rule"],
     registry=REGISTRY,
 )

@@ -242,7 +242,7 @@ class DevEnvironment:
 
         env = {"KUBECONFIG": self.cluster.kubeconfig}
         self.phase = "starting the operator"
-        # Loopback only. The metrics server binds port 0 itself; Kopf's webhook server needs its
+        # Loopback only. The metrics server binds port 0 itself; the lookup webhook server needs its
         # port up front, so that one is picked, and picked again if it was taken meanwhile.
         self._spawn("operator", lambda: [
             sys.executable, "-m", "sovereign", "run", "--all-namespaces", "--standalone",

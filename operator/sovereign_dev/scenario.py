@@ -29,6 +29,7 @@ from sovereign_dev.cluster import REPO_ROOT, DevCluster, free_port, wait_until
 from sovereign_dev.minio import MinioServer
 from sovereign.kube.admission import CONFIGURATION_NAME
 from sovereign.kube.client import USER_AGENT
+from sovereign.policy.residency_admission import admission_policies
 from sovereign.render.names import (
     KARPENTER_NODEPOOL_LABEL,
     OWNER_ANNOTATION,
@@ -204,8 +205,9 @@ class OperatorProcess:
 
 
 class WebhookOperator(OperatorProcess):
-    """``sovereign run`` serving its admission webhooks on loopback, as the chart's operator does,
-    and its metrics on ``metrics_port``. Its webhook configurations fail closed and outlive it:
+    """``sovereign run`` with residency admission (the apiserver's policies, and its lookup
+    webhooks on loopback), as the chart's operator runs, and its metrics on ``metrics_port``. The
+    policies and the webhook configuration outlive it (they keep enforcing, and failing closed):
     ``remove_webhooks`` when the cluster is shared."""
 
     def __init__(self, *, audit_seconds: float, metrics_port: int, **kwargs: Any) -> None:
@@ -223,11 +225,27 @@ class WebhookOperator(OperatorProcess):
 
     @staticmethod
     def remove_webhooks(api: client.ApiClient) -> None:
-        admission = client.AdmissionregistrationV1Api(api)
-        for delete in (admission.delete_mutating_webhook_configuration,
-                       admission.delete_validating_webhook_configuration):
-            with contextlib.suppress(client.ApiException):
-                delete(CONFIGURATION_NAME)
+        """Remove the residency webhook configuration, policies and bindings from the cluster."""
+        remove_residency_admission(api)
+
+
+def remove_residency_admission(api: client.ApiClient) -> None:
+    """Delete what residency admission installs cluster-wide (the webhook configuration, the
+    mutating one of earlier versions, the policies and bindings), so a shared test cluster does
+    not keep enforcing for an operator that is gone. Parameter ConfigMaps go with their namespaces."""
+    admission = client.AdmissionregistrationV1Api(api)
+    for delete in (admission.delete_mutating_webhook_configuration,
+                   admission.delete_validating_webhook_configuration):
+        with contextlib.suppress(client.ApiException):
+            delete(CONFIGURATION_NAME)
+    deletes = {"ValidatingAdmissionPolicy": admission.delete_validating_admission_policy,
+               "ValidatingAdmissionPolicyBinding": admission.delete_validating_admission_policy_binding,
+               "MutatingAdmissionPolicy": admission.delete_mutating_admission_policy,
+               "MutatingAdmissionPolicyBinding": admission.delete_mutating_admission_policy_binding}
+    # Bindings first, then the policies they name.
+    for obj in reversed(admission_policies(operator_users=["-"])):
+        with contextlib.suppress(client.ApiException):
+            deletes[obj["kind"]](obj["metadata"]["name"])
 
 
 def operator_writes(cluster: DevCluster, *, after: int = 0) -> list[dict[str, Any]]:

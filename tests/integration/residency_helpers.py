@@ -1,9 +1,11 @@
 """Shared by the residency integration tests: the operator's residency handlers in this process.
 
 ``operator`` (module-scoped) runs Kopf in a thread with ``handlers.residency`` and
-``handlers.admission`` on one registry, serving HTTPS on 127.0.0.1 with a self-signed
-certificate, so the local kube-apiserver calls the webhooks for every pod, claim, Service and
-stack it admits; the audit runs every ``AUDIT_SECONDS`` and its metric can be read directly.
+``handlers.admission`` on one registry: the residency admission policies are applied to the local
+kube-apiserver (which then judges every pod, workload and Service of a governed namespace itself),
+and the lookup webhooks are served over HTTPS on 127.0.0.1 with a self-signed certificate; the
+audit runs every ``AUDIT_SECONDS`` and its metric can be read directly. At the end of the module,
+the policies and the webhook configuration are removed from the shared cluster.
 Import the fixtures into a test module (``from residency_helpers import operator, governed``).
 """
 
@@ -19,9 +21,11 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 from sovereign.api import GROUP, PLURAL, VERSION
 from sovereign_dev.cluster import free_port, wait_until
+from sovereign_dev.scenario import remove_residency_admission
 from sovereign.handlers import admission, residency
-from sovereign.kube.admission import CONFIGURATION_NAME, GOVERNED_LABEL
+from sovereign.kube.admission import CONFIGURATION_NAME
 from sovereign.kube.client import Kube
+from sovereign.render.names import GOVERNED_LABEL
 
 AUDIT_SECONDS = 2
 WAIT = 90  # seconds; generous, the machine is shared
@@ -50,21 +54,15 @@ def operator(cluster, api_client) -> Iterator[None]:
     admission_api = client.AdmissionregistrationV1Api(api_client)
     try:
         assert ready.wait(WAIT), "the operator did not start"
-        wait_until(lambda: admission_api.read_validating_webhook_configuration(CONFIGURATION_NAME)
-                   and admission_api.read_mutating_webhook_configuration(CONFIGURATION_NAME),
-                   timeout=WAIT, message="the residency webhook configurations")
+        wait_until(lambda: admission_api.read_validating_webhook_configuration(CONFIGURATION_NAME),
+                   timeout=WAIT, message="the residency webhook configuration")
         yield
     finally:
         stop.set()
         thread.join(WAIT)
-        # In a real cluster the configurations stay and fail closed while the operator is away;
-        # the shared test cluster must not keep calling a server that is gone.
-        for delete in (admission_api.delete_validating_webhook_configuration,
-                       admission_api.delete_mutating_webhook_configuration):
-            try:
-                delete(CONFIGURATION_NAME)
-            except ApiException:
-                pass
+        # In a real cluster the policies and the configuration stay (enforcing, and failing closed)
+        # while the operator is away; the shared test cluster must not keep them.
+        remove_residency_admission(api_client)
         kube.close()
 
 
@@ -85,10 +83,16 @@ def read_stack(api_client, namespace: str, name: str = "citizen") -> dict:
 
 
 def wait_governed(api_client, namespace: str) -> None:
-    """Wait until the operator has labelled ``namespace`` governed."""
+    """Wait until the operator has labelled ``namespace`` governed and the apiserver applies the
+    residency policies there (a new pod gets the region affinity: the parameters and the label
+    have reached the policies' caches)."""
     core = client.CoreV1Api(api_client)
     wait_until(lambda: (core.read_namespace(namespace).metadata.labels or {}).get(GOVERNED_LABEL) == "true",
                timeout=WAIT, message=f"namespace {namespace} labelled {GOVERNED_LABEL}")
+    probe = {"apiVersion": "v1", "kind": "Pod", "metadata": {"generateName": "probe-"},
+             "spec": {"containers": [{"name": "app", "image": "registry.gov.qa/app:1"}]}}
+    wait_until(lambda: core.create_namespaced_pod(namespace, probe, dry_run="All").spec.affinity is not None,
+               timeout=WAIT, interval=0.2, message=f"the residency policies applied in {namespace}")
 
 
 @pytest.fixture

@@ -21,12 +21,15 @@ import pytest
 from kubernetes import client
 from rbac_helpers import ChartAccess, install_chart_access, make_gpu_node
 
-from sovereign.api import GROUP, PLURAL, VERSION
+from sovereign.api import GROUP, PLURAL, VERSION, Residency
 from sovereign_dev.cluster import wait_until
 from sovereign.kube import admission as kube_admission
 from sovereign.kube import resources
 from sovereign_dev.scenario import SimulatedCloud
 from sovereign.kube.client import Kube
+from sovereign.policy.residency import scope_for
+from sovereign.policy.residency_admission import REGIONS_ANNOTATION, admission_policies, namespace_metadata
+from sovereign.render.names import GOVERNED_LABEL
 from sovereign.kube.nodes import (
     EVENTS_NAMESPACE,
     GPU_HEALTHY_CONDITION,
@@ -102,10 +105,15 @@ def test_the_operator_account_may_do_what_the_operator_does_and_nothing_more(api
         ("get", "secrets", None): (resources.SECRET, {"namespace": ns, "name": "s3-creds"}),
         ("create", "events", None): (resources.EVENT, {"namespace": ns}),
         ("create", "pods", "eviction"): (resources.POD, {"namespace": ns, "subresource": "eviction"}),
-        **{(verb, plural, None): (_resource(kube_admission.ADMISSION_API, plural, False),
-                                  {"name": kube_admission.CONFIGURATION_NAME})
-           for plural in ("validatingwebhookconfigurations", "mutatingwebhookconfigurations")
-           for verb in ("get", "create", "patch")},
+        **{(verb, "validatingwebhookconfigurations", None): (
+            _resource(kube_admission.ADMISSION_API, "validatingwebhookconfigurations", False),
+            {"name": kube_admission.CONFIGURATION_NAME}) for verb in ("get", "create", "patch")},
+        **{(verb, "mutatingwebhookconfigurations", None): (
+            _resource(kube_admission.ADMISSION_API, "mutatingwebhookconfigurations", False),
+            {"name": kube_admission.CONFIGURATION_NAME}) for verb in ("get", "delete")},
+        **{(verb, f"{resources.resource_type(obj).plural}/{obj['metadata']['name']}", None): (
+            resources.resource_type(obj), {"name": obj["metadata"]["name"]})
+           for obj in admission_policies(operator_users=["-"]) for verb in ("get", "create", "patch")},
     }
     refused = {
         "list secrets": may("list", resources.SECRET, namespace=ns),
@@ -118,6 +126,8 @@ def test_the_operator_account_may_do_what_the_operator_does_and_nothing_more(api
             name="someone-elses-webhook") for verb in ("create", "patch")},
         "create clusterroles": may("create", _resource("rbac.authorization.k8s.io/v1", "clusterroles", False)),
         "read configmaps": may("get", _resource("v1", "configmaps"), namespace=ns),
+        "patch another admission policy": may("patch", _resource(
+            kube_admission.ADMISSION_API, "validatingadmissionpolicies", False), name="someone-elses-policy"),
         "mint tokens": may("create", _resource("v1", "serviceaccounts"), namespace=ns,
                            subresource="token"),
     }
@@ -171,15 +181,26 @@ def _full_pass_as_operator(custom: client.CustomObjectsApi, kube: Kube, namespac
         custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
 
 
-def test_the_operator_account_may_label_namespaces_and_publish_its_webhooks(api_client, access, namespace):
+def test_the_operator_account_may_govern_namespaces_and_install_residency_admission(api_client, access, namespace):
     operator_api = access.api_client(access.operator_token())
     kube = Kube(operator_api)
+    scope = scope_for(namespace=namespace, labels=None, stacks={"citizen": Residency.model_validate(
+        {"jurisdiction": "QA", "regions": ["me-central-1"]})})
 
-    assert kube_admission.set_governed(kube, namespace=namespace, governed=True) is True
-    labels = client.CoreV1Api(api_client).read_namespace(namespace).metadata.labels
-    assert labels[kube_admission.GOVERNED_LABEL] == "true"
-    # A dry run: the configurations would send every governed pod of the shared test cluster to
-    # a webhook that is not there. Authorization happens all the same.
+    assert kube_admission.set_namespace_metadata(kube, namespace=namespace,
+                                                 metadata=namespace_metadata(scope=scope)) is True
+    core = client.CoreV1Api(api_client)
+    written = core.read_namespace(namespace).metadata
+    assert written.labels[GOVERNED_LABEL] == "true"
+    assert written.annotations[REGIONS_ANNOTATION] == "me-central-1"
+    # What the apiserver knows the operator by is what the governance policy lets through.
+    username = kube.username()
+    assert username == access.username("operator")
+    # Dry runs: in force, the policies would judge every governed namespace of the shared test
+    # cluster, and the configuration would send pods to a webhook that is not there.
+    # Authorization happens all the same.
+    for obj in admission_policies(operator_users=[username]):
+        kube.apply(obj, field_manager=kube_admission.FIELD_MANAGER, dry_run=True)
     admission = client.AdmissionregistrationV1Api(operator_api)
     configuration = {"apiVersion": kube_admission.ADMISSION_API, "kind": "ValidatingWebhookConfiguration",
                      "metadata": {"name": kube_admission.CONFIGURATION_NAME}, "webhooks": []}
@@ -192,6 +213,10 @@ def test_the_operator_account_may_label_namespaces_and_publish_its_webhooks(api_
             field_manager=kube_admission.FIELD_MANAGER, force=True, dry_run="All",
             _content_type="application/apply-patch+yaml")
     assert refused.value.status == 403
+    assert kube_admission.set_namespace_metadata(kube, namespace=namespace,
+                                                 metadata=namespace_metadata(scope=None)) is True
+    cleared = core.read_namespace(namespace).metadata
+    assert GOVERNED_LABEL not in (cleared.labels or {}) and REGIONS_ANNOTATION not in (cleared.annotations or {})
 
 
 @pytest.fixture

@@ -1,10 +1,11 @@
-"""The operator as the chart runs it: reconciling stacks and serving its own admission webhooks in
-one process, against the real local control plane.
+"""The operator as the chart runs it: reconciling stacks with residency admission in force (its
+policies in the apiserver, its lookup webhooks served from the same process), against the real
+local control plane.
 
-Every child the operator applies in a governed namespace passes through its own webhooks (pods,
-claims, Services). A pass must never wait on a webhook that waits on the pass: the full sample,
-whose application opens a port (a Service the ``service-exposure`` webhook judges), becomes Ready
-with every child in place.
+Every child the operator applies in a governed namespace passes residency admission (pods and
+workloads, claims, Services). A pass must never wait on a webhook that waits on the pass: the
+full sample, whose application opens a port (a Service the services policy judges) and whose
+models claim volumes (the claim webhook), becomes Ready with every child in place.
 """
 
 from __future__ import annotations

@@ -1,13 +1,18 @@
-"""Eleven ways to put a workload or data outside the allowed regions, each tried in both modes.
+"""Every way tried to put a workload, its traffic or its data outside the allowed regions, in both modes.
 
-Enforce: the real kube-apiserver calls the operator's webhooks and refuses the object, with a
-message naming the object, the rule and the allowed regions. Audit: the object is admitted, and
-within an audit period it is in ``status.violations`` with the same rule. One test per attempt
-and mode; the stack allows me-central-1 only.
+Enforce: the real kube-apiserver refuses the object, by the residency admission policies it
+evaluates itself or by the operator's lookup webhook, with a message naming the object, the rule
+and the allowed regions; a workload (Deployment, StatefulSet, DaemonSet, ReplicaSet, Job, CronJob)
+is refused itself, not only its pods. Audit: the object is admitted with the same text as a
+warning, and a pod, Service or claim is in ``status.violations`` with the same rule within an
+audit period. One test per attempt and mode; the stack allows me-central-1 only. Also here: a pod
+bound to a node outside through the ``binding`` subresource, and the apiserver's audit log
+recording what Audit mode let through.
 """
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -15,7 +20,6 @@ from typing import Any
 
 import pytest
 from kubernetes import client
-from kubernetes.client.rest import ApiException
 from residency_helpers import WAIT, make_stack, operator, read_stack, wait_governed  # noqa: F401 - fixture
 
 from sovereign_dev.cluster import wait_until
@@ -53,6 +57,22 @@ def _claim(**spec: Any) -> Callable[[dict[str, str]], dict[str, Any]]:
     return body
 
 
+def _workload(kind: str) -> Callable[[dict[str, str]], dict[str, Any]]:
+    """A ``kind`` whose pod template asks for eu-west-1."""
+    template = {"metadata": {"labels": {"app": "abroad"}},
+                "spec": {"nodeSelector": {REGION: "eu-west-1"}, "restartPolicy": "Always" if kind not in (
+                    "Job", "CronJob") else "Never", "containers": [{"name": "app", "image": "registry.gov.qa/app:1"}]}}
+    spec: dict[str, Any] = {"selector": {"matchLabels": {"app": "abroad"}}, "template": template}
+    if kind == "StatefulSet":
+        spec["serviceName"] = "abroad"
+    if kind == "Job":
+        spec = {"template": template}
+    if kind == "CronJob":
+        spec = {"schedule": "0 0 1 1 *", "jobTemplate": {"spec": {"template": template}}}
+    group = "batch/v1" if kind in ("Job", "CronJob") else "apps/v1"
+    return lambda _: {"apiVersion": group, "kind": kind, "metadata": {"name": "abroad"}, "spec": spec}
+
+
 def _affinity(key: str, value: str) -> dict[str, Any]:
     return {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
         {"matchExpressions": [{"key": key, "operator": "In", "values": [value]}]}]}}}
@@ -71,6 +91,13 @@ ATTEMPTS = [
     Attempt("service-node-port", "Service", "NodePortNotAllowed", _service(type="NodePort", ports=[{"port": 443}])),
     Attempt("service-external-ips", "Service", "ExternalIPsNotAllowed",
             _service(externalIPs=["203.0.113.7"], ports=[{"port": 443}])),
+    Attempt("pod-host-network", "Pod", "HostNamespacesNotAllowed", _pod(hostNetwork=True)),
+    Attempt("pod-host-pid", "Pod", "HostNamespacesNotAllowed", _pod(hostPID=True)),
+    Attempt("pod-host-ipc", "Pod", "HostNamespacesNotAllowed", _pod(hostIPC=True)),
+    Attempt("service-external-name", "Service", "ExternalNameNotAllowed",
+            _service(type="ExternalName", externalName="api.example.com")),
+    *(Attempt(f"workload-{kind.lower()}", kind, "PodOutsideRegions", _workload(kind))
+      for kind in ("Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job", "CronJob")),
     Attempt("claim-storage-class-outside", "PersistentVolumeClaim", "StorageClassOutsideRegions",
             _claim(storageClassName="storage_class")),
     Attempt("claim-volume-outside", "PersistentVolumeClaim", "VolumeOutsideRegions",
@@ -107,11 +134,29 @@ def made(api_client, storage_class) -> Iterator[dict[str, str]]:
     core.delete_persistent_volume(volume)
 
 
-def _create(api_client, namespace: str, body: dict[str, Any]) -> None:
-    core = client.CoreV1Api(api_client)
-    create = {"Pod": core.create_namespaced_pod, "Service": core.create_namespaced_service,
-              "PersistentVolumeClaim": core.create_namespaced_persistent_volume_claim}[body["kind"]]
-    create(namespace, body)
+_PLURALS = {"Pod": "pods", "Service": "services", "PersistentVolumeClaim": "persistentvolumeclaims",
+            "Deployment": "deployments", "StatefulSet": "statefulsets", "DaemonSet": "daemonsets",
+            "ReplicaSet": "replicasets", "Job": "jobs", "CronJob": "cronjobs"}
+
+
+def _create(api_client, namespace: str, body: dict[str, Any], *,
+            path: str | None = None) -> tuple[int, str, list[str]]:
+    """POST ``body`` (to ``path``, default its kind's collection): the status, the answer and the
+    warnings the apiserver sent with it."""
+    version = body["apiVersion"]
+    base = f"/apis/{version}" if "/" in version else f"/api/{version}"
+    path = path or f"{base}/namespaces/{namespace}/{_PLURALS[body['kind']]}"
+    method, url, headers, data, _ = api_client.param_serialize(
+        "POST", path, header_params={"Content-Type": "application/json", "Accept": "application/json"},
+        body=body, auth_settings=["BearerToken"])
+    response = api_client.call_api(method, url, header_params=headers, body=data)
+    warnings = response.headers.getlist("Warning") if hasattr(response.headers, "getlist") else [
+        response.headers.get("Warning", "")]
+    return response.status, response.read().decode(), [w for w in warnings if w]
+
+
+def _stated(attempt: Attempt, namespace: str, body: dict[str, Any]) -> str:
+    return f"{attempt.kind} {namespace}/{body['metadata']['name']} breaks {attempt.rule}"
 
 
 @pytest.mark.parametrize("attempt", ATTEMPTS, ids=[a.id for a in ATTEMPTS])
@@ -121,25 +166,29 @@ def test_enforce_denies_the_attempt_naming_object_rule_and_regions(operator, api
     wait_governed(api_client, namespace)
     body = attempt.body(made)
 
-    with pytest.raises(ApiException) as refused:
-        _create(api_client, namespace, body)
+    status, answer, _ = _create(api_client, namespace, body)
 
-    assert refused.value.status in (400, 403), refused.value.body
-    message = refused.value.body
-    assert f"{attempt.kind} {namespace}/{body['metadata']['name']} breaks {attempt.rule}" in message
-    assert ALLOWED in message
+    assert status == 403, answer
+    message = json.loads(answer)["message"]
+    assert _stated(attempt, namespace, body) in message
+    assert f"the allowed regions of stack {namespace}/citizen (QA) are {ALLOWED}" in message
 
 
 @pytest.mark.parametrize("attempt", ATTEMPTS, ids=[a.id for a in ATTEMPTS])
-def test_audit_admits_the_attempt_and_records_it_as_a_violation(operator, api_client, namespace, made,  # noqa: F811
-                                                                 attempt):
+def test_audit_admits_the_attempt_and_reports_what_enforce_would_deny(operator, api_client, namespace,  # noqa: F811
+                                                                      made, attempt):
     make_stack(api_client, namespace, enforcement="Audit")
     wait_governed(api_client, namespace)
     wait_until(lambda: (read_stack(api_client, namespace).get("status") or {}).get("conditions"), timeout=WAIT,
                message="the first audit")
     body = attempt.body(made)
 
-    _create(api_client, namespace, body)
+    status, answer, warnings = _create(api_client, namespace, body)
+
+    assert status == 201, answer
+    assert any(_stated(attempt, namespace, body) in warning for warning in warnings), warnings
+    if attempt.kind not in ("Pod", "Service", "PersistentVolumeClaim"):
+        return  # a workload's pods are what the audit finds running, each under its own name
 
     def recorded() -> dict[str, Any] | None:
         violations = (read_stack(api_client, namespace).get("status") or {}).get("violations") or []
@@ -150,3 +199,54 @@ def test_audit_admits_the_attempt_and_records_it_as_a_violation(operator, api_cl
                                                            "status.violations")
     assert violation["rule"] == attempt.rule
     assert violation["namespace"] == namespace
+
+
+def test_the_apiservers_audit_log_records_what_audit_mode_admitted(operator, api_client, namespace,  # noqa: F811
+                                                                   cluster):
+    make_stack(api_client, namespace, enforcement="Audit")
+    wait_governed(api_client, namespace)
+    body = _workload("Deployment")(None)
+
+    assert _create(api_client, namespace, body)[0] == 201
+
+    def annotated() -> dict[str, str] | None:
+        return next((e.get("annotations") for e in cluster.audit_events()
+                     if (e.get("objectRef") or {}).get("namespace") == namespace
+                     and (e.get("objectRef") or {}).get("resource") == "deployments" and e.get("verb") == "create"
+                     and "validation.policy.admission.k8s.io/validation_failure" in (e.get("annotations") or {})),
+                    None)
+
+    annotations = wait_until(annotated, timeout=WAIT, message="the audit annotation of the Deployment")
+    failure, = json.loads(annotations["validation.policy.admission.k8s.io/validation_failure"])
+    assert failure["policy"] == "sovereign-residency-workloads"
+    assert failure["binding"] == "sovereign-residency-workloads-audit"
+    assert f"Deployment {namespace}/abroad breaks PodOutsideRegions" in failure["message"]
+
+
+@pytest.mark.parametrize("enforcement", ["Enforce", "Audit"])
+def test_a_pod_bound_to_a_node_outside_through_the_binding_subresource(operator, api_client, namespace,  # noqa: F811
+                                                                       enforcement):
+    make_stack(api_client, namespace, enforcement=enforcement)
+    wait_governed(api_client, namespace)
+    # No scheduler picks it: a person with the right to bind places it by hand.
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "placed"},
+           "spec": {"schedulerName": "nobody", "containers": [{"name": "app", "image": "registry.gov.qa/app:1"}]}}
+    client.CoreV1Api(api_client).create_namespaced_pod(namespace, pod)
+    binding = {"apiVersion": "v1", "kind": "Binding", "metadata": {"name": "placed", "namespace": namespace},
+               "target": {"apiVersion": "v1", "kind": "Node", "name": "cpu-euw1-0"}}
+
+    status, answer, warnings = _create(api_client, namespace, binding,
+                                       path=f"/api/v1/namespaces/{namespace}/pods/placed/binding")
+
+    stated = (f"Pod {namespace}/placed breaks PodOutsideRegions: it runs on node cpu-euw1-0 in eu-west-1; the "
+              f"allowed regions of stack {namespace}/citizen (QA) are {ALLOWED}")
+    node = client.CoreV1Api(api_client).read_namespaced_pod("placed", namespace).spec.node_name
+    if enforcement == "Enforce":
+        assert status == 403, answer
+        assert 'admission webhook "pod-binding.sovereign.ai" denied the request: ' + stated in json.loads(
+            answer)["message"]
+        assert node is None
+    else:
+        assert status == 201, answer
+        assert any(stated in warning for warning in warnings), warnings
+        assert node == "cpu-euw1-0"

@@ -1,8 +1,8 @@
-"""Residency enforcement against the real local control plane: the admission webhooks and the audit.
+"""Residency enforcement against the real local control plane: admission and the audit.
 
-The operator's residency handlers run in this process (``residency_helpers.operator``), so the
-local kube-apiserver calls the webhooks for every pod, claim, Service and stack it admits, and the
-audit metric can be read directly. Pods land on the simulated KWOK nodes: CPU and GPU nodes in
+The operator's residency handlers run in this process (``residency_helpers.operator``): the local
+kube-apiserver evaluates the residency admission policies itself and calls the operator's lookup
+webhooks (node names, claims, stacks), and the audit metric can be read directly. Pods land on the simulated KWOK nodes: CPU and GPU nodes in
 me-central-1 and eu-west-1.
 """
 
@@ -26,7 +26,7 @@ from residency_helpers import (
 )
 from sovereign.api import GROUP, PLURAL, VERSION
 from sovereign_dev.cluster import wait_until
-from sovereign.kube.admission import GOVERNED_LABEL
+from sovereign.render.names import ENFORCEMENT_LABEL, GOVERNED_LABEL
 from sovereign.metrics import RESIDENCY_VIOLATIONS, WEBHOOK_DECISIONS
 
 __all__ = ["governed", "operator"]  # fixtures used by name
@@ -48,25 +48,28 @@ def create_refused(create, namespace: str, body: dict) -> str:
     return refused.value.body
 
 
+POLICY = ("ValidatingAdmissionPolicy 'sovereign-residency-workloads' with binding "
+          "'sovereign-residency-workloads-enforce' denied request: ")
+LOOKUP = 'admission webhook \\"pod-node.sovereign.ai\\" denied the request: '
 PINNED = [
-    ("node-selector", {"nodeSelector": {REGION: "eu-west-1"}},
+    ("node-selector", {"nodeSelector": {REGION: "eu-west-1"}}, POLICY,
      "nodeSelector topology.kubernetes.io/region=eu-west-1 places it in eu-west-1"),
-    ("node-name", {"nodeName": "cpu-euw1-0"}, "nodeName cpu-euw1-0 places it in eu-west-1"),
+    # Where a node lies takes a lookup: the operator's webhook judges it.
+    ("node-name", {"nodeName": "cpu-euw1-0"}, LOOKUP, "nodeName cpu-euw1-0 places it in eu-west-1"),
     ("affinity", {"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
         "nodeSelectorTerms": [{"matchExpressions": [{"key": REGION, "operator": "In", "values": ["eu-west-1"]}]}]}}}},
-     "node affinity topology.kubernetes.io/region=eu-west-1 places it in eu-west-1"),
+     POLICY, "node affinity topology.kubernetes.io/region=eu-west-1 places it in eu-west-1"),
 ]
 
 
-@pytest.mark.parametrize("how, spec, named", PINNED, ids=[p[0] for p in PINNED])
+@pytest.mark.parametrize("how, spec, source, named", PINNED, ids=[p[0] for p in PINNED])
 def test_a_pod_pinned_outside_the_regions_is_denied_naming_pod_rule_and_regions(governed, api_client, how, spec,
-                                                                                 named):
+                                                                                 source, named):
     core = client.CoreV1Api(api_client)
 
     message = create_refused(core.create_namespaced_pod, governed, pod(f"pinned-{how}", **spec))
 
-    assert ('admission webhook \\"pod-residency.sovereign.ai\\" denied the request: '
-            f"Pod {governed}/pinned-{how} breaks PodOutsideRegions: {named}; the allowed regions of stack "
+    assert (f"{source}Pod {governed}/pinned-{how} breaks PodOutsideRegions: {named}; the allowed regions of stack "
             f"{governed}/citizen (QA) are me-central-1") in message
     assert core.list_namespaced_pod(governed).items == []
 
@@ -80,6 +83,35 @@ def test_a_plain_pod_gets_the_region_affinity_and_runs_in_the_region(governed, a
     node = wait_until(lambda: core.read_namespaced_pod("plain", governed).spec.node_name, timeout=WAIT,
                       message="pod plain scheduled")
     assert core.read_node(node).metadata.labels[REGION] == "me-central-1"
+
+
+def test_each_affinity_term_that_could_land_outside_gets_the_region_and_the_rest_is_kept(governed, api_client):
+    terms = [{"matchExpressions": [{"key": "gpu", "operator": "Exists"}]},
+             {"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["cpu-mec1-0"]}]},
+             {"matchExpressions": [{"key": REGION, "operator": "In", "values": ["me-central-1"]}]}]
+    affinity = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": terms}},
+                "podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+                    {"weight": 1, "podAffinityTerm": {"topologyKey": "kubernetes.io/hostname",
+                                                      "labelSelector": {"matchLabels": {"app": "x"}}}}]}}
+
+    created = client.CoreV1Api(api_client).create_namespaced_pod(governed, pod("terms", affinity=affinity),
+                                                                 dry_run="All")
+
+    pinned = {"key": REGION, "operator": "In", "values": ["me-central-1"]}
+    got = api_client.sanitize_for_serialization(created.spec.affinity)
+    assert got["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"] == [
+        {"matchExpressions": [{"key": "gpu", "operator": "Exists"}, pinned]},
+        {"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["cpu-mec1-0"]}],
+         "matchExpressions": [pinned]},
+        terms[2]]
+    assert got["podAntiAffinity"] == affinity["podAntiAffinity"]
+
+
+def test_a_pod_already_pinned_inside_is_left_as_written(governed, api_client):
+    created = client.CoreV1Api(api_client).create_namespaced_pod(
+        governed, pod("pinned", nodeSelector={REGION: "me-central-1"}), dry_run="All")
+
+    assert created.spec.affinity is None
 
 
 @pytest.mark.parametrize("spec, rule", [
@@ -183,8 +215,8 @@ def test_audit_mode_admits_a_pod_outside_records_it_and_clears_it_when_deleted(o
         '{"topology.kubernetes.io/region": "eu-west-1"}, "containers": [{"name": "app", "image": "app:1"}]}}'))
 
     assert created.returncode == 0, created.stderr
-    assert (f"Warning: admitted in Audit mode, recorded as a residency violation: Pod {namespace}/abroad breaks "
-            "PodOutsideRegions") in created.stderr
+    assert ("Warning: Validation failed for ValidatingAdmissionPolicy 'sovereign-residency-workloads' with binding "
+            f"'sovereign-residency-workloads-audit': Pod {namespace}/abroad breaks PodOutsideRegions") in created.stderr
     status = wait_until(lambda: _status_with_violations(api_client, namespace), timeout=WAIT,
                         message="the violation in status")
     violation, = status["violations"]
@@ -230,10 +262,13 @@ def test_an_unchanged_namespace_costs_no_status_writes(operator, api_client, nam
 
 
 def _audit_writes(cluster, namespace: str) -> int:
+    """Writes to the namespace's stacks, and to the namespace itself (labels, residency parameters)."""
     return sum(1 for e in cluster.audit_events()
-               if (e.get("objectRef") or {}).get("namespace") == namespace
-               and (e.get("objectRef") or {}).get("resource") == "sovereignstacks"
-               and e.get("verb") in ("patch", "update", "create"))
+               if ((e.get("objectRef") or {}).get("namespace") == namespace
+                   and (e.get("objectRef") or {}).get("resource") == "sovereignstacks"
+                   or (e.get("objectRef") or {}).get("resource") == "namespaces"
+                   and (e.get("objectRef") or {}).get("name") == namespace)
+               and e.get("verb") in ("patch", "update", "create", "delete"))
 
 
 def test_the_governed_label_goes_with_the_last_stack(operator, api_client, namespace):
@@ -250,6 +285,9 @@ def test_the_governed_label_goes_with_the_last_stack(operator, api_client, names
 
     wait_until(lambda: GOVERNED_LABEL not in (core.read_namespace(namespace).metadata.labels or {}),
                timeout=WAIT, message="governed label removed")
+    left = core.read_namespace(namespace).metadata
+    assert ENFORCEMENT_LABEL not in (left.labels or {})
+    assert not [key for key in (left.annotations or {}) if key.startswith("sovereign.ai/residency-")]
 
 
 def _exists(custom, namespace: str, name: str) -> bool:
@@ -262,12 +300,12 @@ def _exists(custom, namespace: str, name: str) -> bool:
     return True
 
 
-def test_decisions_are_counted(governed, api_client):
-    denied = WEBHOOK_DECISIONS.labels("pod-residency", "Pod", "denied", "PodOutsideRegions")
+def test_lookup_decisions_are_counted(governed, api_client):
+    denied = WEBHOOK_DECISIONS.labels("pod-node", "Pod", "denied", "PodOutsideRegions")
     before = denied._value.get()
 
     create_refused(client.CoreV1Api(api_client).create_namespaced_pod, governed,
-                   pod("counted", nodeSelector={REGION: "eu-west-1"}))
+                   pod("counted", nodeName="cpu-euw1-0"))
 
     assert denied._value.get() == before + 1
 
@@ -314,3 +352,32 @@ def test_the_audit_records_a_claim_bound_to_a_volume_outside(operator, api_clien
     assert (violation["kind"], violation["name"], violation["rule"]) == (
         "PersistentVolumeClaim", "records", "VolumeOutsideRegions")
     assert violations_metric(namespace, "PersistentVolumeClaim") == 1
+
+
+def _as_someone_else(api_client) -> client.ApiClient:
+    """A client that acts as user alice with every right (system:masters): not the operator."""
+    other = client.ApiClient(api_client.configuration)
+    other.set_default_header("Impersonate-User", "alice")
+    other.set_default_header("Impersonate-Group", "system:masters")
+    return other
+
+
+@pytest.mark.parametrize("change, named", [
+    ({"labels": {GOVERNED_LABEL: None}}, GOVERNED_LABEL),
+    ({"labels": {ENFORCEMENT_LABEL: "Audit"}}, ENFORCEMENT_LABEL),
+    ({"annotations": {"sovereign.ai/residency-regions": "me-central-1,eu-west-1"}}, "sovereign.ai/residency-regions"),
+])
+def test_only_the_operator_may_lift_or_loosen_a_namespaces_governance(governed, api_client, change, named):
+    other = _as_someone_else(api_client)
+    try:
+        with pytest.raises(ApiException) as refused:
+            client.CoreV1Api(other).patch_namespace(governed, {"metadata": change})
+        assert refused.value.status == 403
+        assert (f"Namespace {governed} breaks GovernanceTampered: {named} belong to the sovereign operator: it sets "
+                "them while a SovereignStack governs the namespace") in refused.value.body
+        # Other labels are the namespace owner's, as before.
+        client.CoreV1Api(other).patch_namespace(governed, {"metadata": {"labels": {"team": "citizen"}}})
+    finally:
+        other.close()
+    create_refused(client.CoreV1Api(api_client).create_namespaced_pod, governed,
+                   pod("still-governed", nodeSelector={REGION: "eu-west-1"}))

@@ -1,6 +1,6 @@
 """``sovereign report`` from a real cluster state: a stack in Audit mode with a pod and a bucket
-outside its region (recorded by the running audit), a pod and a claim inside, the operator's
-webhook configurations in force; the report is made by the CLI, as an auditor would run it.
+outside its region (recorded by the running audit), a pod and a claim inside, the residency
+admission policies and the operator's lookup webhooks in force; the report is made by the CLI, as an auditor would run it.
 """
 
 from __future__ import annotations
@@ -89,10 +89,22 @@ def test_the_json_report_holds_the_evidence(cluster, audited_state, minio_bucket
     assert all(v["since"].endswith("Z") for v in evidence["violations"])
     admission = evidence["admission"]
     assert admission["namespaceGoverned"] is True
+    assert admission["enforcement"] == "Audit"
+    assert admission["parameters"]["sovereign.ai/residency-regions"] == "me-central-1"
+    # The policies guarding an Audit namespace: the mutation, the Audit bindings, the governance.
+    guarding = {(p["name"], p["binding"]): p for p in admission["policies"]}
+    assert set(guarding) == {
+        ("sovereign-residency-region-affinity", "sovereign-residency-region-affinity"),
+        ("sovereign-residency-workloads", "sovereign-residency-workloads-audit"),
+        ("sovereign-residency-services", "sovereign-residency-services-audit"),
+        ("sovereign-residency-governance", "sovereign-residency-governance")}
+    workloads = guarding["sovereign-residency-workloads", "sovereign-residency-workloads-audit"]
+    assert workloads["actions"] == ["Warn", "Audit"]
+    assert {"pods", "deployments", "cronjobs"} <= set(workloads["resources"])
     hooks = {w["name"]: w for w in admission["webhooks"]}
-    assert hooks["pod-residency.sovereign.ai"]["namespaceSelector"] == "sovereign.ai/governed=true"
-    assert hooks["pod-residency.sovereign.ai"]["failurePolicy"] == "Fail"
-    assert hooks["pod-region-affinity.sovereign.ai"]["endpoint"].endswith("/pod-region-affinity")
+    assert hooks["pod-node.sovereign.ai"]["namespaceSelector"] == "sovereign.ai/governed=true"
+    assert hooks["pod-node.sovereign.ai"]["failurePolicy"] == "Fail"
+    assert hooks["claim-residency.sovereign.ai"]["endpoint"].endswith("/claim-residency")
     assert {c["type"]: c["status"] for c in evidence["conditions"]}["ResidencyCompliant"] == "False"
 
 
@@ -111,8 +123,10 @@ def test_the_html_report_is_one_page_an_auditor_can_read(cluster, audited_state,
     assert "<td>cpu-euw1-0</td><td>eu-west-1</td>" in page
     assert f"<h3>corpus: s3://{minio_bucket_name}</h3>" in page
     assert "<dt>Observed region</dt><dd>eu-west-1</dd>" in page
-    assert "<td>pod-residency.sovereign.ai</td>" in page
-    assert "Namespace " + namespace + " is governed" in page
+    assert "<td>pod-node.sovereign.ai</td>" in page
+    assert ("<tr><td>ValidatingAdmissionPolicy sovereign-residency-workloads</td>"
+            "<td>sovereign-residency-workloads-audit</td>") in page
+    assert "Namespace " + namespace + " is governed" in page and "in Audit mode" in page
     # Messages are escaped, not markup: the store check quotes the bucket name.
     assert f"bucket &#39;{minio_bucket_name}&#39; is in eu-west-1" in page
     assert "<script" not in page

@@ -196,6 +196,13 @@ class Egress(ApiObject):
             "allows nothing else."
         ),
     )
+    allow_host_namespaces: bool = Field(
+        default=False,
+        description=(
+            "Allow pods in the stack's namespace to use the node's network, PID or IPC namespace (hostNetwork, "
+            "hostPID, hostIPC). Default false: such a pod is outside the egress NetworkPolicy and the pod boundary."
+        ),
+    )
 
 
 class Exposure(ApiObject):

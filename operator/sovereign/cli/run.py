@@ -1,8 +1,9 @@
 """``sovereign run``: the operator. Kopf runs every handler of the operator in this process.
 
 Installs, on one Kopf registry: the stack reconciler (``handlers.stack``), the residency indexes,
-governed-namespace label and audit (``handlers.residency``) and, unless ``--no-webhooks``, the
-residency admission webhooks (``handlers.admission``); serves the operator's metrics
+governed-namespace parameters, labels and audit (``handlers.residency``) and, unless
+``--no-webhooks``, residency admission (``handlers.admission``: the apiserver's admission policies
+and the lean lookup webhook server); serves the operator's metrics
 (``sovereign.metrics``) on ``--metrics-port``. Connects with the pod's ServiceAccount, else
 ``$KUBECONFIG`` or ~/.kube/config; watches the namespaces given with ``--namespace`` (or all with
 ``-A``) until SIGINT/SIGTERM. The Helm chart's Deployment passes these options. Auto-registered
@@ -48,7 +49,8 @@ from sovereign.render.facts import DEFAULT_OPERATOR_IMAGE, DEFAULT_PROMETHEUS_UR
 @click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
               help="Port of the /metrics server; unset: no metrics server.")
 @click.option("--webhooks/--no-webhooks", default=True, show_default=True,
-              help="Serve the residency admission webhooks and keep their configurations pointed here.")
+              help="Apply the residency admission policies, serve the lookup webhooks and keep their "
+                   "configuration pointed here.")
 @click.option("--webhook-address", default=admission.AdmissionConfig.listen_address, show_default=True,
               help="Address the webhook server listens on.")
 @click.option("--webhook-port", type=click.IntRange(1, 65535), default=admission.DEFAULT_PORT, show_default=True,

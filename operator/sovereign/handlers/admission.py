@@ -1,35 +1,40 @@
-"""Kopf admission handlers of residency, and the webhook server they are served from.
+"""The residency admission set-up of the operator, and the lean webhook server for lookups.
 
 ``install(registry, kube=..., config=...)`` registers, on one Kopf registry:
 
-- at startup, ``settings.admission.server``: a ``ResidencyWebhookServer`` (Kopf's HTTPS server,
-  with a mounted certificate or a self-signed one) that, each time it starts listening, applies
-  the operator's own webhook configurations pointed at itself (``services.admission.publish_webhooks``).
-  Kopf's managed mode is not used: it cannot scope webhooks to governed namespaces and it
-  removes them on exit, where a security control must keep failing closed;
-- one handler per webhook of ``services.admission.WEBHOOKS``, under the webhook's id (the URL
-  path Kopf routes by): parse nothing, call the service, deny with its message, or admit with a
-  warning in Audit mode. A handler that fails refuses the request (fail closed) and counts in
-  ``sovereign_webhook_errors_total``; every answer is timed in ``sovereign_webhook_duration_seconds``.
+- at startup: a ``LookupWebhookServer`` on its own threads (one per request, HTTPS with a mounted
+  certificate or a self-signed one), never on Kopf's executor, so a reconcile pass or a slow S3
+  check cannot keep an admission review waiting; then ``services.admission.install_admission``:
+  the residency policies and bindings (evaluated by the apiserver itself; the operator's user
+  name, from a SelfSubjectReview, is the one allowed to change governance) and the webhook
+  configuration pointed at the server. Nothing is removed on exit: the policies keep enforcing
+  and the lookups keep failing closed while the operator is away;
+- at cleanup: the server stops.
 
-The handlers read the indexes of ``handlers.residency``, which must be installed on the same
-registry. Called by ``cli.run``.
+The server answers the webhooks of ``services.admission.WEBHOOKS`` by URL path: deny with the
+service's message, or admit with a warning in Audit mode. A review that fails is refused (fail
+closed) and counted in ``sovereign_webhook_errors_total``; every answer is timed in
+``sovereign_webhook_duration_seconds``. Called by ``cli.run``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import base64
+import ipaddress
+import json
 import logging
-from collections.abc import AsyncIterator, Collection, Iterator
+import ssl
+import tempfile
+import threading
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import kopf
 
-from sovereign.api import GROUP, PLURAL, VERSION
-from sovereign.handlers.residency import governance
 from sovereign.kube.admission import self_signed_certificate
 from sovereign.kube.client import Kube
 from sovereign.metrics import WEBHOOK_DURATION, WEBHOOK_ERRORS
@@ -81,108 +86,135 @@ class AdmissionConfig:
         return {"namespace": namespace, "name": name, "port": int(port or DEFAULT_SERVICE_PORT)}
 
 
-class ResidencyWebhookServer(kopf.WebhookServer):
-    """Kopf's webhook server that keeps the cluster's webhook configurations pointed at itself."""
+Reviewer = Callable[[Mapping[str, Any]], Review]
+
+
+class LookupWebhookServer:
+    """HTTPS server of the lookup webhooks, on threads of its own (``ThreadingHTTPServer``)."""
 
     def __init__(self, *, kube: Kube, config: AdmissionConfig) -> None:
+        self._config = config
         service_ref = config.service_ref
-        sans = [f"{service_ref['name']}.{service_ref['namespace']}.svc"] if service_ref else []
-        super().__init__(addr=config.listen_address, port=config.port, host=config.host,
-                         certfile=config.cert_file, pkeyfile=config.key_file, cafile=config.ca_bundle_file,
-                         extra_sans=sans)
-        self._kube = kube
+        host = config.host or ("localhost" if config.listen_address in ("0.0.0.0", "::") else config.listen_address)
         self._service_ref = service_ref
+        self._host = host
+        names = [f"{service_ref['name']}.{service_ref['namespace']}.svc"] if service_ref else [host]
+        if config.cert_file and config.key_file:
+            self._cert_file, self._key_file = config.cert_file, config.key_file
+            ca = Path(config.ca_bundle_file or config.cert_file).read_bytes()
+        else:
+            certificate, key = self_signed_certificate(names)
+            self._tmp = tempfile.TemporaryDirectory(prefix="sovereign-webhook-")
+            self._cert_file, self._key_file = f"{self._tmp.name}/tls.crt", f"{self._tmp.name}/tls.key"
+            Path(self._cert_file).write_bytes(certificate)
+            Path(self._key_file).write_bytes(key)
+            ca = certificate
+        self._ca_bundle = base64.b64encode(ca).decode()
+        self._reviewers: dict[str, Reviewer] = {
+            service.POD_NODE.id: lambda request: service.review_pod_node(pod=request["object"], kube=kube),
+            service.POD_BINDING.id: lambda request: service.review_binding(binding=request["object"], kube=kube),
+            service.CLAIM_RESIDENCY.id: lambda request: service.review_claim(claim=request["object"], kube=kube),
+            service.STACK_RESIDENCY.id: lambda request: service.review_stack(
+                body=request["object"], old=request.get("oldObject"), kube=kube),
+        }
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
 
-    @staticmethod
-    def build_certificate(hostnames: Collection[str], password: str | None = None) -> tuple[bytes, bytes]:
-        # Kopf's generator needs certbuilder/oscrypto; ``cryptography`` is already a dependency.
-        return self_signed_certificate(list(hostnames))
-
-    async def __call__(self, fn: kopf.WebhookFn) -> AsyncIterator[kopf.WebhookClientConfig]:
-        async for client_config in super().__call__(fn):
-            published: dict[str, Any] = dict(client_config)
-            if self._service_ref is not None:
-                published = {"service": self._service_ref, "caBundle": client_config.get("caBundle")}
-            await asyncio.to_thread(service.publish_webhooks, kube=self._kube, client_config=published)
-            log.info("residency webhooks published for %s", published.get("url") or published["service"])
-            yield client_config
-
-
-@contextlib.contextmanager
-def _served(webhook: str) -> Iterator[None]:
-    """Time an answer; turn an unexpected failure into a refusal that says so."""
-    with WEBHOOK_DURATION.labels(webhook).time():
+    @property
+    def client_config(self) -> dict[str, Any]:
+        """How the apiserver reaches the server: the Service, or the URL of host and port."""
+        if self._service_ref is not None:
+            return {"service": self._service_ref, "caBundle": self._ca_bundle}
+        host = self._host
         try:
-            yield
-        except kopf.AdmissionError:
-            raise
+            if ipaddress.ip_address(host).version == 6:
+                host = f"[{host}]"
+        except ValueError:
+            pass
+        return {"url": f"https://{host}:{self.port}", "caBundle": self._ca_bundle}
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None, "the server is not started"
+        return self._server.server_address[1]
+
+    def start(self) -> None:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(self._cert_file, self._key_file)
+        reviewers = self._reviewers
+
+        class Handler(BaseHTTPRequestHandler):
+            # Keep-alive: the apiserver reuses its connection instead of a TLS handshake per review.
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:  # noqa: N802 - the name http.server calls
+                hook = self.path.strip("/").split("?")[0]
+                length = int(self.headers.get("Content-Length") or 0)
+                answer = _answer(hook, reviewers.get(hook), self.rfile.read(length))
+                body = json.dumps(answer).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                log.debug("webhook %s", format % args)
+
+        server = ThreadingHTTPServer((self._config.listen_address, self._config.port), Handler)
+        server.daemon_threads = True
+        # The handshake happens on the request's own thread, so a slow client never holds the accept loop.
+        server.socket = context.wrap_socket(server.socket, server_side=True, do_handshake_on_connect=False)
+        self._server = server
+        self._thread = threading.Thread(target=server.serve_forever, name="residency-webhooks", daemon=True)
+        self._thread.start()
+        log.info("residency lookup webhooks listening on %s:%d", self._config.listen_address, self.port)
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+
+def _answer(hook: str, reviewer: Reviewer | None, raw: bytes) -> dict[str, Any]:
+    """The AdmissionReview answer to one request; any failure refuses it (fail closed)."""
+    uid = ""
+    with WEBHOOK_DURATION.labels(hook).time():
+        try:
+            request = json.loads(raw)["request"]
+            uid = request["uid"]
+            if reviewer is None:
+                raise LookupError(f"no residency webhook is served at /{hook}")
+            review = reviewer(request)
+            response: dict[str, Any] = {"uid": uid, "allowed": review.allowed}
+            if not review.allowed:
+                response["status"] = {"code": 403, "reason": "Forbidden", "message": review.decision.message}
+            elif review.audited:
+                response["warnings"] = [f"admitted in Audit mode, recorded as a residency violation: "
+                                        f"{review.decision.message}"]
         except Exception as err:
-            WEBHOOK_ERRORS.labels(webhook).inc()
-            log.exception("residency webhook %s failed", webhook)
-            raise kopf.AdmissionError(f"the residency webhook {webhook} failed, so the request is refused until it "
-                                      f"works again: {err}", code=500) from err
-
-
-def _answer(review: Review, warnings: list[str]) -> None:
-    if not review.allowed:
-        raise kopf.AdmissionError(review.decision.message, code=403)
-    if review.audited:
-        warnings.append(f"admitted in Audit mode, recorded as a residency violation: {review.decision.message}")
+            WEBHOOK_ERRORS.labels(hook).inc()
+            log.exception("residency webhook %s failed", hook)
+            response = {"uid": uid, "allowed": False, "status": {
+                "code": 500, "message": f"the residency webhook {hook} failed, so the request is refused until it "
+                                        f"works again: {err}"}}
+    return {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": response}
 
 
 def install(registry: kopf.OperatorRegistry, *, kube: Kube, config: AdmissionConfig) -> None:
-    """Register the webhook server and the residency webhooks on ``registry``."""
+    """Register the lookup server's start (with the policies and configuration) and stop on ``registry``."""
+    server = LookupWebhookServer(kube=kube, config=config)
 
     @kopf.on.startup(id="residency-admission", registry=registry)
-    def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
-        settings.admission.server = ResidencyWebhookServer(kube=kube, config=config)
-        settings.admission.managed = None
+    async def start(**_: Any) -> None:
+        server.start()
+        users = [await asyncio.to_thread(kube.username)]
+        await asyncio.to_thread(service.install_admission, kube=kube, client_config=server.client_config,
+                                operator_users=users)
+        log.info("residency policies applied (governance by %s); lookup webhooks published for %s",
+                 users[0], server.client_config.get("url") or server.client_config["service"])
 
-    @kopf.on.mutate("", "v1", "pods", id=service.POD_AFFINITY.id, operations=["CREATE"], registry=registry)
-    def pin_pod(body: kopf.Body, patch: kopf.Patch, residency_stacks: kopf.Index, residency_nodes: kopf.Index,
-                residency_storage_classes: kopf.Index, **_: Any) -> None:
-        with _served(service.POD_AFFINITY.id):
-            affinity = service.region_affinity(
-                pod=body, governance=governance(residency_stacks, residency_nodes, residency_storage_classes),
-                kube=kube)
-        if affinity is not None:
-            patch.spec["affinity"] = affinity
-
-    @kopf.on.validate("", "v1", "pods", id=service.POD_RESIDENCY.id, operations=["CREATE", "UPDATE"],
-                      registry=registry)
-    def judge_pod(body: kopf.Body, old: kopf.Body | None, warnings: list[str], residency_stacks: kopf.Index,
-                  residency_nodes: kopf.Index, residency_storage_classes: kopf.Index, **_: Any) -> None:
-        with _served(service.POD_RESIDENCY.id):
-            review = service.review_pod(
-                pod=body, old=old, governance=governance(residency_stacks, residency_nodes, residency_storage_classes),
-                kube=kube)
-        _answer(review, warnings)
-
-    @kopf.on.validate("", "v1", "persistentvolumeclaims", id=service.CLAIM_RESIDENCY.id, operations=["CREATE"],
-                      registry=registry)
-    def judge_claim(body: kopf.Body, warnings: list[str], residency_stacks: kopf.Index, residency_nodes: kopf.Index,
-                    residency_storage_classes: kopf.Index, **_: Any) -> None:
-        with _served(service.CLAIM_RESIDENCY.id):
-            review = service.review_claim(
-                claim=body, governance=governance(residency_stacks, residency_nodes, residency_storage_classes),
-                kube=kube)
-        _answer(review, warnings)
-
-    @kopf.on.validate("", "v1", "services", id=service.SERVICE_EXPOSURE.id, operations=["CREATE", "UPDATE"],
-                      registry=registry)
-    def judge_service(body: kopf.Body, old: kopf.Body | None, warnings: list[str], residency_stacks: kopf.Index,
-                      residency_nodes: kopf.Index, residency_storage_classes: kopf.Index, **_: Any) -> None:
-        with _served(service.SERVICE_EXPOSURE.id):
-            review = service.review_service(
-                service=body, old=old,
-                governance=governance(residency_stacks, residency_nodes, residency_storage_classes), kube=kube)
-        _answer(review, warnings)
-
-    @kopf.on.validate(GROUP, VERSION, PLURAL, id=service.STACK_RESIDENCY.id, operations=["CREATE", "UPDATE"],
-                      registry=registry)
-    def judge_stack(body: kopf.Body, old: kopf.Body | None, warnings: list[str], residency_stacks: kopf.Index,
-                    residency_nodes: kopf.Index, residency_storage_classes: kopf.Index, **_: Any) -> None:
-        with _served(service.STACK_RESIDENCY.id):
-            review = service.review_stack(
-                body=body, old=old, governance=governance(residency_stacks, residency_nodes, residency_storage_classes))
-        _answer(review, warnings)
+    @kopf.on.cleanup(id="residency-admission-stop", registry=registry)
+    def stop(**_: Any) -> None:
+        server.stop()

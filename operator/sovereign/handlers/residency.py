@@ -5,16 +5,15 @@
 - three indexes, so a decision reads memory instead of the API: ``residency_stacks`` (namespace
   -> each stack's name and ``spec.residency``), ``residency_nodes`` (each node's name, region and
   zone) and ``residency_storage_classes`` (name -> class); ``governance(...)`` turns them into the
-  ``policy.residency.Governance`` the webhooks (``handlers.admission``) and the audit read;
-- on every event of a stack (its first listing, changes, deletion): the ``sovereign.ai/governed``
-  label of its namespace, on while a stack is there and off once the last one is gone; on every
-  event of a governed namespace: off again if it holds no stack (one deleted while the operator
-  was down);
-- a timer per stack every ``audit_seconds``: ``services.residency_audit.audit_stack``, which also
-  puts the governed label back if someone removed it.
+  ``policy.residency.Governance`` the governance of namespaces and the audit read;
+- on every event of a stack (its first listing, changes, deletion): the namespace's residency
+  parameters (the annotations the admission policies read) and its ``sovereign.ai/governed`` and
+  ``sovereign.ai/enforcement`` labels, kept while a stack is there and removed once the last one is
+  gone; on every event of a governed namespace: the same (one deleted while the operator was down);
+- a timer per stack every ``audit_seconds``: ``services.residency_audit.audit_stack``, after
+  checking the namespace's parameters and labels again.
 
-An audit that fails on API trouble is logged and runs again next period. Called by ``cli.run``,
-before ``handlers.admission.install`` (whose webhooks read these indexes).
+An audit that fails on API trouble is logged and runs again next period. Called by ``cli.run``.
 """
 
 from __future__ import annotations
@@ -28,10 +27,10 @@ from pydantic import ValidationError
 
 from sovereign.api import GROUP, PLURAL, VERSION, Residency
 from sovereign.kube import errors
-from sovereign.kube.admission import GOVERNED_LABEL
 from sovereign.kube.client import Kube
 from sovereign.kube.resources import STACK
 from sovereign.policy.residency import REGION_LABEL, ZONE_LABEL, Governance, Topology
+from sovereign.render.names import GOVERNED_LABEL
 from sovereign.services.admission import govern_namespace
 from sovereign.services.residency_audit import audit_stack
 
@@ -115,8 +114,9 @@ def install(registry: kopf.OperatorRegistry, *, kube: Kube, config: ResidencyCon
         try:
             changed = govern_namespace(kube=kube, namespace=namespace, governance=view)
         except errors.KubeError as err:
-            log.warning("could not update the %s label of namespace %s: %s", GOVERNED_LABEL, namespace, err)
+            log.warning("could not update the residency parameters and %s label of namespace %s: %s",
+                        GOVERNED_LABEL, namespace, err)
             return
         if changed:
-            log.info("namespace %s: %s %s", namespace, "labelled" if view.stacks.get(namespace) else "unlabelled",
-                     GOVERNED_LABEL)
+            log.info("namespace %s: %s", namespace, "residency parameters and labels updated"
+                     if view.stacks.get(namespace) else f"no longer {GOVERNED_LABEL}")

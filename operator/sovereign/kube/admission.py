@@ -1,22 +1,26 @@
-"""Kubernetes I/O of residency enforcement: webhook configurations, governed namespaces, audit status.
+"""Kubernetes I/O of residency enforcement: admission policies, the lookup webhook, governed namespaces.
 
-- ``webhook_configurations`` builds the operator's ``MutatingWebhookConfiguration`` and
-  ``ValidatingWebhookConfiguration`` (both named ``sovereign-residency``) from the webhooks
-  ``services.admission`` declares and the client config Kopf's webhook server yields (URL or
-  in-cluster Service, CA bundle); ``apply_webhook_configurations`` server-side applies them as
-  field manager ``sovereign-admission``. Webhooks on workloads only match namespaces labelled
-  ``sovereign.ai/governed=true`` and fail closed there; the configurations are never deleted by
-  the operator, so they keep failing closed while it is down (docs/residency.md says what an
-  admin does then).
-- ``set_governed`` puts that label on a namespace that holds a stack and takes it off when the
-  last one is gone (a JSON merge patch, only when the label is not already as wanted).
-- ``read_webhook_configurations``: both configurations as the cluster has them (the report).
+- ``apply_admission_policies`` server-side applies the residency admission policies and their
+  bindings (``policy.residency_admission``) as field manager ``sovereign-admission``;
+  ``read_admission_policies`` reads them back (the report).
+- ``webhook_configuration`` builds the operator's ``ValidatingWebhookConfiguration``
+  ``sovereign-residency``: only the checks that need a lookup (the node a pod names or is bound
+  to, the class or volume of a claim, a stack's classes and nodes), narrowed by CEL
+  ``matchConditions`` so the apiserver calls the operator only when there is something to look up;
+  ``apply_webhook_configuration`` applies it and deletes the mutating configuration of earlier
+  versions (their region affinity is a policy now). Webhooks on workloads only match namespaces
+  labelled ``sovereign.ai/governed=true`` and fail closed there; the configuration is never
+  deleted by the operator, so lookups keep failing closed while it is down (docs/residency.md).
+- ``set_namespace_metadata`` keeps a namespace's residency parameters (annotations) and its
+  ``sovereign.ai/governed`` and ``sovereign.ai/enforcement`` labels as wanted, in one write and
+  only when something differs.
+- ``read_webhook_configurations``: the configurations as the cluster has them (the report).
 - ``apply_stack_status``: the residency audit's own server-side apply of a stack's status.
 - ``self_signed_certificate``: the webhook server's certificate when none is mounted, made with
-  ``cryptography`` (Kopf's own generator needs ``certbuilder``/``oscrypto``, which this image
-  does not ship).
+  ``cryptography``.
 
-Called by ``services.admission``, ``services.residency_audit`` and ``handlers.admission``.
+Called by ``services.admission``, ``services.residency_audit``, ``services.residency_report`` and
+``handlers.admission``.
 """
 
 from __future__ import annotations
@@ -39,11 +43,16 @@ from kubernetes.client.exceptions import ApiException
 from sovereign.api import GROUP, KIND, PLURAL, VERSION
 from sovereign.kube import errors
 from sovereign.kube.client import APPLY_CONTENT_TYPE, Kube
-from sovereign.kube.resources import ResourceType
+from sovereign.kube.resources import (
+    MUTATING_POLICY,
+    MUTATING_POLICY_BINDING,
+    VALIDATING_POLICY,
+    VALIDATING_POLICY_BINDING,
+    ResourceType,
+)
+from sovereign.render.names import GOVERNED_LABEL
 
-#: Label of namespaces whose workloads the residency webhooks judge.
-GOVERNED_LABEL = "sovereign.ai/governed"
-#: Name of both webhook configurations.
+#: Name of the webhook configuration (and of the mutating one earlier versions made).
 CONFIGURATION_NAME = "sovereign-residency"
 #: Field manager of the configurations (the reconciler's is ``sovereign-operator``).
 FIELD_MANAGER = "sovereign-admission"
@@ -69,13 +78,15 @@ class Webhook:
     """One admission webhook: the Kopf handler ``id`` that serves it and what it matches."""
 
     id: str
-    mutating: bool
     group: str
     version: str
+    #: The resource, or ``<resource>/<subresource>`` (``pods/binding``).
     plural: str
     operations: tuple[str, ...]
     #: Only namespaces labelled governed (and fail closed there); else every namespace, failing open.
     governed_only: bool = True
+    #: CEL ``(name, expression)`` pairs: the apiserver calls the webhook only when all are true.
+    match_conditions: tuple[tuple[str, str], ...] = ()
 
     @property
     def name(self) -> str:
@@ -83,23 +94,18 @@ class Webhook:
         return f"{self.id}.sovereign.ai"
 
 
-def webhook_configurations(*, webhooks: Sequence[Webhook], client_config: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The mutating and the validating configuration for ``webhooks``, in that order.
+def webhook_configuration(*, webhooks: Sequence[Webhook], client_config: Mapping[str, Any]) -> dict[str, Any]:
+    """The validating configuration for ``webhooks``.
 
-    ``client_config`` is what Kopf's server yields: ``url`` (or ``service``) and ``caBundle``;
-    each webhook's handler id is appended to the path, which is how Kopf routes a review to
-    its handler.
+    ``client_config`` is where the lookup server listens: ``url`` (or ``service``) and
+    ``caBundle``; each webhook's id is appended to the path, which is how the server routes a review.
     """
-    configurations = []
-    for mutating, kind in ((True, "MutatingWebhookConfiguration"), (False, "ValidatingWebhookConfiguration")):
-        entries = [_webhook_entry(hook, client_config) for hook in webhooks if hook.mutating == mutating]
-        configurations.append({
-            "apiVersion": ADMISSION_API,
-            "kind": kind,
-            "metadata": {"name": CONFIGURATION_NAME, "labels": {"app.kubernetes.io/managed-by": "sovereign-operator"}},
-            "webhooks": entries,
-        })
-    return configurations
+    return {
+        "apiVersion": ADMISSION_API,
+        "kind": "ValidatingWebhookConfiguration",
+        "metadata": {"name": CONFIGURATION_NAME, "labels": {"app.kubernetes.io/managed-by": "sovereign-operator"}},
+        "webhooks": [_webhook_entry(hook, client_config) for hook in webhooks],
+    }
 
 
 def _webhook_entry(hook: Webhook, client_config: Mapping[str, Any]) -> dict[str, Any]:
@@ -113,6 +119,9 @@ def _webhook_entry(hook: Webhook, client_config: Mapping[str, Any]) -> dict[str,
         "sideEffects": "None",
         "timeoutSeconds": TIMEOUT_SECONDS,
     }
+    if hook.match_conditions:
+        entry["matchConditions"] = [{"name": name, "expression": expression}
+                                    for name, expression in hook.match_conditions]
     if hook.governed_only:
         # A security control fails closed where it governs. Nothing outside a governed namespace
         # is ever sent here, so an operator outage cannot block the rest of the cluster.
@@ -121,9 +130,6 @@ def _webhook_entry(hook: Webhook, client_config: Mapping[str, Any]) -> dict[str,
     else:
         entry["namespaceSelector"] = {}
         entry["failurePolicy"] = "Ignore"
-    if hook.mutating:
-        # Another mutating webhook may rewrite the affinity after ours; run again if it does.
-        entry["reinvocationPolicy"] = "IfNeeded"
     return entry
 
 
@@ -138,20 +144,35 @@ def _routed(client_config: Mapping[str, Any], handler_id: str) -> dict[str, Any]
     return routed
 
 
-def apply_webhook_configurations(kube: Kube, configurations: Sequence[Mapping[str, Any]]) -> None:
-    """Server-side apply both configurations as ``sovereign-admission``.
+def apply_webhook_configuration(kube: Kube, configuration: Mapping[str, Any]) -> None:
+    """Server-side apply the validating configuration as ``sovereign-admission``, and delete the
+    mutating configuration of earlier versions (its webhook would be called for every pod).
 
-    Through the kubernetes client's typed calls, because ``Kube.apply`` applies as the
-    reconciler's field manager, and neither these objects nor the audit's status are the
-    reconciler's.
+    Through the kubernetes client's typed calls, because ``Kube.apply`` knows only the kinds the
+    operator renders.
     """
     api = client.AdmissionregistrationV1Api(kube.api)
-    for configuration in configurations:
-        patch = (api.patch_mutating_webhook_configuration if configuration["kind"] == "MutatingWebhookConfiguration"
-                 else api.patch_validating_webhook_configuration)
-        with _translated("apply", f"{configuration['kind']} {CONFIGURATION_NAME}"):
-            patch(CONFIGURATION_NAME, configuration, field_manager=FIELD_MANAGER, force=True,
-                  _content_type=APPLY_CONTENT_TYPE)
+    with _translated("apply", f"ValidatingWebhookConfiguration {CONFIGURATION_NAME}"):
+        api.patch_validating_webhook_configuration(CONFIGURATION_NAME, dict(configuration), field_manager=FIELD_MANAGER,
+                                                   force=True, _content_type=APPLY_CONTENT_TYPE)
+    with _translated("delete", f"MutatingWebhookConfiguration {CONFIGURATION_NAME}"):
+        with contextlib.suppress(ApiException):
+            api.read_mutating_webhook_configuration(CONFIGURATION_NAME)
+            api.delete_mutating_webhook_configuration(CONFIGURATION_NAME)
+
+
+_POLICY_KINDS = (MUTATING_POLICY, VALIDATING_POLICY, MUTATING_POLICY_BINDING, VALIDATING_POLICY_BINDING)
+
+
+def apply_admission_policies(kube: Kube, objects: Sequence[Mapping[str, Any]]) -> None:
+    """Server-side apply the residency policies and bindings, in order, as ``sovereign-admission``."""
+    for obj in objects:
+        kube.apply(obj, field_manager=FIELD_MANAGER)
+
+
+def read_admission_policies(kube: Kube, *, selector: str) -> list[Manifest]:
+    """Policies and bindings labelled ``selector``, as the cluster has them: policies first."""
+    return [obj for kind in _POLICY_KINDS for obj in kube.list(kind, selector=selector)]
 
 
 def apply_stack_status(kube: Kube, obj: Mapping[str, Any], *, field_manager: str) -> None:
@@ -186,18 +207,21 @@ def read_webhook_configurations(kube: Kube) -> list[Manifest]:
     return [configuration for configuration in found if configuration is not None]
 
 
-def set_governed(kube: Kube, *, namespace: str, governed: bool) -> bool:
-    """Label ``namespace`` governed (or not); True when it changed, False when it already was
-    as wanted or the namespace is gone."""
+def set_namespace_metadata(kube: Kube, *, namespace: str, metadata: Mapping[str, Mapping[str, str | None]]) -> bool:
+    """Bring the operator's labels and annotations of ``namespace`` to ``metadata``
+    (``{"labels": ..., "annotations": ...}``, None values: absent) in one JSON merge patch, so the
+    admission policies never see labels without their parameters. True when it wrote, False when
+    all was already as wanted or the namespace is gone."""
     current = kube.get(NAMESPACE, name=namespace)
     if current is None:
         return False
-    labelled = ((current["metadata"].get("labels") or {}).get(GOVERNED_LABEL) == "true")
-    if labelled == governed:
+    stale = any((current["metadata"].get(part) or {}).get(key) != value
+                for part, wanted in metadata.items() for key, value in wanted.items())
+    if not stale:
         return False
     try:
-        kube.merge_patch(NAMESPACE, name=namespace,
-                         patch={"metadata": {"labels": {GOVERNED_LABEL: "true" if governed else None}}})
+        kube.merge_patch(NAMESPACE, name=namespace, patch={"metadata": {part: dict(wanted)
+                                                                        for part, wanted in metadata.items()}})
     except errors.NotFound:
         return False
     return True

@@ -77,15 +77,22 @@ class Kube:
         # Items of a list come without apiVersion and kind; callers compare them with manifests.
         return [{"apiVersion": kind.api_version, "kind": kind.kind, **item} for item in answer.get("items") or []]
 
+    def username(self) -> str:
+        """The user name the apiserver knows this client by (a SelfSubjectReview)."""
+        answer = self._request("POST", "/apis/authentication.k8s.io/v1/selfsubjectreviews",
+                               body={"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"},
+                               content_type="application/json", action="review", what="the operator's own identity")
+        return answer["status"]["userInfo"]["username"]
+
     # -- writes ---------------------------------------------------------------------------------
 
-    def apply(self, obj: Mapping[str, Any], *, dry_run: bool = False) -> Manifest:
-        """Server-side apply ``obj`` as the operator's field manager; the object as stored."""
-        return self._apply(obj, subresource=None, dry_run=dry_run)
+    def apply(self, obj: Mapping[str, Any], *, dry_run: bool = False, field_manager: str = FIELD_MANAGER) -> Manifest:
+        """Server-side apply ``obj`` as ``field_manager`` (the reconciler's by default); the object as stored."""
+        return self._apply(obj, subresource=None, dry_run=dry_run, field_manager=field_manager)
 
     def apply_status(self, obj: Mapping[str, Any]) -> Manifest:
         """Server-side apply the ``status`` of ``obj`` (apiVersion, kind, metadata.name/namespace, status)."""
-        return self._apply(obj, subresource="status", dry_run=False)
+        return self._apply(obj, subresource="status", dry_run=False, field_manager=FIELD_MANAGER)
 
     def merge_patch(self, kind: ResourceType, *, name: str, patch: Mapping[str, Any],
                     namespace: str | None = None) -> Manifest:
@@ -167,11 +174,12 @@ class Kube:
 
     # -- internals ------------------------------------------------------------------------------
 
-    def _apply(self, obj: Mapping[str, Any], *, subresource: str | None, dry_run: bool) -> Manifest:
+    def _apply(self, obj: Mapping[str, Any], *, subresource: str | None, dry_run: bool,
+               field_manager: str) -> Manifest:
         kind = resource_type(obj)
         meta = obj["metadata"]
         namespace = meta.get("namespace") if kind.namespaced else None
-        query = [("fieldManager", FIELD_MANAGER), ("force", "true")]
+        query = [("fieldManager", field_manager), ("force", "true")]
         if dry_run:
             query.append(("dryRun", "All"))
         return self._request(

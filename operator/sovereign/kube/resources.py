@@ -48,10 +48,18 @@ NETWORK_POLICY = ResourceType("networking.k8s.io/v1", "NetworkPolicy", "networkp
 SCALED_OBJECT = ResourceType("keda.sh/v1alpha1", "ScaledObject", "scaledobjects", True)
 NODE_POOL = ResourceType("karpenter.sh/v1", "NodePool", "nodepools", False)
 NODE = ResourceType("v1", "Node", "nodes", False)
+_ADMISSION = "admissionregistration.k8s.io/v1"
+MUTATING_POLICY = ResourceType(_ADMISSION, "MutatingAdmissionPolicy", "mutatingadmissionpolicies", False)
+MUTATING_POLICY_BINDING = ResourceType(_ADMISSION, "MutatingAdmissionPolicyBinding",
+                                       "mutatingadmissionpolicybindings", False)
+VALIDATING_POLICY = ResourceType(_ADMISSION, "ValidatingAdmissionPolicy", "validatingadmissionpolicies", False)
+VALIDATING_POLICY_BINDING = ResourceType(_ADMISSION, "ValidatingAdmissionPolicyBinding",
+                                         "validatingadmissionpolicybindings", False)
 
 KNOWN = (
     STACK, DEPLOYMENT, JOB, SERVICE, POD, SECRET, EVENT, PERSISTENT_VOLUME_CLAIM, POD_DISRUPTION_BUDGET,
-    NETWORK_POLICY, SCALED_OBJECT, NODE_POOL, NODE,
+    NETWORK_POLICY, SCALED_OBJECT, NODE_POOL, NODE, MUTATING_POLICY, MUTATING_POLICY_BINDING,
+    VALIDATING_POLICY, VALIDATING_POLICY_BINDING,
 )  # fmt: skip
 _BY_KIND = {(kind.api_version, kind.kind): kind for kind in KNOWN}
 

@@ -48,6 +48,8 @@ LOAD_BALANCER_NOT_ALLOWED = "LoadBalancerNotAllowed"
 NODE_PORT_NOT_ALLOWED = "NodePortNotAllowed"
 EXTERNAL_IPS_NOT_ALLOWED = "ExternalIPsNotAllowed"
 EXTERNAL_NAME_NOT_ALLOWED = "ExternalNameNotAllowed"
+HOST_NAMESPACES_NOT_ALLOWED = "HostNamespacesNotAllowed"
+GOVERNANCE_TAMPERED = "GovernanceTampered"
 NODE_POOL_OUTSIDE_REGIONS = "NodePoolOutsideRegions"
 STORE_FAILED = "DataStoreFailed"
 
@@ -72,6 +74,7 @@ class Scope:
     enforce: bool
     allow_load_balancer: bool
     allow_node_port: bool
+    allow_host_namespaces: bool = False
 
     @property
     def governor(self) -> str:
@@ -110,6 +113,7 @@ def _scope(namespace: str, stacks: Mapping[str, Residency]) -> Scope:
         enforce=any(r.enforcement is Enforcement.ENFORCE for r in residencies),
         allow_load_balancer=all(r.exposure.allow_load_balancer for r in residencies),
         allow_node_port=all(r.exposure.allow_node_port for r in residencies),
+        allow_host_namespaces=all(r.egress.allow_host_namespaces for r in residencies),
     )
 
 
@@ -312,6 +316,8 @@ def check_pod(*, pod: Manifest, scope: Scope, topology: Topology) -> Decision:
     """
     if (conflict := _no_common_region("Pod", pod, scope)) is not None:
         return conflict
+    if (host := check_host_namespaces(pod=pod, scope=scope)) is not None:
+        return host
     place = _pod_place(pod, topology, scope.regions)
     outside = [(what, region) for what, region in place.named if region not in scope.regions]
     if outside:
@@ -324,6 +330,21 @@ def check_pod(*, pod: Manifest, scope: Scope, topology: Topology) -> Decision:
     return Decision(True, IN_REGIONS, f"Pod can only run in {_regions_text(sorted(place.regions))}")
 
 
+HOST_NAMESPACES = ("hostNetwork", "hostPID", "hostIPC")
+
+
+def check_host_namespaces(*, pod: Manifest, scope: Scope) -> Decision | None:
+    """A pod in the node's network, PID or IPC namespace escapes the egress NetworkPolicy and the
+    pod boundary: ``HostNamespacesNotAllowed`` unless the stacks allow it (None: nothing to say)."""
+    spec = pod.get("spec") or {}
+    used = [name for name in HOST_NAMESPACES if spec.get(name)]
+    if not used or scope.allow_host_namespaces:
+        return None
+    return failure(kind="Pod", obj=pod, rule=HOST_NAMESPACES_NOT_ALLOWED, scope=scope,
+                   detail=f"{', '.join(used)} puts it in the node's own namespaces, outside the egress policy and "
+                          "the pod boundary; set spec.residency.egress.allowHostNamespaces to allow it")
+
+
 def check_pod_placement(*, pod: Manifest, scope: Scope, topology: Topology) -> Decision:
     """Where a pod actually runs: the region of its node once scheduled, else its constraints."""
     node = (pod.get("spec") or {}).get("nodeName")
@@ -331,45 +352,20 @@ def check_pod_placement(*, pod: Manifest, scope: Scope, topology: Topology) -> D
         return check_pod(pod=pod, scope=scope, topology=topology)
     if (conflict := _no_common_region("Pod", pod, scope)) is not None:
         return conflict
+    if (host := check_host_namespaces(pod=pod, scope=scope)) is not None:
+        return host
+    return check_pod_node(pod=pod, node=node, scope=scope, topology=topology)
+
+
+def check_pod_node(*, pod: Manifest, node: str, scope: Scope, topology: Topology) -> Decision:
+    """The node a pod runs on, names or is bound to lies in the allowed regions (by its region label)."""
+    if (conflict := _no_common_region("Pod", pod, scope)) is not None:
+        return conflict
     region = topology.region(key=HOSTNAME_LABEL, value=node, allowed=scope.regions) or ""
     if region in scope.regions:
         return Decision(True, IN_REGIONS, f"Pod runs on node {node} in {region}")
     return failure(kind="Pod", obj=pod, rule=POD_OUTSIDE_REGIONS, scope=scope,
                     detail=f"it runs on node {node} in {region or 'no region (the node has no region label)'}")
-
-
-def pinned_affinity(*, pod: Manifest, regions: Sequence[str], topology: Topology) -> dict[str, Any] | None:
-    """The pod's affinity with every required node selector term narrowed to ``regions``, or None
-    when nothing needs to change.
-
-    Terms are alternatives, so each one that could land outside gets the region requirement;
-    terms already inside are left as written. A pod that names a region outside gets nothing:
-    the validating webhook denies it (Enforce), or it runs where it asked and the audit records
-    it (Audit) -- pinning it would make it unschedulable instead of visible.
-    """
-    allowed = sorted(set(regions))
-    place = _pod_place(pod, topology, allowed)
-    if not allowed or any(region not in allowed for _, region in place.named):
-        return None
-    requirement = {"key": REGION_LABEL, "operator": "In", "values": allowed}
-    affinity = dict((pod.get("spec") or {}).get("affinity") or {})
-    terms = _required_terms(affinity)
-    if not terms:
-        terms = [{}]
-    changed = False
-    pinned_terms = []
-    for term in terms:
-        inside = _term_place(term, topology, allowed, "")
-        if inside.regions is not None and not inside.outside(allowed):
-            pinned_terms.append(term)
-            continue
-        pinned_terms.append({**term, "matchExpressions": [*(term.get("matchExpressions") or []), requirement]})
-        changed = True
-    if not changed:
-        return None
-    node_affinity = dict(affinity.get("nodeAffinity") or {})
-    node_affinity["requiredDuringSchedulingIgnoredDuringExecution"] = {"nodeSelectorTerms": pinned_terms}
-    return {**affinity, "nodeAffinity": node_affinity}
 
 
 # --- volumes -----------------------------------------------------------------------------------

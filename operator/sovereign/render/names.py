@@ -47,6 +47,11 @@ MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 PART_OF = "sovereign-stack"
 
 REGION_LABEL = "topology.kubernetes.io/region"
+#: Label of namespaces that hold a stack: residency admission (policies, webhooks) acts only there.
+GOVERNED_LABEL = "sovereign.ai/governed"
+#: Label of a governed namespace naming its enforcement mode (Enforce or Audit), which chooses the
+#: admission policy bindings that apply there.
+ENFORCEMENT_LABEL = "sovereign.ai/enforcement"
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_TAINT = {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}

@@ -5,10 +5,11 @@ and judges each object with the same rules the webhooks and the audit apply
 (``policy.residency``): every pod with the node and region it runs in, every volume claim with
 its class and volume, every Service with its exposure, every data store with each check of its
 bucket (``services.residency_stores``, read only), the violations the audit recorded with their
-timestamps, the conditions, the admission configuration in force (the operator's webhook
-configurations as the cluster has them, and whether the namespace is governed), and the lineage
-of each model with evaluation (which model served it, when, admitted by which evaluation of
-which dataset version). The result is
+timestamps, the conditions, the admission configuration in force (the residency admission
+policies whose bindings select the namespace, what each judges and whether it denies or only
+warns and audits; the namespace's residency parameters, its annotations; the operator's lookup
+webhooks; whether the namespace is governed), and the lineage of each model with evaluation
+(which model served it, when, admitted by which evaluation of which dataset version). The result is
 an ``Evidence`` model: ``report`` renders it as HTML or JSON. Called by ``cli.report``.
 """
 
@@ -32,15 +33,17 @@ from sovereign.api import (
 )
 from sovereign.kube.admission import (
     CONFIGURATION_NAME,
-    GOVERNED_LABEL,
     NAMESPACE,
     PERSISTENT_VOLUME,
     STORAGE_CLASS,
+    read_admission_policies,
     read_webhook_configurations,
 )
 from sovereign.kube.client import Kube
 from sovereign.kube.resources import NODE, STACK
 from sovereign.policy import residency as policy
+from sovereign.policy.residency_admission import PARAMETERS
+from sovereign.render.names import ENFORCEMENT_LABEL, GOVERNED_LABEL
 from sovereign.policy.residency_store import Decision
 from sovereign.services.residency_audit import judge_namespace, stored_residency
 from sovereign.services.residency_stores import verify_data_stores
@@ -124,8 +127,24 @@ class WebhookEvidence(_Model):
     endpoint: str
 
 
+class PolicyEvidence(_Model):
+    """A residency admission policy, by one of its bindings that selects the namespace."""
+
+    kind: str
+    name: str
+    binding: str
+    resources: list[str]
+    operations: list[str]
+    #: What a failed rule does: Deny; Warn, Audit; or Mutate.
+    actions: list[str]
+    failure_policy: str
+
+
 class AdmissionEvidence(_Model):
     namespace_governed: bool
+    enforcement: str
+    parameters: dict[str, str]
+    policies: list[PolicyEvidence]
     configurations_present: list[str]
     webhooks: list[WebhookEvidence]
 
@@ -275,8 +294,34 @@ def _admission(kube: Kube, namespace: dict[str, Any]) -> AdmissionEvidence:
                 failure_policy=hook.get("failurePolicy", "Fail"), endpoint=endpoint,
             ))
     labels = namespace["metadata"].get("labels") or {}
+    annotations = namespace["metadata"].get("annotations") or {}
     return AdmissionEvidence(
         namespace_governed=labels.get(GOVERNED_LABEL) == "true",
+        enforcement=labels.get(ENFORCEMENT_LABEL, ""),
+        parameters={key: annotations[key] for key in PARAMETERS if key in annotations},
+        policies=_policies(kube, labels),
         configurations_present=[f"{c['kind']} {CONFIGURATION_NAME}" for c in configurations],
         webhooks=webhooks,
     )
+
+
+def _policies(kube: Kube, labels: dict[str, str]) -> list[PolicyEvidence]:
+    """The residency policies whose bindings select a namespace with ``labels``."""
+    found = read_admission_policies(kube, selector="app.kubernetes.io/part-of=sovereign-stack")
+    policies = {(obj["kind"], obj["metadata"]["name"]): obj for obj in found if not obj["kind"].endswith("Binding")}
+    guarding = []
+    for binding in (obj for obj in found if obj["kind"].endswith("Binding")):
+        spec = binding.get("spec") or {}
+        selector = ((spec.get("matchResources") or {}).get("namespaceSelector") or {}).get("matchLabels") or {}
+        kind = binding["kind"].removesuffix("Binding")
+        target = policies.get((kind, spec.get("policyName", "")))
+        if target is None or any(labels.get(key) != value for key, value in selector.items()):
+            continue
+        rules = ((target.get("spec") or {}).get("matchConstraints") or {}).get("resourceRules") or []
+        guarding.append(PolicyEvidence(
+            kind=kind, name=target["metadata"]["name"], binding=binding["metadata"]["name"],
+            resources=sorted({r for rule in rules for r in rule.get("resources") or []}),
+            operations=sorted({o for rule in rules for o in rule.get("operations") or []}),
+            actions=list(spec.get("validationActions") or ["Mutate"]),
+            failure_policy=(target.get("spec") or {}).get("failurePolicy", "Fail")))
+    return guarding

@@ -61,7 +61,8 @@ def test_fields_are_camel_case_on_the_wire_and_acronyms_capitalised() -> None:
     (document,) = load_documents((SAMPLES[0].parent / "full.yaml").read_text())
     dumped = parse_stack(document).model_dump(mode="json")
 
-    assert dumped["spec"]["residency"]["egress"] == {"allowCIDRs": ["10.20.0.0/16", "172.31.8.0/24"]}
+    assert dumped["spec"]["residency"]["egress"] == {"allowCIDRs": ["10.20.0.0/16", "172.31.8.0/24"],
+                                                     "allowHostNamespaces": False}
     assert set(dumped["spec"]["models"][0]) >= {"gpusPerReplica", "nodePool", "startupTimeoutSeconds", "extraArgs"}
     assert "credentialsSecretRef" in dumped["spec"]["dataStores"][0]["s3"]
 

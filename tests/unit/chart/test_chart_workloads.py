@@ -187,7 +187,8 @@ def test_the_operators_network_policy_admits_webhooks_and_scrapes_and_reaches_dn
 def test_every_namespaced_object_lands_in_the_release_namespace_except_the_agents_event_role(render):
     placed = {(o["kind"], o["metadata"].get("namespace")) for o in render(namespace="gov-platform")
               if o["kind"] not in ("ClusterRole", "ClusterRoleBinding", "ClusterKopfPeering",
-                                   "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding")}
+                                   "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding",
+                                   "MutatingAdmissionPolicy", "MutatingAdmissionPolicyBinding")}
 
     assert {namespace for _, namespace in placed} == {"gov-platform", "default"}
     assert {kind for kind, namespace in placed if namespace == "default"} == {"Role", "RoleBinding"}

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import copy
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 from sovereign.api import Residency, parse_stack
 from sovereign.policy import residency as r
 from sovereign.policy.residency_store import Decision
@@ -170,62 +167,6 @@ def test_a_pending_pod_is_judged_by_its_constraints():
 
     assert decision.reason == r.POD_OUTSIDE_REGIONS
 
-
-# --- the injected pin --------------------------------------------------------------------------
-
-
-def test_a_plain_pod_gets_a_required_affinity_to_the_regions():
-    affinity = r.pinned_affinity(pod=pod(), regions=["me-central-1"], topology=TOPOLOGY)
-
-    assert affinity == region_affinity("me-central-1")
-    assert r.check_pod(pod=pod(affinity=affinity), scope=scope(), topology=TOPOLOGY).ok
-
-
-def test_every_term_that_could_land_outside_is_narrowed_and_the_rest_of_the_affinity_kept():
-    gpu = {"key": "nvidia.com/gpu.product", "operator": "In", "values": ["NVIDIA-H100-80GB-HBM3"]}
-    inside = {"key": "topology.kubernetes.io/zone", "operator": "In", "values": ["me-central-1a"]}
-    pod_affinity = {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": []}}
-    original = pod(affinity={**pod_affinity, "nodeAffinity": {
-        "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
-            {"matchExpressions": [gpu]}, {"matchExpressions": [inside]}]},
-        "preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 1, "preference": {}}],
-    }})
-    before = copy.deepcopy(original)
-
-    affinity = r.pinned_affinity(pod=original, regions=["me-central-1"], topology=TOPOLOGY)
-
-    pin = {"key": "topology.kubernetes.io/region", "operator": "In", "values": ["me-central-1"]}
-    assert affinity == {**pod_affinity, "nodeAffinity": {
-        "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
-            {"matchExpressions": [gpu, pin]}, {"matchExpressions": [inside]}]},
-        "preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 1, "preference": {}}],
-    }}
-    assert original == before
-
-
-def test_a_pod_already_pinned_inside_or_asking_for_outside_is_left_alone():
-    assert r.pinned_affinity(pod=pod(affinity=region_affinity("me-central-1")), regions=["me-central-1"],
-                             topology=TOPOLOGY) is None
-    assert r.pinned_affinity(pod=pod(nodeSelector={"topology.kubernetes.io/region": "eu-west-1"}),
-                             regions=["me-central-1"], topology=TOPOLOGY) is None
-
-
-@given(st.lists(st.sampled_from(["me-central-1", "eu-west-1", "us-east-1"]), min_size=1, unique=True),
-       st.lists(st.sampled_from(["me-central-1a", "me-central-1b", "eu-west-1a"]), unique=True))
-def test_after_pinning_a_pod_that_named_no_outside_region_is_compliant(regions, zones):
-    spec = {"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
-        {"matchExpressions": [{"key": "topology.kubernetes.io/zone", "operator": "NotIn", "values": zones}]}]}}}}
-    original = pod(**spec)
-    affinity = r.pinned_affinity(pod=original, regions=regions, topology=TOPOLOGY)
-    stacks = {"s": Residency(jurisdiction="QA", regions=regions)}
-
-    decision = r.check_pod(pod=pod(affinity=affinity), scope=r.scope_for(namespace="gov", stacks=stacks, labels=None),
-                           topology=TOPOLOGY)
-
-    assert decision.ok, decision.message
-
-
-# --- volumes -----------------------------------------------------------------------------------
 
 
 def storage_class(name: str = "regional", *zones: str, mode: str | None = None) -> dict:
@@ -408,3 +349,23 @@ def test_workloads_using_a_failed_store_are_blocked_with_the_failed_check():
                                                      "failed LocationOutsideRegions: bucket 'qa-corpus' is in "
                                                      "eu-west-1"),
     }
+
+
+@pytest.mark.parametrize("fields, allow, named", [
+    ({"hostNetwork": True}, False, "hostNetwork"),
+    ({"hostPID": True, "hostIPC": True}, False, "hostPID, hostIPC"),
+    ({"hostNetwork": True}, True, None),
+])
+def test_host_namespaces_are_a_rule_of_their_own(fields, allow, named):
+    governing = r.scope_for(namespace="gov-qa", labels=None, stacks={"citizen": Residency.model_validate(
+        {"jurisdiction": "QA", "regions": ["me-central-1"], "egress": {"allowHostNamespaces": allow}})})
+    running = pod(nodeName="gpu-mec1-0", **fields)
+
+    decision = r.check_pod_placement(pod=running, scope=governing, topology=TOPOLOGY)
+
+    if named is None:
+        assert decision.ok
+    else:
+        assert decision.reason == r.HOST_NAMESPACES_NOT_ALLOWED
+        assert f"breaks HostNamespacesNotAllowed: {named} puts it in the node's own namespaces" in decision.message
+        assert "set spec.residency.egress.allowHostNamespaces to allow it" in decision.message

@@ -1,9 +1,9 @@
-"""The webhook configurations the operator publishes, and the certificate it serves them with."""
+"""The lookup webhook configuration the operator publishes, and the certificate it serves it with."""
 
 from __future__ import annotations
 
 from cryptography import x509
-from sovereign.kube.admission import self_signed_certificate, webhook_configurations
+from sovereign.kube.admission import self_signed_certificate, webhook_configuration
 from sovereign.services.admission import WEBHOOKS
 
 URL_CONFIG = {"url": "https://127.0.0.1:9443", "caBundle": "Q0E="}
@@ -13,23 +13,36 @@ def by_name(configuration: dict) -> dict:
     return {hook["name"]: hook for hook in configuration["webhooks"]}
 
 
-def test_workload_webhooks_match_only_governed_namespaces_and_fail_closed_there():
-    mutating, validating = webhook_configurations(webhooks=WEBHOOKS, client_config=URL_CONFIG)
+def test_lookup_webhooks_match_only_governed_namespaces_and_fail_closed_there():
+    validating = webhook_configuration(webhooks=WEBHOOKS, client_config=URL_CONFIG)
 
-    hooks = {**by_name(mutating), **by_name(validating)}
-    for name in ("pod-region-affinity.sovereign.ai", "pod-residency.sovereign.ai", "claim-residency.sovereign.ai",
-                 "service-exposure.sovereign.ai"):
+    hooks = by_name(validating)
+    assert list(hooks) == ["pod-node.sovereign.ai", "pod-binding.sovereign.ai", "claim-residency.sovereign.ai",
+                           "stack-residency.sovereign.ai"]
+    for name in ("pod-node.sovereign.ai", "pod-binding.sovereign.ai", "claim-residency.sovereign.ai"):
         assert hooks[name]["namespaceSelector"] == {"matchLabels": {"sovereign.ai/governed": "true"}}, name
         assert hooks[name]["failurePolicy"] == "Fail", name
-    assert (mutating["kind"], mutating["metadata"]["name"]) == ("MutatingWebhookConfiguration", "sovereign-residency")
     assert (validating["kind"], validating["metadata"]["name"]) == ("ValidatingWebhookConfiguration",
                                                                     "sovereign-residency")
-    assert list(by_name(mutating)) == ["pod-region-affinity.sovereign.ai"]
-    assert by_name(mutating)["pod-region-affinity.sovereign.ai"]["reinvocationPolicy"] == "IfNeeded"
+
+
+def test_the_apiserver_calls_the_operator_only_for_what_needs_a_lookup():
+    hooks = by_name(webhook_configuration(webhooks=WEBHOOKS, client_config=URL_CONFIG))
+
+    names_a_node, = hooks["pod-node.sovereign.ai"]["matchConditions"]
+    assert names_a_node["name"] == "names-a-node"
+    for field in ("nodeName", "'kubernetes.io/hostname'", "'metadata.name'"):
+        assert field in names_a_node["expression"]
+    assert hooks["pod-node.sovereign.ai"]["rules"][0]["operations"] == ["CREATE"]
+    # The scheduler binds only where the pod's region affinity (a policy's doing) lets it.
+    assert hooks["pod-binding.sovereign.ai"]["rules"][0]["resources"] == ["pods/binding"]
+    assert hooks["pod-binding.sovereign.ai"]["matchConditions"] == [
+        {"name": "not-the-scheduler", "expression": "request.userInfo.username != 'system:kube-scheduler'"}]
+    assert "matchConditions" not in hooks["claim-residency.sovereign.ai"]
 
 
 def test_the_stack_webhook_sees_every_namespace_and_fails_open():
-    _, validating = webhook_configurations(webhooks=WEBHOOKS, client_config=URL_CONFIG)
+    validating = webhook_configuration(webhooks=WEBHOOKS, client_config=URL_CONFIG)
 
     stack = by_name(validating)["stack-residency.sovereign.ai"]
 
@@ -40,15 +53,15 @@ def test_the_stack_webhook_sees_every_namespace_and_fails_open():
 
 
 def test_each_webhook_is_routed_to_its_handler_by_url_or_service_path():
-    _, by_url = webhook_configurations(webhooks=WEBHOOKS, client_config=URL_CONFIG)
+    by_url = webhook_configuration(webhooks=WEBHOOKS, client_config=URL_CONFIG)
     service_config = {"service": {"namespace": "sovereign-system", "name": "sovereign", "port": 443},
                       "caBundle": "Q0E="}
-    _, by_service = webhook_configurations(webhooks=WEBHOOKS, client_config=service_config)
+    by_service = webhook_configuration(webhooks=WEBHOOKS, client_config=service_config)
 
-    assert by_name(by_url)["pod-residency.sovereign.ai"]["clientConfig"] == {
-        "url": "https://127.0.0.1:9443/pod-residency", "caBundle": "Q0E="}
-    assert by_name(by_service)["pod-residency.sovereign.ai"]["clientConfig"] == {
-        "service": {"namespace": "sovereign-system", "name": "sovereign", "port": 443, "path": "/pod-residency"},
+    assert by_name(by_url)["pod-node.sovereign.ai"]["clientConfig"] == {
+        "url": "https://127.0.0.1:9443/pod-node", "caBundle": "Q0E="}
+    assert by_name(by_service)["claim-residency.sovereign.ai"]["clientConfig"] == {
+        "service": {"namespace": "sovereign-system", "name": "sovereign", "port": 443, "path": "/claim-residency"},
         "caBundle": "Q0E="}
 
 
