@@ -29,7 +29,8 @@ def _evidence() -> Evidence:
                          allow_node_port=False, egress_cidrs=[]),
         compliant=True, stack_check=Check(ok=True, reason="Compliant", message=""), conditions=[], violations=[],
         pods=[], volumes=[], services=[], stores=[],
-        admission=AdmissionEvidence(namespace_governed=True, configurations_present=[], webhooks=[]),
+        admission=AdmissionEvidence(namespace_governed=True, enforcement="Enforce", parameters={}, policies=[],
+                                    configurations_present=[], webhooks=[]),
         lineage=[ModelLineage(name="chat", history=[
             ServingRecord(model="tiny-a", revision="aaaa", since=datetime(2026, 11, 29, tzinfo=UTC),
                           until=datetime(2026, 11, 30, 18, 0, tzinfo=UTC), admission="Initial"),
