@@ -15,6 +15,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from sovereign.services.fetch_model import human_bytes
 from sovereign.services.overview import ConditionView, NodeView, Overview, StackView
 
 _STYLE = {"True": "green", "False": "red", "Unknown": "yellow"}
@@ -22,6 +23,17 @@ _STYLE = {"True": "green", "False": "red", "Unknown": "yellow"}
 
 def _status(value: str) -> Text:
     return Text(value, style=_STYLE.get(value, ""))
+
+
+def cache_text(cache: dict) -> str:
+    """A model's ``status.models[].cache`` in a few words: the layout, and a shared cache's state
+    (``SharedVolume Filled: 37 files, 145.0 GiB``); empty for weights that are not copied."""
+    if not cache:
+        return ""
+    text = " ".join(part for part in (cache.get("layout", ""), cache.get("state", "")) if part)
+    if cache.get("state") == "Filled":
+        text += f": {cache.get('files', 0)} file(s), {human_bytes(cache.get('bytes', 0))}"
+    return text
 
 
 def stack_panel(stack: StackView) -> Panel:
@@ -32,11 +44,12 @@ def stack_panel(stack: StackView) -> Panel:
         conditions.add_row(c.type, _status(c.status), c.reason, c.message)
 
     models = Table(show_edge=False, expand=True, title="models", title_justify="left")
-    for column in ("model", "serves", "ready", "endpoint"):
+    for column in ("model", "serves", "ready", "cache", "endpoint"):
         models.add_column(column, overflow="fold")
     for m in stack.models:
         ready = f"{m.get('readyReplicas', 0)}/{m.get('replicas', 0)}"
-        models.add_row(m.get("name", ""), m.get("model", ""), ready, m.get("endpoint", ""))
+        models.add_row(m.get("name", ""), m.get("model", ""), ready, cache_text(m.get("cache") or {}),
+                       m.get("endpoint", ""))
 
     pools = Table(show_edge=False, expand=True, title="node pools", title_justify="left")
     for column in ("pool", "nodes", "ready", "GPUs", "unhealthy GPUs"):
