@@ -20,36 +20,32 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from gate_helpers import operator, wait_for  # noqa: F401 - the fixture
+from gate_helpers import cpu_cloud, cpu_stack, operator, wait_for  # noqa: F401 - the fixture
 from kubernetes import client
 
 from sovereign.api import GROUP, PLURAL, VERSION
 from sovereign.api.models import RWX_ANNOTATION
 from sovereign.policy import model_cache
 from sovereign_dev.provisioner import SimulatedProvisioner
-from sovereign_dev.scenario import RACK_LABEL, SimulatedCloud, stack_conditions
+from sovereign_dev.scenario import SimulatedCloud, stack_conditions
 
 STACK = "cpu"
-CPU_NODE = "cpu-mec1-0"
 KEY = "gguf/tiny.gguf"
 pytestmark = pytest.mark.minio
 
 
 @pytest.fixture
 def cloud(api_client, namespace: str, minio_servers) -> Iterator[SimulatedCloud]:
-    """A bucket holding the GGUF file, with its Secret, one CPU node of the fleet in rack doha-cpu
-    (the CPU pool's selector), and the local cloud's volume provisioner."""
-    core = client.CoreV1Api(api_client)
+    """A bucket holding the GGUF file, with its Secret, one CPU node of the fleet in the CPU pool's
+    rack, and the local cloud's volume provisioner (which binds the cache's claim)."""
     provisioner = SimulatedProvisioner(api_client, region="me-central-1", interval=0.5)
     provisioner.start()
-    with SimulatedCloud(api_client, namespace, store=minio_servers["me-central-1"]) as simulated:
-        simulated.store.client().put_object(Bucket=simulated.bucket, Key=KEY, Body=b"GGUF" + bytes(1024))
-        core.patch_node(CPU_NODE, {"metadata": {"labels": {RACK_LABEL: "doha-cpu"}}})
-        try:
+    try:
+        with cpu_cloud(api_client, namespace, minio_servers["me-central-1"]) as simulated:
+            simulated.store.client().put_object(Bucket=simulated.bucket, Key=KEY, Body=b"GGUF" + bytes(1024))
             yield simulated
-        finally:
-            core.patch_node(CPU_NODE, {"metadata": {"labels": {RACK_LABEL: None}}})
-            provisioner.stop()
+    finally:
+        provisioner.stop()
 
 
 @pytest.fixture
@@ -66,22 +62,8 @@ def block_class(api_client, namespace: str) -> Iterator[str]:
 
 
 def _document(namespace: str, cloud: SimulatedCloud, storage_class: str) -> dict[str, Any]:
-    return {
-        "apiVersion": f"{GROUP}/{VERSION}", "kind": "SovereignStack",
-        "metadata": {"name": STACK, "namespace": namespace},
-        "spec": {
-            "residency": {"jurisdiction": "QA", "regions": ["me-central-1"]},
-            "nodePools": [{"name": "cpu", "provisioner": "Existing",
-                           "existing": {"nodeSelector": {RACK_LABEL: "doha-cpu"}}}],
-            "dataStores": [{"name": "weights", "s3": {
-                "bucket": cloud.bucket, "region": "me-central-1", "endpoint": cloud.store.endpoint,
-                "forcePathStyle": True, "credentialsSecretRef": {"name": "s3-creds"}}}],
-            "models": [{"name": "chat", "engine": "llama-cpp", "model": "tiny", "nodePool": "cpu",
-                        "source": {"dataStore": "weights", "path": KEY},
-                        "resources": {"cpu": "2", "memory": "1Gi"},
-                        "cache": {"size": "1Gi", "layout": "SharedVolume", "storageClassName": storage_class}}],
-        },
-    }
+    return cpu_stack(name=STACK, namespace=namespace, cloud=cloud, key=KEY, applications=[],
+                     cache={"size": "1Gi", "layout": "SharedVolume", "storageClassName": storage_class})
 
 
 def _model_status(api_client, namespace: str) -> dict[str, Any]:

@@ -16,15 +16,14 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from gate_helpers import operator, wait_for  # noqa: F401 - the fixture
+from gate_helpers import cpu_cloud, cpu_stack, operator, wait_for  # noqa: F401 - the fixture
 from kubernetes import client
 
 from sovereign.api import GROUP, PLURAL, VERSION
 from sovereign.policy import model_source as ms
-from sovereign_dev.scenario import RACK_LABEL, SimulatedCloud, stack_conditions
+from sovereign_dev.scenario import SimulatedCloud, stack_conditions
 
 STACK = "cpu"
-CPU_NODE = "cpu-mec1-0"
 KEY = "gguf/tiny.gguf"
 FIELD = "spec.models[0].source.path"
 pytestmark = pytest.mark.minio
@@ -32,38 +31,13 @@ pytestmark = pytest.mark.minio
 
 @pytest.fixture
 def cloud(api_client, namespace: str, minio_servers) -> Iterator[SimulatedCloud]:
-    """Volumes for the weights cache, a bucket with its Secret, and one CPU node of the fleet in
-    rack doha-cpu (the CPU pool's selector)."""
-    core = client.CoreV1Api(api_client)
-    with SimulatedCloud(api_client, namespace, store=minio_servers["me-central-1"]) as simulated:
-        core.patch_node(CPU_NODE, {"metadata": {"labels": {RACK_LABEL: "doha-cpu"}}})
-        try:
-            yield simulated
-        finally:
-            core.patch_node(CPU_NODE, {"metadata": {"labels": {RACK_LABEL: None}}})
-
-
+    with cpu_cloud(api_client, namespace, minio_servers["me-central-1"]) as simulated:
+        yield simulated
 
 
 def _document(namespace: str, cloud: SimulatedCloud) -> dict[str, Any]:
-    return {
-        "apiVersion": f"{GROUP}/{VERSION}", "kind": "SovereignStack",
-        "metadata": {"name": STACK, "namespace": namespace},
-        "spec": {
-            "residency": {"jurisdiction": "QA", "regions": ["me-central-1"]},
-            "nodePools": [{"name": "cpu", "provisioner": "Existing",
-                           "existing": {"nodeSelector": {RACK_LABEL: "doha-cpu"}}}],
-            "dataStores": [{"name": "weights", "s3": {
-                "bucket": cloud.bucket, "region": "me-central-1", "endpoint": cloud.store.endpoint,
-                "forcePathStyle": True, "credentialsSecretRef": {"name": "s3-creds"}}}],
-            "models": [{"name": "chat", "engine": "llama-cpp", "model": "tiny", "nodePool": "cpu",
-                        "source": {"dataStore": "weights", "path": KEY},
-                        "resources": {"cpu": "2", "memory": "1Gi"}, "cache": {"size": "1Gi"}}],
-            "applications": [{"name": "assistant", "image": "registry.gov.qa/assistant:1", "models": ["chat"]}],
-        },
-    }
-
-
+    return cpu_stack(name=STACK, namespace=namespace, cloud=cloud, key=KEY, cache={"size": "1Gi"},
+                     applications=[{"name": "assistant", "image": "registry.gov.qa/assistant:1", "models": ["chat"]}])
 
 
 def _replicas(api_client, namespace: str) -> dict[str, tuple[int, int]]:
