@@ -35,6 +35,8 @@ from sovereign.api import EvaluationEvidence, ModelSpec, ServingRecord, WorstExa
 DRAIN_SECONDS = 60
 #: The lineage kept in status (oldest dropped first).
 HISTORY_KEPT = 32
+#: How much of each worst example's text a condition's message quotes.
+MESSAGE_CHARS = 60
 
 
 class RolloutState(StrEnum):
@@ -160,9 +162,9 @@ def decide(*, model: ModelSpec, observed: Observed, now: datetime) -> RolloutDec
     earlier = _earlier_pass(model=model, history=history)
     step = _Step(desired=desired, serving=serving, kept=kept, history=history, model=model.model)
     job = observed.evaluations.get(desired)
-    if job is not None and job.finished and not job.passed:
+    if job is not None and job.finished and not job.passed and earlier is None:
         # Read before the candidate's readiness: its replicas are gone after a fail, and starting
-        # them again would only fail the same way.
+        # them again would only fail the same way (unless readmit now names a model that passed before).
         evidence = evidence_of(job, model=model.model)
         return step.failed(EVALUATION_FAILED, _failure_message(model=model, job=job, evidence=evidence,
                                                                current=_current(observed, serving)),
@@ -319,7 +321,13 @@ def _failure_message(*, model: ModelSpec, job: Evaluation, evidence: EvaluationE
     if not job.report or "score" not in job.report:
         why = str(job.report.get("error") or job.failure or "its Job failed without a report")
         return f"candidate {model.model} could not be evaluated: {why}; {current} keeps serving"
-    worst = "; ".join(f"{w.prompt!r} -> {w.answer!r} (expected {w.expected!r})" for w in evidence.worst_examples)
+    worst = "; ".join(f"{_clip(w.prompt)!r} -> {_clip(w.answer)!r} (expected {_clip(w.expected)!r})"
+                      for w in evidence.worst_examples)
     return (f"candidate {model.model} failed its evaluation: score {evidence.score:g} < threshold "
             f"{evidence.threshold:g} on {evidence.examples} examples of {evidence.dataset} (version "
             f"{evidence.version}); {current} keeps serving" + (f". Worst: {worst}" if worst else ""))
+
+
+def _clip(text: str) -> str:
+    """A text short enough for a condition's message (status keeps the longer form)."""
+    return text if len(text) <= MESSAGE_CHARS else text[: MESSAGE_CHARS - 1] + "…"

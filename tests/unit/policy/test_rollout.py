@@ -320,3 +320,34 @@ def test_a_passed_job_whose_candidate_went_is_not_run_again() -> None:
 
     assert decide(model=B, observed=gone, now=NOW).evaluations == (RB,)
     assert decide(model=B, observed=back, now=NOW).state is RolloutState.SWITCHING
+
+
+def test_readmit_added_after_a_failed_evaluation_readmits_without_running_it_again() -> None:
+    passed = evidence_of(Evaluation(job="j", finished=True, report=_report("tiny-a", score=0.95, passed=True)),
+                         model="tiny-a")
+    history = [ServingRecord(model="tiny-a", revision=RA, since=NOW - timedelta(days=2), until=NOW - timedelta(days=1),
+                             admission="Evaluated", evaluation=passed),
+               ServingRecord(model="tiny-b", revision=RB, since=NOW - timedelta(days=1), admission="Evaluated")]
+    failed = Evaluation(job="eval-a", finished=True, report=_report("tiny-a", score=0.1, passed=False))
+    back = _model("tiny-a", readmit=["tiny-a"])
+
+    starting = decide(model=back, now=NOW, observed=_observed(
+        serving=RB, revisions={RB: Revision("tiny-b", ready=True)}, evaluations={RA: failed}, history=history))
+    ready = decide(model=back, now=NOW, observed=_observed(
+        serving=RB, revisions={RB: Revision("tiny-b", ready=True), RA: Revision("tiny-a", ready=True)},
+        evaluations={RA: failed}, history=history))
+
+    assert (starting.state, starting.rendered) == (RolloutState.CANDIDATE_STARTING, (RA,))
+    assert (ready.state, ready.serving, ready.history[-1].admission) == (RolloutState.SWITCHING, RA, "Readmitted")
+
+
+def test_a_condition_quotes_the_worst_examples_shortened() -> None:
+    report = _report("tiny-b", score=0.1, passed=False)
+    report["worstExamples"][0]["answer"] = "x" * 190
+    observed = _observed(revisions={RA: Revision("tiny-a", ready=True)},
+                         evaluations={RB: Evaluation(job="j", finished=True, report=report)})
+
+    decision = decide(model=B, observed=observed, now=NOW)
+
+    assert "-> '" + "x" * 59 + "…' (expected 'Doha')" in decision.message
+    assert decision.evidence.worst_examples[0].answer == "x" * 190
