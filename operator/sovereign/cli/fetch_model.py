@@ -137,8 +137,9 @@ def command(endpoint: str | None, region: str, bucket: str, path: str, dest: Pat
     """Copy s3://BUCKET/PATH/ into DEST, in parallel ranged GETs, verified and resumable.
 
     Files an earlier run verified are skipped, a copy killed half-way continues from the parts
-    it verified, every file is checked against the object's ETag (part by part for multipart
-    uploads) before it is renamed into place.
+    it verified, every file is checked before it is renamed into place: against the SHA-256 its
+    uploader declared (metadata sha256), else the store's CRC32 checksum, else its MD5 ETag
+    (part by part for multipart uploads).
 
     Exit codes: 0 done; 1 the source or its content is not acceptable (missing bucket, empty
     path, region not allowed, corrupt object); 3 an environment problem (endpoint unreachable,
