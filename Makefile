@@ -1,7 +1,7 @@
 # The two commands of the README are `make dev` (the main job: a local sovereign cluster with the
 # operator and a sample stack) and `make test` (the whole test suite). Both run `setup` first, which
 # installs everything a fresh machine lacks: the Python packages (in .venv), the Debian packages,
-# the Go builds of the control plane, the real node, KWOK and MinIO, and the container images of
+# the Go builds of the control plane, the real node, KWOK, Karpenter and MinIO, and the container images of
 # the real node (all cached outside the repo by version or content).
 
 PYTHON ?= python3

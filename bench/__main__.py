@@ -10,7 +10,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-BENCHMARKS = ["cache", "controlplane", "dev_up", "first_token", "gpu_agent", "loader", "reconcile", "residency"]
+BENCHMARKS = ["cache", "controlplane", "dev_up", "first_token", "gpu_agent", "karpenter", "loader", "reconcile",
+              "residency"]
 RESULTS = Path(__file__).with_name("results")
 
 

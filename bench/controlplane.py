@@ -21,7 +21,7 @@ PODS = 100
 
 
 def run() -> list[Result]:
-    build.ensure_all(["etcd", "kubernetes", "kwok"])
+    build.ensure_all(["etcd", "kubernetes", "kwok", "karpenter"])
     start = Result("cold start to ready (cache present)", "s")
     schedule = Result(f"create Deployment -> {PODS} GPU pods Running", "s")
     for attempt in range(STARTS):

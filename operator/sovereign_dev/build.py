@@ -1,4 +1,4 @@
-"""Build the local cloud's Go binaries (control plane, real node, KWOK, MinIO) from pinned modules.
+"""Build the local cloud's Go binaries (control plane, real node, KWOK, Karpenter, MinIO) from pinned modules.
 
 Each directory under ``gomods/`` is a tiny Go module of ours whose ``tool`` directives name the
 upstream main packages and whose go.mod/go.sum pin them. ``ensure(component)`` returns the
@@ -142,10 +142,13 @@ def _go_output_name(tool: str) -> str:
     return parts[-2] if re.fullmatch(r"v\d+", parts[-1]) else parts[-1]
 
 
+#: Binaries named otherwise than Go names them: etcd's main package is its server module's root
+#: (Go says "server"); Karpenter's KWOK main is its module's kwok/ (which would read as KWOK).
+_RENAMED = {"go.etcd.io/etcd/server/v3": "etcd", "sigs.k8s.io/karpenter/kwok": "karpenter"}
+
+
 def _binary_name(tool: str) -> str:
-    # etcd's main package is its server module's root, so Go would call the binary "server".
-    name = _go_output_name(tool)
-    return {"server": "etcd"}.get(name, name)
+    return _RENAMED.get(tool, _go_output_name(tool))
 
 
 COMPONENTS: dict[str, Component | CMakeComponent] = {
@@ -169,6 +172,14 @@ COMPONENTS: dict[str, Component | CMakeComponent] = {
             "kustomize/stage/pod/fast/pod-delete.yaml",
         )),
         Component("minio", "github.com/minio/minio"),
+        # Karpenter with its KWOK cloud provider (the `kwok/` main of sigs.k8s.io/karpenter),
+        # and the CRDs of that release: it serves them to itself, so they come from its build.
+        Component("karpenter", "sigs.k8s.io/karpenter", assets=(
+            "pkg/apis/crds/karpenter.sh_nodepools.yaml",
+            "pkg/apis/crds/karpenter.sh_nodeclaims.yaml",
+            "pkg/apis/crds/karpenter.sh_nodeoverlays.yaml",
+            "kwok/apis/crds/karpenter.kwok.sh_kwoknodeclasses.yaml",
+        )),
         Component("helm", "helm.sh/helm/v4"),
         # Our own main over kstatus (github.com/fluxcd/cli-utils, the copy Flux runs): the tests
         # ask it how Flux judges a stack's status. sigs.k8s.io/cli-utils is not on the proxy here.

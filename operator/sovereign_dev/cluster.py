@@ -1,11 +1,13 @@
 """Start and stop a real local Kubernetes control plane with simulated GPU nodes.
 
 ``DevCluster`` runs etcd, kube-apiserver (TLS, RBAC, ServiceAccount token signing),
-kube-controller-manager, kube-scheduler and KWOK as child processes on loopback, each on a free
-port so several clusters can run side by side (a port taken by someone else before the component
-bound it is detected from its log, and the component starts again on a new one); it writes an
-admin kubeconfig, creates the fleet of ``fleet.yaml`` and installs CRDs (the upstream ones of
-``../shared/upstream-crds`` and the project's own). Each component logs to
+kube-controller-manager, kube-scheduler, KWOK and Karpenter (its KWOK cloud provider, with the
+instance types of ``fleet.yaml`` and the ``KWOKNodeClass`` ``default``) as child processes on
+loopback, each on a free port so several clusters can run side by side (a port taken by someone
+else before the component bound it is detected from its log, and the component starts again on
+a new one); it writes an admin kubeconfig, creates the fleet of ``fleet.yaml`` and installs CRDs
+(Karpenter's from its build, the other upstream ones of ``../shared/upstream-crds`` and the
+project's own). Each component logs to
 ``<workdir>/logs/<name>.log``; when startup fails the raised ``ClusterError`` names the component,
 its log and the log's tail. ``stop()`` ends every process group it started; given a
 ``processes.ProcessLedger``, every process is also recorded there the moment it exists, so a
@@ -46,6 +48,10 @@ if TYPE_CHECKING:  # realnode builds on this module's Component, so it is import
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SERVICE_CIDR = "10.96.0.0/16"
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
+
+#: Karpenter's batching of pending pods (its defaults, set explicitly so the benchmark can name
+#: them): a launch decision waits until no pod has been added for the idle period, at most the max.
+KARPENTER_PERIODS = {"BATCH_IDLE_DURATION": 1, "BATCH_MAX_DURATION": 10}
 
 # How often a component is started again because its picked port was taken before it bound it.
 PORT_ATTEMPTS = 5
@@ -234,7 +240,7 @@ class DevCluster:
     @property
     def bin_dirs(self) -> dict[str, Path]:
         return {name: build.ensure(name, progress=self.progress)
-                for name in ("etcd", "kubernetes", "kwok")}
+                for name in ("etcd", "kubernetes", "kwok", "karpenter")}
 
     @property
     def pids(self) -> list[int]:
@@ -365,7 +371,7 @@ class DevCluster:
         self._wait("kube-apiserver", self._apiserver_ready, deadline)
         # Written once the apiserver holds its port for good: kubeconfigs name it.
         self._write_kubeconfig(self.workdir / "kubeconfig", pki["admin"], pki["ca"])
-        for name in ("controller-manager", "scheduler", "kwok"):
+        for name in ("controller-manager", "scheduler", "kwok", "karpenter"):
             self._write_kubeconfig(self.workdir / f"{name}.kubeconfig", pki[name], pki["ca"])
         self._launch("kube-controller-manager", lambda: [
             str(kube / "kube-controller-manager"), *self._controller_flags("controller-manager"),
@@ -406,6 +412,7 @@ class DevCluster:
         try:
             self._create_fleet(api)
             self._install_crds(api, deadline)
+            self._start_karpenter(api, bins["karpenter"], deadline)
             self._wait("kwok", lambda: self._nodes_ready(api), deadline,
                        what="all simulated nodes Ready")
             # The ServiceAccount controller is the last piece pods need (admission requires `default`).
@@ -440,6 +447,8 @@ class DevCluster:
             "scheduler": ca.issue("scheduler", common_name="system:kube-scheduler"),
             # KWOK acts as every kubelet at once; there is no narrower bootstrap role for that.
             "kwok": ca.issue("kwok", common_name="kwok-controller", organization="system:masters"),
+            # Karpenter's chart binds it a ClusterRole as wide as nodes, pods and its CRDs go.
+            "karpenter": ca.issue("karpenter", common_name="karpenter", organization="system:masters"),
             "kubelet-client": ca.issue("kubelet-client", common_name="kube-apiserver-kubelet-client",
                                        organization="system:masters"),
             "sa": service_account_keys(directory),
@@ -466,14 +475,15 @@ class DevCluster:
             self.ports[name] = free_port()
         return [self.ports[name] for name in names]
 
-    def _launch(self, name: str, argv: list[str] | Callable[[], list[str]]) -> None:
+    def _launch(self, name: str, argv: list[str] | Callable[[], list[str]], *,
+                env: dict[str, str] | None = None) -> None:
         """Start component ``name``. Given a function, the command line is what it builds from
         freshly picked ports, and ``_wait`` calls it again if another process took a port first;
         a fixed list suits components on fixed or self-chosen ports."""
         repick = argv if callable(argv) else None
         component = Component(name, repick() if repick else list(argv),
                               self.workdir / "logs" / f"{name}.log", repick=repick,
-                              ledger=self.ledger)
+                              ledger=self.ledger, env=env)
         self.components[name] = component
         component.start()
 
@@ -536,15 +546,46 @@ class DevCluster:
         for node in fleet_mod.nodes(self.fleet):
             core.create_node(node)
 
+    def _start_karpenter(self, api, binaries: Path, deadline: float) -> None:
+        """Karpenter's KWOK provider: the fleet's instance types, its node class, on picked ports.
+
+        The periods it acts on are its defaults (``KARPENTER_PERIODS``): they are what a
+        benchmark of "pending pod -> node" measures against.
+        """
+        from kubernetes import client
+
+        instance_types = self.workdir / "karpenter-instance-types.json"
+        instance_types.write_text(json.dumps(fleet_mod.karpenter_instance_types(self.fleet), indent=1))
+        node_class = self.fleet["karpenter"]["nodeClass"]
+        # The CRD defaults its status to Ready: KWOK's node class needs no cloud to check.
+        client.CustomObjectsApi(api).create_cluster_custom_object(
+            node_class["group"], "v1alpha1", "kwoknodeclasses",
+            {"apiVersion": f"{node_class['group']}/v1alpha1", "kind": node_class["kind"],
+             "metadata": {"name": node_class["name"]}})
+
+        def karpenter() -> list[str]:
+            metrics, health = self._pick("karpenter-metrics", "karpenter")
+            return [str(binaries / "karpenter"), f"--metrics-port={metrics}", f"--health-probe-port={health}",
+                    "--disable-leader-election", "--log-level=info"]
+
+        self._launch("karpenter", karpenter, env={
+            "KUBECONFIG": str(self.workdir / "karpenter.kubeconfig"),
+            "INSTANCE_TYPES_FILE_PATH": str(instance_types),
+            **{key: f"{seconds}s" for key, seconds in KARPENTER_PERIODS.items()}})
+        self._wait("karpenter", lambda: _http_ok(f"http://127.0.0.1:{self.ports['karpenter']}/readyz"),
+                   deadline)
+
     def _install_crds(self, api, deadline: float) -> None:
         from kubernetes import client
         from kubernetes.client.rest import ApiException
 
         ext = client.ApiextensionsV1Api(api)
-        names = []
-        for path in self.crd_paths:
+        names: list[str] = []
+        # Karpenter's own CRDs first: a copy of the same name in the shared upstream set is skipped.
+        karpenter = sorted((build.ensure("karpenter", progress=self.progress) / "assets").glob("*.yaml"))
+        for path in [*karpenter, *self.crd_paths]:
             for doc in _yaml_docs([path]):
-                if doc.get("kind") != "CustomResourceDefinition":
+                if doc.get("kind") != "CustomResourceDefinition" or doc["metadata"]["name"] in names:
                     continue
                 try:
                     ext.create_custom_resource_definition(doc)

@@ -1,8 +1,9 @@
-"""The simulated fleet: turns ``fleet.yaml`` into KWOK Node objects.
+"""The simulated fleet: turns ``fleet.yaml`` into KWOK Node objects and Karpenter's instance types.
 
 Pure: ``nodes(...)`` returns Node manifests (with capacity in their status, which KWOK keeps);
-``devcluster.cluster`` creates them. ``sovereign dev up --nodes/--regions`` reshape the fleet
-through ``scaled``.
+``karpenter_instance_types(...)`` the instance-types file of Karpenter's KWOK provider, offered
+in the fleet's zones; ``devcluster.cluster`` creates the nodes and starts Karpenter with the
+file. ``sovereign dev up --nodes/--regions`` reshape the fleet through ``scaled``.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from typing import Any
 
 import yaml
 
+from sovereign.api.models import GPU_NAME_LABELS
+
 FLEET_FILE = Path(__file__).with_name("fleet.yaml")
 REGION_LABEL = "topology.kubernetes.io/region"
 ZONE_LABEL = "topology.kubernetes.io/zone"
@@ -21,6 +24,13 @@ GPU_COUNT_LABEL = "nvidia.com/gpu.count"
 GPU_MEMORY_LABEL = "nvidia.com/gpu.memory"
 # KWOK only manages nodes carrying this annotation (see --manage-nodes-with-annotation-selector).
 KWOK_ANNOTATION = {"kwok.x-k8s.io/node": "fake"}
+CAPACITY_TYPE_LABEL = "karpenter.sh/capacity-type"
+#: The label the local cloud's GPU instance types name their GPU with (``gpuName`` pins it).
+KWOK_GPU_NAME_LABEL = GPU_NAME_LABELS["karpenter.kwok.sh"]
+#: Karpenter buys both; a pool's ``capacityTypes`` chooses.
+CAPACITY_TYPES = ("on-demand", "spot")
+#: What spot costs against on-demand, so Karpenter's price order is that of a cloud.
+SPOT_DISCOUNT = 0.4
 #: The in-country region where the tests and benchmarks run their real node.
 REAL_NODE_REGION = "me-central-1"
 
@@ -106,3 +116,44 @@ def nodes(fleet: dict[str, Any]) -> list[dict[str, Any]]:
                 "status": {"capacity": capacity, "allocatable": dict(capacity)},
             })
     return result
+
+
+def karpenter_instance_types(fleet: dict[str, Any]) -> list[dict[str, Any]]:
+    """Karpenter's KWOK provider's instance types (its ``INSTANCE_TYPES_FILE_PATH`` JSON): each
+    type of ``fleet.yaml``'s ``karpenter`` section offered in every zone of the fleet's regions,
+    on-demand and spot. Each offering names its zone's region, so a launched node carries the
+    region of its zone (a NodePool spanning regions could otherwise get a node labelled with
+    none). GPU types name their GPU on ``KWOK_GPU_NAME_LABEL``; CPU types require its absence,
+    so a pool pinned to a GPU never gets one."""
+    zones = sorted({(group["region"], zone) for group in fleet["groups"] for zone in group["zones"]})
+    types = []
+    for spec in fleet["karpenter"]["instanceTypes"]:
+        gpu = spec.get("gpu")
+        resources = dict(spec["capacity"])
+        if gpu:
+            resources[fleet["gpu"]["resource"]] = str(gpu["count"])
+            named = {"key": KWOK_GPU_NAME_LABEL, "operator": "In", "values": [gpu["name"]]}
+        else:
+            named = {"key": KWOK_GPU_NAME_LABEL, "operator": "DoesNotExist"}
+        offerings = [
+            {"Price": round(spec["price"] * (1 - SPOT_DISCOUNT if capacity == "spot" else 1), 4),
+             "Available": True,
+             "Requirements": [
+                 {"key": CAPACITY_TYPE_LABEL, "operator": "In", "values": [capacity]},
+                 {"key": ZONE_LABEL, "operator": "In", "values": [zone]},
+                 {"key": REGION_LABEL, "operator": "In", "values": [region]},
+                 named,
+             ]}
+            for region, zone in zones for capacity in CAPACITY_TYPES
+        ]
+        types.append({"name": spec["name"], "architecture": "amd64", "operatingSystems": ["linux"],
+                      "resources": resources, "offerings": offerings})
+    return types
+
+
+def local_gpu_name(fleet: dict[str, Any], *, product: str) -> str:
+    """The local cloud's GPU name (``KWOK_GPU_NAME_LABEL``) of the instance types with ``product``."""
+    names = {t["gpu"]["product"]: t["gpu"]["name"] for t in fleet["karpenter"]["instanceTypes"] if "gpu" in t}
+    if product not in names:
+        raise ValueError(f"no instance type of the local cloud has GPU {product!r}; fleet.yaml offers {sorted(names)}")
+    return names[product]

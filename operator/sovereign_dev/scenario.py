@@ -1,9 +1,10 @@
 """A simulated cloud around a SovereignStack, and the operator as a process: for tests and benchmarks.
 
-``SimulatedCloud`` stands in for what the local control plane lacks and a real cloud has:
-Karpenter (NodePools reported Ready, two GPU nodes carrying the NodePool's label), on-premises
-GPU nodes labelled for the full sample's Existing pool, statically provisioned volumes, and the
-in-country bucket (on a real MinIO server) with its credentials Secret. ``OperatorProcess`` runs
+``SimulatedCloud`` gives the full sample what a real cloud has around it: its Karpenter pool
+pointed at the local cloud's node class (the real Karpenter of ``DevCluster`` launches KWOK
+nodes for its pending pods), on-premises GPU nodes labelled for its Existing pool, statically
+provisioned volumes, and the in-country bucket (on a real MinIO server) with its credentials
+Secret. ``OperatorProcess`` runs
 ``sovereign run`` as a subprocess. Used by ``tests/integration/test_reconcile*.py``, the GPU
 reaction tests and ``bench/reconcile.py``.
 """
@@ -11,12 +12,11 @@ reaction tests and ``bench/reconcile.py``.
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import signal
 import subprocess
 import sys
-import threading
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,25 +24,20 @@ from typing import Any
 
 from kubernetes import client
 
-from sovereign.api import GROUP, PLURAL, VERSION, load_documents, parse_stack
+from sovereign.api import GROUP, PLURAL, VERSION, SovereignStack, load_documents, parse_stack
+from sovereign_dev import fleet as fleet_mod
 from sovereign_dev.cluster import REPO_ROOT, DevCluster, free_port, wait_until
 from sovereign_dev.minio import MinioServer
 from sovereign.kube.admission import CONFIGURATION_NAME
 from sovereign.kube.client import USER_AGENT
 from sovereign.policy.residency_admission import admission_policies
-from sovereign.render.names import (
-    KARPENTER_NODEPOOL_LABEL,
-    OWNER_ANNOTATION,
-    POOL_LABEL,
-    STACK_ID_LABEL,
-    STACK_LABEL,
-    nodepool_name,
-)
+from sovereign.render.facts import ClusterFacts
+from sovereign.render.inference import render_model
+from sovereign.render.names import OWNER_ANNOTATION, POOL_LABEL, STACK_ID_LABEL, STACK_LABEL, nodepool_name
 
 FULL_SAMPLE = REPO_ROOT / "manifests" / "samples" / "full.yaml"
 STACK = "citizen-services"
-#: Nodes of the default fleet the simulation gives roles: Karpenter's and the on-premises rack.
-KARPENTER_NODES = ("gpu-mec1-0", "gpu-mec1-1")
+#: Nodes of the default fleet the simulation gives a role: the on-premises rack.
 RACK_NODES = ("gpu-mec1-2", "gpu-mec1-3", "gpu-euw1-0")  # the last is outside me-central-1
 RACK_LABEL = "sovereign.ai/rack"
 MUTATING = ("create", "update", "patch", "delete", "deletecollection")
@@ -53,11 +48,54 @@ def full_sample() -> dict[str, Any]:
     return document
 
 
+def local_karpenter_pool(pool: dict[str, Any], *, consolidate_after: str | None = None) -> None:
+    """Point a Karpenter pool of a stack document at the local cloud: KWOK's node class, the GPU
+    pinned by the local instance types' GPU-name label (``h100`` for an H100 pool), and no AWS
+    instance types. ``consolidate_after`` shortens how long an empty node is kept."""
+    settings = pool["karpenter"]
+    settings.pop("instanceTypes", None)
+    fleet = fleet_mod.load()
+    settings["nodeClassRef"] = dict(fleet["karpenter"]["nodeClass"])
+    if "gpu" in pool:
+        settings["gpuName"] = fleet_mod.local_gpu_name(fleet, product=pool["gpu"]["product"])
+    if consolidate_after is not None:
+        settings["consolidateAfter"] = consolidate_after
+
+
+
 def karpenter_nodepool(namespace: str) -> str:
     """Name of the NodePool the operator makes for the full sample's Karpenter pool in ``namespace``."""
     document = full_sample()
     document["metadata"]["namespace"] = namespace
     return nodepool_name(parse_stack(document), "h100")
+
+
+def local_stack(namespace: str, *, gpus_limit: int | None = None,
+                consolidate_after: str | None = None) -> SovereignStack:
+    """The full sample in ``namespace``, its Karpenter pool on the local cloud
+    (``local_karpenter_pool``), capped at ``gpus_limit`` GPUs when given."""
+    document = full_sample()
+    document["metadata"]["namespace"] = namespace
+    for pool in document["spec"]["nodePools"]:
+        if pool["provisioner"] == "Karpenter":
+            local_karpenter_pool(pool, consolidate_after=consolidate_after)
+            if gpus_limit is not None:
+                pool["limits"] = {"gpus": gpus_limit}
+    return parse_stack(document)
+
+
+def weightless_deployment(stack: SovereignStack, model: str, *, replicas: int) -> dict[str, Any]:
+    """The model's Deployment as the operator renders it, without its weights: no loader, its
+    volumes emptyDirs. Its pods ask for what the model's pods ask for (GPUs, CPU, memory, the
+    pool's nodes), so Karpenter sizes nodes for them as for the model, with no bucket needed."""
+    spec = next(m for m in stack.spec.models if m.name == model)
+    deployment = copy.deepcopy(next(o for o in render_model(stack=stack, model=spec, facts=ClusterFacts())
+                                    if o["kind"] == "Deployment"))
+    pod = deployment["spec"]["template"]["spec"]
+    pod.pop("initContainers", None)
+    pod["volumes"] = [{"name": volume["name"], "emptyDir": {}} for volume in pod["volumes"]]
+    deployment["spec"]["replicas"] = replicas
+    return deployment
 
 
 class SimulatedCloud:
@@ -76,8 +114,6 @@ class SimulatedCloud:
         self.core = client.CoreV1Api(api)
         self.custom = client.CustomObjectsApi(api)
         self.volume_prefix = f"pv-{uuid.uuid4().hex[:6]}"
-        self._stop = threading.Event()
-        self._karpenter = threading.Thread(target=self._run_karpenter, name="fake-karpenter", daemon=True)
 
     def __enter__(self) -> SimulatedCloud:
         s3 = self.store.client()
@@ -90,25 +126,32 @@ class SimulatedCloud:
         for node in RACK_NODES:
             self._label(node, {RACK_LABEL: "doha-1"})
         self.add_volumes(regional=8, unclassed=4)
-        self._karpenter.start()
         return self
 
     def sample(self) -> dict[str, Any]:
-        """The full sample, its S3 store pointed at this cloud's bucket."""
+        """The full sample, its S3 store pointed at this cloud's bucket, its Karpenter pool at
+        the local cloud's node class."""
         document = full_sample()
+        for pool in document["spec"]["nodePools"]:
+            if pool["provisioner"] == "Karpenter":
+                local_karpenter_pool(pool)
         corpus = next(s for s in document["spec"]["dataStores"] if s["name"] == "corpus")
         corpus["s3"] |= {"bucket": self.bucket, "endpoint": self.store.endpoint, "region": self.store.region,
                          "forcePathStyle": True}
         return document
 
     def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._karpenter.join(timeout=10)
-        # Also whatever a stack that was never finalized left behind, so the next run starts clean.
-        for node in (*KARPENTER_NODES, *RACK_NODES):
+        # Also whatever a stack that was never finalized left behind, so the next run starts clean:
+        # its NodePools (Karpenter then gives their nodes back) and the rack's labels.
+        for pool in self.custom.list_cluster_custom_object("karpenter.sh", "v1", "nodepools")["items"]:
+            owner = (pool["metadata"].get("annotations") or {}).get(OWNER_ANNOTATION, "")
+            if owner.startswith(f"{self.namespace}/"):
+                with contextlib.suppress(client.ApiException):
+                    self.custom.delete_cluster_custom_object("karpenter.sh", "v1", "nodepools",
+                                                             pool["metadata"]["name"])
+        for node in RACK_NODES:
             self.core.patch_node(node, {"metadata": {
-                "labels": {RACK_LABEL: None, KARPENTER_NODEPOOL_LABEL: None, POOL_LABEL: None, STACK_LABEL: None,
-                           STACK_ID_LABEL: None},
+                "labels": {RACK_LABEL: None, POOL_LABEL: None, STACK_LABEL: None, STACK_ID_LABEL: None},
                 "annotations": {OWNER_ANNOTATION: None}}})
         for volume in self.core.list_persistent_volume().items:
             if volume.metadata.name.startswith(self.volume_prefix):
@@ -134,29 +177,6 @@ class SimulatedCloud:
 
     def _label(self, node: str, labels: dict[str, str | None]) -> None:
         self.core.patch_node(node, {"metadata": {"labels": labels}})
-
-    def _run_karpenter(self) -> None:
-        """Karpenter's part: each NodePool of the namespace's stacks gets nodes and is reported Ready."""
-        while not self._stop.wait(0.2):
-            try:
-                pools = self.custom.list_cluster_custom_object("karpenter.sh", "v1", "nodepools",
-                                                               label_selector=STACK_LABEL)["items"]
-            except client.ApiException:
-                continue
-            for pool in pools:
-                owner = (pool["metadata"].get("annotations") or {}).get(OWNER_ANNOTATION, "")
-                ready = any(c.get("type") == "Ready" and c.get("status") == "True"
-                            for c in (pool.get("status") or {}).get("conditions") or [])
-                if owner.startswith(f"{self.namespace}/") and not ready:
-                    self._launch(pool["metadata"]["name"])
-
-    def _launch(self, nodepool: str) -> None:
-        for node in KARPENTER_NODES:
-            self._label(node, {KARPENTER_NODEPOOL_LABEL: nodepool})
-        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        self.custom.patch_cluster_custom_object_status("karpenter.sh", "v1", "nodepools", nodepool, {
-            "status": {"conditions": [{"type": "Ready", "status": "True", "reason": "Ready", "message": "",
-                                       "lastTransitionTime": now}]}})
 
 
 class OperatorProcess:

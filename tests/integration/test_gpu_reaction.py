@@ -161,7 +161,8 @@ def test_a_fatal_xid_moves_the_vllm_pod_to_a_healthy_node_in_the_region(api_clie
     assert f"{sick} (me-central-1): GPU 3 ({uuid3}) Xid79, fatal" in condition["message"]
     pools = client.CustomObjectsApi(api_client).get_namespaced_custom_object(
         "sovereign.ai", "v1alpha1", namespace, "sovereignstacks", stack.name)["status"]["nodePools"]
-    assert pools == [{"name": "gpu", "nodes": 2, "readyNodes": 2, "gpus": 16, "unhealthyGPUs": 1}]
+    assert pools == [{"name": "gpu", "nodes": 2, "readyNodes": 2, "gpus": 16, "unhealthyGPUs": 1,
+                      "instanceTypes": ["kwok-gpu"], "gpuNames": ["NVIDIA-H100-80GB-HBM3"]}]
 
     _wait(operator, lambda: stack.serving_node() == healthy, f"the vLLM pod Running on {healthy}")
     assert pod not in [p.metadata.name for p in stack.model_pods()]

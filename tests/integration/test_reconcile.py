@@ -3,8 +3,9 @@
 The full sample becomes node pools, vLLM servers, storage and applications on simulated GPU
 nodes; the stack reaches Ready; a model swap rolls only its server; removed entries are pruned;
 deleting the stack cleans up all but retained data; a restarted operator writes nothing for an
-unchanged stack (counted from the apiserver's audit log and its metrics). Karpenter and volume
-provisioning are simulated by ``bench.reconcile.SimulatedCloud``.
+unchanged stack (counted from the apiserver's audit log and its metrics). The chat model's node
+comes from the real Karpenter (its KWOK provider) through the NodePool the operator renders;
+volume provisioning is simulated by ``sovereign_dev.scenario.SimulatedCloud``.
 
 The sample's S3 store (a fake endpoint) is pointed at a real MinIO server of me-central-1 with
 an encrypted bucket and its credentials Secret: the reconciler verifies the bucket before it
@@ -28,7 +29,6 @@ from kubernetes import client
 from rbac_helpers import install_chart_access
 
 from sovereign_dev.scenario import (
-    KARPENTER_NODES,
     MUTATING,
     OperatorProcess,
     SimulatedCloud,
@@ -175,11 +175,16 @@ def test_full_sample_becomes_every_child_and_reaches_ready(cluster, api_client, 
         assert node.metadata.labels[REGION] == "me-central-1", pod.metadata.name
         model = pod.metadata.labels["app.kubernetes.io/name"]
         if model == "chat":
-            assert pod.spec.node_name in KARPENTER_NODES
+            # A node Karpenter launched for the pool, of the GPU the pool pinned.
+            assert node.metadata.labels["karpenter.sh/nodepool"] == karpenter_nodepool(namespace)
+            assert node.metadata.labels["karpenter.kwok.sh/instance-gpu-name"] == "h100"
         elif model == "embed":
             assert pod.spec.node_name in onprem
 
     stack = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, STACK)
+    # The pool's status names the GPU and instance type Karpenter really launched.
+    h100 = next(p for p in stack["status"]["nodePools"] if p["name"] == "h100")
+    assert (h100["gpuNames"], h100["instanceTypes"]) == (["h100"], ["gpu-h100-8x"])
     assert {m["name"]: m["endpoint"] for m in stack["status"]["models"]} == {
         "chat": f"http://chat.{namespace}.svc:8000/v1", "embed": f"http://embed.{namespace}.svc:8000/v1"}
     # The residency audit, in the same operator, finds the bucket and every pod in the region.
@@ -254,7 +259,9 @@ def test_deleting_the_stack_removes_everything_but_retained_data(api_client, nam
 
     _wait("garbage collection of the stack's children", cleaned, operator, api_client, namespace)
     assert not custom.list_cluster_custom_object("karpenter.sh", "v1", "nodepools", label_selector=SELECTOR)["items"]
-    assert not [n.metadata.name for n in core.list_node(label_selector=SELECTOR).items]
+    # The rack's nodes lose the stack's labels; Karpenter gives back the nodes of the deleted NodePool.
+    _wait("no node of the stack left", lambda: not core.list_node(label_selector=SELECTOR).items, operator,
+          api_client, namespace)
     assert not client.NetworkingV1Api(api_client).list_namespaced_network_policy(namespace).items
     retained = core.read_namespaced_persistent_volume_claim("scratch", namespace)
     assert retained.metadata.deletion_timestamp is None and retained.status.phase == "Bound"

@@ -14,6 +14,10 @@ def test_components_pin_versions_and_name_binaries():
     assert set(build.COMPONENTS["etcd"].binaries) == {"etcd", "etcdctl"}
     assert build.COMPONENTS["kwok"].binaries == ["kwok"]
     assert build.COMPONENTS["minio"].binaries == ["minio"]
+    # Karpenter's KWOK main (module sigs.k8s.io/karpenter, package kwok/) is not KWOK itself.
+    karpenter = build.COMPONENTS["karpenter"]
+    assert karpenter.binaries == ["karpenter"]
+    assert karpenter.version == "v1.14.1"
 
 
 def test_kubernetes_build_stamps_its_version():

@@ -1,5 +1,7 @@
 """The fleet file yields the simulated nodes the tests and `dev up` rely on."""
 
+import pytest
+
 from sovereign_dev import fleet
 
 
@@ -63,3 +65,40 @@ def test_with_a_real_node_the_region_has_no_kwok_cpu_node_and_keeps_its_gpu_node
     assert fleet.real_node_labels(shaped, region="me-central-1") == fleet.real_node_labels(
         whole, region="me-central-1")
     assert whole == fleet.load(), "the fleet given is not changed in place"
+
+
+def _labels(offering):
+    return {r["key"]: r.get("values") for r in offering["Requirements"]}
+
+
+def test_karpenter_instance_types_are_offered_in_every_zone_with_its_region():
+    shaped = fleet.load()
+    types = {t["name"]: t for t in fleet.karpenter_instance_types(shaped)}
+    zones = {(g["region"], z) for g in shaped["groups"] for z in g["zones"]}
+
+    assert {"gpu-h100-8x", "gpu-a100-8x", "gpu-l40s-4x"} < set(types)
+    for instance_type in types.values():
+        offered = {(_labels(o)[fleet.REGION_LABEL][0], _labels(o)[fleet.ZONE_LABEL][0])
+                   for o in instance_type["offerings"]}
+        assert offered == zones, instance_type["name"]
+        assert {_labels(o)[fleet.CAPACITY_TYPE_LABEL][0] for o in instance_type["offerings"]} == {"on-demand", "spot"}
+
+
+def test_gpu_instance_types_name_their_gpu_on_the_kwok_label_and_never_on_the_product_label():
+    types = {t["name"]: t for t in fleet.karpenter_instance_types(fleet.load())}
+
+    h100 = types["gpu-h100-8x"]
+    assert h100["resources"]["nvidia.com/gpu"] == "8"
+    assert all(_labels(o)[fleet.KWOK_GPU_NAME_LABEL] == ["h100"] for o in h100["offerings"])
+    assert fleet.KWOK_GPU_NAME_LABEL == "karpenter.kwok.sh/instance-gpu-name"
+    assert not any(fleet.GPU_PRODUCT_LABEL in _labels(o) for t in types.values() for o in t["offerings"])
+    cpu = types["cpu-16x"]
+    assert "nvidia.com/gpu" not in cpu["resources"]
+    assert all({"key": fleet.KWOK_GPU_NAME_LABEL, "operator": "DoesNotExist"} in o["Requirements"]
+               for o in cpu["offerings"])
+
+
+def test_local_gpu_name_of_a_product_and_the_error_for_one_not_offered():
+    assert fleet.local_gpu_name(fleet.load(), product="NVIDIA-H100-80GB-HBM3") == "h100"
+    with pytest.raises(ValueError, match="no instance type of the local cloud has GPU 'NVIDIA-B200'"):
+        fleet.local_gpu_name(fleet.load(), product="NVIDIA-B200")
