@@ -106,10 +106,13 @@ class DataPath:
             core.replace_namespaced_secret(CREDENTIALS_SECRET, self.namespace, secret)
         return keys
 
-    def document(self, *, model: str, cache: dict[str, Any] | None = None, replicas: int = 1) -> dict[str, Any]:
+    def document(self, *, model: str, cache: dict[str, Any] | None = None, replicas: int = 1,
+                 evaluation: dict[str, Any] | None = None) -> dict[str, Any]:
         """The stack, serving generated model ``model`` behind the logical name ``chat`` with
         ``replicas`` replicas; ``cache`` is the model's cache block beyond its size (such as
-        ``{"layout": "SharedVolume", "storageClassName": provisioner.SHARED_CLASS}``)."""
+        ``{"layout": "SharedVolume", "storageClassName": provisioner.SHARED_CLASS}``), and
+        ``evaluation`` the model's evaluation block (blue/green rollouts), with the dataset in
+        this store."""
         return {
             "apiVersion": f"{GROUP}/{VERSION}", "kind": "SovereignStack",
             "metadata": {"name": STACK, "namespace": self.namespace},
@@ -126,17 +129,19 @@ class DataPath:
                     "resources": {"cpu": self.resources.cpu, "memory": self.resources.memory},
                     "cache": {"size": self.resources.cache, **(cache or {})},
                     "replicas": replicas,
+                    **({"evaluation": evaluation} if evaluation else {}),
                 }],
                 "applications": [{"name": APPLICATION, "image": images.CHAT_CLIENT_IMAGE, "models": [MODEL],
                                   "port": APPLICATION_PORT}],
             },
         }
 
-    def apply(self, *, model: str, cache: dict[str, Any] | None = None, replicas: int = 1) -> None:
+    def apply(self, *, model: str, cache: dict[str, Any] | None = None, replicas: int = 1,
+              evaluation: dict[str, Any] | None = None) -> None:
         """Create the stack serving ``model``, or switch the existing one to it (``model``,
-        ``source.path``, ``cache`` and ``replicas``, as a user edits the YAML)."""
+        ``source.path``, ``cache``, ``replicas`` and ``evaluation``, as a user edits the YAML)."""
         custom = client.CustomObjectsApi(self.api)
-        document = self.document(model=model, cache=cache, replicas=replicas)
+        document = self.document(model=model, cache=cache, replicas=replicas, evaluation=evaluation)
         try:
             custom.create_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, document)
         except client.ApiException as err:
