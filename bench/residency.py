@@ -13,8 +13,9 @@ applied the residency admission policies and serves its lookup webhooks on loopb
   of ``THREADS`` threads is free; its latency runs from when it was due, not from when it was
   sent, so time spent waiting for a free thread (queueing) counts. ``ROUNDS`` rounds of ``ROUND_SECONDS`` per rate and namespace, alternating;
   each round gives the p50/p99 and the rate the sends achieved; the ratio of each governed p99 to
-  the ungoverned one of the same round; and, for the governed plain pods, the CPU share of the
-  operator, etcd, the kube-apiserver and this load generator;
+  the ungoverned one of the same round; the kube-apiserver's CPU time per request of each series
+  (which, unlike latency, other work on the machine does not change); and, for the governed plain
+  pods, the CPU share of the operator, etcd, the kube-apiserver and this load generator;
 - violation -> status: in a namespace whose stack is in Audit mode (audit period
   ``AUDIT_SECONDS``), a pod pinned to eu-west-1 is admitted with a warning; the clock runs
   from the create call's answer to the stack's ``status.violations`` listing the pod (polled
@@ -59,6 +60,7 @@ WAIT = 120.0  # seconds; generous bound on every wait, the machine is shared
 REGION = "topology.kubernetes.io/region"
 ENFORCED, AUDITED, FREE = "bench-enforce", "bench-audit", "bench-free"
 OPERATOR = "the operator"
+APISERVER = "kube-apiserver"
 
 
 def run() -> list[Result]:
@@ -80,7 +82,7 @@ def run() -> list[Result]:
             for namespace in (FREE, ENFORCED):
                 load.drive(namespace=namespace, rate=RATES[0], count=WARMUP_REQUESTS)
             processes = {OPERATOR: operator.process.pid, "etcd": cluster.components["etcd"].process.pid,
-                         "kube-apiserver": cluster.components["kube-apiserver"].process.pid,
+                         APISERVER: cluster.components["kube-apiserver"].process.pid,
                          "the load generator": os.getpid()}
             for rate in RATES:
                 results += _admission_latency(load, rate=rate, processes=processes)
@@ -225,18 +227,30 @@ def _admission_latency(load: _LoadClient, *, rate: int, processes: dict[str, int
     ratio = Result(f"{prefix}: governed plain pod p99 / ungoverned p99 (same round)", "x")
     ratio_pinned = Result(f"{prefix}: governed pinned pod p99 / ungoverned p99 (same round)", "x")
     cpu = {name: Result(f"{prefix}, governed plain pods: CPU of {name} (% of one core)", "%") for name in processes}
+    # The apiserver's CPU time per request does not depend on what else the machine runs.
+    apiserver = processes[APISERVER]
+    per_request = {series: Result(f"{prefix}: kube-apiserver CPU per request, {series}", "ms")
+                   for series in ("ungoverned", "governed plain pod", "governed pinned pod")}
+
+    def timed(series: str, **drive: Any) -> tuple[list[float], float]:
+        used = _cpu_seconds(apiserver)
+        outcome = load.drive(rate=rate, count=count, **drive)
+        per_request[series].samples.append(round(1000 * (_cpu_seconds(apiserver) - used) / count, 2))
+        return outcome
+
     for _ in range(ROUNDS):
-        free = baseline.add(*load.drive(namespace=FREE, rate=rate, count=count))
+        free = baseline.add(*timed("ungoverned", namespace=FREE))
         used_before = {name: _cpu_seconds(pid) for name, pid in processes.items()}
         began = time.monotonic()
-        held = governed.add(*load.drive(namespace=ENFORCED, rate=rate, count=count))
+        held = governed.add(*timed("governed plain pod", namespace=ENFORCED))
         elapsed = time.monotonic() - began
         for name, pid in processes.items():
             cpu[name].samples.append(round(100 * (_cpu_seconds(pid) - used_before[name]) / elapsed, 1))
-        kept = pinned.add(*load.drive(namespace=ENFORCED, rate=rate, count=count, pinned=True))
+        kept = pinned.add(*timed("governed pinned pod", namespace=ENFORCED, pinned=True))
         ratio.samples.append(round(held / free, 2))
         ratio_pinned.samples.append(round(kept / free, 2))
-    return [*governed.results, *pinned.results, *baseline.results, ratio, ratio_pinned, *cpu.values()]
+    return [*governed.results, *pinned.results, *baseline.results, ratio, ratio_pinned, *per_request.values(),
+            *cpu.values()]
 
 
 class _ClientFigures:
