@@ -50,17 +50,17 @@ def _store(stack: SovereignStack, name: str) -> DataStore:
     return next(store for store in stack.spec.data_stores if store.name == name)
 
 
-def has_s3_source(stack: SovereignStack, model: ModelSpec) -> bool:
+def has_s3_source(*, stack: SovereignStack, model: ModelSpec) -> bool:
     return _store(stack, model.source.data_store).s3 is not None
 
 
-def copies_to_cache(stack: SovereignStack, model: ModelSpec) -> bool:
+def copies_to_cache(*, stack: SovereignStack, model: ModelSpec) -> bool:
     """Whether the model's weights are copied from an S3 store into a cache the replicas share
     (SharedVolume or PerNode)."""
-    return model.cache.layout is not CacheLayout.PER_REPLICA and has_s3_source(stack, model)
+    return model.cache.layout is not CacheLayout.PER_REPLICA and has_s3_source(stack=stack, model=model)
 
 
-def cache_name(stack: SovereignStack, model: ModelSpec) -> str:
+def cache_name(*, stack: SovereignStack, model: ModelSpec) -> str:
     """Name of the model's current cache (claim and Job, or node directory)."""
     store = _store(stack, model.source.data_store)
     s3 = store.s3
@@ -72,18 +72,18 @@ def cache_name(stack: SovereignStack, model: ModelSpec) -> str:
     return names.model_cache_name(model=model.name, digest=digest)
 
 
-def cache_filled(stack: SovereignStack, model: ModelSpec, facts: ClusterFacts) -> bool:
+def cache_filled(*, stack: SovereignStack, model: ModelSpec, facts: ClusterFacts) -> bool:
     """Whether replicas may start: always, except for a SharedVolume cache observed not filled."""
     if model.cache.layout is not CacheLayout.SHARED_VOLUME or facts.caches is None:
         return True
     fill = facts.caches.get(model.name)
-    return fill is not None and fill.name == cache_name(stack, model) and fill.state is FillState.FILLED
+    return fill is not None and fill.name == cache_name(stack=stack, model=model) and fill.state is FillState.FILLED
 
 
 def render_model_cache(*, stack: SovereignStack, model: ModelSpec, facts: ClusterFacts) -> list[dict[str, Any]]:
     """The claim and the loader Job of a SharedVolume cache; nothing for other layouts, or while
     the model is held back (a store failing its checks, a class that cannot share)."""
-    if (model.cache.layout is not CacheLayout.SHARED_VOLUME or not copies_to_cache(stack, model)
+    if (model.cache.layout is not CacheLayout.SHARED_VOLUME or not copies_to_cache(stack=stack, model=model)
             or model.name in facts.held_back):
         return []
     return [_claim(stack, model), _job(stack, model, facts)]
@@ -99,7 +99,7 @@ def _claim(stack: SovereignStack, model: ModelSpec) -> dict[str, Any]:
         "apiVersion": "v1",
         "kind": "PersistentVolumeClaim",
         "metadata": names.metadata(
-            stack, name=cache_name(stack, model), component=Component.MODEL_CACHE, entry=model.name,
+            stack, name=cache_name(stack=stack, model=model), component=Component.MODEL_CACHE, entry=model.name,
             owned=policy is DeletionPolicy.DELETE,
             annotations={names.DELETION_POLICY_ANNOTATION: policy.value, names.MODEL_ID_ANNOTATION: model.model},
         ),
@@ -108,7 +108,7 @@ def _claim(stack: SovereignStack, model: ModelSpec) -> dict[str, Any]:
 
 
 def _job(stack: SovereignStack, model: ModelSpec, facts: ClusterFacts) -> dict[str, Any]:
-    name = cache_name(stack, model)
+    name = cache_name(stack=stack, model=model)
     pool = next(p for p in stack.spec.node_pools if p.name == model.node_pool)
     store = _store(stack, model.source.data_store)
     pod_spec: dict[str, Any] = {
@@ -125,7 +125,7 @@ def _job(stack: SovereignStack, model: ModelSpec, facts: ClusterFacts) -> dict[s
     if pool.gpu is not None:
         pod_spec["tolerations"] = [{"key": names.GPU_TAINT["key"], "operator": "Exists",
                                     "effect": names.GPU_TAINT["effect"]}]
-    pod_spec["containers"] = [{**loader.loader(stack, model, store, facts, report=True),
+    pod_spec["containers"] = [{**loader.loader(stack=stack, model=model, store=store, facts=facts, report=True),
                                "securityContext": loader.RESTRICTED}]
     pod_spec["volumes"] = [{"name": "weights", "persistentVolumeClaim": {"claimName": name}}]
     labels = names.labels(stack, component=Component.MODEL_CACHE, name=model.name)
@@ -145,9 +145,9 @@ def _job(stack: SovereignStack, model: ModelSpec, facts: ClusterFacts) -> dict[s
     })
 
 
-def cache_volume(stack: SovereignStack, model: ModelSpec) -> dict[str, Any]:
+def cache_volume(*, stack: SovereignStack, model: ModelSpec) -> dict[str, Any]:
     """The pod volume ``weights`` of a replica whose weights are in a cache (SharedVolume, PerNode)."""
-    name = cache_name(stack, model)
+    name = cache_name(stack=stack, model=model)
     if model.cache.layout is CacheLayout.SHARED_VOLUME:
         return {"name": "weights", "persistentVolumeClaim": {"claimName": name, "readOnly": True}}
     path = f"{NODE_CACHE_ROOT}/{names.stack_namespace(stack)}/{names.stack_name(stack)}/{name}"

@@ -130,7 +130,7 @@ def waiting_for_cache(*, stack: SovereignStack, facts: ClusterFacts) -> list[str
 def _waits_for_cache(stack: SovereignStack, model: ModelSpec, facts: ClusterFacts) -> bool:
     """Whether the model's replicas wait for its shared cache. A held-back model does not: its
     Deployment is rendered with zero replicas, so nothing starts without the cache either."""
-    return model.name not in facts.held_back and not cache_filled(stack, model, facts)
+    return model.name not in facts.held_back and not cache_filled(stack=stack, model=model, facts=facts)
 
 
 def gguf_file(model: ModelSpec) -> str:
@@ -235,7 +235,7 @@ def _init_containers(stack: SovereignStack, model: ModelSpec, store: DataStore, 
     extra: dict[str, Any] = {"resources": resources}
     if model.engine is Engine.LLAMA_CPP:
         extra["securityContext"] = RESTRICTED
-    fetch = {**loader.loader(stack, model, store, facts), **extra}
+    fetch = {**loader.loader(stack=stack, model=model, store=store, facts=facts), **extra}
     if model.cache.layout is not CacheLayout.PER_NODE:
         return [fetch]
     owner = {
@@ -339,8 +339,8 @@ def _weights_volume(stack: SovereignStack, model: ModelSpec, store: DataStore) -
         return storage.volume_mount(
             store, read_only=True, sub_path=directory.rstrip("/"), mount_path=weights_path(model)
         )
-    if copies_to_cache(stack, model):
-        return cache_volume(stack, model), {"name": "weights", "mountPath": MODELS_ROOT}
+    if copies_to_cache(stack=stack, model=model):
+        return cache_volume(stack=stack, model=model), {"name": "weights", "mountPath": MODELS_ROOT}
     if model.engine is Engine.LLAMA_CPP:
         # One GGUF file of a CPU model: node-local disk, which every cluster has (no storage
         # class or CSI driver needed, as small CPU deployments often lack them), world-writable

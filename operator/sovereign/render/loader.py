@@ -45,7 +45,7 @@ def weights_path(model: ModelSpec) -> str:
     return f"{MODELS_ROOT}/{model.name}"
 
 
-def loader(stack: SovereignStack, model: ModelSpec, store: DataStore, facts: ClusterFacts, *,
+def loader(*, stack: SovereignStack, model: ModelSpec, store: DataStore, facts: ClusterFacts,
            report: bool = False) -> dict[str, Any]:
     """The loader container, writing ``weights_path(model)`` on the volume ``weights``."""
     s3 = store.s3

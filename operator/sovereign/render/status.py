@@ -474,12 +474,12 @@ def _cache_status(stack: SovereignStack, model: ModelSpec, facts: ClusterFacts) 
     """A model's cache as observed: a SharedVolume cache's fill (its loader Job and the loader's
     report), or just where the weights are kept for the other layouts; None for weights that
     are not copied (a volume store, streaming)."""
-    if model.load_format is not LoadFormat.COPY or not has_s3_source(stack, model):
+    if model.load_format is not LoadFormat.COPY or not has_s3_source(stack=stack, model=model):
         return None
     layout = model.cache.layout
-    if not copies_to_cache(stack, model):
+    if not copies_to_cache(stack=stack, model=model):
         return ModelCacheStatus(layout=layout.value)
-    name = cache_name(stack, model)
+    name = cache_name(stack=stack, model=model)
     hold = facts.held_back.get(model.name)
     if layout is not CacheLayout.SHARED_VOLUME:
         return ModelCacheStatus(layout=layout.value, name=name)

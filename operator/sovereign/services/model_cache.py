@@ -48,7 +48,7 @@ def with_cache_checks(facts: ClusterFacts, *, stack: SovereignStack) -> ClusterF
         return facts
     held = dict(facts.held_back)
     for index, model in enumerate(stack.spec.models):
-        if model.name in held or not copies_to_cache(stack, model):
+        if model.name in held or not copies_to_cache(stack=stack, model=model):
             continue
         decision = check_cache(model=model, field=f"spec.models[{index}].cache", storage_classes=facts.storage_classes)
         if not decision.ok:
@@ -61,11 +61,11 @@ def observe_caches(*, kube: Kube, stack: SovereignStack,
     """Each SharedVolume model's current cache, by model name."""
     namespace = names.stack_namespace(stack)
     shared = [model for model in stack.spec.models
-              if model.cache.layout is CacheLayout.SHARED_VOLUME and copies_to_cache(stack, model)]
+              if model.cache.layout is CacheLayout.SHARED_VOLUME and copies_to_cache(stack=stack, model=model)]
     if not shared:
         return {}
-    jobs = {model.name: (cache_name(stack, model), children.get(ObjectKey("batch", "Job", namespace,
-                                                                           cache_name(stack, model))))
+    jobs = {model.name: (cache_name(stack=stack, model=model), children.get(ObjectKey("batch", "Job", namespace,
+                                                                           cache_name(stack=stack, model=model))))
             for model in shared}
     pods: list[Manifest] = []
     if any(job is not None for _, job in jobs.values()):
@@ -78,12 +78,13 @@ def observe_caches(*, kube: Kube, stack: SovereignStack,
         running = [p for p in pods if (p["metadata"].get("labels") or {}).get("job-name") == name
                    and (p.get("status") or {}).get("phase") == "Running"]
         if fill.state is FillState.FILLING and running:
-            fill = replace(fill, message=with_progress(fill.message, _log_tail(kube, namespace, running[-1])))
+            tail = _log_tail(kube, namespace, running[-1])
+            fill = replace(fill, message=with_progress(message=fill.message, log=tail))
         fills[model] = fill
     return fills
 
 
-def with_progress(message: str, log: str) -> str:
+def with_progress(*, message: str, log: str) -> str:
     """``message`` with the loader's last progress line from ``log`` (``progress: 412.0 MiB of
     1.0 GiB (40%), 85 MB/s, ETA 7s``), when it printed one."""
     lines = [line for line in log.splitlines() if PROGRESS in line]

@@ -36,7 +36,7 @@ def _objects(stack, facts, name):
 
 
 def _filled(stack, name, facts, **report):
-    fill = CacheFill(name=cache_name(stack, _model(stack, name)), state=FillState.FILLED,
+    fill = CacheFill(name=cache_name(stack=stack, model=_model(stack, name)), state=FillState.FILLED,
                      completed=datetime(2026, 11, 30, 12, 0, tzinfo=UTC), report=report)
     return ClusterFacts(nodes=facts.nodes, operator_image=facts.operator_image, caches={name: fill})
 
@@ -48,7 +48,7 @@ def test_a_shared_cache_is_one_read_write_many_claim_filled_by_a_loader_job(fact
     stack = _stack("full", "chat", layout="SharedVolume", storageClassName="regional-files")
     objects = _objects(stack, facts, "chat")
     claim, job = objects["PersistentVolumeClaim"], objects["Job"]
-    name = cache_name(stack, _model(stack, "chat"))
+    name = cache_name(stack=stack, model=_model(stack, "chat"))
 
     assert name.startswith("chat-cache-") and claim["metadata"]["name"] == job["metadata"]["name"] == name
     assert claim["spec"] == {"accessModes": ["ReadWriteMany"], "storageClassName": "regional-files",
@@ -110,7 +110,7 @@ def test_replicas_mount_the_shared_cache_read_only_and_copy_nothing(facts) -> No
     assert "initContainers" not in pod
     weights = next(v for v in pod["volumes"] if v["name"] == "weights")
     assert weights == {"name": "weights", "persistentVolumeClaim": {
-        "claimName": cache_name(stack, _model(stack, "chat")), "readOnly": True}}
+        "claimName": cache_name(stack=stack, model=_model(stack, "chat")), "readOnly": True}}
     (vllm,) = pod["containers"]
     assert vllm["args"][0] == "/models/chat"
 
@@ -118,7 +118,7 @@ def test_replicas_mount_the_shared_cache_read_only_and_copy_nothing(facts) -> No
 def test_no_deployment_while_the_cache_fills_and_the_live_one_is_kept(facts) -> None:
     stack = _stack("full", "chat", layout="SharedVolume")
     filling = ClusterFacts(nodes=facts.nodes, operator_image=facts.operator_image, caches={
-        "chat": CacheFill(name=cache_name(stack, _model(stack, "chat")), state=FillState.FILLING)})
+        "chat": CacheFill(name=cache_name(stack=stack, model=_model(stack, "chat")), state=FillState.FILLING)})
 
     kinds = [obj["kind"] for obj in render_model(stack=stack, model=_model(stack, "chat"), facts=filling)]
     assert "Deployment" not in kinds and {"PersistentVolumeClaim", "Job", "Service"} <= set(kinds)
@@ -135,7 +135,7 @@ def test_a_new_source_is_a_new_cache_and_waits_for_it(facts) -> None:
     moved = stack_from(document)
     old_facts = _filled(stack, "chat", facts)
 
-    assert cache_name(moved, _model(moved, "chat")) != cache_name(stack, _model(stack, "chat"))
+    assert cache_name(stack=moved, model=_model(moved, "chat")) != cache_name(stack=stack, model=_model(stack, "chat"))
     kinds = {obj["kind"] for obj in render_model(stack=moved, model=_model(moved, "chat"), facts=old_facts)}
     assert "Deployment" not in kinds, "the old cache being filled is not the new source's"
 
@@ -179,7 +179,7 @@ def test_a_cpu_model_shares_its_cache_too(facts) -> None:
 def test_the_stack_renders_the_cache_before_the_deployment(facts) -> None:
     stack = _stack("full", "chat", layout="SharedVolume")
     kinds = [(obj["kind"], obj["metadata"]["name"]) for obj in render_stack(stack, facts)]
-    name = cache_name(stack, _model(stack, "chat"))
+    name = cache_name(stack=stack, model=_model(stack, "chat"))
 
     assert kinds.index(("Job", name)) < kinds.index(("Deployment", "chat"))
     assert render_stack(stack, facts) == render_stack(copy.deepcopy(stack), facts), "deterministic"
@@ -195,7 +195,7 @@ def _status(stack, facts):
 
 def test_status_says_the_cache_is_filling_and_models_are_not_ready(facts) -> None:
     stack = _stack("full", "chat", layout="SharedVolume")
-    name = cache_name(stack, _model(stack, "chat"))
+    name = cache_name(stack=stack, model=_model(stack, "chat"))
     filling = ClusterFacts(nodes=facts.nodes, caches={"chat": CacheFill(
         name=name, state=FillState.FILLING, message=f"loader Job {name} running")})
     status = _status(stack, filling)
@@ -213,7 +213,8 @@ def test_status_shows_what_the_filled_cache_holds(facts) -> None:
                                     verified=True, source="s3://qa-corpus/models/qwen2.5-72b-instruct/"))
     cache = next(m for m in status.models if m.name == "chat").cache.model_dump(mode="json", by_alias=True)
 
-    assert cache == {"layout": "SharedVolume", "name": cache_name(stack, _model(stack, "chat")), "state": "Filled",
+    name = cache_name(stack=stack, model=_model(stack, "chat"))
+    assert cache == {"layout": "SharedVolume", "name": name, "state": "Filled",
                      "files": 37, "bytes": 145_000_000_000, "downloadedBytes": 0, "verified": True,
                      "filledAt": "2026-11-30T12:00:00Z",
                      "message": "37 file(s), 145000000000 bytes from s3://qa-corpus/models/qwen2.5-72b-instruct/"}
@@ -221,7 +222,7 @@ def test_status_shows_what_the_filled_cache_holds(facts) -> None:
 
 def test_a_failed_fill_stalls_the_stack_and_says_how_to_retry(facts) -> None:
     stack = _stack("full", "chat", layout="SharedVolume")
-    name = cache_name(stack, _model(stack, "chat"))
+    name = cache_name(stack=stack, model=_model(stack, "chat"))
     failed = ClusterFacts(nodes=facts.nodes, caches={"chat": CacheFill(
         name=name, state=FillState.FAILED, message=f"loader Job {name} failed (BackoffLimitExceeded): corrupt")})
     status = _status(stack, failed)
@@ -239,7 +240,7 @@ def test_a_node_cache_is_a_node_directory_the_loader_fills_when_absent(facts) ->
     stack = _stack("full", "chat", layout="PerNode", storageClassName=None)
     objects = _objects(stack, facts, "chat")
     pod = objects["Deployment"]["spec"]["template"]["spec"]
-    name = cache_name(stack, _model(stack, "chat"))
+    name = cache_name(stack=stack, model=_model(stack, "chat"))
 
     assert "Job" not in objects and "PersistentVolumeClaim" not in objects
     weights = next(v for v in pod["volumes"] if v["name"] == "weights")

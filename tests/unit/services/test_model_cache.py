@@ -132,11 +132,11 @@ def _live(objects):
 
 def test_while_a_new_cache_fills_the_live_deployment_stays_and_the_old_cache_goes() -> None:
     old = _stack(layout="SharedVolume")
-    old_name = cache_name(old, old.spec.models[0])
+    old_name = cache_name(stack=old, model=old.spec.models[0])
     filled = ClusterFacts(caches={"chat": CacheFill(name=old_name, state=FillState.FILLED)})
     live = _live(desired_objects(old, filled))
     new = _stack(layout="SharedVolume", size="400Gi")
-    new_name = cache_name(new, new.spec.models[0])
+    new_name = cache_name(stack=new, model=new.spec.models[0])
     filling = ClusterFacts(caches={"chat": CacheFill(name=new_name, state=FillState.FILLING)})
 
     plan = plan_changes(desired=desired_objects(new, filling), observed=live,
@@ -151,10 +151,10 @@ def test_while_a_new_cache_fills_the_live_deployment_stays_and_the_old_cache_goe
 
 def test_a_superseded_cache_goes_once_the_deployment_moved_even_under_retain() -> None:
     old = _stack(layout="SharedVolume")
-    old_name = cache_name(old, old.spec.models[0])
+    old_name = cache_name(stack=old, model=old.spec.models[0])
     live = _live(desired_objects(old, ClusterFacts(caches={"chat": CacheFill(name=old_name, state=FillState.FILLED)})))
     new = _stack(layout="SharedVolume", size="400Gi")
-    new_name = cache_name(new, new.spec.models[0])
+    new_name = cache_name(stack=new, model=new.spec.models[0])
     filled = ClusterFacts(caches={"chat": CacheFill(name=new_name, state=FillState.FILLED)})
     desired = desired_objects(new, filled)
     live |= _live([obj for obj in desired if obj["kind"] == "Deployment"])  # the rollout was applied
@@ -168,7 +168,7 @@ def test_a_superseded_cache_goes_once_the_deployment_moved_even_under_retain() -
 
 def test_an_existing_loader_job_is_never_applied_again() -> None:
     stack = _stack(layout="SharedVolume")
-    name = cache_name(stack, stack.spec.models[0])
+    name = cache_name(stack=stack, model=stack.spec.models[0])
     desired = desired_objects(stack, ClusterFacts(caches={}))
     live = _live(desired)
     job = live[ObjectKey("batch", "Job", "gov-qa", name)]
@@ -186,12 +186,12 @@ def test_while_a_new_cache_fills_every_live_revision_of_an_evaluated_model_keeps
     document["metadata"] |= {"namespace": "gov-qa", "uid": "uid-1", "generation": 1}
     document["spec"]["models"][0]["cache"] = {"layout": "SharedVolume", "size": "4Gi"}
     old = parse_stack(copy.deepcopy(document))
-    old_name = cache_name(old, old.spec.models[0])
+    old_name = cache_name(stack=old, model=old.spec.models[0])
     live = _live(desired_objects(old, ClusterFacts(caches={"chat": CacheFill(name=old_name, state=FillState.FILLED)})))
     revisions = {key for key in live if key.kind == "Deployment" and key.name.startswith("chat-")}
     document["spec"]["models"][0]["source"]["path"] = "gguf/qwen2.5-1.5b-instruct-v2.gguf"
     new = parse_stack(document)
-    filling = ClusterFacts(caches={"chat": CacheFill(name=cache_name(new, new.spec.models[0]),
+    filling = ClusterFacts(caches={"chat": CacheFill(name=cache_name(stack=new, model=new.spec.models[0]),
                                                      state=FillState.FILLING)})
 
     plan = plan_changes(desired=desired_objects(new, filling), observed=live,
@@ -207,6 +207,7 @@ def test_a_filling_cache_shows_the_loaders_last_progress_line() -> None:
            "2026-11-30 12:00:12 INFO downloaded model-00001.safetensors (3.9 GiB)\n"
            "2026-11-30 12:00:21 INFO progress: 2.4 GiB of 145.0 GiB (2%), 129 MB/s, ETA 1131 s\n")
 
-    assert with_progress("loader Job c running", log) == (
+    assert with_progress(message="loader Job c running", log=log) == (
         "loader Job c running: progress: 2.4 GiB of 145.0 GiB (2%), 129 MB/s, ETA 1131 s")
-    assert with_progress("loader Job c running", "2026 INFO fetching s3://b/p/: 1 files\n") == "loader Job c running"
+    assert with_progress(message="loader Job c running", log="2026 INFO fetching s3://b/p/: 1 files\n") == (
+        "loader Job c running")
