@@ -52,6 +52,8 @@ SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 #: Karpenter's batching of pending pods (its defaults, set explicitly so the benchmark can name
 #: them): a launch decision waits until no pod has been added for the idle period, at most the max.
 KARPENTER_PERIODS = {"BATCH_IDLE_DURATION": 1, "BATCH_MAX_DURATION": 10}
+#: What Karpenter's KWOK provider logs when its instance-types file does not parse.
+KARPENTER_NO_INSTANCE_TYPES = "failed constructing instance types"
 
 # How often a component is started again because its picked port was taken before it bound it.
 PORT_ATTEMPTS = 5
@@ -574,6 +576,14 @@ class DevCluster:
             **{key: f"{seconds}s" for key, seconds in KARPENTER_PERIODS.items()}})
         self._wait("karpenter", lambda: _http_ok(f"http://127.0.0.1:{self.ports['karpenter']}/readyz"),
                    deadline)
+        # Karpenter logs an instance-types file it cannot read and runs on without any instance
+        # type: it would launch nothing, silently. Its readiness comes after that line.
+        component = self.components["karpenter"]
+        said = [line for line in component.output().splitlines() if KARPENTER_NO_INSTANCE_TYPES in line]
+        if said:
+            raise ClusterError(self._report(f"karpenter could not read its instance types {instance_types}: "
+                                            f"{said[0]}", "karpenter"),
+                               component="karpenter", log=component.log)
 
     def _install_crds(self, api, deadline: float) -> None:
         from kubernetes import client

@@ -11,7 +11,8 @@ import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from sovereign_dev.cluster import DevCluster, process_alive, wait_until
+from sovereign_dev import fleet
+from sovereign_dev.cluster import ClusterError, DevCluster, process_alive, wait_until
 
 REGION = "topology.kubernetes.io/region"
 
@@ -140,3 +141,19 @@ def test_two_clusters_run_side_by_side_and_teardown_leaves_no_process(cluster, t
         assert not process_alive(pid), f"process {pid} of the harness still runs after stop()"
     # The session cluster is untouched by the second one's teardown.
     assert client.CoreV1Api(cluster.api_client()).list_node().items
+
+
+def test_a_karpenter_without_instance_types_fails_the_start_naming_it_and_its_log(tmp_path):
+    """An instance-types file Karpenter cannot parse would leave it running and launching nothing."""
+    broken = fleet.load()
+    broken["karpenter"]["instanceTypes"][0]["capacity"]["cpu"] = "lots"
+    dev = DevCluster(workdir=tmp_path / "broken", fleet=broken, progress=False)
+
+    with pytest.raises(ClusterError) as err:
+        dev.start()
+
+    assert err.value.component == "karpenter"
+    assert "karpenter could not read its instance types" in str(err.value)
+    assert "failed constructing instance types" in str(err.value)  # Karpenter's own line, quoted
+    assert "quantities must match the regular expression" in str(err.value)
+    assert not [pid for pid in dev.pids if process_alive(pid)]
