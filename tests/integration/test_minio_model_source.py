@@ -182,10 +182,6 @@ def test_a_gguf_file_in_place_starts_the_model(api_client, namespace, kube, qa, 
     assert verdict.models["chat"].reason == ms.MODEL_FILE_PRESENT
     assert replicas(desired) == {"chat": 1, "assistant": 1}
     assert conditions(stack, facts, desired)["Ready"][:2] == ("True", "StackReady")
-    # The file's size, as read, sizes the rollout's deadline (120 s + 600 s + twice size / 50Mi/s).
-    (deployment,) = [o for o in desired if o["kind"] == "Deployment" and o["metadata"]["name"].endswith("chat")]
-    assert verdict.model_sizes == {"chat": len(GGUF)}
-    assert deployment["spec"]["progressDeadlineSeconds"] == 120 + 600 + 2
 
 
 def test_the_residency_audit_does_not_look_at_model_files(api_client, namespace, kube, qa, bucket) -> None:

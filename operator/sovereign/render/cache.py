@@ -138,7 +138,7 @@ def _job(stack: SovereignStack, model: ModelSpec, facts: ClusterFacts) -> dict[s
             "backoffLimit": FILL_BACKOFF_LIMIT,
             # The copy's window from the weights' size (render.deadlines); a retried loader
             # resumes where the last one stopped, so retries add their start, not another copy.
-            "activeDeadlineSeconds": (model_windows(stack=stack, model=model, facts=facts).copy_seconds
+            "activeDeadlineSeconds": (model_windows(stack=stack, model=model).copy_seconds
                                       + FILL_BACKOFF_LIMIT * COPY_BASE_SECONDS),
             "template": {"metadata": {"labels": labels}, "spec": pod_spec},
         },

@@ -1,9 +1,8 @@
 """How long a model's replicas may take to copy and load their weights, from the weights' size.
 
 The windows the operator renders grow with the model: a 400 GB model is not killed by a window
-made for 15 GB. From the weights' size (the model file as the store check read it, in
-``ClusterFacts.model_sizes``; otherwise ``cache.size``, the volume that must hold them) and the
-model's ``weightsThroughput`` (the slowest rate a replica is expected to copy, then load at):
+made for 15 GB. From the weights' largest size, ``cache.size`` (the volume that must hold them),
+and the model's ``weightsThroughput`` (the slowest rate a replica is expected to copy, then load at):
 
 - the copy: ``COPY_BASE_SECONDS`` + size / throughput;
 - the load: ``startupTimeoutSeconds`` when set, else ``LOAD_BASE_SECONDS`` + size / throughput
@@ -11,6 +10,11 @@ model's ``weightsThroughput`` (the slowest rate a replica is expected to copy, t
 - the rollout (``progressDeadlineSeconds``): the load, plus the copy when the replica's own
   init container copies (not from a volume store, not from a shared cache a Job fills first,
   not when streaming).
+
+Only the spec sizes the windows, never what the store check read in the bucket: ``sovereign
+render`` must print exactly what the operator applies (a GitOps preview is the truth), and an
+offline render cannot read the bucket. ``cache.size`` is an upper bound, so a window made from
+it is never too short.
 
 Pure; called by ``render.inference`` (the Deployment's deadline and startup probes) and meant for
 whatever else copies a model's weights (a cache-filling Job's ``activeDeadlineSeconds``).
@@ -23,7 +27,6 @@ from dataclasses import dataclass
 
 from sovereign.api import CacheLayout, ModelSpec, SovereignStack, parse_quantity
 from sovereign.api.models import COPY_BASE_SECONDS, LOAD_BASE_SECONDS, LoadFormat
-from sovereign.render.facts import ClusterFacts
 
 #: Kubernetes keeps these windows in int32 fields.
 _MOST_SECONDS = 2**31 - 1
@@ -44,11 +47,9 @@ class Windows:
         return min(_MOST_SECONDS, (self.copy_seconds if self.copies_in_pod else 0) + self.load_seconds)
 
 
-def model_windows(*, stack: SovereignStack, model: ModelSpec, facts: ClusterFacts) -> Windows:
+def model_windows(*, stack: SovereignStack, model: ModelSpec) -> Windows:
     """The copy, load and rollout windows of ``model``'s replicas."""
-    size = facts.model_sizes.get(model.name)
-    if size is None:
-        size = int(parse_quantity(model.cache.size))
+    size = int(parse_quantity(model.cache.size))
     rate = parse_quantity(model.weights_throughput)
     transfer = math.ceil(size / rate)
     store = next(s for s in stack.spec.data_stores if s.name == model.source.data_store)

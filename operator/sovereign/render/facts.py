@@ -97,9 +97,6 @@ class ClusterFacts:
     #: The stack's shared model caches by model name, as observed; None when not observed (an
     #: offline render), and then every Deployment is rendered as if its cache were filled.
     caches: Mapping[str, CacheFill] | None = None
-    #: Bytes of each model's weights (by model name) as the store check read them: the GGUF
-    #: file of a llama-cpp model. Sizes the windows of ``render.deadlines``; absent: cache.size.
-    model_sizes: Mapping[str, int] = field(default_factory=dict)
     #: Where the blue/green rollout of each model with evaluation stands (``policy.rollout``), by
     #: model name; None when not observed (an offline render), and then each such model is
     #: rendered as serving the spec's model.

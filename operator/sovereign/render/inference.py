@@ -174,7 +174,7 @@ def _deployment(stack: SovereignStack, model: ModelSpec, facts: ClusterFacts, *,
         "selector": {"matchLabels": selector},
         "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
         # The copy, then the load, each as long as the weights' size needs (render.deadlines).
-        "progressDeadlineSeconds": model_windows(stack=stack, model=model, facts=facts).rollout_seconds,
+        "progressDeadlineSeconds": model_windows(stack=stack, model=model).rollout_seconds,
         # The model on the pod too: `kubectl get pod -o yaml` tells which model a replica serves,
         # while a swap of model: rolls the replicas one by one.
         "template": {"metadata": {"labels": template_labels,
@@ -206,7 +206,7 @@ def _vllm_pod(stack: SovereignStack, model: ModelSpec, store: DataStore, facts: 
     host = _vllm_host_resources(model)
     gpus = {names.GPU_RESOURCE: str(model.gpus)}
     resources = {"requests": {**host["requests"], **gpus}, "limits": {**host["limits"], **gpus}}
-    load = model_windows(stack=stack, model=model, facts=facts).load_seconds
+    load = model_windows(stack=stack, model=model).load_seconds
     if model.load_format is LoadFormat.RUNAI_STREAMER:
         # Straight from the bucket into GPU memory: no loader, no weights volume.
         pod_spec["containers"] = [_vllm(model, None, resources, streamed_from=store, load_seconds=load)]
@@ -267,7 +267,7 @@ def _llama_cpp_pod(stack: SovereignStack, model: ModelSpec, store: DataStore, fa
     init = _init_containers(stack, model, store, facts, resources=resources)
     if init:
         pod_spec["initContainers"] = init
-    load = model_windows(stack=stack, model=model, facts=facts).load_seconds
+    load = model_windows(stack=stack, model=model).load_seconds
     pod_spec["containers"] = [_llama_server(model, {**mount, "readOnly": True}, resources, load_seconds=load)]
     pod_spec["volumes"] = [volume, {"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}}]
     return pod_spec

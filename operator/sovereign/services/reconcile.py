@@ -190,8 +190,7 @@ def with_store_verdicts(facts: ClusterFacts, *, stack: SovereignStack, verdicts:
     missing = {model: decision for verdict in verdicts for model, decision in verdict.models.items() if not decision.ok}
     held = blocked_workloads(stack=stack, failed_stores=failed, failed_sources=missing)
     return replace(facts, data_stores={verdict.name: verdict.status for verdict in verdicts},
-                   held_back={name: Hold(decision.reason, decision.message) for name, decision in held.items()},
-                   model_sizes={model: size for verdict in verdicts for model, size in verdict.model_sizes.items()})
+                   held_back={name: Hold(decision.reason, decision.message) for name, decision in held.items()})
 
 
 def finalize(*, kube: Kube, body: Mapping[str, Any]) -> list[ObjectKey]:

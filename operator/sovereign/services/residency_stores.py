@@ -58,7 +58,6 @@ class StoreVerdict:
     models: dict[str, Decision] = field(default_factory=dict)
     #: The size in bytes of each such model file that exists, by model name: the weights' size
     #: the rendered copy and startup windows are derived from (``render.deadlines``).
-    model_sizes: dict[str, int] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -106,22 +105,19 @@ def verify_data_stores(*, kube: Kube, stack: SovereignStack, create: bool,
             summary = Decision(True, BUCKET_CREATED, f"created in {s3.region}; {summary.message}")
         location = check.readings.location or ""
         models: dict[str, Decision] = {}
-        sizes: dict[str, int] = {}
         if check_models and summary.ok:
-            models, sizes = _model_files(stack, entry.name,
+            models = _model_files(stack, entry.name,
                                          store if location == store.region else store.with_region(location), s3.bucket)
         verdicts.append(StoreVerdict(name=entry.name, bucket=s3.bucket, region=location,
-                                     decision=summary, checks=dict(check.results), models=models,
-                                     model_sizes=sizes))
+                                     decision=summary, checks=dict(check.results), models=models))
     return verdicts
 
 
 def _model_files(stack: SovereignStack, store_name: str, store: S3Store,
-                 bucket: str) -> tuple[dict[str, Decision], dict[str, int]]:
-    """The decision on the GGUF file of each llama-cpp model copied from ``store_name`` (and the
-    size of each such file that exists) and on the prefix of each model streamed from it."""
+                 bucket: str) -> dict[str, Decision]:
+    """The decision on the GGUF file of each llama-cpp model copied from ``store_name`` and on
+    the prefix of each model streamed from it."""
     decisions = {}
-    sizes = {}
     for index, model in enumerate(stack.spec.models):
         if model.source.data_store != store_name:
             continue
@@ -137,9 +133,7 @@ def _model_files(stack: SovereignStack, store_name: str, store: S3Store,
             decisions[model.name] = Decision(False, type(err).__name__, f"{field}: cannot read it: {err}")
             continue
         decisions[model.name] = check_gguf(probe=probe, field=field)
-        if probe.exists:
-            sizes[model.name] = probe.size
-    return decisions, sizes
+    return decisions
 
 
 def _streamed_model(store: S3Store, bucket: str, path: str, field: str) -> Decision:

@@ -105,15 +105,13 @@ def test_a_400_gb_model_gets_a_rollout_deadline_made_for_400_gb_not_15(full_stac
     assert deadline("400G") > 2 * 400e9 / (50 * 2**20), "copying and loading 400 GB at 50Mi/s fits"
 
 
-def test_the_store_checks_reading_of_the_model_file_sizes_the_windows(cpu_stack) -> None:
-    """A llama-cpp model's GGUF file, as the store check read it, sizes its windows rather than
-    the emptyDir's limit."""
-    gguf = 1_067_666_304
-    objects = render_model(stack=cpu_stack, model=cpu_stack.spec.models[0],
-                           facts=ClusterFacts(model_sizes={cpu_stack.spec.models[0].name: gguf}))
-    deployment = _deployment(objects)
+def test_a_cpu_models_windows_come_from_its_cache_size_not_from_the_bucket(cpu_stack) -> None:
+    """The emptyDir's limit (cache.size) bounds the GGUF file, so it sizes the windows; what the
+    store check reads in the bucket does not, so an offline render prints the same deadline."""
+    stack = _with_model(cpu_stack, cpu_stack.spec.models[0].name, cache={"size": "2Gi"})
+    deployment = _deployment(render_model(stack=stack, model=stack.spec.models[0], facts=ClusterFacts()))
     server = deployment["spec"]["template"]["spec"]["containers"][0]
-    seconds = math.ceil(gguf / (50 * 2**20))
+    seconds = math.ceil(2 * 2**30 / (50 * 2**20))
     assert deployment["spec"]["progressDeadlineSeconds"] == 120 + seconds + 600 + seconds
     assert server["startupProbe"]["failureThreshold"] == 600 + seconds
 
