@@ -1244,8 +1244,8 @@ class ModelSpec(ApiObject):
             "from the store and then load them (a quantity such as 50Mi or 1Gi; at least 1Mi). It sizes "
             f"the windows the operator renders: the rollout's progressDeadlineSeconds allows "
             f"{COPY_BASE_SECONDS} s + size / rate for the copy plus the startup window "
-            f"(startupTimeoutSeconds, or {LOAD_BASE_SECONDS} s + size / rate). The size is the model "
-            "file's as the store check read it (engine llama-cpp), otherwise cache.size. Default "
+            f"(startupTimeoutSeconds, or {LOAD_BASE_SECONDS} s + size / rate). The size is cache.size, "
+            "the most the weights can take. Default "
             f"{DEFAULT_WEIGHTS_THROUGHPUT}."
         ),
     )
