@@ -215,7 +215,7 @@ def test_a_component_that_cannot_start_is_named_and_everything_is_torn_down(tmp_
     # A build cache whose MinIO binary is broken; the rest is the real cache.
     cache = tmp_path / "cache" / "bin"
     cache.mkdir(parents=True)
-    for name in ("etcd", "kubernetes", "kwok"):
+    for name in ("etcd", "kubernetes", "kwok", "karpenter"):
         (cache / build.COMPONENTS[name].key).symlink_to(build.ensure(name))
     broken = cache / build.COMPONENTS["minio"].key
     broken.mkdir()
