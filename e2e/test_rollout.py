@@ -23,12 +23,14 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from kubernetes import client
+from prometheus_client.parser import text_string_to_metric_families
 
 from sovereign.policy.rollout import revision
 from sovereign.api import ModelSpec
@@ -36,7 +38,8 @@ from sovereign.services.evaluate import DEFAULT_MAX_TOKENS, ask
 from sovereign_dev.cluster import DevCluster
 from sovereign_dev.datapath import MODEL, STACK, STORE, DataPath, ModelResources
 from sovereign_dev.pytest_plugin import REAL_NODE_REGION
-from sovereign_dev.scenario import OperatorProcess, delete_stack
+from sovereign_dev.processes import free_port
+from sovereign_dev.scenario import OperatorProcess, WebhookOperator, delete_stack
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -71,14 +74,25 @@ def data_path(real_cluster: DevCluster, real_api_client, real_namespace: str, re
 
 @pytest.fixture
 def operator(real_cluster: DevCluster, real_api_client, real_namespace: str, data_path: DataPath,
-             tmp_path: Path) -> Iterator[OperatorProcess]:
-    process = OperatorProcess(kubeconfig=real_cluster.kubeconfig, namespaces=[real_namespace],
-                              log=tmp_path / "operator.log", resync_seconds=3).start()
+             tmp_path: Path) -> Iterator[WebhookOperator]:
+    """The operator as the chart runs it: residency admission judges the evaluation Job's pod
+    too, and its metrics are served."""
+    process = WebhookOperator(kubeconfig=real_cluster.kubeconfig, namespaces=[real_namespace],
+                              log=tmp_path / "operator.log", audit_seconds=3, metrics_port=free_port()).start()
     yield process
     try:
         delete_stack(real_api_client, real_namespace, STACK)
     finally:
         process.stop()
+        # They fail closed and would outlive the operator in this shared cluster.
+        WebhookOperator.remove_webhooks(real_api_client)
+
+
+def _metric(operator: WebhookOperator, name: str, **labels: str) -> float:
+    """The value of the operator's series ``name`` with ``labels``; 0 when absent."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{operator.metrics_port}/metrics", timeout=10).read().decode()
+    return next((sample.value for family in text_string_to_metric_families(text) for sample in family.samples
+                 if sample.name == name and labels.items() <= sample.labels.items()), 0.0)
 
 
 def _wait(what: str, predicate: Callable[[], Any], *, path: DataPath, operator: OperatorProcess) -> Any:
@@ -132,7 +146,7 @@ class _Client(threading.Thread):
 
 
 def test_a_model_serves_only_after_it_passes_and_a_failing_one_never_does(
-        real_cluster: DevCluster, data_path: DataPath, operator: OperatorProcess) -> None:
+        real_cluster: DevCluster, data_path: DataPath, operator: WebhookOperator) -> None:
     path = data_path
     batch = client.BatchV1Api(path.api)
     rev_a, rev_b = revision(_spec(path, A)), revision(_spec(path, B))
@@ -188,12 +202,21 @@ def test_a_model_serves_only_after_it_passes_and_a_failing_one_never_does(
         path.namespace, label_selector=f"sovereign.ai/revision={rev_a}").items, path=path, operator=operator)
     job = batch.read_namespaced_job(f"{MODEL}-eval-{rev_a}", path.namespace)
     assert job.status.failed == 1 or job.status.succeeded == 1, "the Job stays as evidence"
-    events = client.CoreV1Api(path.api).list_namespaced_event(
-        path.namespace, field_selector=f"involvedObject.name={STACK},involvedObject.kind=SovereignStack").items
-    assert any(e.reason == "EvaluationFailed" and e.type == "Warning" and A in e.message for e in events), [
-        (e.reason, e.message) for e in events]
+
+    def failed_event() -> bool:
+        # Recorded right after the status write that made the stack Stalled.
+        events = client.CoreV1Api(path.api).list_namespaced_event(
+            path.namespace, field_selector=f"involvedObject.name={STACK},involvedObject.kind=SovereignStack").items
+        return any(e.reason == "EvaluationFailed" and e.type == "Warning" and A in e.message for e in events)
+
+    _wait("a Warning Event EvaluationFailed on the stack", failed_event, path=path, operator=operator)
     asking.stop()
     assert asking.answers and not asking.failures, f"failed requests while a was tried: {asking.failures[:5]}"
+    series = {"namespace": path.namespace, "stack": STACK, "model": MODEL}
+    assert _metric(operator, "sovereign_model_evaluations_total", **series, result="failed") == 1
+    assert _metric(operator, "sovereign_model_evaluations_total", **series, result="passed") == 2
+    assert _metric(operator, "sovereign_model_evaluation_score", **series) < 0.75
+    assert _metric(operator, "sovereign_model_replicas", **series) == 1, "b's Deployment, serving"
 
     # 4. a passed before: listed in readmit, it serves again without a new evaluation.
     path.apply(model=A, evaluation={**LIKE_B, "readmit": [A]})

@@ -447,6 +447,15 @@ def _record(meta: Mapping[str, Any], outcome: Outcome, *, children: Mapping[Obje
             metrics.STACK_CONDITION.labels(**stack, condition=condition.type, status=value.value).set(
                 1 if condition.status == value else 0)
     for model in status.models:
-        deployment = children.get(ObjectKey("apps", "Deployment", meta["namespace"], model.name)) or {}
+        deployment = children.get(ObjectKey("apps", "Deployment", meta["namespace"],
+                                            _serving_deployment(children, meta["namespace"], model.name))) or {}
         metrics.MODEL_REPLICAS.labels(**stack, model=model.name).set((deployment.get("spec") or {}).get("replicas", 0))
         metrics.MODEL_READY_REPLICAS.labels(**stack, model=model.name).set(model.ready_replicas)
+
+
+def _serving_deployment(children: Mapping[ObjectKey, Manifest], namespace: str, model: str) -> str:
+    """The Deployment behind a model's Service: the revision it selects (a model with
+    evaluation), else the model's own."""
+    service = children.get(ObjectKey("", "Service", namespace, model)) or {}
+    revision = ((service.get("spec") or {}).get("selector") or {}).get(names.REVISION_LABEL)
+    return names.revision_name(model=model, revision=revision) if revision and revision != names.NO_REVISION else model
