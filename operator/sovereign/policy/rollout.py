@@ -96,6 +96,8 @@ class Evaluation:
     report: Mapping[str, object] = field(default_factory=dict)
     #: Why it ended without a report (the Job's own condition message, such as its deadline).
     failure: str = ""
+    #: While it runs: what holds its pod back, when something does (such as no node with room).
+    waiting: str = ""
 
     @property
     def passed(self) -> bool:
@@ -182,8 +184,9 @@ def decide(*, model: ModelSpec, observed: Observed, now: datetime) -> RolloutDec
                            message=f"{model.model} re-admitted (evaluation.readmit) on its pass of "
                                    f"{_when(earlier)}: score {earlier.score:g} >= {earlier.threshold:g}")
     if job is None or not job.finished:
+        held = f" (its Job's pod waits: {job.waiting})" if job is not None and job.waiting else ""
         return step.decision(RolloutState.EVALUATING, EVALUATING,
-                             f"evaluating candidate {model.model} on {model.evaluation.dataset.path}; "
+                             f"evaluating candidate {model.model} on {model.evaluation.dataset.path}{held}; "
                              f"{_current(observed, serving)} keeps serving", evaluations=(desired,))
     evidence = evidence_of(job, model=model.model)
     return step.switch(Admission.EVALUATED, evidence, now=now, evaluations=(desired,),

@@ -131,10 +131,10 @@ def _evaluation(job: Manifest, pods: list[Manifest]) -> Evaluation:
     name = job["metadata"]["name"]
     conditions = {c.get("type"): c for c in (job.get("status") or {}).get("conditions") or [] if c.get("status") == "True"}
     failed = conditions.get("Failed")
-    if "Complete" not in conditions and failed is None:
-        return Evaluation(job=name)
     mine = sorted((p for p in pods if _labels(p).get("job-name") == name),
                   key=lambda p: p["metadata"].get("creationTimestamp") or "")
+    if "Complete" not in conditions and failed is None:
+        return Evaluation(job=name, waiting=_unscheduled(mine[-1]) if mine else "")
     report: dict[str, Any] = {}
     for pod in reversed(mine):
         report = _termination_report(pod)
@@ -142,6 +142,14 @@ def _evaluation(job: Manifest, pods: list[Manifest]) -> Evaluation:
             break
     why = (failed.get("message") or failed.get("reason") or "failed") if failed else ""
     return Evaluation(job=name, finished=True, report=report, failure=why)
+
+
+def _unscheduled(pod: Manifest) -> str:
+    """Why the scheduler has not placed ``pod`` (its PodScheduled condition), or nothing."""
+    scheduled = next((c for c in (pod.get("status") or {}).get("conditions") or [] if c.get("type") == "PodScheduled"), {})
+    if scheduled.get("status") != "False":
+        return ""
+    return str(scheduled.get("message") or scheduled.get("reason") or "not scheduled")[:300]
 
 
 def _termination_report(pod: Manifest) -> dict[str, Any]:

@@ -351,3 +351,14 @@ def test_a_condition_quotes_the_worst_examples_shortened() -> None:
 
     assert "-> '" + "x" * 59 + "…' (expected 'Doha')" in decision.message
     assert decision.evidence.worst_examples[0].answer == "x" * 190
+
+
+def test_an_evaluation_whose_pod_cannot_be_placed_says_why() -> None:
+    observed = _observed(revisions={RA: Revision("tiny-a", ready=True), RB: Revision("tiny-b", ready=True)},
+                         evaluations={RB: Evaluation(job="eval", waiting="0/1 nodes are available: 1 Insufficient cpu.")})
+
+    decision = decide(model=B, observed=observed, now=NOW)
+
+    assert decision.state is RolloutState.EVALUATING
+    assert decision.message == ("evaluating candidate tiny-b on evals/chat.jsonl (its Job's pod waits: 0/1 nodes are "
+                                "available: 1 Insufficient cpu.); tiny-a keeps serving")
