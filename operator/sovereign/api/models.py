@@ -794,13 +794,24 @@ class ModelCache(ApiObject):
     )
 
 
+#: Why ``autoscaling.minReplicas: 0`` is refused, and what to write instead.
+MIN_REPLICAS_ZERO_MESSAGE = (
+    "minReplicas 0 cannot wake up: the autoscaler reads the request queue from the model's own "
+    "replicas, so at zero replicas no request is ever seen; set autoscaling.minReplicas to 1 or more"
+)
+
+
 class Autoscaling(ApiObject):
     """Replica autoscaling on the depth of vLLM's request queue (a KEDA ScaledObject)."""
 
+    # 0 stays in the schema's range so that the rule below, which says why and what to do,
+    # answers it rather than a bare "should be greater than or equal to 1".
     min_replicas: int = Field(
         default=1, ge=0, le=MAX_REPLICAS, description=(
-            "Fewest replicas; 0 lets an idle model release its "
-            "GPUs. Default 1."
+            "Fewest replicas, at least 1. Default 1. Zero is refused: the queue depth that "
+            "drives the autoscaler is read from the model's own replicas, so with none running "
+            "no request could ever wake the model again. An idle model keeps one replica; to "
+            "release its GPUs, remove the model or set its replicas without autoscaling."
         )
     )
     max_replicas: int = Field(ge=1, le=MAX_REPLICAS, description="Most replicas; at least minReplicas.")
@@ -812,6 +823,16 @@ class Autoscaling(ApiObject):
     )
 
     object_rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            cel="self.minReplicas >= 1",
+            message=MIN_REPLICAS_ZERO_MESSAGE,
+            field_path=".minReplicas",
+            failures=lambda scaling: (
+                [RuleFailure(("minReplicas",), scaling.min_replicas, MIN_REPLICAS_ZERO_MESSAGE)]
+                if scaling.min_replicas < 1
+                else []
+            ),
+        ),
         Rule(
             cel="self.minReplicas <= self.maxReplicas",
             message="minReplicas must not exceed maxReplicas",

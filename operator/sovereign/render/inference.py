@@ -33,7 +33,9 @@ volume. From a volume store, the store's claim is mounted read-only at the same 
 nothing to copy.
 
 With ``autoscaling`` the Deployment leaves ``replicas`` out, so server-side apply never claims
-the field the autoscaler writes. A model held back by a failed data store (``facts.held_back``)
+the field the autoscaler writes, and the ScaledObject's scale-down stabilization window is the
+time a new replica needs to copy and load its weights (``scale_down_window``), so a replica is
+never removed while it is still loading (up to the HPA's limit of one hour). A model held back by a failed data store (``facts.held_back``)
 gets ``replicas: 0`` and no ScaledObject, which would scale it up again; the rest of its objects
 stay, so it starts as soon as the store passes. Pure; called by ``render.stack``.
 """
@@ -72,6 +74,10 @@ LLAMA_CPP_PROBE_PERIOD_SECONDS = 1
 #: Failed readiness probes before a llama-server replica stops getting requests (5 seconds).
 LLAMA_CPP_READINESS_FAILURES = 5
 WAITING_REQUESTS_METRIC = "vllm:num_requests_waiting"
+#: The HPA's scale-down stabilization window: its default, and the most it accepts
+#: (``HPAScalingRules.stabilizationWindowSeconds``, 0 to 3600).
+HPA_DEFAULT_SCALE_DOWN_SECONDS = 300
+HPA_MOST_STABILIZATION_SECONDS = 3600
 #: The time of an offline render's rollout decision, which no history depends on.
 _NEVER = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -440,6 +446,18 @@ def _disruption_budget(stack: SovereignStack, model: ModelSpec) -> dict[str, Any
     })
 
 
+def scale_down_window(*, stack: SovereignStack, model: ModelSpec) -> int:
+    """The HPA's scale-down stabilization window of an autoscaled model, in seconds: the time a
+    new replica may take to copy and load its weights (``render.deadlines``), at least the HPA's
+    own default and at most what the HPA accepts.
+
+    The HPA scales down to the highest recommendation of the window, and the ReplicaSet removes
+    pods that are not Ready first: with a shorter window, a replica added for a burst would be
+    the one removed while still loading, once the queue had drained on the others."""
+    windows = model_windows(stack=stack, model=model)
+    return max(HPA_DEFAULT_SCALE_DOWN_SECONDS, min(HPA_MOST_STABILIZATION_SECONDS, windows.rollout_seconds))
+
+
 def _scaled_object(stack: SovereignStack, model: ModelSpec, facts: ClusterFacts) -> dict[str, Any]:
     scaling = model.autoscaling
     assert scaling is not None, "only autoscaled models have a ScaledObject"
@@ -454,6 +472,9 @@ def _scaled_object(stack: SovereignStack, model: ModelSpec, facts: ClusterFacts)
             "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": model.name},
             "minReplicaCount": scaling.min_replicas,
             "maxReplicaCount": scaling.max_replicas,
+            "advanced": {"horizontalPodAutoscalerConfig": {"behavior": {"scaleDown": {
+                "stabilizationWindowSeconds": scale_down_window(stack=stack, model=model),
+            }}}},
             "triggers": [
                 {
                     "type": "prometheus",

@@ -156,6 +156,8 @@ CASES = [
     Case("source-path-escapes", set_value("models.0.source.path", "../../etc"), ("spec.models[0].source.path",)),
     Case("autoscaling-min-above-max", set_value("models.0.autoscaling.minReplicas", 6),
          ("spec.models[0].autoscaling.minReplicas",)),
+    Case("autoscaling-to-zero-cannot-wake", set_value("models.0.autoscaling.minReplicas", 0),
+         ("spec.models[0].autoscaling.minReplicas", "cannot wake up", "set autoscaling.minReplicas to 1")),
     Case("extra-args-owned-flag", set_value("models.0.extraArgs", ["--tensor-parallel-size=2"]),
          ("spec.models[0].extraArgs",)),
     Case("unknown-provisioner", set_value("nodePools.1.provisioner", "Manual"), ("spec.nodePools[1].provisioner",)),

@@ -9,6 +9,7 @@ import pytest
 from render_inputs import sample_document, stack_from  # next to this file
 
 from sovereign.cli.fetch_model import command as fetch_model
+from sovereign.api.models import COPY_BASE_SECONDS
 from sovereign.render.facts import ClusterFacts
 from sovereign.render.inference import DEFAULT_VLLM_IMAGE, render_model
 
@@ -252,3 +253,23 @@ def test_no_model_of_the_samples_renders_a_best_effort_pod(facts) -> None:
         stack = stack_from(sample_document(sample))
         for model in stack.spec.models:
             assert _qos_class(_pod(_objects(stack, facts, model.name))) != "BestEffort", (sample, model.name)
+
+
+def _scale_down_window(stack, facts):
+    scaled = _objects(stack, facts, "chat")["ScaledObject"]["spec"]
+    return scaled["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"]
+
+
+def test_autoscaler_keeps_a_new_replica_while_it_copies_and_loads(full_stack, facts) -> None:
+    # 300Gi copied by the replica's own loader at 200Mi/s (1536 s), then a 900 s load.
+    stack = _with_model(full_stack, "chat", startupTimeoutSeconds=900, weightsThroughput="200Mi")
+
+    assert _scale_down_window(stack, facts) == COPY_BASE_SECONDS + 1536 + 900
+
+
+def test_scale_down_window_stays_within_what_the_hpa_accepts(full_stack, facts) -> None:
+    # The sample's 300Gi model with a one-hour load: the HPA refuses more than 3600 s.
+    assert _scale_down_window(full_stack, facts) == 3600
+    # A model that loads in seconds keeps the HPA's default of five minutes.
+    small = _with_model(full_stack, "chat", startupTimeoutSeconds=60, cache={"size": "1Gi"}, weightsThroughput="1Gi")
+    assert _scale_down_window(small, facts) == 300
