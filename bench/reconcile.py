@@ -79,7 +79,7 @@ def _expected_children(namespace: str) -> set[tuple[str, str]]:
             ("NodePool", karpenter_nodepool(namespace)),
             ("Deployment", "chat"), ("Service", "chat"), ("PodDisruptionBudget", "chat"), ("ScaledObject", "chat"),
             ("Deployment", "embed"), ("Service", "embed"), ("Deployment", "assistant"), ("Service", "assistant"),
-            ("Deployment", "indexer")}
+            ("Deployment", "indexer"), ("PodMonitor", "chat"), ("PodMonitor", "embed")}
 
 
 def _children(api: client.ApiClient, namespace: str) -> set[tuple[str, str]]:
@@ -96,6 +96,8 @@ def _children(api: client.ApiClient, namespace: str) -> set[tuple[str, str]]:
               client.NetworkingV1Api(api).list_namespaced_network_policy(namespace, label_selector=selector).items}
     found |= {("ScaledObject", o["metadata"]["name"]) for o in custom.list_namespaced_custom_object(
         "keda.sh", "v1alpha1", namespace, "scaledobjects", label_selector=selector)["items"]}
+    found |= {("PodMonitor", o["metadata"]["name"]) for o in custom.list_namespaced_custom_object(
+        "monitoring.coreos.com", "v1", namespace, "podmonitors", label_selector=selector)["items"]}
     found |= {("NodePool", p["metadata"]["name"]) for p in custom.list_cluster_custom_object(
         "karpenter.sh", "v1", "nodepools", label_selector=selector)["items"]}
     return found

@@ -170,7 +170,7 @@ def _full_pass_as_operator(custom: client.CustomObjectsApi, kube: Kube, namespac
         assert outcome.rejected == ()
         assert {key.kind for key in outcome.applied} >= {
             "Deployment", "Service", "PersistentVolumeClaim", "PodDisruptionBudget", "NetworkPolicy",
-            "ScaledObject", "NodePool"}
+            "ScaledObject", "PodMonitor", "NodePool"}
         status = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)["status"]
         assert {c["type"] for c in status["conditions"]} >= {"Ready", "ModelsReady", "NodePoolsReady"}
 

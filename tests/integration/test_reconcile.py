@@ -151,6 +151,9 @@ def test_full_sample_becomes_every_child_and_reaches_ready(cluster, api_client, 
         namespace, label_selector=SELECTOR).items] == ["chat"]
     assert [o["metadata"]["name"] for o in custom.list_namespaced_custom_object(
         "keda.sh", "v1alpha1", namespace, "scaledobjects", label_selector=SELECTOR)["items"]] == ["chat"]
+    # The cluster serves the Prometheus Operator's PodMonitor: every model gets its scrape target.
+    assert sorted(o["metadata"]["name"] for o in custom.list_namespaced_custom_object(
+        "monitoring.coreos.com", "v1", namespace, "podmonitors", label_selector=SELECTOR)["items"]) == ["chat", "embed"]
     claim = core.read_namespaced_persistent_volume_claim("scratch", namespace)
     assert claim.status.phase == "Bound"
     policy = client.NetworkingV1Api(api_client).read_namespaced_network_policy(f"{STACK}-egress", namespace)

@@ -36,6 +36,15 @@ def test_every_rendered_object_is_accepted_by_the_apiserver_schemas(kube, namesp
         assert stored["metadata"]["labels"] == obj["metadata"]["labels"]
 
 
+def test_the_upstream_pod_monitor_schema_keeps_every_rendered_field(kube, namespace) -> None:
+    """A field the upstream CRD does not know would be pruned silently, and the scrape would miss it."""
+    monitors = [o for o in _desired(namespace) if o["kind"] == "PodMonitor"]
+
+    assert [m["metadata"]["name"] for m in monitors] == ["chat", "embed"]
+    for monitor in monitors:
+        assert kube.apply(monitor, dry_run=True)["spec"] == monitor["spec"]
+
+
 def test_apply_list_and_delete_by_label(kube, api_client, namespace) -> None:
     service = next(o for o in _desired(namespace) if o["kind"] == "Service")
 

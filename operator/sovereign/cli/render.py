@@ -3,7 +3,9 @@
 For GitOps previews and reviews: the manifests come from ``services.reconcile.desired_objects``,
 the function the operator itself applies from, as multi-document YAML in the operator's order,
 byte-identical for the same input. ``--facts`` takes Node manifests (``kubectl get nodes -o
-yaml``), which decide the nodes of Existing pools; without it no node is chosen. The namespace
+yaml``), which decide the nodes of Existing pools; without it no node is chosen.
+``--no-pod-monitors`` leaves out the models' PodMonitors, as the operator does in a cluster
+without the Prometheus Operator's CRDs. The namespace
 is the stack's own, else ``--namespace``; ownerReferences need the stack's uid, so they appear
 only for a stack read back from the cluster (``kubectl get sstack NAME -o yaml``).
 Auto-registered by ``sovereign.cli``.
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 import click
@@ -53,7 +56,11 @@ def dump_manifests(objects: list[dict[str, Any]]) -> str:
               help="Image the model loader init containers run.")
 @click.option("--prometheus-url", default=DEFAULT_PROMETHEUS_URL, show_default=True, envvar="SOVEREIGN_PROMETHEUS_URL",
               help="Prometheus that autoscaled models' ScaledObjects query.")
-def command(stack_file: Any, facts_file: Any, namespace: str, operator_image: str, prometheus_url: str) -> None:
+@click.option("--pod-monitors/--no-pod-monitors", default=True, show_default=True,
+              help="Whether the cluster serves the Prometheus Operator's PodMonitor: the operator renders one "
+                   "per model only then (it checks the cluster; say --no-pod-monitors for one without it).")
+def command(stack_file: Any, facts_file: Any, namespace: str, operator_image: str, prometheus_url: str,
+            pod_monitors: bool) -> None:
     """Print the manifests the operator would apply for a SovereignStack.
 
     Exit code 0 on success, 1 when the stack is not valid or cannot be rendered.
@@ -75,9 +82,8 @@ def command(stack_file: Any, facts_file: Any, namespace: str, operator_image: st
     metadata.setdefault("namespace", namespace)
     try:
         stack = parse_stack(document)
-        objects = desired_objects(
-            stack, facts_from_nodes(nodes, operator_image=operator_image, prometheus_url=prometheus_url)
-        )
+        facts = facts_from_nodes(nodes, operator_image=operator_image, prometheus_url=prometheus_url)
+        objects = desired_objects(stack, replace(facts, pod_monitors=pod_monitors))
     except (InvalidStackError, RenderError) as err:
         click.echo(str(err), err=True)
         sys.exit(1)

@@ -46,6 +46,7 @@ PERSISTENT_VOLUME_CLAIM = ResourceType("v1", "PersistentVolumeClaim", "persisten
 POD_DISRUPTION_BUDGET = ResourceType("policy/v1", "PodDisruptionBudget", "poddisruptionbudgets", True)
 NETWORK_POLICY = ResourceType("networking.k8s.io/v1", "NetworkPolicy", "networkpolicies", True)
 SCALED_OBJECT = ResourceType("keda.sh/v1alpha1", "ScaledObject", "scaledobjects", True)
+POD_MONITOR = ResourceType("monitoring.coreos.com/v1", "PodMonitor", "podmonitors", True)
 NODE_POOL = ResourceType("karpenter.sh/v1", "NodePool", "nodepools", False)
 NODE = ResourceType("v1", "Node", "nodes", False)
 _ADMISSION = "admissionregistration.k8s.io/v1"
@@ -58,7 +59,7 @@ VALIDATING_POLICY_BINDING = ResourceType(_ADMISSION, "ValidatingAdmissionPolicyB
 
 KNOWN = (
     STACK, DEPLOYMENT, JOB, SERVICE, POD, SECRET, EVENT, PERSISTENT_VOLUME_CLAIM, POD_DISRUPTION_BUDGET,
-    NETWORK_POLICY, SCALED_OBJECT, NODE_POOL, NODE, MUTATING_POLICY, MUTATING_POLICY_BINDING,
+    NETWORK_POLICY, SCALED_OBJECT, POD_MONITOR, NODE_POOL, NODE, MUTATING_POLICY, MUTATING_POLICY_BINDING,
     VALIDATING_POLICY, VALIDATING_POLICY_BINDING,
 )  # fmt: skip
 _BY_KIND = {(kind.api_version, kind.kind): kind for kind in KNOWN}

@@ -3,7 +3,7 @@
 ``ClusterFacts`` is the second input of every builder besides the stack: the nodes (for pools of
 existing nodes, which are chosen by label), the operator's own image (it runs the model loader
 as an init container), the Prometheus the autoscaler asks, the StorageClasses (which a shared
-model cache needs), and, for one stack, its S3 stores as verified against their buckets, the
+model cache needs), whether PodMonitors are served, and, for one stack, its S3 stores as verified against their buckets, the
 workloads a failed store holds back and the state of its shared model caches. Frozen plain
 values, so a render is a pure function of (stack, facts). Built by ``services.facts`` from the
 live cluster (or from Node manifests in a file, for ``sovereign render --facts``), the store
@@ -101,6 +101,10 @@ class ClusterFacts:
     #: model name; None when not observed (an offline render), and then each such model is
     #: rendered as serving the spec's model.
     rollouts: Mapping[str, RolloutDecision] | None = None
+    #: Whether the cluster serves the Prometheus Operator's PodMonitor: then each model gets one
+    #: (``render.monitoring``). True unless the operator found the CRD missing, or ``sovereign
+    #: render`` was told so, as the chart's own monitoring assumes the Prometheus Operator.
+    pod_monitors: bool = True
 
     def node(self, name: str) -> NodeFacts | None:
         return next((node for node in self.nodes if node.name == name), None)

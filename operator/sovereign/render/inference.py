@@ -1,10 +1,11 @@
 """Inference: per model, a Deployment of its engine and a Service, a PodDisruptionBudget when it
-has several replicas, and a KEDA ScaledObject when it autoscales.
+has several replicas, a KEDA ScaledObject when it autoscales, and the PodMonitor that scrapes its
+replicas when the cluster serves the kind (``render.monitoring``).
 
 Engine ``vllm``: the pod serves the weights from a local path under two names, the logical name
 first (``--served-model-name chat Qwen/Qwen2.5-72B-Instruct``): applications call the logical
-name, so the model behind it can be swapped without touching them, and vLLM labels its metrics
-with the first name, which the autoscaler queries. The pod runs with hub access and usage
+name, so the model behind it can be swapped without touching them; the autoscaler queries its
+queue by the ``stack`` and ``model`` labels its scrape target adds (``render.monitoring``). The pod runs with hub access and usage
 reporting off, on GPU nodes of the allowed regions and of the model's pool only. It and its
 loader request CPU and memory (``resources``, or a size per GPU: ``api.models.VLLM_CPU_PER_GPU``,
 ``VLLM_MEMORY_PER_GPU_GIB``) beside the GPUs, so it is Burstable, never BestEffort: the kubelet
@@ -51,7 +52,7 @@ from sovereign.api import CacheLayout, DataStore, Engine, ModelSpec, SovereignSt
 from sovereign.api.engines import LLAMA_CPP_IMAGE
 from sovereign.api.models import VLLM_CPU_PER_GPU, VLLM_MEMORY_PER_GPU_GIB, LoadFormat
 from sovereign.policy import rollout
-from sovereign.render import cache, loader, names, pod, storage
+from sovereign.render import cache, loader, monitoring, names, pod, storage
 from sovereign.render.cache import cache_filled, cache_volume, copies_to_cache
 from sovereign.render.deadlines import model_windows
 from sovereign.render.evaluation import evaluation_job
@@ -108,11 +109,11 @@ STREAMER_CONCURRENCY = 16
 def render_model(*, stack: SovereignStack, model: ModelSpec, facts: ClusterFacts) -> list[dict[str, Any]]:
     """The objects serving one model, in a stable order: its shared cache (claim and loader Job)
     first, then the Deployment (left out, with its ScaledObject, while that cache fills:
-    ``waiting_for_cache``), Service, PodDisruptionBudget and ScaledObject."""
+    ``waiting_for_cache``), Service, PodDisruptionBudget, ScaledObject and PodMonitor."""
     filled = not _waits_for_cache(stack, model, facts)
     objects = cache.render_model_cache(stack=stack, model=model, facts=facts)
     if model.evaluation is not None:
-        return objects + _blue_green(stack, model, facts, filled=filled)
+        return objects + _blue_green(stack, model, facts, filled=filled) + _scrape_targets(stack, model, facts)
     if filled:
         objects.append(_deployment(stack, model, facts))
     objects.append(
@@ -122,7 +123,12 @@ def render_model(*, stack: SovereignStack, model: ModelSpec, facts: ClusterFacts
         objects.append(_disruption_budget(stack, model))
     if filled and model.autoscaling is not None and model.name not in facts.held_back:
         objects.append(_scaled_object(stack, model, facts))
-    return objects
+    return objects + _scrape_targets(stack, model, facts)
+
+
+def _scrape_targets(stack: SovereignStack, model: ModelSpec, facts: ClusterFacts) -> list[dict[str, Any]]:
+    """The model's PodMonitor, where the cluster serves the kind (``render.monitoring``)."""
+    return [monitoring.pod_monitor(stack=stack, model=model)] if facts.pod_monitors else []
 
 
 def waiting_for_cache(*, stack: SovereignStack, facts: ClusterFacts) -> list[str]:
@@ -461,9 +467,12 @@ def scale_down_window(*, stack: SovereignStack, model: ModelSpec) -> int:
 def _scaled_object(stack: SovereignStack, model: ModelSpec, facts: ClusterFacts) -> dict[str, Any]:
     scaling = model.autoscaling
     assert scaling is not None, "only autoscaled models have a ScaledObject"
-    query = (
-        f'sum({WAITING_REQUESTS_METRIC}{{namespace="{names.stack_namespace(stack)}",model_name="{model.name}"}})'
-    )
+    # The labels every scrape target gives the series (render.monitoring): the stack's namespace,
+    # name and the model's name, so a same-named model of another stack is not counted.
+    selector = ",".join(f'{label}="{value}"' for label, value in (
+        ("namespace", names.stack_namespace(stack)), (monitoring.STACK_SERIES_LABEL, names.stack_name(stack)),
+        (monitoring.MODEL_SERIES_LABEL, model.name)))
+    query = f"sum({WAITING_REQUESTS_METRIC}{{{selector}}})"
     return names.stamped({
         "apiVersion": "keda.sh/v1alpha1",
         "kind": "ScaledObject",

@@ -66,8 +66,10 @@ from sovereign.kube.resources import (
     NODE_POOL,
     PERSISTENT_VOLUME_CLAIM,
     POD_DISRUPTION_BUDGET,
+    POD_MONITOR,
     SCALED_OBJECT,
     SERVICE,
+    ResourceType,
     resource_type,
 )
 from sovereign.policy.residency import blocked_workloads
@@ -94,7 +96,8 @@ log = logging.getLogger(__name__)
 Manifest = dict[str, Any]
 
 #: Namespaced kinds the stack may have children of, listed by label on every pass.
-CHILD_KINDS = (NETWORK_POLICY, PERSISTENT_VOLUME_CLAIM, JOB, DEPLOYMENT, SERVICE, POD_DISRUPTION_BUDGET, SCALED_OBJECT)
+CHILD_KINDS = (NETWORK_POLICY, PERSISTENT_VOLUME_CLAIM, JOB, DEPLOYMENT, SERVICE, POD_DISRUPTION_BUDGET, SCALED_OBJECT,
+               POD_MONITOR)
 #: The keys a stack puts on a node of an Existing pool, and removes again.
 _NODE_LABELS = (names.POOL_LABEL, names.STACK_LABEL, names.STACK_ID_LABEL)
 _NODE_ANNOTATIONS = (names.OWNER_ANNOTATION,)
@@ -159,8 +162,11 @@ def reconcile(*, kube: Kube, body: Mapping[str, Any], facts: ClusterFacts, store
         facts = with_cache_checks(facts, stack=stack)
         # Observed before rendering: whether a shared cache is filled decides whether its
         # model's Deployment is rendered.
-        observed = _observe(kube, stack, facts)
+        observed, unserved = _observe(kube, stack, facts)
+        # The same list tells whether the Prometheus Operator is installed: its PodMonitors
+        # are rendered only then, so a cluster without it is not told to apply what it cannot hold.
         facts = replace(facts, caches=observe_caches(kube=kube, stack=stack, children=observed),
+                        pod_monitors=POD_MONITOR not in unserved,
                         rollouts=observe_rollouts(kube=kube, stack=stack, children=observed, previous=previous,
                                                   now=now))
         desired = desired_objects(stack, facts)
@@ -217,15 +223,23 @@ def finalize(*, kube: Kube, body: Mapping[str, Any]) -> list[ObjectKey]:
 # --- observe -----------------------------------------------------------------------------------
 
 
-def _observe(kube: Kube, stack: SovereignStack, facts: ClusterFacts) -> dict[ObjectKey, Manifest]:
-    """The stack's children as they are: namespaced ones it controls, NodePools and nodes it owns."""
+def _observe(kube: Kube, stack: SovereignStack,
+             facts: ClusterFacts) -> tuple[dict[ObjectKey, Manifest], frozenset[ResourceType]]:
+    """The stack's children as they are: namespaced ones it controls, NodePools and nodes it
+    owns; and the child kinds the cluster does not serve (their CRD is not installed)."""
     namespace = names.stack_namespace(stack)
     selector = names.stack_selector(names.stack_name(stack))
     uid = stack.metadata.uid
     owner = names.owner_id(stack)
     children: dict[ObjectKey, Manifest] = {}
+    unserved: set[ResourceType] = set()
     for kind in CHILD_KINDS:
-        for item in _list_if_served(kube, kind, namespace=namespace, selector=selector):
+        try:
+            items = kube.list(kind, namespace=namespace, selector=selector)
+        except errors.NotServed:
+            unserved.add(kind)
+            continue
+        for item in items:
             if _controlled_by(item, uid):
                 children[object_key(item)] = item
     for nodepool in _list_if_served(kube, NODE_POOL, selector=selector):
@@ -234,7 +248,7 @@ def _observe(kube: Kube, stack: SovereignStack, facts: ClusterFacts) -> dict[Obj
     for node in facts.nodes:
         if node.owner == owner:
             children[ObjectKey("", "Node", "", node.name)] = _node_manifest(node)
-    return children
+    return children, frozenset(unserved)
 
 
 def _list_if_served(kube: Kube, kind: Any, *, namespace: str | None = None, selector: str) -> list[Manifest]:

@@ -132,7 +132,9 @@ def test_autoscaled_model_leaves_replicas_to_keda(full_stack, facts) -> None:
     assert (scaled["minReplicaCount"], scaled["maxReplicaCount"]) == (1, 4)
     (trigger,) = scaled["triggers"]
     assert trigger["type"] == "prometheus"
-    assert trigger["metadata"]["query"] == 'sum(vllm:num_requests_waiting{namespace="gov-qa",model_name="chat"})'
+    # The labels the model's scrape target gives every series (render.monitoring).
+    assert trigger["metadata"]["query"] == (
+        'sum(vllm:num_requests_waiting{namespace="gov-qa",stack="citizen-services",model="chat"})')
     assert trigger["metadata"]["threshold"] == "8"
 
 
@@ -141,7 +143,7 @@ def test_disruption_budget_only_with_several_replicas(full_stack, facts) -> None
     embed = _objects(full_stack, facts, "embed")
     assert "PodDisruptionBudget" not in embed
     assert embed["Deployment"]["spec"]["replicas"] == 1
-    assert set(embed) == {"Deployment", "Service"}
+    assert set(embed) == {"Deployment", "Service", "PodMonitor"}
 
 
 def test_service_exposes_port_8000_of_the_model_pods(full_stack, facts) -> None:

@@ -26,7 +26,7 @@ def stack():
 
 
 def _objects(stack, **rollouts) -> dict[ObjectKey, dict]:
-    return {object_key(obj): obj for obj in render_stack(stack, ClusterFacts(rollouts=rollouts or None))}
+    return {object_key(obj): obj for obj in render_stack(stack, ClusterFacts(rollouts=rollouts or None, pod_monitors=False))}
 
 
 def _named(objects: dict[ObjectKey, dict], kind: str, name: str) -> dict | None:

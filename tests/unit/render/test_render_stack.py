@@ -31,7 +31,8 @@ def test_full_sample_has_every_kind_of_child_in_a_stable_order(full_stack, facts
         ("Node", "gpu-mec1-2"),
         ("Node", "gpu-mec1-3"),
         ("Deployment", "chat"), ("Service", "chat"), ("PodDisruptionBudget", "chat"), ("ScaledObject", "chat"),
-        ("Deployment", "embed"), ("Service", "embed"),
+        ("PodMonitor", "chat"),
+        ("Deployment", "embed"), ("Service", "embed"), ("PodMonitor", "embed"),
         ("Deployment", "assistant"), ("Service", "assistant"),
         ("Deployment", "indexer"),
     ]

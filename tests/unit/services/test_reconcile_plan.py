@@ -88,7 +88,8 @@ def test_removing_a_model_prunes_its_objects() -> None:
     plan = plan_changes(desired=after, observed=_live(before))
 
     assert sorted((o["kind"], o["metadata"]["name"]) for o in plan.prune) == [
-        ("Deployment", "chat"), ("PodDisruptionBudget", "chat"), ("ScaledObject", "chat"), ("Service", "chat")]
+        ("Deployment", "chat"), ("PodDisruptionBudget", "chat"), ("PodMonitor", "chat"), ("ScaledObject", "chat"),
+        ("Service", "chat")]
     assert [(o["kind"], o["metadata"]["name"]) for o in plan.apply] == [("Deployment", "assistant")]
 
 
