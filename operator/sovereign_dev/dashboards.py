@@ -11,7 +11,8 @@ Three dashboards, for the SREs of a sovereign AI platform:
 
 Every query filters through the dashboard's variables and uses the label conventions the chart's
 ServiceMonitor and PodMonitor set up (the operator's series keep the stack's ``namespace``; the
-agent's carry ``node``). The output is deterministic (stable ids, layout and key order), so
+agent's carry ``node``), and the model servers' the ``stack`` and ``model`` labels their own
+scrape targets give them (``sovereign.render.monitoring``). The output is deterministic (stable ids, layout and key order), so
 ``python -m sovereign_dev.chart`` regenerates ``charts/sovereign-stack-operator/dashboards/*.json``
 byte for byte and a test fails when the files drift from this module. Pure; called by
 ``sovereign_dev.chart`` and the tests, which also check every metric named here exists.
@@ -25,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sovereign.policy.gpu_health import GpuHealthSettings
+from sovereign.render import monitoring
 
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 GRID_WIDTH = 24
@@ -158,6 +160,13 @@ def stacks() -> Dashboard:
                          "{{namespace}}/{{stack}} {{model}} desired")],
                   "Ready replicas of each model's inference server against the desired count.",
                   width=24),
+            Panel("Requests waiting, by model", "timeseries",
+                  [Query(f"sum by (namespace, {monitoring.STACK_SERIES_LABEL}, {monitoring.MODEL_SERIES_LABEL}) "
+                         f"({metric}{{{STACKS}}})", "{{namespace}}/{{stack}} {{model}}")
+                   for metric in monitoring.QUEUE_METRICS.values()],
+                  "Requests each model's replicas hold waiting for a free slot (vLLM's queue, "
+                  "which the autoscaler adds replicas on; llama-server's deferred requests), from "
+                  "the scrape target the operator renders per model.", width=24),
             Panel("Reconcile latency", "timeseries",
                   [Query(f"histogram_quantile({q}, sum by (le) (rate("
                          f"sovereign_reconcile_duration_seconds_bucket{{{STACKS}}}[{RATE}])))",

@@ -74,7 +74,7 @@ STARTUP_PERIOD_SECONDS = 10
 LLAMA_CPP_PROBE_PERIOD_SECONDS = 1
 #: Failed readiness probes before a llama-server replica stops getting requests (5 seconds).
 LLAMA_CPP_READINESS_FAILURES = 5
-WAITING_REQUESTS_METRIC = "vllm:num_requests_waiting"
+WAITING_REQUESTS_METRIC = monitoring.QUEUE_METRICS[Engine.VLLM]
 #: The HPA's scale-down stabilization window: its default, and the most it accepts
 #: (``HPAScalingRules.stabilizationWindowSeconds``, 0 to 3600).
 HPA_DEFAULT_SCALE_DOWN_SECONDS = 300

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sovereign.api import ModelSpec, SovereignStack
+from sovereign.api import Engine, ModelSpec, SovereignStack
 from sovereign.render import names
 from sovereign.render.names import Component
 
@@ -31,6 +31,9 @@ SCRAPE_INTERVAL = "15s"
 STACK_SERIES_LABEL = "stack"
 MODEL_SERIES_LABEL = "model"
 SERIES_LABELS = {STACK_SERIES_LABEL: names.STACK_LABEL, MODEL_SERIES_LABEL: names.NAME_LABEL}
+#: Each engine's gauge of requests waiting for a free slot: vLLM's queue, which the autoscaler
+#: reads, and llama-server's deferred requests (``--metrics``), which the dashboards show beside it.
+QUEUE_METRICS = {Engine.VLLM: "vllm:num_requests_waiting", Engine.LLAMA_CPP: "llamacpp:requests_deferred"}
 
 
 def pod_monitor(*, stack: SovereignStack, model: ModelSpec) -> dict[str, Any]:

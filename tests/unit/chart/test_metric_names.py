@@ -1,4 +1,5 @@
-"""Every metric the dashboards and alerts query is one the operator or the agent really exposes.
+"""Every metric the dashboards and alerts query is one the operator or the agent really exposes,
+or one of the engines' queue gauges the operator's autoscaler reads.
 
 The names are taken from the PromQL itself (parsed with ``promql_parser``), the exposed names
 from the exposition the two processes serve: the operator's ``sovereign.metrics.REGISTRY`` and
@@ -19,6 +20,7 @@ from prometheus_client import generate_latest
 from sovereign_dev import chart, dashboards
 from sovereign.metrics import REGISTRY
 from sovereign.nvml import open_reader
+from sovereign.render import monitoring
 from sovereign_dev.nvml_fake import healthy_node, write_scenario
 from sovereign.nvml.readings import XidEvent
 from sovereign.services.gpu_metrics import GpuMetrics
@@ -52,7 +54,10 @@ def exposition(tmp_path_factory) -> set[str]:
     readings = reader.read()
     metrics.observe(readings=readings, verdicts=[])
     metrics.count_xids([XidEvent(gpu_index=0, xid=79)], reader.identities)
-    return exposed(generate_latest(REGISTRY).decode()) | exposed(metrics.exposition())
+    # The engines' queue gauges come from vLLM and llama-server, which cannot run here: the
+    # names the operator's autoscaler and scrape targets use (render.monitoring) stand for them.
+    return (exposed(generate_latest(REGISTRY).decode()) | exposed(metrics.exposition())
+            | set(monitoring.QUEUE_METRICS.values()))
 
 
 def metric_names(expr: str) -> set[str]:
