@@ -74,7 +74,6 @@ STARTUP_PERIOD_SECONDS = 10
 LLAMA_CPP_PROBE_PERIOD_SECONDS = 1
 #: Failed readiness probes before a llama-server replica stops getting requests (5 seconds).
 LLAMA_CPP_READINESS_FAILURES = 5
-WAITING_REQUESTS_METRIC = monitoring.QUEUE_METRICS[Engine.VLLM]
 #: The HPA's scale-down stabilization window: its default, and the most it accepts
 #: (``HPAScalingRules.stabilizationWindowSeconds``, 0 to 3600).
 HPA_DEFAULT_SCALE_DOWN_SECONDS = 300
@@ -467,12 +466,9 @@ def scale_down_window(*, stack: SovereignStack, model: ModelSpec) -> int:
 def _scaled_object(stack: SovereignStack, model: ModelSpec, facts: ClusterFacts) -> dict[str, Any]:
     scaling = model.autoscaling
     assert scaling is not None, "only autoscaled models have a ScaledObject"
-    # The labels every scrape target gives the series (render.monitoring): the stack's namespace,
-    # name and the model's name, so a same-named model of another stack is not counted.
-    selector = ",".join(f'{label}="{value}"' for label, value in (
-        ("namespace", names.stack_namespace(stack)), (monitoring.STACK_SERIES_LABEL, names.stack_name(stack)),
-        (monitoring.MODEL_SERIES_LABEL, model.name)))
-    query = f"sum({WAITING_REQUESTS_METRIC}{{{selector}}})"
+    # By the labels every scrape target gives the series (render.monitoring): the stack's
+    # namespace and name and the model's name, so a same-named model of another stack is not counted.
+    query = monitoring.queue_query(stack=stack, model=model)
     return names.stamped({
         "apiVersion": "keda.sh/v1alpha1",
         "kind": "ScaledObject",

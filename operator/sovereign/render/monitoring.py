@@ -16,6 +16,7 @@ the two equal). Pure; called by ``render.inference``.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from sovereign.api import Engine, ModelSpec, SovereignStack
@@ -36,6 +37,15 @@ SERIES_LABELS = {STACK_SERIES_LABEL: names.STACK_LABEL, MODEL_SERIES_LABEL: name
 QUEUE_METRICS = {Engine.VLLM: "vllm:num_requests_waiting", Engine.LLAMA_CPP: "llamacpp:requests_deferred"}
 
 
+def queue_query(*, stack: SovereignStack, model: ModelSpec) -> str:
+    """PromQL for the requests waiting across ``model``'s replicas, by the labels its scrape
+    target gives every series: KEDA's trigger (vLLM), and what the dashboards plot."""
+    selector = ",".join(f'{label}="{value}"' for label, value in (
+        ("namespace", names.stack_namespace(stack)), (STACK_SERIES_LABEL, names.stack_name(stack)),
+        (MODEL_SERIES_LABEL, model.name)))
+    return f"sum({QUEUE_METRICS[model.engine]}{{{selector}}})"
+
+
 def pod_monitor(*, stack: SovereignStack, model: ModelSpec) -> dict[str, Any]:
     """The PodMonitor scraping ``model``'s inference pods (every revision's) in the stack's namespace."""
     return names.stamped({
@@ -49,7 +59,7 @@ def pod_monitor(*, stack: SovereignStack, model: ModelSpec) -> dict[str, Any]:
                 "path": METRICS_PATH,
                 "interval": SCRAPE_INTERVAL,
                 "relabelings": [
-                    {"sourceLabels": [_pod_label_meta(label)], "targetLabel": target, "action": "replace"}
+                    {"sourceLabels": [pod_label_meta(label)], "targetLabel": target, "action": "replace"}
                     for target, label in SERIES_LABELS.items()
                 ],
             }],
@@ -57,29 +67,29 @@ def pod_monitor(*, stack: SovereignStack, model: ModelSpec) -> dict[str, Any]:
     })
 
 
-def _pod_label_meta(label: str) -> str:
+def pod_label_meta(label: str) -> str:
     """Prometheus's discovery label for a pod label (every character outside [a-zA-Z0-9_] becomes ``_``)."""
-    return "__meta_kubernetes_pod_label_" + "".join(c if c.isalnum() or c == "_" else "_" for c in label)
+    return "__meta_kubernetes_pod_label_" + re.sub(r"[^a-zA-Z0-9_]", "_", label)
 
 
 def scrape_job(*, job_name: str = "sovereign-models") -> dict[str, Any]:
     """The same scrape as the PodMonitors, as one job of a plain Prometheus's ``scrape_configs``:
     every operator-made pod of the component ``inference`` with a container port named ``http``, with the
     ``namespace``, ``stack`` and ``model`` labels the autoscaler's query and the dashboards use."""
-    component_meta = _pod_label_meta(names.COMPONENT_LABEL)
+    component_meta = pod_label_meta(names.COMPONENT_LABEL)
     return {
         "job_name": job_name,
         "scrape_interval": SCRAPE_INTERVAL,
         "metrics_path": METRICS_PATH,
         "kubernetes_sd_configs": [{"role": "pod"}],
         "relabel_configs": [
-            {"source_labels": [_pod_label_meta(names.STACK_LABEL)], "regex": ".+", "action": "keep"},
+            {"source_labels": [pod_label_meta(names.STACK_LABEL)], "regex": ".+", "action": "keep"},
             {"source_labels": [component_meta], "regex": Component.INFERENCE.value, "action": "keep"},
             {"source_labels": ["__meta_kubernetes_pod_container_port_name"], "regex": METRICS_PORT_NAME,
              "action": "keep"},
             {"source_labels": ["__meta_kubernetes_namespace"], "target_label": "namespace"},
             {"source_labels": ["__meta_kubernetes_pod_name"], "target_label": "pod"},
-            *({"source_labels": [_pod_label_meta(label)], "target_label": target}
+            *({"source_labels": [pod_label_meta(label)], "target_label": target}
               for target, label in SERIES_LABELS.items()),
         ],
     }
