@@ -11,6 +11,8 @@ in-country MinIO bucket). A user
 3. swaps back to tiny-llama-a under an evaluation whose expected answers are b's own: a fails,
    b keeps serving, and the stack says why (Stalled, the score, the worst examples, an Event);
 4. lists tiny-llama-a in evaluation.readmit: a, which passed before, serves again without a new Job;
+5. swaps to tiny-llama-b with evaluation.canary: after its pass b serves beside a, both answering
+   as chat, for the canary's seconds, then takes over, with no failed request;
 
 and ``sovereign report`` shows the lineage. What is asserted is what a user sees: the stack's
 status, conditions and Events, the Jobs, and the answers through the chat Service.
@@ -48,6 +50,8 @@ WAIT = 300
 PROMPTS = ["Which region serves this model?", "Say hello.", "Count to three.", "Name a colour."]
 SMOKE = "evals/smoke.jsonl"
 AS_B = "evals/answers-of-b.jsonl"
+#: Long enough to see both models answer through the chat Service, short for the test.
+CANARY_SECONDS = 20
 
 
 def _evaluation(dataset: str, scorer: dict[str, Any], threshold: float, **more: Any) -> dict[str, Any]:
@@ -234,3 +238,30 @@ def test_a_model_serves_only_after_it_passes_and_a_failing_one_never_does(
     (lineage,) = json.loads(report.stdout)["lineage"]
     assert [(r["model"], r["admission"]) for r in lineage["history"]] == [
         (A, "Evaluated"), (B, "Evaluated"), (A, "Readmitted")]
+
+    # 5. With a canary, b takes a share of live traffic beside a before the switch: both answer as chat.
+    # b starts afresh: a candidate whose previous replicas still drain is evaluated before its own
+    # Service has endpoints, and its Job is refused (a known race, not the canary's).
+    _wait("b's replicas drained and gone", lambda: not client.AppsV1Api(path.api).list_namespaced_deployment(
+        path.namespace, label_selector=f"sovereign.ai/revision={rev_b}").items, path=path, operator=operator)
+    asking = _Client(path)
+    asking.start()
+    path.apply(model=B, evaluation={**ANYTHING, "canary": {"weight": 50, "durationSeconds": CANARY_SECONDS}})
+    _wait("b in its canary", lambda: (_status(path, "rollout") or {}).get("state") == "Canary",
+          path=path, operator=operator)
+    service = client.CoreV1Api(path.api).read_namespaced_service(MODEL, path.namespace)
+    assert "sovereign.ai/revision" not in service.spec.selector, "the Service selects both revisions"
+    assert service.metadata.annotations["sovereign.ai/canary-revision"] == rev_b
+    assert service.metadata.annotations["sovereign.ai/serving-revision"] == rev_a
+    seen: set[str] = set()
+    _wait("a and b both answering as chat during the canary", lambda: seen.add(_serving_file(path)) or (
+        seen == {f"{A}.gguf", f"{B}.gguf"}), path=path, operator=operator)
+    assert (_status(path, "rollout") or {}).get("state") == "Canary", "both seen within the canary"
+    _wait("b serving after its canary and the stack Ready", lambda: (
+        _serving_file(path) == f"{B}.gguf" and _true(path, "Ready")), path=path, operator=operator)
+    asking.stop()
+    assert asking.answers and not asking.failures, f"failed requests during the canary: {asking.failures[:5]}"
+    last = _status(path, "history")[-1]
+    assert (last["model"], last["admission"]) == (B, "Evaluated")
+    assert client.CoreV1Api(path.api).read_namespaced_service(MODEL, path.namespace).spec.selector[
+        "sovereign.ai/revision"] == rev_b

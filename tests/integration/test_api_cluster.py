@@ -226,3 +226,5 @@ def test_kubectl_get_and_explain(cluster, namespace) -> None:
     assert "vLLM --tensor-parallel-size" in explained
     judge = " ".join(cluster.kubectl("explain", "sstack.spec.models.evaluation.scorers.judge", check=True).stdout.split())
     assert "never the model under evaluation" in judge and "spec.models" in judge
+    weight = " ".join(cluster.kubectl("explain", "sstack.spec.models.evaluation.canary.weight", check=True).stdout.split())
+    assert "a share of endpoints, not a weighted router" in weight

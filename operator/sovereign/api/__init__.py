@@ -33,6 +33,7 @@ from sovereign.api.models import (
     Enforcement,
     Engine,
     EnvVar,
+    Canary,
     Evaluation,
     EvaluationDataset,
     EvaluationEvidence,

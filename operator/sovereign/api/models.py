@@ -1016,6 +1016,9 @@ MAX_EVALUATION_SAMPLE = 10000
 DEFAULT_EVALUATION_SAMPLE = 100
 DEFAULT_EVALUATION_TIMEOUT_SECONDS = 1800
 MAX_READMITTED = 16
+#: A canary takes at most half of the endpoints: past that it is the switch itself, untested.
+MAX_CANARY_WEIGHT = 50
+MAX_CANARY_SECONDS = 86400
 
 
 class TextScorer(ApiObject):
@@ -1098,6 +1101,23 @@ class EvaluationDataset(ApiObject):
     ] = Field(description="Key of the JSONL object in the store, such as evals/chat-ar.jsonl.")
 
 
+class Canary(ApiObject):
+    """A share of live traffic sent to a candidate that passed its evaluation, before the switch."""
+
+    weight: int = Field(
+        ge=1, le=MAX_CANARY_WEIGHT, description=(
+            f"Percent of the serving replicas the candidate runs beside them, from 1 to {MAX_CANARY_WEIGHT}: "
+            "ceil(weight% of the serving replicas), at least 1. The logical Service selects both, and a plain "
+            "Service spreads connections by endpoint, so the share is a share of endpoints, not a weighted router."))
+    duration_seconds: int = Field(
+        ge=1, le=MAX_CANARY_SECONDS, description=(
+            f"Seconds the canary lasts, from 1 to {MAX_CANARY_SECONDS}, counted from when the Service first "
+            "selected the candidate (an annotation on the Service, so an operator restart resumes the count) "
+            "and ended by the operator's first pass after them. A candidate pod that turns unready or "
+            "restarts in that time aborts the rollout (reason CanaryAborted): the current model keeps "
+            "serving alone. Then the candidate scales to replicas and the Service switches to it."))
+
+
 class Evaluation(ApiObject):
     """The in-country evaluation a new model must pass before it serves the logical name (blue/green)."""
 
@@ -1124,6 +1144,10 @@ class Evaluation(ApiObject):
             "before, as status.models[].history records: a rollback is changing model back. The history "
             "entry of a re-admission names the evaluation that admitted it first. Unset: every new model "
             "is evaluated."))
+    canary: Canary | None = Field(default=None, description=(
+        "After a pass, a share of live traffic goes to the candidate for a while before the switch (not "
+        "for a model re-admitted by readmit, nor for the first model behind the name). Unset: the Service "
+        "switches as soon as the candidate passes."))
 
 
 def _evaluation_store_failures(spec: SovereignStackSpec) -> Iterator[RuleFailure]:
@@ -1893,8 +1917,9 @@ class ModelRolloutStatus(StatusObject):
 
     state: str = Field(default="", description=(
         "Serving (the spec's model serves the name), CandidateStarting (its Deployment starts beside the "
-        "current one), Evaluating (the Job scores it), Switching (it passed; the Service moves to it), "
-        "Failed (it did not pass; the current model keeps serving)."))
+        "current one), Evaluating (the Job scores it), Canary (it passed; evaluation.canary's share of the "
+        "endpoints serves it beside the current one), Switching (the Service moves to it), Failed (it did not "
+        "pass, or its canary was aborted; the current model keeps serving)."))
     candidate: str = Field(default="", description="The model id waiting to serve, while there is one.")
     revision: str = Field(default="", description="The candidate's revision (a digest of model and source).")
     message: str = Field(default="", description="What is happening, in words.")

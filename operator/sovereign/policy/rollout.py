@@ -15,6 +15,16 @@ revision no longer wanted is left out of the plan and so pruned (nothing orphane
 switch is recorded in the history, the Job holding its evidence is kept; after it, the previous
 revision's Deployment is kept for ``DRAIN_SECONDS`` so requests in flight on it finish.
 
+With ``evaluation.canary``, a candidate that passed first runs as a *canary*: scaled to
+ceil(weight% of the serving replicas), at least 1, while the logical Service selects both
+revisions (a plain Service spreads by endpoint, so the share is one of endpoints). The Service
+itself carries the canary's revision and start (``Observed.canary``), so the count survives a
+restart and the selection and its time change in one write. A candidate pod that turns unready or
+restarts during it aborts to Failed; the Service, back on the serving revision, then keeps the
+abort (``Observed.aborted``) until the spec changes, so the candidate is not tried again. After
+``durationSeconds`` the candidate scales up to the spec's replicas, still beside the serving one,
+and the switch follows once all are ready.
+
 Pure; called by the reconcile service (which renders what ``RolloutDecision`` names) and tested
 transition by transition in tests/unit/policy/test_rollout.py.
 """
@@ -43,6 +53,7 @@ class RolloutState(StrEnum):
     SERVING = "Serving"
     CANDIDATE_STARTING = "CandidateStarting"
     EVALUATING = "Evaluating"
+    CANARY = "Canary"
     SWITCHING = "Switching"
     FAILED = "Failed"
 
@@ -65,6 +76,9 @@ READMITTED = "Readmitted"
 SERVING = "Serving"
 ADOPTED = "Adopted"
 EVALUATION_ADDED_WITH_NEW_MODEL = "EvaluationAddedWithNewModel"
+CANARY = "Canary"
+CANARY_PASSED = "CanaryPassed"
+CANARY_ABORTED = "CanaryAborted"
 
 
 def revision(model: ModelSpec) -> str:
@@ -84,6 +98,12 @@ class Revision:
     ready: bool = False
     #: Kubernetes gave up on it (Progressing=False, ProgressDeadlineExceeded).
     stuck: bool = False
+    #: Replicas its spec asks for, and those ready (a canary is judged on these: ``ready`` is
+    #: False for a moment after each change of replicas, until the Deployment controller saw it).
+    replicas: int = 0
+    ready_replicas: int = 0
+    #: When a container of its pods last ended and was restarted (None: never).
+    last_restart: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -105,6 +125,22 @@ class Evaluation:
 
 
 @dataclass(frozen=True)
+class CanaryMark:
+    """A canary as the logical Service records it: the candidate revision it also selects, since when."""
+
+    revision: str
+    since: datetime
+
+
+@dataclass(frozen=True)
+class AbortMark:
+    """A canary the logical Service records as aborted: the revision, and why."""
+
+    revision: str
+    message: str
+
+
+@dataclass(frozen=True)
 class Observed:
     """What the reconciler saw of one model with evaluation."""
 
@@ -116,6 +152,10 @@ class Observed:
     #: The model's Deployment from before evaluation was set (named after the model, no revision):
     #: the model id it serves, or None when there is none.
     legacy_model: str | None = None
+    #: The canary the Service runs (it selects ``serving`` and this revision), or None.
+    canary: CanaryMark | None = None
+    #: A canary the Service records as aborted, or None.
+    aborted: AbortMark | None = None
 
 
 @dataclass(frozen=True)
@@ -139,10 +179,17 @@ class RolloutDecision:
     keep_legacy: bool
     history: tuple[ServingRecord, ...]
     evidence: EvaluationEvidence | None = None
+    #: The canary the logical Service runs after this pass (it selects ``serving`` and the desired revision).
+    canary: CanaryMark | None = None
+    #: The canary abort the logical Service keeps recording after this pass.
+    aborted: AbortMark | None = None
+    #: Replicas of the desired revision's Deployment when not the spec's (a canary's share).
+    replicas: int | None = None
 
     @property
     def reconciling(self) -> bool:
-        return self.state in (RolloutState.CANDIDATE_STARTING, RolloutState.EVALUATING, RolloutState.SWITCHING)
+        return self.state in (RolloutState.CANDIDATE_STARTING, RolloutState.EVALUATING, RolloutState.CANARY,
+                              RolloutState.SWITCHING)
 
     @property
     def stalled(self) -> bool:
@@ -164,6 +211,14 @@ def decide(*, model: ModelSpec, observed: Observed, now: datetime) -> RolloutDec
     earlier = _earlier_pass(model=model, history=history)
     step = _Step(desired=desired, serving=serving, kept=kept, history=history, model=model.model)
     job = observed.evaluations.get(desired)
+    if observed.aborted is not None and observed.aborted.revision == desired:
+        # Its replicas are gone and its Job passed: only the Service remembers the abort.
+        return step.failed(CANARY_ABORTED, observed.aborted.message, aborted=observed.aborted,
+                           evidence=evidence_of(job, model=model.model) if job is not None else None,
+                           evaluations=_evaluation_of(observed, desired))
+    if (observed.canary is not None and observed.canary.revision == desired and serving is not None
+            and model.evaluation.canary is not None):
+        return _canary(model=model, observed=observed, step=step, since=observed.canary.since, now=now)
     if job is not None and job.finished and not job.passed and earlier is None:
         # Read before the candidate's readiness: its replicas are gone after a fail, and starting
         # them again would only fail the same way (unless readmit now names a model that passed before).
@@ -188,6 +243,8 @@ def decide(*, model: ModelSpec, observed: Observed, now: datetime) -> RolloutDec
         return step.decision(RolloutState.EVALUATING, EVALUATING,
                              f"evaluating candidate {model.model} on {model.evaluation.dataset.path}{held}; "
                              f"{_current(observed, serving)} keeps serving", evaluations=(desired,))
+    if model.evaluation.canary is not None and serving is not None:
+        return _canary(model=model, observed=observed, step=step, since=now, now=now)
     evidence = evidence_of(job, model=model.model)
     return step.switch(Admission.EVALUATED, evidence, now=now, evaluations=(desired,),
                        message=f"{model.model} passed: score {evidence.score:g} >= {evidence.threshold:g} "
@@ -217,26 +274,74 @@ class _Step:
     model: str
 
     def decision(self, state: RolloutState, reason: str, message: str, *, evaluations: tuple[str, ...] = (),
-                 rendered: bool = True, evidence: EvaluationEvidence | None = None) -> RolloutDecision:
+                 rendered: bool = True, evidence: EvaluationEvidence | None = None, canary: CanaryMark | None = None,
+                 aborted: AbortMark | None = None, replicas: int | None = None) -> RolloutDecision:
         return RolloutDecision(state=state, reason=reason, message=message, desired=self.desired,
                                serving=self.serving, rendered=(self.desired,) if rendered else (), kept=self.kept,
-                               evaluations=evaluations, keep_legacy=False, history=self.history, evidence=evidence)
+                               evaluations=evaluations, keep_legacy=False, history=self.history, evidence=evidence,
+                               canary=canary, aborted=aborted, replicas=replicas)
 
     def failed(self, reason: str, message: str, *, evidence: EvaluationEvidence | None = None,
-               evaluations: tuple[str, ...] = ()) -> RolloutDecision:
+               evaluations: tuple[str, ...] = (), aborted: AbortMark | None = None) -> RolloutDecision:
         # The candidate's replicas go (they hold a pool's capacity for nothing); its Job stays as evidence.
         return self.decision(RolloutState.FAILED, reason, message, evaluations=evaluations, rendered=False,
-                             evidence=evidence)
+                             evidence=evidence, aborted=aborted)
 
     def switch(self, admission: Admission, evidence: EvaluationEvidence, *, now: datetime, message: str,
-               evaluations: tuple[str, ...] = ()) -> RolloutDecision:
+               evaluations: tuple[str, ...] = (), reason: str | None = None) -> RolloutDecision:
         history = _switched(self.history, model=self.model, revision=self.desired, admission=admission,
                             evidence=evidence, now=now)
         return RolloutDecision(state=RolloutState.SWITCHING,
-                               reason=READMITTED if admission is Admission.READMITTED else EVALUATION_PASSED,
+                               reason=reason or (READMITTED if admission is Admission.READMITTED else EVALUATION_PASSED),
                                message=message, desired=self.desired, serving=self.desired, rendered=(self.desired,),
                                kept=self.kept, evaluations=evaluations, keep_legacy=False, history=history,
                                evidence=evidence)
+
+
+def canary_replicas(*, weight: int, serving: int) -> int:
+    """The candidate's replicas in a canary: ceil(weight% of the serving replicas), at least 1."""
+    return max(1, -(-weight * serving // 100))
+
+
+def _canary(*, model: ModelSpec, observed: Observed, step: _Step, since: datetime, now: datetime) -> RolloutDecision:
+    """A passed candidate beside the serving revision, both selected by the logical Service, from
+    ``since`` (now, when this pass starts it) for ``canary.durationSeconds``; then scaled up to the
+    spec's replicas, and switched to once they are all ready. An unready or restarted candidate pod
+    ends it in Failed, the Service back on the serving revision alone."""
+    assert model.evaluation is not None and model.evaluation.canary is not None and step.serving is not None
+    canary = model.evaluation.canary
+    serving = observed.revisions.get(step.serving)
+    share = canary_replicas(weight=canary.weight, serving=serving.replicas if serving and serving.replicas else
+                            model.replicas)
+    candidate = observed.revisions.get(step.desired) or Revision(model=model.model)
+    job = observed.evaluations.get(step.desired)
+    evidence = evidence_of(job, model=model.model) if job is not None else None
+    current = _current(observed, step.serving)
+    why = ""
+    if candidate.last_restart is not None and candidate.last_restart >= since:
+        why = f"a container of its pods restarted at {_stamp(candidate.last_restart)}"
+    elif candidate.ready_replicas < share:
+        why = f"{candidate.ready_replicas} of its {share} canary replica(s) ready"
+    if why:
+        aborted = AbortMark(step.desired, f"candidate {model.model} aborted during its canary: {why}; "
+                                          f"{current} keeps serving alone. Fix the model, or set model back")
+        return step.failed(CANARY_ABORTED, aborted.message, evidence=evidence, aborted=aborted,
+                           evaluations=(step.desired,))
+    mark = CanaryMark(step.desired, since)
+    if now < since + timedelta(seconds=canary.duration_seconds):
+        return step.decision(RolloutState.CANARY, CANARY,
+                             f"canary: {model.model} on {share} replica(s) beside {current}, both behind "
+                             f"{model.name}, until {_stamp(since + timedelta(seconds=canary.duration_seconds))}",
+                             evaluations=(step.desired,),
+                             evidence=evidence, canary=mark, replicas=share)
+    if candidate.replicas >= model.replicas and candidate.ready and evidence is not None:
+        return step.switch(Admission.EVALUATED, evidence, now=now, evaluations=(step.desired,),
+                           message=f"{model.model} passed its evaluation (score {evidence.score:g} >= "
+                                   f"{evidence.threshold:g}) and its canary of {canary.duration_seconds}s",
+                           reason=CANARY_PASSED)
+    return step.decision(RolloutState.CANARY, CANARY,
+                         f"canary of {model.model} over: scaling it to {model.replicas} replica(s) before the switch; "
+                         f"both still behind {model.name}", evaluations=(step.desired,), evidence=evidence, canary=mark)
 
 
 def _serving(*, model: ModelSpec, observed: Observed, desired: str, history: tuple[ServingRecord, ...],
@@ -317,7 +422,11 @@ def _current(observed: Observed, serving: str | None) -> str:
 
 
 def _when(evidence: EvaluationEvidence) -> str:
-    return evidence.finished_at.strftime("%Y-%m-%dT%H:%M:%SZ") if evidence.finished_at else "an earlier run"
+    return _stamp(evidence.finished_at) if evidence.finished_at else "an earlier run"
+
+
+def _stamp(when: datetime) -> str:
+    return when.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _failure_message(*, model: ModelSpec, job: Evaluation, evidence: EvaluationEvidence, current: str) -> str:

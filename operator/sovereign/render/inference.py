@@ -156,14 +156,15 @@ def _store(stack: SovereignStack, name: str) -> DataStore:
 
 
 def model_deployment(stack: SovereignStack, model: ModelSpec, facts: ClusterFacts, *,
-                     revision: str) -> dict[str, Any]:
+                     revision: str, replicas: int | None = None) -> dict[str, Any]:
     """The Deployment of one revision of a blue/green model (``render.rollout``): named
-    ``<model>-<revision>``, its pods labelled with the revision, which the Services select."""
-    return _deployment(stack, model, facts, revision=revision)
+    ``<model>-<revision>``, its pods labelled with the revision, which the Services select;
+    ``replicas`` instead of the spec's for a canary's share."""
+    return _deployment(stack, model, facts, revision=revision, replicas=replicas)
 
 
 def _deployment(stack: SovereignStack, model: ModelSpec, facts: ClusterFacts, *,
-                revision: str | None = None) -> dict[str, Any]:
+                revision: str | None = None, replicas: int | None = None) -> dict[str, Any]:
     pool = next(p for p in stack.spec.node_pools if p.name == model.node_pool)
     store = _store(stack, model.source.data_store)
     selector = names.selector_labels(stack, component=Component.INFERENCE, name=model.name)
@@ -180,7 +181,7 @@ def _deployment(stack: SovereignStack, model: ModelSpec, facts: ClusterFacts, *,
     if model.name in facts.held_back:
         spec["replicas"] = 0
     elif model.autoscaling is None:
-        spec["replicas"] = model.replicas
+        spec["replicas"] = model.replicas if replicas is None else replicas
     spec |= {
         "selector": {"matchLabels": selector},
         "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
@@ -494,10 +495,24 @@ def _scaled_object(stack: SovereignStack, model: ModelSpec, facts: ClusterFacts)
     })
 
 
+def _logical_selection(plan: rollout.RolloutDecision) -> dict[str, Any]:
+    """What the logical Service of a blue/green model selects, and the canary it records."""
+    if plan.canary is not None:
+        return {"revision": None, "annotations": {
+            names.SERVING_REVISION_ANNOTATION: plan.serving or names.NO_REVISION,
+            names.CANARY_REVISION_ANNOTATION: plan.canary.revision,
+            names.CANARY_SINCE_ANNOTATION: plan.canary.since.strftime("%Y-%m-%dT%H:%M:%SZ")}}
+    aborted = ({names.CANARY_ABORTED_ANNOTATION: f"{plan.aborted.revision}: {plan.aborted.message}"}
+               if plan.aborted is not None else None)
+    return {"revision": plan.serving or names.NO_REVISION, "annotations": aborted}
+
+
 def _blue_green(stack: SovereignStack, model: ModelSpec, facts: ClusterFacts, *, filled: bool) -> list[dict[str, Any]]:
     """A model with evaluation (``policy.rollout``): a Deployment per revision the rollout runs
     (``<model>-<revision>``) and a Service of its own for a candidate, the evaluation Job, and the
-    logical Service selecting the serving revision only, or no pod while none has passed. Without
+    logical Service selecting the serving revision only, or no pod while none has passed, or
+    during a canary every revision of the model (the serving one and the candidate, the only two
+    left), with annotations recording which is which and since when. Without
     an observed rollout (an offline render) it is the operator's first pass over a new stack: the
     spec's model starting as the candidate, nothing served yet."""
     plan = (facts.rollouts or {}).get(model.name) or rollout.decide(
@@ -505,7 +520,8 @@ def _blue_green(stack: SovereignStack, model: ModelSpec, facts: ClusterFacts, *,
     serving, rendered, evaluations = plan.serving, plan.rendered, plan.evaluations
     objects: list[dict[str, Any]] = []
     for revision in rendered if filled else ():
-        objects.append(model_deployment(stack, model, facts, revision=revision))
+        objects.append(model_deployment(stack, model, facts, revision=revision,
+                                        replicas=plan.replicas if revision == plan.desired else None))
         if revision != serving:
             objects.append(cluster_ip_service(stack=stack, name=names.revision_name(model=model.name, revision=revision),
                                               entry=model.name, revision=revision, component=Component.INFERENCE,
@@ -513,7 +529,7 @@ def _blue_green(stack: SovereignStack, model: ModelSpec, facts: ClusterFacts, *,
     # A model adopted from before evaluation was set keeps its old Service until its revision takes over.
     if not (plan.keep_legacy and serving is None):
         objects.append(cluster_ip_service(stack=stack, name=model.name, component=Component.INFERENCE,
-                                          port=names.MODEL_PORT, revision=serving or names.NO_REVISION))
+                                          port=names.MODEL_PORT, **_logical_selection(plan)))
     if model.replicas > 1:
         objects.append(_disruption_budget(stack, model))
     objects += [evaluation_job(stack=stack, model=model, revision=revision, facts=facts) for revision in evaluations]

@@ -38,6 +38,13 @@ MODEL_ID_ANNOTATION = "sovereign.ai/model"
 REVISION_LABEL = "sovereign.ai/revision"
 #: What the logical Service of a blue/green model selects while no revision has passed: no pod.
 NO_REVISION = "none"
+#: On the logical Service of a blue/green model during a canary (its selector then names no
+#: revision, so it selects both): the serving revision, the canary's, and since when (RFC 3339).
+SERVING_REVISION_ANNOTATION = "sovereign.ai/serving-revision"
+CANARY_REVISION_ANNOTATION = "sovereign.ai/canary-revision"
+CANARY_SINCE_ANNOTATION = "sovereign.ai/canary-since"
+#: On the logical Service after a canary was aborted: ``<revision>: <why>``, kept until the spec changes.
+CANARY_ABORTED_ANNOTATION = "sovereign.ai/canary-aborted"
 
 NAME_LABEL = "app.kubernetes.io/name"
 INSTANCE_LABEL = "app.kubernetes.io/instance"
@@ -138,6 +145,15 @@ _EVALUATION_PREFIX = MAX_LABEL_VALUE - len("-eval-") - 10
 def revision_name(*, model: str, revision: str) -> str:
     """Name of a blue/green model's Deployment (and a candidate's own Service) for one revision."""
     return f"{model[:_REVISION_PREFIX].rstrip('-')}-{revision}"
+
+
+def selected_revision(service: Mapping[str, Any] | None) -> str | None:
+    """The revision a blue/green model's logical Service serves: the one its selector names, or
+    during a canary (a selector naming none) the one its annotation records; None for none."""
+    selector = ((service or {}).get("spec") or {}).get("selector") or {}
+    notes = ((service or {}).get("metadata") or {}).get("annotations") or {}
+    selected = selector.get(REVISION_LABEL) or notes.get(SERVING_REVISION_ANNOTATION)
+    return None if selected in (None, "", NO_REVISION) else str(selected)
 
 
 def evaluation_job_name(*, model: str, revision: str) -> str:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from sovereign.api import SovereignStack
@@ -11,7 +12,8 @@ from sovereign.render.names import Component
 
 
 def cluster_ip_service(*, stack: SovereignStack, name: str, component: Component, port: int,
-                       entry: str | None = None, revision: str | None = None) -> dict[str, Any]:
+                       entry: str | None = None, revision: str | None = None,
+                       annotations: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Service ``name`` selecting the pods of entry ``entry`` (default ``name``), of one revision
     when ``revision`` is given (a blue/green model), ``port`` -> their ``http`` port."""
     entry = entry or name
@@ -21,7 +23,7 @@ def cluster_ip_service(*, stack: SovereignStack, name: str, component: Component
     return names.stamped({
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": names.metadata(stack, name=name, component=component, entry=entry),
+        "metadata": names.metadata(stack, name=name, component=component, entry=entry, annotations=annotations),
         "spec": {
             "type": "ClusterIP",
             "selector": selector,

@@ -116,7 +116,7 @@ LASTING_REASONS = frozenset({
     model_source.MODEL_NOT_SAFETENSORS,
     CACHE_FILL_FAILED, *cache_reasons.UNAVAILABLE,
     rollout_policy.EVALUATION_FAILED, rollout_policy.CANDIDATE_NOT_STARTING,
-    rollout_policy.EVALUATION_ADDED_WITH_NEW_MODEL,
+    rollout_policy.EVALUATION_ADDED_WITH_NEW_MODEL, rollout_policy.CANARY_ABORTED,
 })
 
 

@@ -470,6 +470,5 @@ def _record(meta: Mapping[str, Any], outcome: Outcome, *, children: Mapping[Obje
 def _serving_deployment(children: Mapping[ObjectKey, Manifest], namespace: str, model: str) -> str:
     """The Deployment behind a model's Service: the revision it selects (a model with
     evaluation), else the model's own."""
-    service = children.get(ObjectKey("", "Service", namespace, model)) or {}
-    revision = ((service.get("spec") or {}).get("selector") or {}).get(names.REVISION_LABEL)
-    return names.revision_name(model=model, revision=revision) if revision and revision != names.NO_REVISION else model
+    revision = names.selected_revision(children.get(ObjectKey("", "Service", namespace, model)))
+    return names.revision_name(model=model, revision=revision) if revision else model

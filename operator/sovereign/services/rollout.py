@@ -3,8 +3,9 @@
 Before rendering, ``observe_rollouts`` reads, for each model with ``evaluation``, what the
 rollout's decision depends on (``policy.rollout.Observed``): the revision its logical Service
 selects, its revision Deployments (ready, stuck), its evaluation Jobs with the report each left
-in its pod's termination message, a Deployment from before evaluation was set, and the
-history stored in status; then ``policy.rollout.decide`` says what this pass renders.
+in its pod's termination message, a Deployment from before evaluation was set, a canary the
+Service records (and then the candidate's pods' last restart) or one it records as aborted, and
+the history stored in status; then ``policy.rollout.decide`` says what this pass renders.
 ``kept_by_rollouts`` names the live objects the pass leaves exactly as they are (the serving
 revision's Deployment while a candidate is tried or while the previous one drains).
 After the status is written, ``record_rollouts`` turns a rollout that switched or failed into an
@@ -18,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -26,7 +28,16 @@ from sovereign.api import API_VERSION, KIND, SovereignStack, SovereignStackStatu
 from sovereign.kube import errors
 from sovereign.kube.client import Kube
 from sovereign.kube.resources import POD
-from sovereign.policy.rollout import Evaluation, Observed, Revision, RolloutDecision, RolloutState, decide
+from sovereign.policy.rollout import (
+    AbortMark,
+    CanaryMark,
+    Evaluation,
+    Observed,
+    Revision,
+    RolloutDecision,
+    RolloutState,
+    decide,
+)
 from sovereign.render import names
 from sovereign.render.names import Component, ObjectKey
 
@@ -51,8 +62,8 @@ def observe_rollouts(*, kube: Kube, stack: SovereignStack, children: Mapping[Obj
     decisions: dict[str, RolloutDecision] = {}
     for model in models:
         service = children.get(ObjectKey("", "Service", namespace, model.name))
-        selector = ((service or {}).get("spec") or {}).get("selector") or {}
-        serving = selector.get(names.REVISION_LABEL)
+        serving = names.selected_revision(service)
+        canary, aborted = _canary_marks(service)
         legacy = children.get(ObjectKey("apps", "Deployment", namespace, model.name))
         revisions = {
             _labels(obj)[names.REVISION_LABEL]: _revision(obj)
@@ -64,13 +75,21 @@ def observe_rollouts(*, kube: Kube, stack: SovereignStack, children: Mapping[Obj
             _labels(job)[names.REVISION_LABEL]: _evaluation(job, pods)
             for job in jobs if _labels(job).get(names.NAME_LABEL) == model.name and names.REVISION_LABEL in _labels(job)
         }
+        if canary is not None and canary.revision in revisions:
+            # Only a canary's pods are read: a restart during it ends it.
+            selector = (f"{names.STACK_LABEL}={names.stack_name(stack)},{names.NAME_LABEL}={model.name},"
+                        f"{names.REVISION_LABEL}={canary.revision}")
+            revisions[canary.revision] = replace(
+                revisions[canary.revision],
+                last_restart=_last_restart(kube.list(POD, namespace=namespace, selector=selector)))
         observed = Observed(
-            serving=None if serving in (None, names.NO_REVISION) else serving,
+            serving=serving,
             revisions=revisions, evaluations=evaluations,
             history=tuple(stored[model.name].history) if model.name in stored else (),
             # The pre-evaluation Deployment matters while the Service still selects it (no revision).
             legacy_model=(_annotations(legacy).get(names.MODEL_ID_ANNOTATION, "")
                           if legacy is not None and service is not None and serving is None else None),
+            canary=canary, aborted=aborted,
         )
         decisions[model.name] = decide(model=model, observed=observed, now=now)
     return decisions
@@ -123,7 +142,33 @@ def _revision(deployment: Manifest) -> Revision:
              and status.get("updatedReplicas", 0) >= wanted)
     progressing = next((c for c in status.get("conditions") or [] if c.get("type") == "Progressing"), {})
     return Revision(model=_annotations(deployment).get(names.MODEL_ID_ANNOTATION, ""), ready=ready,
-                    stuck=progressing.get("status") == "False" and progressing.get("reason") == "ProgressDeadlineExceeded")
+                    stuck=progressing.get("status") == "False" and progressing.get("reason") == "ProgressDeadlineExceeded",
+                    replicas=wanted, ready_replicas=status.get("readyReplicas", 0))
+
+
+def _canary_marks(service: Manifest | None) -> tuple[CanaryMark | None, AbortMark | None]:
+    """The canary the logical Service records as running, and the one it records as aborted."""
+    notes = _annotations(service)
+    canary = None
+    revision, since = notes.get(names.CANARY_REVISION_ANNOTATION), _time(notes.get(names.CANARY_SINCE_ANNOTATION))
+    if revision and since is not None:
+        canary = CanaryMark(revision=revision, since=since)
+    revision, _, why = (notes.get(names.CANARY_ABORTED_ANNOTATION) or "").partition(": ")
+    return canary, AbortMark(revision=revision, message=why) if revision and why else None
+
+
+def _last_restart(pods: list[Manifest]) -> datetime | None:
+    """When a container of ``pods`` last ended and was started again (its lastState), or None."""
+    ends = [_time(((container.get("lastState") or {}).get("terminated") or {}).get("finishedAt"))
+            for pod in pods for container in (pod.get("status") or {}).get("containerStatuses") or []]
+    return max((end for end in ends if end is not None), default=None)
+
+
+def _time(value: object) -> datetime | None:
+    try:
+        return datetime.fromisoformat(str(value).replace("Z", "+00:00")) if value else None
+    except ValueError:
+        return None
 
 
 def _evaluation(job: Manifest, pods: list[Manifest]) -> Evaluation:

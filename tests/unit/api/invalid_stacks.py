@@ -241,4 +241,8 @@ CASES = [
          ("spec.models", "judge", "spec.models")),
     Case("evaluation-with-autoscaling", with_evaluation(), ("spec.models[0].autoscaling", "cannot be combined")),
     Case("evaluation-timeout-too-short", with_evaluation(timeoutSeconds=5), ("spec.models[0].evaluation.timeoutSeconds",)),
+    Case("evaluation-canary-above-half", with_evaluation(canary={"weight": 60, "durationSeconds": 300}),
+         ("spec.models[0].evaluation.canary.weight", "50")),
+    Case("evaluation-canary-without-duration", with_evaluation(canary={"weight": 10}),
+         ("spec.models[0].evaluation.canary.durationSeconds",)),
 ]

@@ -3,17 +3,21 @@ including an operator restarted at each point: the decision comes from what is o
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from sovereign.api import ModelSpec, ServingRecord
+from sovereign.api import EvaluationEvidence, ModelSpec, ServingRecord
 from sovereign.policy.rollout import (
     DRAIN_SECONDS,
+    AbortMark,
+    CanaryMark,
     Evaluation,
     Observed,
     Revision,
     RolloutState,
+    canary_replicas,
     decide,
     evidence_of,
     revision,
@@ -186,12 +190,17 @@ def test_setting_the_model_back_mid_evaluation_serves_on_and_drops_the_candidate
     assert (decision.rendered, decision.kept, decision.evaluations) == ((RA,), (), ())
 
 
-def test_rollback_readmits_a_listed_model_that_passed_before_without_a_new_job() -> None:
+def _a_passed_then_b() -> tuple[EvaluationEvidence, list[ServingRecord]]:
+    """tiny-a's pass, and a history in which it served, then tiny-b after it."""
     passed = evidence_of(Evaluation(job="j", finished=True, report=_report("tiny-a", score=0.95, passed=True)),
                          model="tiny-a")
-    history = [ServingRecord(model="tiny-a", revision=RA, since=NOW - timedelta(days=2), until=NOW - timedelta(days=1),
-                             admission="Evaluated", evaluation=passed),
-               ServingRecord(model="tiny-b", revision=RB, since=NOW - timedelta(days=1), admission="Evaluated")]
+    return passed, [ServingRecord(model="tiny-a", revision=RA, since=NOW - timedelta(days=2),
+                                  until=NOW - timedelta(days=1), admission="Evaluated", evaluation=passed),
+                    ServingRecord(model="tiny-b", revision=RB, since=NOW - timedelta(days=1), admission="Evaluated")]
+
+
+def test_rollback_readmits_a_listed_model_that_passed_before_without_a_new_job() -> None:
+    passed, history = _a_passed_then_b()
     back = _model("tiny-a", readmit=["tiny-a"])
     observed = _observed(serving=RB, revisions={RB: Revision("tiny-b", ready=True), RA: Revision("tiny-a", ready=True)},
                          history=history)
@@ -323,11 +332,7 @@ def test_a_passed_job_whose_candidate_went_is_not_run_again() -> None:
 
 
 def test_readmit_added_after_a_failed_evaluation_readmits_without_running_it_again() -> None:
-    passed = evidence_of(Evaluation(job="j", finished=True, report=_report("tiny-a", score=0.95, passed=True)),
-                         model="tiny-a")
-    history = [ServingRecord(model="tiny-a", revision=RA, since=NOW - timedelta(days=2), until=NOW - timedelta(days=1),
-                             admission="Evaluated", evaluation=passed),
-               ServingRecord(model="tiny-b", revision=RB, since=NOW - timedelta(days=1), admission="Evaluated")]
+    _, history = _a_passed_then_b()
     failed = Evaluation(job="eval-a", finished=True, report=_report("tiny-a", score=0.1, passed=False))
     back = _model("tiny-a", readmit=["tiny-a"])
 
@@ -362,3 +367,167 @@ def test_an_evaluation_whose_pod_cannot_be_placed_says_why() -> None:
     assert decision.state is RolloutState.EVALUATING
     assert decision.message == ("evaluating candidate tiny-b on evals/chat.jsonl (its Job's pod waits: 0/1 nodes are "
                                 "available: 1 Insufficient cpu.); tiny-a keeps serving")
+
+
+# --- evaluation.canary: a share of the endpoints before the switch --------------------------------------------
+
+CANARY = {"weight": 25, "durationSeconds": 600}
+BC = _model("tiny-b", canary=CANARY).model_copy(update={"replicas": 4})
+PASSED_B = Evaluation(job="chat-eval-b", finished=True, report=_report("tiny-b", score=0.9, passed=True))
+
+
+def _in_canary(*, candidate: Revision, since: datetime = NOW, aborted: AbortMark | None = None,
+               canary: bool = True) -> Observed:
+    return Observed(serving=RA, revisions={RA: Revision("tiny-a", ready=True, replicas=4, ready_replicas=4),
+                                           RB: candidate},
+                    evaluations={RB: PASSED_B}, history=_serving_a(),
+                    canary=CanaryMark(RB, since) if canary else None, aborted=aborted)
+
+
+@pytest.mark.parametrize(("weight", "serving", "share"), [(25, 4, 1), (30, 4, 2), (50, 3, 2), (1, 1, 1), (50, 1, 1)])
+def test_a_canarys_share_is_the_ceiling_of_weight_percent_of_the_serving_replicas(weight, serving, share) -> None:
+    assert canary_replicas(weight=weight, serving=serving) == share
+
+
+def test_a_pass_with_a_canary_runs_the_candidate_on_its_share_beside_the_current_one() -> None:
+    full = Revision("tiny-b", ready=True, replicas=4, ready_replicas=4)
+
+    decision = decide(model=BC, observed=_in_canary(candidate=full, canary=False), now=NOW)
+
+    assert decision.state is RolloutState.CANARY and decision.reason == "Canary" and decision.reconciling
+    assert (decision.serving, decision.rendered, decision.kept, decision.evaluations) == (RA, (RB,), (RA,), (RB,))
+    assert (decision.canary, decision.replicas) == (CanaryMark(RB, NOW), 1)
+    assert decision.history == tuple(_serving_a()), "nothing switched yet"
+    assert decision.message == ("canary: tiny-b on 1 replica(s) beside tiny-a, both behind chat, "
+                                "until 2026-11-30T18:10:00Z")
+
+
+def test_a_canary_keeps_its_start_across_passes() -> None:
+    share = Revision("tiny-b", ready=True, replicas=1, ready_replicas=1)
+    since = NOW - timedelta(seconds=300)
+
+    decision = decide(model=BC, observed=_in_canary(candidate=share, since=since), now=NOW)
+
+    assert decision.state is RolloutState.CANARY and decision.canary == CanaryMark(RB, since)
+    assert decision.replicas == 1 and decision.serving == RA
+
+
+def test_a_canary_that_lasted_its_duration_scales_the_candidate_up_before_the_switch() -> None:
+    share = Revision("tiny-b", ready=True, replicas=1, ready_replicas=1)
+    since = NOW - timedelta(seconds=600)
+
+    decision = decide(model=BC, observed=_in_canary(candidate=share, since=since), now=NOW)
+
+    assert decision.state is RolloutState.CANARY and decision.canary == CanaryMark(RB, since)
+    assert decision.replicas is None, "the spec's 4 replicas"
+    assert decision.message == "canary of tiny-b over: scaling it to 4 replica(s) before the switch; both still behind chat"
+
+
+def test_a_canary_over_with_every_replica_ready_switches() -> None:
+    full = Revision("tiny-b", ready=True, replicas=4, ready_replicas=4)
+
+    decision = decide(model=BC, observed=_in_canary(candidate=full, since=NOW - timedelta(seconds=700)), now=NOW)
+
+    assert decision.state is RolloutState.SWITCHING and decision.reason == "CanaryPassed"
+    assert (decision.serving, decision.canary, decision.replicas) == (RB, None, None)
+    assert decision.history[-1].admission == "Evaluated" and decision.history[-1].evaluation.job == "chat-eval-b"
+    assert decision.message == "tiny-b passed its evaluation (score 0.9 >= 0.8) and its canary of 600s"
+
+
+@pytest.mark.parametrize(("candidate", "why"), [
+    (Revision("tiny-b", replicas=1, ready_replicas=0), "0 of its 1 canary replica(s) ready"),
+    (Revision("tiny-b", ready=True, replicas=1, ready_replicas=1, last_restart=NOW - timedelta(seconds=5)),
+     "a container of its pods restarted at 2026-11-30T17:59:55Z"),
+    (None, "0 of its 1 canary replica(s) ready"),
+])
+def test_an_unready_or_restarted_candidate_aborts_the_canary_and_the_current_model_serves_alone(candidate, why) -> None:
+    observed = _in_canary(candidate=candidate or Revision("tiny-b"), since=NOW - timedelta(seconds=60))
+    if candidate is None:
+        observed = replace(observed, revisions={RA: observed.revisions[RA]})
+
+    decision = decide(model=BC, observed=observed, now=NOW)
+
+    assert decision.state is RolloutState.FAILED and decision.reason == "CanaryAborted" and decision.stalled
+    assert (decision.serving, decision.rendered, decision.kept, decision.canary) == (RA, (), (RA,), None)
+    assert decision.message == (f"candidate tiny-b aborted during its canary: {why}; tiny-a keeps serving alone. "
+                                "Fix the model, or set model back")
+    assert decision.aborted == AbortMark(RB, decision.message)
+    assert decision.evaluations == (RB,) and decision.evidence.passed, "its passed Job stays as evidence"
+    assert decision.history == tuple(_serving_a())
+
+
+def test_a_restart_before_the_canary_began_does_not_abort_it() -> None:
+    share = Revision("tiny-b", ready=True, replicas=1, ready_replicas=1, last_restart=NOW - timedelta(seconds=90))
+
+    assert decide(model=BC, observed=_in_canary(candidate=share, since=NOW - timedelta(seconds=60)),
+                  now=NOW).state is RolloutState.CANARY
+
+
+def test_an_aborted_canary_stays_failed_without_starting_the_candidate_again_until_the_spec_changes() -> None:
+    mark = AbortMark(RB, "candidate tiny-b aborted during its canary: ...")
+    after = Observed(serving=RA, revisions={RA: Revision("tiny-a", ready=True, replicas=4, ready_replicas=4)},
+                     evaluations={RB: PASSED_B}, history=_serving_a(), aborted=mark)
+
+    again = decide(model=BC, observed=after, now=NOW + timedelta(hours=1))
+    other = decide(model=_model("tiny-c", canary=CANARY), observed=after, now=NOW)
+    back = decide(model=_model("tiny-a", canary=CANARY), observed=after, now=NOW)
+
+    assert (again.state, again.reason, again.message, again.aborted) == (
+        RolloutState.FAILED, "CanaryAborted", mark.message, mark)
+    assert (again.rendered, again.evaluations) == ((), (RB,))
+    assert (other.state, other.rendered, other.aborted) == (RolloutState.CANDIDATE_STARTING, (RC,), None)
+    assert (back.state, back.aborted) == (RolloutState.SERVING, None)
+
+
+def test_readmission_and_a_first_model_skip_the_canary() -> None:
+    _, history = _a_passed_then_b()
+    rollback = decide(model=_model("tiny-a", readmit=["tiny-a"], canary=CANARY), now=NOW, observed=_observed(
+        serving=RB, revisions={RB: Revision("tiny-b", ready=True), RA: Revision("tiny-a", ready=True)}, history=history))
+    first = decide(model=_model("tiny-a", canary=CANARY), now=NOW, observed=_observed(
+        serving=None, revisions={RA: Revision("tiny-a", ready=True)}, history=[],
+        evaluations={RA: Evaluation(job="j", finished=True, report=_report("tiny-a", score=1, passed=True))}))
+
+    assert (rollback.state, rollback.serving, rollback.canary) == (RolloutState.SWITCHING, RA, None)
+    assert (first.state, first.serving, first.canary) == (RolloutState.SWITCHING, RA, None)
+
+
+def test_canary_removed_from_the_spec_mid_canary_switches_at_once() -> None:
+    share = Revision("tiny-b", ready=True, replicas=1, ready_replicas=1)
+
+    decision = decide(model=_model("tiny-b"), observed=_in_canary(candidate=share), now=NOW + timedelta(seconds=5))
+
+    assert (decision.state, decision.serving, decision.canary) == (RolloutState.SWITCHING, RB, None)
+
+
+@pytest.mark.parametrize("lost", [None, 1, 2, 3, 4])
+def test_a_restart_at_every_step_of_a_canary_lasts_its_duration_and_switches_once(lost: int | None) -> None:
+    """Each pass is a fresh operator reading only the cluster (the Service's canary marks, the
+    Deployments' replicas); in pass ``lost`` it dies after applying, before its status write."""
+    model = _model("tiny-b", canary={"weight": 25, "durationSeconds": 100}).model_copy(update={"replicas": 4})
+    observed = _observed(revisions={RA: Revision("tiny-a", ready=True, replicas=4, ready_replicas=4)})
+    states, switched_at, canary_at = [], None, None
+    for step in range(10):
+        now = NOW + timedelta(seconds=40 * step)
+        decision = decide(model=model, observed=observed, now=now)
+        states.append(decision.state)
+        if decision.state is RolloutState.CANARY and canary_at is None:
+            canary_at = now
+        if decision.serving != observed.serving:
+            assert switched_at is None, "switched twice"
+            switched_at = now
+        revisions = {r: v for r, v in observed.revisions.items() if r in decision.kept}
+        for r in decision.rendered:
+            # Replicas start within a pass: a pass sees the count the previous one asked for, ready.
+            want = decision.replicas if decision.replicas is not None else model.replicas
+            revisions[r] = Revision("tiny-b", ready=True, replicas=want, ready_replicas=want)
+        observed = Observed(
+            serving=decision.serving, revisions=revisions,
+            evaluations={r: PASSED_B for r in decision.evaluations},
+            history=observed.history if step == lost else decision.history,
+            canary=decision.canary, aborted=decision.aborted)
+    assert states[:3] == [RolloutState.CANDIDATE_STARTING, RolloutState.EVALUATING, RolloutState.CANARY]
+    assert RolloutState.FAILED not in states and states[-1] is RolloutState.SERVING
+    assert switched_at is not None and canary_at is not None
+    assert switched_at - canary_at >= timedelta(seconds=100)
+    assert set(observed.revisions) == {RB} and observed.canary is None
+    assert [r.model for r in decision.history] == ["tiny-a", "tiny-b"]

@@ -1,6 +1,7 @@
 """What a model with evaluation renders at each step of its blue/green rollout (the rollout sample):
 revision Deployments, the candidate's own Service, the evaluation Job the real ``sovereign
-evaluate`` reads, and a logical Service that selects only the revision that passed."""
+evaluate`` reads, and a logical Service that selects only the revision that passed (or, during a
+canary, both revisions, with the candidate on its share of replicas)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ from datetime import UTC, datetime
 import pytest
 from render_inputs import NAMESPACE, sample_document, stack_from  # next to this file
 
+from sovereign.api import Canary
 from sovereign.cli.evaluate import command as evaluate_command
-from sovereign.policy.rollout import Evaluation, Observed, Revision, decide, revision
+from sovereign.policy.rollout import CanaryMark, Evaluation, Observed, Revision, decide, revision
 from sovereign.render.facts import ClusterFacts
 from sovereign.render.names import REVISION_LABEL, ObjectKey, object_key
 from sovereign.render.stack import render_stack
@@ -142,3 +144,50 @@ def test_the_same_rollout_renders_the_same_objects() -> None:
 
     assert render_stack(stack, ClusterFacts(rollouts={"chat": decision})) == render_stack(
         stack_from(sample_document("rollout")), replace(ClusterFacts(), rollouts={"chat": decision}))
+
+
+def _with_canary(stack):
+    model = stack.spec.models[0]
+    evaluation = model.evaluation.model_copy(update={"canary": Canary(weight=50, duration_seconds=30)})
+    chat = model.model_copy(update={"evaluation": evaluation, "replicas": 3})
+    return stack.model_copy(update={"spec": stack.spec.model_copy(update={"models": [chat, *stack.spec.models[1:]]})})
+
+
+def test_in_a_canary_the_name_selects_both_revisions_and_the_candidate_runs_its_share(stack) -> None:
+    stack = _with_canary(stack)
+    serving, rev, _ = _evaluating(stack)
+    passed = Evaluation(job=f"chat-eval-{rev}", finished=True, report={"passed": True, "score": 0.9, "threshold": 0.8})
+    canary = decide(model=stack.spec.models[0], now=NOW, observed=Observed(
+        serving=serving, evaluations={rev: passed},
+        revisions={serving: Revision("qwen2.5-0.5b-instruct-q4_k_m", ready=True, replicas=3, ready_replicas=3),
+                   rev: Revision("qwen2.5-1.5b-instruct-q4_k_m", ready=True, replicas=3, ready_replicas=3)}))
+
+    objects = _objects(stack, chat=canary)
+
+    service = _named(objects, "Service", "chat")
+    assert REVISION_LABEL not in service["spec"]["selector"], "both revisions' pods are endpoints"
+    assert service["spec"]["selector"]["app.kubernetes.io/name"] == "chat"
+    assert {key: value for key, value in service["metadata"]["annotations"].items() if "canary" in key or "serving" in key} == {
+        "sovereign.ai/serving-revision": serving, "sovereign.ai/canary-revision": rev,
+        "sovereign.ai/canary-since": "2026-11-30T18:00:00Z"}
+    assert _named(objects, "Deployment", f"chat-{rev}")["spec"]["replicas"] == 2, "ceil(50% of 3)"
+    assert _named(objects, "Deployment", f"chat-{serving}") is None, "the serving revision is kept as it is"
+
+
+def test_after_an_aborted_canary_the_name_selects_the_current_revision_and_records_why(stack) -> None:
+    stack = _with_canary(stack)
+    serving, rev, _ = _evaluating(stack)
+    aborted = decide(model=stack.spec.models[0], now=NOW, observed=Observed(
+        serving=serving, evaluations={rev: Evaluation(job="j", finished=True, report={"passed": True})},
+        revisions={serving: Revision("qwen2.5-0.5b-instruct-q4_k_m", ready=True, replicas=3, ready_replicas=3),
+                   rev: Revision("qwen2.5-1.5b-instruct-q4_k_m", replicas=2, ready_replicas=1)},
+        canary=CanaryMark(rev, NOW)))
+
+    objects = _objects(stack, chat=aborted)
+
+    service = _named(objects, "Service", "chat")
+    assert service["spec"]["selector"][REVISION_LABEL] == serving
+    assert service["metadata"]["annotations"]["sovereign.ai/canary-aborted"] == (
+        f"{rev}: candidate qwen2.5-1.5b-instruct-q4_k_m aborted during its canary: 1 of its 2 canary replica(s) "
+        "ready; qwen2.5-0.5b-instruct-q4_k_m keeps serving alone. Fix the model, or set model back")
+    assert _kinds(objects, "chat") == [("Job", f"chat-eval-{rev}"), ("PodDisruptionBudget", "chat"), ("Service", "chat")]
