@@ -65,13 +65,14 @@ def dataset(minio_servers: dict[str, MinioServer], minio_bucket_name: str,
 
 
 def _run(me: MinioServer, dataset: dict[str, str], *, model: str, endpoint: str, spec: dict,
-         tmp_path: Path, judges: str = "") -> tuple[int, str, str, dict]:
+         tmp_path: Path, judges: str = "", reach_within: float = 60) -> tuple[int, str, str, dict]:
     report = tmp_path / "termination-log"
     env = {"AWS_ACCESS_KEY_ID": me.access_key, "AWS_SECRET_ACCESS_KEY": me.secret_key,
            "SOVEREIGN_S3_ENDPOINT": me.endpoint, "SOVEREIGN_S3_REGION": me.region, "SOVEREIGN_S3_PATH_STYLE": "true",
            "SOVEREIGN_EVAL_BUCKET": dataset["bucket"], "SOVEREIGN_EVAL_SPEC": json.dumps(spec),
            "SOVEREIGN_EVAL_MODEL": model, "SOVEREIGN_EVAL_ENDPOINT": endpoint,
-           "SOVEREIGN_EVAL_REPORT": str(report), "SOVEREIGN_EVAL_JUDGES": judges}
+           "SOVEREIGN_EVAL_REPORT": str(report), "SOVEREIGN_EVAL_JUDGES": judges,
+           "SOVEREIGN_EVAL_REACH_WITHIN": str(reach_within)}
     result = CliRunner().invoke(cli, ["evaluate"], env=env)
     written = json.loads(report.read_text()) if report.exists() else {}
     return result.exit_code, result.stdout, result.stderr, written
@@ -130,10 +131,11 @@ def test_a_judge_model_of_the_stack_grades_each_answer(minio_servers, dataset, e
 
 def test_an_unreachable_candidate_is_an_environment_error(minio_servers, dataset, tmp_path):
     code, _, stderr, report = _run(minio_servers["me-central-1"], dataset, model="tiny-llama-a",
-                                   endpoint="http://127.0.0.1:9/v1", spec=_spec({"contains": {}}), tmp_path=tmp_path)
+                                   endpoint="http://127.0.0.1:9/v1", spec=_spec({"contains": {}}), tmp_path=tmp_path,
+                                   reach_within=2)
 
     assert code == 3
-    assert "cannot reach http://127.0.0.1:9/v1" in stderr
+    assert "cannot reach http://127.0.0.1:9/v1" in stderr and "within 2s" in stderr
     assert "cannot reach" in report["error"]
 
 

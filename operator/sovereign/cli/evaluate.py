@@ -28,7 +28,13 @@ from pydantic import ValidationError
 
 from sovereign.api import Evaluation, rule_errors
 from sovereign.policy.evaluation import DatasetError
-from sovereign.services.evaluate import DEFAULT_MAX_TOKENS, EndpointUnreachable, EvaluationError, evaluate
+from sovereign.services.evaluate import (
+    DEFAULT_MAX_TOKENS,
+    DEFAULT_REACH_WITHIN,
+    EndpointUnreachable,
+    EvaluationError,
+    evaluate,
+)
 from sovereign.stores.credentials import Credentials
 from sovereign.stores.errors import BucketNotFound, ObjectNotFound, StoreError
 from sovereign.stores.s3 import S3Store
@@ -42,6 +48,7 @@ ENV_MODEL = "SOVEREIGN_EVAL_MODEL"
 ENV_MODEL_ENDPOINT = "SOVEREIGN_EVAL_ENDPOINT"
 ENV_JUDGES = "SOVEREIGN_EVAL_JUDGES"
 ENV_REPORT = "SOVEREIGN_EVAL_REPORT"
+ENV_REACH_WITHIN = "SOVEREIGN_EVAL_REACH_WITHIN"
 
 
 @click.command("evaluate")
@@ -68,11 +75,15 @@ ENV_REPORT = "SOVEREIGN_EVAL_REPORT"
               help="Most tokens of each answer.")
 @click.option("--timeout", type=click.FloatRange(1, 3600), default=120, show_default=True,
               help="Seconds to wait for each answer.")
+@click.option("--reach-within", type=click.FloatRange(0, 3600), envvar=ENV_REACH_WITHIN,
+              default=DEFAULT_REACH_WITHIN, show_default=True,
+              help="Seconds each endpoint may take to accept connections before it counts as unreachable "
+                   f"(a candidate's Service may get its endpoints just after the Job starts). Env: {ENV_REACH_WITHIN}.")
 @click.option("--report-file", envvar=ENV_REPORT, type=click.Path(dir_okay=False, path_type=Path),
               help="Also write the report, as JSON, to this file (the Job's /dev/termination-log, where "
                    f"the operator reads it). Env: {ENV_REPORT}.")
 def command(spec_text: str, bucket: str, s3_endpoint: str | None, region: str, path_style: bool, model: str,
-            endpoint: str, judges: tuple[str, ...], max_tokens: int, timeout: float,
+            endpoint: str, judges: tuple[str, ...], max_tokens: int, timeout: float, reach_within: float,
             report_file: Path | None) -> None:
     """Score MODEL at ENDPOINT on the evaluation's JSONL dataset and print the report as JSON.
 
@@ -97,7 +108,7 @@ def command(spec_text: str, bucket: str, s3_endpoint: str | None, region: str, p
         credentials = Credentials.from_mapping(os.environ, source="the environment", required=False)
         store = S3Store(endpoint=s3_endpoint, region=region, credentials=credentials, path_style=path_style)
         result = evaluate(store=store, bucket=bucket, evaluation=evaluation, model=model, endpoint=endpoint,
-                          judges=judge_urls, max_tokens=max_tokens, timeout=timeout)
+                          judges=judge_urls, max_tokens=max_tokens, timeout=timeout, reach_within=reach_within)
     except (DatasetError, BucketNotFound, ObjectNotFound) as err:
         _fail(1, str(err), report_file)
     except EndpointUnreachable as err:

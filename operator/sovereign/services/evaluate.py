@@ -10,12 +10,16 @@ which runs in the evaluation Job against the candidate's own Service, or by hand
 An answer the server refuses (an HTTP error status) or does not give in time scores 0 with the
 reason in the report: a candidate that fails requests fails its evaluation. A server that cannot
 be reached at all is ``EndpointUnreachable``: an environment problem, not a verdict on the model.
+Before the first question each endpoint gets ``reach_within`` seconds to accept connections: a
+candidate's Service may get its endpoints a moment after the Job starts (kube-proxy, a swap back
+to a revision still draining), and refusing then would fail a good model.
 """
 
 from __future__ import annotations
 
 import json
 import socket
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping
@@ -36,6 +40,8 @@ from sovereign.stores.s3 import S3Store
 #: The largest dataset read whole: 64 MiB of JSONL is far more than MAX_EVALUATION_SAMPLE examples.
 DATASET_LIMIT = 64 * 1024 * 1024
 DEFAULT_MAX_TOKENS = 128
+#: Seconds an endpoint may take to accept connections before it counts as unreachable.
+DEFAULT_REACH_WITHIN = 60.0
 #: The sampler's seed of every request: with temperature 0 the answers do not change between runs.
 SEED = 0
 
@@ -54,6 +60,7 @@ class AnswerFailed(Exception):
 
 def evaluate(*, store: S3Store, bucket: str, evaluation: Evaluation, model: str, endpoint: str,
              judges: Mapping[str, str], max_tokens: int = DEFAULT_MAX_TOKENS, timeout: float = 120,
+             reach_within: float = DEFAULT_REACH_WITHIN,
              clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> EvaluationResult:
     """Score ``model`` served at ``endpoint`` (an OpenAI base URL ending in /v1) on the dataset
     ``evaluation.dataset.path`` of ``bucket``; ``judges`` maps each judge model's name to its base URL."""
@@ -69,6 +76,8 @@ def evaluate(*, store: S3Store, bucket: str, evaluation: Evaluation, model: str,
     except UnicodeDecodeError as err:
         raise EvaluationError(f"{source} is not UTF-8 text (byte {err.start}); write the dataset as UTF-8 JSONL") from None
     examples = parse_dataset(text=text, sample_size=evaluation.sample_size, source=source)
+    for base_url in (endpoint, *(judges[s.judge.model] for s in evaluation.scorers if s.judge)):
+        await_endpoint(base_url=base_url, within=reach_within)
 
     def ask_judge(name: str, messages: list[dict[str, str]]) -> str:
         try:
@@ -88,6 +97,24 @@ def evaluate(*, store: S3Store, bucket: str, evaluation: Evaluation, model: str,
         scored.append(ScoredExample(example=example, answer=answer, scores=scores, error=error))
     return EvaluationResult(model=model, dataset=source, version=content.version, threshold=evaluation.threshold,
                             examples=tuple(scored), finished_at=clock())
+
+
+def await_endpoint(*, base_url: str, within: float) -> None:
+    """Return once ``base_url`` answers HTTP at all (any status: it is there), trying each second
+    for ``within`` seconds; then ``EndpointUnreachable``."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            with urllib.request.urlopen(f"{base_url.rstrip('/')}/models", timeout=5):
+                return
+        except urllib.error.HTTPError:
+            return
+        except (urllib.error.URLError, OSError) as err:
+            if time.monotonic() >= deadline:
+                reason = err.reason if isinstance(err, urllib.error.URLError) else err
+                raise EndpointUnreachable(f"cannot reach {base_url} ({reason}) within {within:g}s: check the URL, "
+                                          "and that the model's Service has a ready replica") from None
+            time.sleep(1)
 
 
 def ask(*, base_url: str, model: str, messages: list[dict[str, str]], max_tokens: int, timeout: float) -> str:
